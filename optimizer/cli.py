@@ -1,0 +1,158 @@
+"""`costopt` command line. User mistakes: one line on stderr, exit 2. Bugs: traceback, exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from optimizer.errors import UserError
+
+
+def _fmt_num(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def _fmt_drop(d: dict[str, Any]) -> str:
+    if d.get("relative") is not None:
+        return (f"{100 * d['relative']:+.2f}% [{100 * d['relative_low']:+.2f}, {100 * d['relative_high']:+.2f}]"
+                if d.get("relative_low") is not None else f"{100 * d['relative']:+.2f}%")
+    return f"{d['drop']:+.4g} [{d['low']:+.4g}, {d['high']:+.4g}]"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _speed_rows(label: str, s: dict[str, Any]) -> list[list[str]]:
+    def stat(key: str) -> str:
+        v = s[key]
+        return f"{_fmt_num(v['median'])} (min {_fmt_num(v['min'])}, max {_fmt_num(v['max'])}, cv {100 * v['cv']:.1f}%)"
+
+    rows = [[label, "input tokens/s" if s["kind"] == "causal-lm" else "encode tokens/s", stat("input_tokens_per_s")]]
+    if s["kind"] == "causal-lm":
+        rows.append([label, "output tokens/s", stat("output_tokens_per_s")])
+        rows.append([label, "time to first token (s)", stat("time_to_first_token_s")])
+        rows.append([label, "token latency p50/p95 (ms)",
+                     f"{1e3 * s['token_latency_s']['p50']:.2f} / {1e3 * s['token_latency_s']['p95']:.2f}"])
+    else:
+        rows.append([label, "batch latency p50/p95 (ms)",
+                     f"{1e3 * s['batch_latency_s']['p50']:.1f} / {1e3 * s['batch_latency_s']['p95']:.1f}"])
+    rows.append([label, "peak RSS (MiB)", f"{s['peak_rss_bytes'] / 2**20:.0f}"])
+    if s.get("peak_cuda_bytes"):
+        rows.append([label, "peak CUDA (MiB)", f"{s['peak_cuda_bytes'] / 2**20:.0f}"])
+    return rows
+
+
+def render_result(r: dict[str, Any]) -> str:
+    sysinfo = r["system"]
+    sp = r["baseline"]["speed"]
+    shape = (f"batch {sp['batch_size']}, {sp['prompt_tokens']} prompt + {sp['new_tokens']} new tokens"
+             if sp["kind"] == "causal-lm" else f"batch {sp['batch_size']}, {sp['texts']} texts, {sp['real_tokens']} real tokens")
+    out = [f"{r['recipe']}: {r['model']} ({r['task']}) on {sysinfo['cpu']['model']}, {sp['threads']} threads; {shape}",
+           f"eval data: {r['data']['eval']['origin']}, {r['data']['eval']['examples']} examples", ""]
+    cand = r.get("candidate")
+    q_rows = []
+    for m, v in r["baseline"]["quality"].items():
+        row = [m, _fmt_num(v)]
+        if cand:
+            row += [_fmt_num(cand["quality"].get(m)), _fmt_drop(r["drops"][m]) if m in r["drops"] else "-"]
+        q_rows.append(row)
+    header = ["metric", "baseline"] + (["candidate", "drop (95% CI)"] if cand else [])
+    out += [table(q_rows, header), ""]
+    s_rows = _speed_rows("baseline", sp)
+    if cand:
+        s_rows += _speed_rows("candidate", cand["speed"])
+    out += [table(s_rows, ["model", "speed", "median (spread over repeats)"]), ""]
+    f_rows = []
+    for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
+        if part and "footprint" in part:
+            f = part["footprint"]
+            f_rows.append([label, f"{f['parameters']:,}", f"{f['nonzero_parameters']:,}", f"{f['weight_bytes'] / 2**20:.1f}"])
+    out += [table(f_rows, ["model", "parameters", "non-zero", "weights on disk (MiB)"])]
+    if cand and cand["speed"]["input_tokens_per_s"]["median"]:
+        ratio = cand["speed"]["input_tokens_per_s"]["median"] / sp["input_tokens_per_s"]["median"]
+        out += ["", f"input speedup over baseline: {ratio:.2f}x"]
+    for n in r.get("notes", []):
+        out.append(f"note: {n}")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_validate(args: argparse.Namespace) -> int:
+    from optimizer.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    kind = "a search space" if recipe.has_ranges() else "a single run"
+    print(f"{args.recipe}: valid ({recipe.task}, {len(recipe.passes)} passes, {kind})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from optimizer.pipeline import run_recipe
+    from optimizer.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    result, path = run_recipe(recipe, Path(args.out) if args.out else None, progress=not args.quiet)
+    print(render_result(result))
+    print(f"\nresult: {path}")
+    return 0
+
+
+def cmd_hardware(args: argparse.Namespace) -> int:
+    from optimizer.measure.system import describe, fingerprint
+
+    fp = fingerprint()
+    print(json.dumps(fp, indent=2) if args.json else describe(fp))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="costopt", description="Measure and minimize the cost per token of open models.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def recipe_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("recipe", help="recipe YAML file")
+        c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe field, e.g. --set speed.batch_size=8 (repeatable)")
+        return c
+
+    recipe_cmd("validate", "check a recipe without running it").set_defaults(fn=cmd_validate)
+    run = recipe_cmd("run", "measure the baseline and the recipe's passes, write a result JSON")
+    run.add_argument("--out", help="results folder (default: the recipe's output_dir, runs/)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(fn=cmd_run)
+    hw = sub.add_parser("hardware", help="this machine's hardware and software fingerprint")
+    hw.add_argument("--json", action="store_true")
+    hw.set_defaults(fn=cmd_hardware)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"costopt: error: {e.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("costopt: interrupted; finished results are on disk", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

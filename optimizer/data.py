@@ -1,0 +1,274 @@
+"""Evaluation, calibration and training data.
+
+Sources: JSONL, CSV, TXT and parquet files; Hugging Face datasets (`hf:<name>`, needs the `data`
+extra); and the built-in `stdlib-docs`: real English from the Python standard library's
+docstrings, as plain text or as retrieval pairs (summary line -> rest of the docstring).
+
+stdlib-docs splits are assigned by a hash of each docstring's qualified name, so they are
+deterministic and disjoint whatever order the modules are walked in.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from optimizer.errors import UserError
+from optimizer.recipe import DataSource
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["text", "pairs", "scored-pairs", "labeled"]
+Role = Literal["eval", "calibration", "train"]
+
+
+@dataclass
+class Dataset:
+    """texts always; texts_b for pairs (documents) and scored pairs; scores or labels when present."""
+
+    kind: Kind
+    texts: list[str]
+    texts_b: list[str] | None = None
+    scores: list[float] | None = None
+    labels: list[Any] | None = None
+    origin: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def all_texts(self) -> list[str]:
+        """Every text in the set, for calibration, training and speed benchmarks."""
+        return self.texts + (self.texts_b or [])
+
+
+# ----------------------------------------------------------------------------- stdlib-docs
+# Modules with long, well-written docstrings and no import side effects (no GUI, no printing).
+STDLIB_MODULES = (
+    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "bz2", "calendar", "cmd", "codecs",
+    "collections", "collections.abc", "concurrent.futures", "configparser", "contextlib", "copy", "csv",
+    "dataclasses", "datetime", "decimal", "difflib", "dis", "email.message", "email.utils", "enum", "filecmp",
+    "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac",
+    "html", "html.parser", "http.client", "http.cookiejar", "http.server", "imaplib", "inspect", "io",
+    "ipaddress", "itertools", "json", "logging", "logging.handlers", "lzma", "mailbox", "mimetypes",
+    "multiprocessing.pool", "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pkgutil", "platform",
+    "plistlib", "poplib", "pprint", "queue", "random", "re", "sched", "secrets", "selectors", "shelve", "shlex",
+    "shutil", "signal", "smtplib", "socket", "socketserver", "sqlite3", "statistics", "string", "struct",
+    "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "traceback", "types",
+    "typing", "unittest", "unittest.mock", "urllib.parse", "urllib.request", "uuid", "warnings", "weakref",
+    "xml.dom.minidom", "xml.etree.ElementTree", "zipfile", "zoneinfo",
+)
+# Share of docstrings per role, by hash bucket out of 100.
+SPLIT_BUCKETS: dict[Role, range] = {"eval": range(0, 30), "calibration": range(30, 40), "train": range(40, 100)}
+_SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$")
+
+
+@dataclass(frozen=True)
+class DocEntry:
+    qualname: str
+    summary: str
+    body: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.summary}\n{self.body}" if self.body else self.summary
+
+
+def _members(module: Any) -> list[tuple[str, Any]]:
+    out = [(module.__name__, module)]
+    for name, obj in sorted(vars(module).items()):
+        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if inspect.isclass(obj):
+            out.append((f"{module.__name__}.{name}", obj))
+            for mname, meth in sorted(vars(obj).items()):
+                if not mname.startswith("_") and (inspect.isfunction(meth) or inspect.ismethoddescriptor(meth)):
+                    out.append((f"{module.__name__}.{name}.{mname}", meth))
+        elif inspect.isfunction(obj):
+            out.append((f"{module.__name__}.{name}", obj))
+    return out
+
+
+def _split_doc(doc: str) -> tuple[str, str]:
+    lines = doc.strip().splitlines()
+    while lines and _SIGNATURE.match(lines[0].strip()):  # C functions start with their signature
+        lines = lines[1:]
+        while lines and not lines[0].strip():
+            lines = lines[1:]
+    if not lines:
+        return "", ""
+    summary = lines[0].strip()
+    body = "\n".join(lines[1:]).strip()
+    return summary, body
+
+
+@lru_cache(maxsize=1)
+def stdlib_docs() -> tuple[DocEntry, ...]:
+    """All usable docstrings, sorted by qualified name, deduplicated by text."""
+    entries: dict[str, DocEntry] = {}
+    seen_text: set[str] = set()
+    for modname in STDLIB_MODULES:
+        try:
+            module = importlib.import_module(modname)
+        except ImportError:  # a build without, say, sqlite3 or lzma
+            continue
+        for qualname, obj in _members(module):
+            doc = inspect.getdoc(obj)
+            if not doc or qualname in entries:
+                continue
+            summary, body = _split_doc(doc)
+            if len(summary.split()) < 3 or not summary.isascii():
+                continue
+            key = " ".join((summary + " " + body).split())
+            if key in seen_text:  # inherited or aliased docstrings
+                continue
+            seen_text.add(key)
+            entries[qualname] = DocEntry(qualname, summary, body)
+    return tuple(entries[k] for k in sorted(entries))
+
+
+def _bucket(qualname: str) -> int:
+    return int.from_bytes(hashlib.sha1(qualname.encode()).digest()[:4], "big") % 100
+
+
+def stdlib_split(role: Role) -> list[DocEntry]:
+    buckets = SPLIT_BUCKETS[role]
+    return [e for e in stdlib_docs() if _bucket(e.qualname) in buckets]
+
+
+def _stdlib_dataset(kind: Kind, role: Role) -> Dataset:
+    entries = stdlib_split(role)
+    if kind == "pairs":
+        # A retrieval pair needs a body with substance, else the task is guessing.
+        entries = [e for e in entries if len(e.body.split()) >= 12]
+        return Dataset("pairs", [e.summary for e in entries], [e.body for e in entries], origin=f"stdlib-docs/{role}")
+    if kind == "text":
+        return Dataset("text", [e.text for e in entries if len(e.text.split()) >= 8], origin=f"stdlib-docs/{role}")
+    raise UserError(f"stdlib-docs provides text and retrieval pairs, not {kind!r}",
+                    "use kind: text or kind: pairs, or give a file with scores or labels")
+
+
+# ----------------------------------------------------------------------------- files
+def _read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
+    if fmt == "jsonl":
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}: line {i} is not valid JSON ({e.msg})", "write one JSON object per line") from None
+        return rows
+    if fmt == "csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    if fmt == "txt":
+        return [{"text": line.strip()} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if fmt == "parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError("reading parquet needs pyarrow", "pip install 'costopt[data]'") from None
+        return pq.read_table(path).to_pylist()
+    raise AssertionError(fmt)
+
+
+def _read_hf(src: DataSource) -> list[dict[str, Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("Hugging Face datasets need the datasets package", "pip install 'costopt[data]'") from None
+    name = src.source.removeprefix("hf:")
+    try:
+        ds = datasets.load_dataset(name, src.config, split=src.split)
+    except Exception as e:  # the datasets library raises many types for "cannot get it"
+        raise UserError(f"could not load dataset {name!r} split {src.split!r}: {str(e).splitlines()[0][:160]}",
+                        "check the name, config and split; where the hub is unreachable, export it to a "
+                        "jsonl/parquet file and point data.*.source at that file") from None
+    return [dict(r) for r in ds]
+
+
+def _guess_kind(rows: list[dict[str, Any]], src: DataSource) -> Kind:
+    keys = set(rows[0]) if rows else set()
+    if src.query_field in keys and src.document_field in keys:
+        return "pairs"
+    if src.text_field in keys and src.text_b_field in keys and src.score_field in keys:
+        return "scored-pairs"
+    if src.text_field in keys and src.label_field in keys:
+        return "labeled"
+    return "text"
+
+
+def _field(rows: list[dict[str, Any]], name: str, origin: str) -> list[Any]:
+    missing = next((i for i, r in enumerate(rows) if r.get(name) in (None, "")), None)
+    if missing is not None:
+        have = ", ".join(sorted(rows[missing]))
+        raise UserError(f"{origin}: record {missing + 1} has no field {name!r} (it has: {have})",
+                        f"set the matching *_field option in the recipe's data section")
+    return [r[name] for r in rows]
+
+
+def _dataset_from_rows(rows: list[dict[str, Any]], kind: Kind, src: DataSource, origin: str) -> Dataset:
+    if not rows:
+        raise UserError(f"{origin} holds no records", "give a file with at least one example")
+    if kind == "text":
+        return Dataset("text", [str(t) for t in _field(rows, src.text_field, origin)], origin=origin)
+    if kind == "pairs":
+        return Dataset("pairs", [str(t) for t in _field(rows, src.query_field, origin)],
+                       [str(t) for t in _field(rows, src.document_field, origin)], origin=origin)
+    if kind == "scored-pairs":
+        scores = _field(rows, src.score_field, origin)
+        try:
+            scores = [float(s) for s in scores]
+        except ValueError:
+            raise UserError(f"{origin}: field {src.score_field!r} holds non-numbers", "scores must be numbers") from None
+        return Dataset("scored-pairs", [str(t) for t in _field(rows, src.text_field, origin)],
+                       [str(t) for t in _field(rows, src.text_b_field, origin)], scores=scores, origin=origin)
+    return Dataset("labeled", [str(t) for t in _field(rows, src.text_field, origin)],
+                   labels=_field(rows, src.label_field, origin), origin=origin)
+
+
+DEFAULT_KIND: dict[str, Kind] = {"embedding": "pairs", "causal-lm": "text", "classification": "labeled"}
+
+
+def load_dataset(src: DataSource, role: Role, task: str, seed: int = 0) -> Dataset:
+    """Load one role's data; `limit` keeps a seeded, deterministic subset."""
+    wanted: Kind | None = None if src.kind == "auto" else src.kind  # type: ignore[assignment]
+    if role != "eval" and wanted is None:
+        wanted = "text"  # calibration and training only need text
+    if src.source == "stdlib-docs":
+        ds = _stdlib_dataset(wanted or ("pairs" if task == "embedding" else "text"), role)
+    else:
+        if src.source.startswith("hf:"):
+            rows = _read_hf(src)
+        else:
+            path = Path(src.source)
+            fmt = src.format if src.format != "auto" else path.suffix.lstrip(".").lower()
+            if fmt not in ("jsonl", "csv", "txt", "parquet"):
+                raise UserError(f"cannot tell the format of {path.name!r}", "set format: jsonl, csv, txt or parquet")
+            rows = _read_records(path, fmt)
+        kind = wanted or _guess_kind(rows, src)
+        if kind == "text" and role != "eval" and rows and src.text_field not in rows[0]:
+            # calibration/training from a pairs or labelled file: use every text column we know
+            ds_full = _dataset_from_rows(rows, _guess_kind(rows, src), src, src.source)
+            ds = Dataset("text", ds_full.all_texts(), origin=src.source)
+        else:
+            ds = _dataset_from_rows(rows, kind, src, src.source)
+    if src.limit and len(ds) > src.limit:
+        idx = sorted(random.Random(seed).sample(range(len(ds)), src.limit))
+        ds = Dataset(ds.kind, [ds.texts[i] for i in idx],
+                     [ds.texts_b[i] for i in idx] if ds.texts_b else None,
+                     [ds.scores[i] for i in idx] if ds.scores else None,
+                     [ds.labels[i] for i in idx] if ds.labels else None, origin=ds.origin)
+    if not len(ds):
+        raise UserError(f"data.{role} from {src.source!r} is empty after filtering", "give more data or raise limit")
+    return ds

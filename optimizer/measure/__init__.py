@@ -1,0 +1,1 @@
+"""Measurement: quality against the baseline, speed on this hardware, and the system fingerprint."""

@@ -1,0 +1,136 @@
+"""Quality evaluators: per-example values for each metric, so drops get paired bootstrap intervals.
+
+Reference-based metrics (fidelity, KL, top-1 agreement, prediction agreement) compare a candidate
+with the uncompressed baseline; for the baseline itself they take their ideal value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from optimizer.data import Dataset
+from optimizer.errors import UserError
+from optimizer.measure.stats import MetricValues
+from optimizer.runtime import Candidate
+from optimizer import tasks
+
+# Which metrics need which kind of eval data.
+NEEDS_KIND = {"mrr": "pairs", "recall@1": "pairs", "ndcg@10": "pairs", "spearman": "scored-pairs",
+              "accuracy": "labeled", "f1": "labeled"}
+
+
+def retrieval_values(queries: np.ndarray, docs: np.ndarray) -> dict[str, np.ndarray]:
+    """Query i's relevant document is docs[i]; cosine ranking over all documents.
+
+    Returns per-query reciprocal rank, hit@1 and nDCG@10 (one relevant document, so IDCG = 1).
+    """
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
+    d = docs / np.linalg.norm(docs, axis=1, keepdims=True).clip(1e-12)
+    sims = q @ d.T
+    own = np.diag(sims)
+    # rank = documents scoring strictly higher than the relevant one, plus half of the ties (fair to ties)
+    higher = (sims > own[:, None]).sum(axis=1)
+    ties = (sims == own[:, None]).sum(axis=1) - 1
+    rank = higher + ties / 2.0
+    return {
+        "mrr": 1.0 / (rank + 1.0),
+        "recall@1": np.where(higher == 0, 1.0 / (ties + 1.0), 0.0),
+        "ndcg@10": np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0),
+    }
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na = np.linalg.norm(a, axis=1).clip(1e-12)
+    nb = np.linalg.norm(b, axis=1).clip(1e-12)
+    return (a * b).sum(axis=1) / (na * nb)
+
+
+def check_data(metrics: list[str], data: Dataset) -> None:
+    for m in metrics:
+        need = NEEDS_KIND.get(m)
+        if need and data.kind != need:
+            raise UserError(f"metric {m!r} needs {need} eval data, but data.eval gives {data.kind}",
+                            f"give {need} data (set data.eval.kind) or drop {m!r} from quality.metrics")
+
+
+class QualityEvaluator:
+    """Evaluates candidates on one eval set; caches the reference's outputs (embeddings, predictions)."""
+
+    def __init__(self, task: str, data: Dataset, metrics: list[str], batch_size: int) -> None:
+        check_data(metrics, data)
+        self.task, self.data, self.metrics, self.batch_size = task, data, metrics, batch_size
+        self._reference_outputs: dict[int, np.ndarray] = {}
+
+    def _outputs(self, cand: Candidate) -> np.ndarray:
+        if self.task == "embedding":
+            return tasks.embed(cand, self.data.all_texts(), self.batch_size)
+        return tasks.classify(cand, self.data.texts, self.batch_size)
+
+    def _reference(self, reference: Candidate) -> np.ndarray:
+        if id(reference) not in self._reference_outputs:
+            self._reference_outputs[id(reference)] = self._outputs(reference)
+        return self._reference_outputs[id(reference)]
+
+    def evaluate(self, cand: Candidate, reference: Candidate | None = None) -> dict[str, MetricValues]:
+        """reference=None means `cand` is the baseline."""
+        fn = {"embedding": self._embedding, "causal-lm": self._causal_lm, "classification": self._classification}
+        values = fn[self.task](cand, reference)
+        for name, mv in values.items():
+            if not np.isfinite(mv.values).all():
+                raise FloatingPointError(f"metric {name} produced NaN or infinite values: the model's outputs are broken")
+        return values
+
+    def _embedding(self, cand: Candidate, reference: Candidate | None) -> dict[str, MetricValues]:
+        emb = self._reference(cand) if reference is None else self._outputs(cand)
+        n = len(self.data)
+        out: dict[str, MetricValues] = {}
+        if self.data.kind == "pairs":
+            for name, v in retrieval_values(emb[:n], emb[n:]).items():
+                if name in self.metrics:
+                    out[name] = MetricValues(name, v, "mean", True)
+        if "spearman" in self.metrics:
+            pred = cosine_rows(emb[:n], emb[n:])
+            out["spearman"] = MetricValues("spearman", np.stack([pred, np.asarray(self.data.scores)], 1), "spearman", True)
+        if "fidelity" in self.metrics:
+            fid = np.ones(len(emb)) if reference is None else cosine_rows(emb, self._reference(reference))
+            out["fidelity"] = MetricValues("fidelity", fid, "mean", True)
+        return out
+
+    def _causal_lm(self, cand: Candidate, reference: Candidate | None) -> dict[str, MetricValues]:
+        s = tasks.lm_stats(cand, self.data.texts, self.batch_size, reference)
+        if s.tokens.sum() == 0:
+            raise UserError("the eval texts give no predicted tokens (each needs at least two tokens)",
+                            "give longer eval texts")
+        if reference is None:
+            s.agree = s.tokens.copy()  # the baseline agrees with itself on every token, KL 0
+        out = {
+            "perplexity": MetricValues("perplexity", np.stack([s.nll, s.tokens], 1), "exp_ratio", False),
+            "kl": MetricValues("kl", np.stack([s.kl, s.tokens], 1), "ratio", False),
+            "top1-agreement": MetricValues("top1-agreement", np.stack([s.agree, s.tokens], 1), "ratio", True),
+        }
+        return {k: v for k, v in out.items() if k in self.metrics}
+
+    def _classification(self, cand: Candidate, reference: Candidate | None) -> dict[str, MetricValues]:
+        logits = self._reference(cand) if reference is None else self._outputs(cand)
+        pred = logits.argmax(1)
+        labels = self._label_ids(cand)
+        ref_pred = pred if reference is None else self._reference(reference).argmax(1)
+        out = {
+            "accuracy": MetricValues("accuracy", (pred == labels).astype(float), "mean", True),
+            "f1": MetricValues("f1", np.stack([pred, labels], 1).astype(float), "macro_f1", True),
+            "agreement": MetricValues("agreement", (pred == ref_pred).astype(float), "mean", True),
+        }
+        return {k: v for k, v in out.items() if k in self.metrics}
+
+    def _label_ids(self, cand: Candidate) -> np.ndarray:
+        label2id = getattr(getattr(getattr(cand, "module", None), "config", None), "label2id", None) or {}
+        out = []
+        for lab in self.data.labels or []:
+            if isinstance(lab, (int, np.integer)) or (isinstance(lab, str) and lab.isdigit()):
+                out.append(int(lab))
+            elif lab in label2id:
+                out.append(int(label2id[lab]))
+            else:
+                raise UserError(f"label {lab!r} is not one of the model's labels ({', '.join(map(str, label2id))})",
+                                "use the model's label names or integer class ids in the eval data")
+        return np.asarray(out)

@@ -1,0 +1,194 @@
+"""Speed on this machine: warm up, repeat, report medians with min/max and coefficient of variation.
+
+Tokens/s counts real tokens (the attention mask), never padding. Tokenization is outside the timed
+region for every runtime alike. Thread counts are fixed once per process by `set_threads`, and
+runtimes that keep their own pools (ONNX Runtime) take the same number from `threads()`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import psutil
+import torch
+
+from optimizer import tasks
+from optimizer.errors import UserError
+from optimizer.runtime import Candidate
+
+_THREADS: int | None = None
+
+
+def set_threads(n: int | None) -> int:
+    """Fix the CPU thread count for torch (and, through threads(), every other runtime)."""
+    global _THREADS
+    n = n or (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # can only be set before the first parallel op; harmless afterwards
+        pass
+    _THREADS = n
+    return n
+
+
+def threads() -> int:
+    return _THREADS or torch.get_num_threads()
+
+
+@dataclass
+class Stat:
+    median: float
+    min: float
+    max: float
+    cv: float  # standard deviation / mean over repeats
+    n: int
+
+    @classmethod
+    def of(cls, samples: list[float]) -> "Stat":
+        mean = statistics.fmean(samples)
+        cv = statistics.pstdev(samples) / mean if len(samples) > 1 and mean else 0.0
+        return cls(statistics.median(samples), min(samples), max(samples), cv, len(samples))
+
+
+def percentile(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    k = (len(s) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+class PeakMemory:
+    """Peak process RSS (sampled every 5 ms) and, on CUDA, peak allocated bytes, inside a with-block."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak_rss = 0
+        self.peak_cuda: int | None = None
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, proc.memory_info().rss)
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        self.peak_rss = psutil.Process().memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
+        if self.device.startswith("cuda"):
+            self.peak_cuda = int(torch.cuda.max_memory_allocated())
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_encoder(cand: Candidate, texts: list[str], batch_size: int, warmup: int, repeats: int) -> dict:
+    """Throughput of a full pass over `texts` at `batch_size` (encoders and classifiers)."""
+    batches = tasks.make_batches(cand, texts, batch_size, sort=False)  # arrival order: realistic padding
+    real = sum(b.real_tokens for b in batches)
+    padded = sum(b.input_ids.numel() for b in batches)
+    for _ in range(warmup):
+        for b in batches:
+            cand.forward(b.input_ids, b.attention_mask)
+    tps, seq_s, batch_lat = [], [], []
+    with PeakMemory(cand.device) as mem:
+        for _ in range(repeats):
+            _sync(cand.device)
+            t0 = time.perf_counter()
+            for b in batches:
+                tb = time.perf_counter()
+                cand.forward(b.input_ids, b.attention_mask)
+                _sync(cand.device)
+                batch_lat.append(time.perf_counter() - tb)
+            dt = time.perf_counter() - t0
+            tps.append(real / dt)
+            seq_s.append(len(texts) / dt)
+    return {
+        "kind": "encoder",
+        "batch_size": batch_size,
+        "texts": len(texts),
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "threads": threads(),
+        "input_tokens_per_s": asdict(Stat.of(tps)),
+        "sequences_per_s": asdict(Stat.of(seq_s)),
+        "batch_latency_s": {"p50": percentile(batch_lat, 0.5), "p95": percentile(batch_lat, 0.95)},
+        "peak_rss_bytes": mem.peak_rss,
+        "peak_cuda_bytes": mem.peak_cuda,
+    }
+
+
+def bench_causal_lm(cand: Candidate, texts: list[str], batch_size: int, prompt_tokens: int, new_tokens: int,
+                    warmup: int, repeats: int) -> dict:
+    """Prefill (input) and greedy KV-cache decode (output) speed on prompts cut from real text.
+
+    Every prompt is exactly `prompt_tokens` real tokens (no padding); decoding runs `new_tokens` steps
+    per sequence (EOS does not stop it, so every run does the same work).
+    """
+    stream = tasks.token_stream(cand, texts)
+    chunks = list(tasks.iter_chunks(stream, batch_size, prompt_tokens))
+    if not chunks:
+        raise UserError(f"the eval texts hold {len(stream)} tokens, fewer than speed.batch_size x "
+                        f"speed.prompt_tokens = {batch_size * prompt_tokens}", "lower them or give more eval text")
+    limit = cand.info.max_length
+    if prompt_tokens + new_tokens > limit:
+        raise UserError(f"speed.prompt_tokens + speed.new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
+                        f"context of {limit} tokens", "lower them")
+
+    def one_run(prompt: torch.Tensor) -> tuple[float, list[float]]:
+        mask = torch.ones_like(prompt)
+        _sync(cand.device)
+        t0 = time.perf_counter()
+        logits, state = cand.prefill(prompt, mask)
+        nxt = logits.argmax(-1, keepdim=True)
+        _sync(cand.device)
+        t_prefill = time.perf_counter() - t0
+        steps = []
+        for _ in range(new_tokens):
+            ts = time.perf_counter()
+            logits, state = cand.decode(nxt, state)
+            nxt = logits.argmax(-1, keepdim=True)
+            _sync(cand.device)
+            steps.append(time.perf_counter() - ts)
+        return t_prefill, steps
+
+    for i in range(warmup):
+        one_run(chunks[i % len(chunks)])
+    prefill_tps, decode_tps, ttft, step_lat = [], [], [], []
+    with PeakMemory(cand.device) as mem:
+        for i in range(repeats):
+            t_prefill, steps = one_run(chunks[i % len(chunks)])
+            prefill_tps.append(batch_size * prompt_tokens / t_prefill)
+            decode_tps.append(batch_size * new_tokens / sum(steps))
+            ttft.append(t_prefill)
+            step_lat.extend(steps)
+    return {
+        "kind": "causal-lm",
+        "batch_size": batch_size,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "threads": threads(),
+        "input_tokens_per_s": asdict(Stat.of(prefill_tps)),
+        "output_tokens_per_s": asdict(Stat.of(decode_tps)),
+        "time_to_first_token_s": asdict(Stat.of(ttft)),
+        "token_latency_s": {"p50": percentile(step_lat, 0.5), "p95": percentile(step_lat, 0.95)},
+        "peak_rss_bytes": mem.peak_rss,
+        "peak_cuda_bytes": mem.peak_cuda,
+    }

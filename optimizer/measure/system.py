@@ -1,0 +1,106 @@
+"""Hardware and software fingerprint recorded in every result: speed figures mean nothing without it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+KEY_LIBRARIES = ("costopt", "torch", "transformers", "tokenizers", "safetensors", "onnx", "onnxruntime",
+                 "bitsandbytes", "optuna", "numpy", "pydantic", "sentence-transformers", "datasets")
+# cpuinfo flag -> what we call it; these decide which int8/bf16 kernels a runtime can use.
+ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
+             "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8", "fma": "FMA",
+             "asimd": "NEON", "sve": "SVE", "i8mm": "I8MM", "bf16": "BF16"}
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next(iter(re.findall(r"^model name\s*:\s*(.+)$", text, re.M)), "") or platform.processor() or platform.machine()
+    flags_line = next(iter(re.findall(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)), "")
+    return model.strip(), set(flags_line.split())
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in KEY_LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def gpu_info() -> list[dict[str, Any]]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        gpus.append({"name": p.name, "memory_bytes": int(p.total_memory),
+                     "capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda})
+    try:  # the driver version is only reachable through NVML
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        for g in gpus:
+            g["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+    except Exception:
+        pass
+    return gpus
+
+
+def fingerprint() -> dict[str, Any]:
+    model, flags = _cpuinfo()
+    try:
+        import torch
+
+        torch_isa = torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        torch_isa = None
+    return {
+        "cpu": {
+            "model": model,
+            "arch": platform.machine(),
+            "logical_cores": os.cpu_count(),
+            "physical_cores": psutil.cpu_count(logical=False),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "isa": sorted({v for k, v in ISA_FLAGS.items() if k in flags}),
+            "torch_cpu_capability": torch_isa,
+        },
+        "memory_bytes": psutil.virtual_memory().total,
+        "gpus": gpu_info(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+    }
+
+
+def describe(fp: dict[str, Any]) -> str:
+    """Human-readable fingerprint for `costopt hardware`."""
+    cpu = fp["cpu"]
+    lines = [
+        f"CPU       {cpu['model']} ({cpu['arch']}), {cpu['logical_cores']} logical / "
+        f"{cpu['physical_cores']} physical cores, {cpu['usable_cores']} usable",
+        f"ISA       {', '.join(cpu['isa']) or 'baseline only'} (torch kernels: {cpu['torch_cpu_capability']})",
+        f"Memory    {fp['memory_bytes'] / 2**30:.1f} GiB",
+    ]
+    if fp["gpus"]:
+        for g in fp["gpus"]:
+            lines.append(f"GPU       {g['name']}, {g['memory_bytes'] / 2**30:.1f} GiB, compute {g['capability']}, "
+                         f"CUDA {g['cuda']}, driver {g.get('driver', 'unknown')}")
+    else:
+        lines.append("GPU       none visible")
+    lines.append(f"OS        {fp['os']}, Python {fp['python']}")
+    lines.append("Libraries " + ", ".join(f"{k} {v}" for k, v in fp["libraries"].items() if v))
+    return "\n".join(lines)

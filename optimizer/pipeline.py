@@ -1,0 +1,232 @@
+"""Baseline + passes + measurement -> TrialResult (plain JSON).
+
+The baseline and the compressed candidate are measured in the same process, on the same texts,
+with the same thread count, so their figures compare.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optimizer.data import Dataset, load_dataset
+from optimizer.errors import UserError
+from optimizer.measure import speed as speed_mod
+from optimizer.measure.quality import QualityEvaluator
+from optimizer.measure.stats import MetricValues, paired_bootstrap
+from optimizer.measure.system import fingerprint
+from optimizer.model import load_candidate
+from optimizer.passes import REGISTRY, PassContext, build_pass
+from optimizer.recipe import Recipe, parse_range
+from optimizer.results import write_json_atomic
+from optimizer.runtime import Candidate, folder_size
+
+log = logging.getLogger(__name__)
+SCHEMA = "costopt.trial/1"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".data", ".pt")
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("the recipe asks for hardware.device: cuda but no GPU is visible to torch",
+                        "set hardware.device: cpu (or auto), or run on a machine with a CUDA GPU")
+    return requested
+
+
+def resolved_passes(recipe: Recipe, chosen: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The recipe's passes with every range replaced by the value in `chosen` (keyed 'i.name.param')."""
+    chosen = chosen or {}
+    out = []
+    for i, spec in enumerate(recipe.passes):
+        enabled = spec.enabled
+        if not isinstance(enabled, bool):
+            key = f"{i}.{spec.name}.enabled"
+            if key not in chosen:
+                raise UserError(f"passes[{i}] ({spec.name}) is optional (enabled is a search choice)",
+                                "run `costopt search`, or set enabled: true/false for a single run")
+            enabled = bool(chosen[key])
+        if not enabled:
+            continue
+        params = {}
+        for k, v in spec.params.items():
+            if parse_range(v) is not None:
+                key = f"{i}.{spec.name}.{k}"
+                if key not in chosen:
+                    raise UserError(f"passes[{i}].{k} is a search range", "run `costopt search`, or give one value for a single run")
+                params[k] = chosen[key]
+            else:
+                params[k] = v
+        out.append({"name": spec.name, "params": params, "save": spec.save})
+    return out
+
+
+def check_order(passes: list[dict[str, Any]]) -> None:
+    """Refuse chains whose runtimes do not connect, before any work is done."""
+    runtime = "torch"
+    for i, p in enumerate(passes):
+        cls = REGISTRY[p["name"]]
+        if runtime not in cls.runtimes_in:
+            raise UserError(f"pass {p['name']!r} (position {i + 1}) needs a {' or '.join(sorted(cls.runtimes_in))} "
+                            f"model but the passes before it produce {runtime}",
+                            "reorder the passes: torch passes (distill, prune, cast) before export, runtime passes after it")
+        runtime = getattr(cls, "runtime_out", None) or runtime
+
+
+def footprint(cand: Candidate, directory: Path) -> dict[str, Any]:
+    """Parameters, non-zeros and the on-disk size of a saved, reloadable artifact."""
+    params, nonzero = cand.parameter_counts()
+    folder = cand.save(directory)
+    weights = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    return {"parameters": params, "nonzero_parameters": nonzero, "disk_bytes": folder_size(folder),
+            "weight_bytes": weights, "artifact": str(folder)}
+
+
+def measure_speed(cand: Candidate, recipe: Recipe, data: Dataset) -> dict[str, Any]:
+    s = recipe.speed
+    texts = data.all_texts()
+    if recipe.task == "causal-lm":
+        return speed_mod.bench_causal_lm(cand, texts, s.batch_size, s.prompt_tokens, s.new_tokens, s.warmup, s.repeats)
+    return speed_mod.bench_encoder(cand, texts[: s.texts], s.batch_size, s.warmup, s.repeats)
+
+
+def _values(metrics: dict[str, MetricValues]) -> dict[str, float]:
+    return {k: v.value for k, v in metrics.items()}
+
+
+@dataclass
+class Trial:
+    """Everything one pipeline run produced; `to_json` is the TrialResult."""
+
+    recipe: Recipe
+    passes: list[dict[str, Any]]
+    started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    status: str = "running"
+    error: str | None = None
+    baseline: dict[str, Any] = field(default_factory=dict)
+    candidate: dict[str, Any] | None = None
+    drops: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    system: dict[str, Any] = field(default_factory=fingerprint)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "recipe": self.recipe.name,
+            "task": self.recipe.task,
+            "model": self.recipe.model.source,
+            "status": self.status,
+            "error": self.error,
+            "passes": self.passes,
+            "primary_metric": self.recipe.primary_metric,
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+            "drops": self.drops,
+            "notes": self.notes,
+            "timings": self.timings,
+            "started": self.started,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "system": self.system,
+            "config": self.recipe.model_dump(mode="json"),
+            **self.extra,
+        }
+
+
+class _Stage:
+    def __init__(self, trial: Trial, name: str, bar: Any) -> None:
+        self.trial, self.name, self.bar = trial, name, bar
+
+    def __enter__(self) -> None:
+        self.bar.set_description(self.name)
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.trial.timings[self.name] = round(time.perf_counter() - self.t0, 3)
+        self.bar.update(1)
+
+
+def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, Any] | None = None,
+               progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """Measure the baseline and, when the recipe has passes, the compressed candidate against it.
+
+    The result JSON is written after each finished stage, so a crash or a failing pass keeps the
+    baseline's figures; the error is recorded and re-raised.
+    """
+    from tqdm.auto import tqdm
+
+    passes = resolved_passes(recipe, chosen)
+    check_order(passes)
+    device = resolve_device(recipe.hardware.device)
+    speed_mod.set_threads(recipe.hardware.threads)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out_dir or recipe.output_dir) / f"{recipe.name}-{stamp}"
+    result_path = run_dir / "result.json"
+    trial = Trial(recipe, passes)
+    n_stages = 4 + (4 if passes else 0)
+    bar = tqdm(total=n_stages, disable=not progress, unit="stage", leave=False)
+    seed = recipe.data.seed
+
+    try:
+        with _Stage(trial, "load data", bar):
+            eval_data = load_dataset(recipe.data.eval, "eval", recipe.task, seed)
+            calib = load_dataset(recipe.data.calibration, "calibration", recipe.task, seed) if recipe.data.calibration else None
+            train = load_dataset(recipe.data.train, "train", recipe.task, seed) if recipe.data.train else None
+            evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, recipe.quality.batch_size)
+            trial.extra["data"] = {"eval": {"origin": eval_data.origin, "kind": eval_data.kind, "examples": len(eval_data)}}
+        with _Stage(trial, "load baseline", bar):
+            baseline = load_candidate(recipe.model, recipe.task, device)
+        with _Stage(trial, "baseline quality", bar):
+            base_q = evaluator.evaluate(baseline)
+            trial.baseline["quality"] = _values(base_q)
+        with _Stage(trial, "baseline speed", bar):
+            trial.baseline["speed"] = measure_speed(baseline, recipe, eval_data)
+            with tempfile.TemporaryDirectory() as tmp:
+                trial.baseline["footprint"] = footprint(baseline, Path(tmp) / "baseline")
+                trial.baseline["footprint"]["artifact"] = None
+        write_json_atomic(result_path, trial.to_json())
+
+        if passes:
+            ctx = PassContext(task=recipe.task, device=device, threads=speed_mod.threads(), seed=seed,
+                              work_dir=run_dir / "work", calibration=calib, train=train)
+            with _Stage(trial, "apply passes", bar):
+                cand: Candidate = load_candidate(recipe.model, recipe.task, device)  # fresh copy: baseline stays intact
+                for p in passes:
+                    t0 = time.perf_counter()
+                    cand = build_pass(p["name"], p["params"]).apply(cand, ctx)
+                    cand.applied.append({"name": p["name"], "params": p["params"]})
+                    trial.timings[f"pass {p['name']}"] = round(time.perf_counter() - t0, 3)
+                trial.notes.extend(cand.notes)
+            with _Stage(trial, "candidate quality", bar):
+                cand_q = evaluator.evaluate(cand, reference=baseline)
+                trial.candidate = {"runtime": cand.runtime, "quality": _values(cand_q)}
+                q = recipe.quality
+                trial.drops = {m: asdict(paired_bootstrap(base_q[m], cand_q[m], q.bootstrap, q.confidence, seed))
+                               for m in cand_q}
+            with _Stage(trial, "candidate speed", bar):
+                trial.candidate["speed"] = measure_speed(cand, recipe, eval_data)
+            with _Stage(trial, "save candidate", bar):
+                trial.candidate["footprint"] = footprint(cand, run_dir / "artifact")
+        trial.status = "ok"
+    except BaseException as e:
+        trial.status = "failed"
+        trial.error = e.one_line() if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, UserError):
+            trial.extra["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        bar.close()
+        write_json_atomic(result_path, trial.to_json())
+        shutil.rmtree(run_dir / "work", ignore_errors=True)
+    return trial.to_json(), result_path

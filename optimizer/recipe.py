@@ -1,0 +1,404 @@
+"""Recipe: the YAML file a user writes, validated into pydantic models.
+
+Every mistake becomes one `UserError` line that names the field path and the fix. Relative paths
+in a recipe resolve against the recipe file's folder; `${VAR:-default}` expands environment
+variables so a path (say, to a model folder) can be changed without editing the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from optimizer.errors import UserError, nearest
+
+Task = Literal["embedding", "causal-lm", "classification"]
+
+# Metrics each task can compute; the first is the default primary metric.
+TASK_METRICS: dict[str, list[str]] = {
+    "embedding": ["mrr", "recall@1", "ndcg@10", "fidelity", "spearman"],
+    "causal-lm": ["perplexity", "kl", "top1-agreement"],
+    "classification": ["accuracy", "f1", "agreement"],
+}
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "embedding": ["mrr", "recall@1", "ndcg@10", "fidelity"],
+    "causal-lm": ["perplexity", "kl", "top1-agreement"],
+    "classification": ["accuracy", "f1", "agreement"],
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# ----------------------------------------------------------------------------- search ranges
+class Choice(Strict):
+    choice: list[Any] = Field(min_length=1)
+
+
+class IntRange(Strict):
+    int: tuple[int, int]
+    step: int = 1
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "IntRange":
+        if self.int[0] > self.int[1]:
+            raise ValueError(f"range {list(self.int)} is reversed: write [low, high]")
+        return self
+
+
+class FloatRange(Strict):
+    float: tuple[float, float]
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FloatRange":
+        lo, hi = self.float
+        if lo > hi:
+            raise ValueError(f"range {list(self.float)} is reversed: write [low, high]")
+        if self.log and lo <= 0:
+            raise ValueError("a log range needs a positive lower bound")
+        return self
+
+
+Range = Choice | IntRange | FloatRange
+RANGE_KEYS = {"choice", "int", "float"}
+
+
+def parse_range(value: Any) -> Range | None:
+    """A dict with one of choice/int/float is a search range; anything else is a plain value."""
+    if isinstance(value, dict) and RANGE_KEYS & set(value):
+        kind = (RANGE_KEYS & set(value)).pop()
+        cls = {"choice": Choice, "int": IntRange, "float": FloatRange}[kind]
+        return cls.model_validate(value)
+    return None
+
+
+# ----------------------------------------------------------------------------- sections
+class ModelSpec(Strict):
+    source: str = Field(description="Hugging Face id, local folder, or installed model package")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_length: int | None = Field(default=None, gt=0, description="token limit; default from the model")
+
+
+class DataSource(Strict):
+    source: str = Field(description="stdlib-docs, a file path, or hf:<dataset name>")
+    format: Literal["auto", "jsonl", "csv", "txt", "parquet"] = "auto"
+    kind: Literal["auto", "text", "pairs", "scored-pairs", "labeled"] = "auto"
+    split: str = "train"
+    config: str | None = None
+    text_field: str = "text"
+    query_field: str = "query"
+    document_field: str = "document"
+    text_b_field: str = "text_b"
+    score_field: str = "score"
+    label_field: str = "label"
+    limit: int | None = Field(default=None, gt=0)
+
+
+class DataSpec(Strict):
+    eval: DataSource
+    calibration: DataSource | None = None
+    train: DataSource | None = None
+    seed: int = 0
+
+
+class QualitySpec(Strict):
+    metrics: list[str] | None = None
+    primary: str | None = None
+    batch_size: int = Field(default=32, gt=0)
+    bootstrap: int = Field(default=1000, ge=100, description="bootstrap resamples")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+
+
+class SpeedSpec(Strict):
+    batch_size: int = Field(default=32, gt=0)
+    texts: int = Field(default=256, gt=0, description="encoder benchmark: number of real texts")
+    prompt_tokens: int = Field(default=128, gt=0, description="causal LM: prompt length per sequence")
+    new_tokens: int = Field(default=64, gt=0, description="causal LM: tokens decoded per sequence")
+    warmup: int = Field(default=2, ge=0)
+    repeats: int = Field(default=5, ge=1)
+
+
+class HardwareSpec(Strict):
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    threads: int | None = Field(default=None, gt=0, description="CPU threads for every runtime; default: all cores")
+    catalog: str | None = Field(default=None, description="hardware catalog entry used for pricing")
+
+
+class WorkloadSpec(Strict):
+    """Traffic: tokens per day, or requests per day times tokens per request."""
+
+    input_tokens_per_day: float | None = Field(default=None, ge=0)
+    output_tokens_per_day: float | None = Field(default=None, ge=0)
+    requests_per_day: float | None = Field(default=None, ge=0)
+    input_tokens_per_request: float | None = Field(default=None, ge=0)
+    output_tokens_per_request: float | None = Field(default=None, ge=0)
+    utilization: float = Field(default=0.5, gt=0, le=1)
+
+
+class PassSpec(BaseModel):
+    """One pass: its registered name, `enabled`, and its parameters (validated by the pass)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    enabled: bool | Choice = True
+    save: bool = False
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Constraint(Strict):
+    metric: str | None = None
+    max_drop: float = Field(default=0.01, ge=0)
+    relative: bool = True
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+
+
+class SearchSpec(Strict):
+    trials: int = Field(default=20, gt=0)
+    timeout_minutes: float | None = Field(default=None, gt=0)
+    objective: Literal["cost", "latency", "throughput"] = "cost"
+    constraint: Constraint = Constraint()
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    multi_objective: bool = False
+    storage: str | None = None
+    study_name: str | None = None
+    seed: int = 0
+
+
+class ReportSpec(Strict):
+    formats: list[Literal["md", "html", "json"]] = ["md", "json"]
+
+
+class Recipe(Strict):
+    name: str = "recipe"
+    model: ModelSpec
+    task: Task
+    data: DataSpec
+    quality: QualitySpec = QualitySpec()
+    speed: SpeedSpec = SpeedSpec()
+    hardware: HardwareSpec = HardwareSpec()
+    workload: WorkloadSpec = WorkloadSpec()
+    passes: list[PassSpec] = []
+    search: SearchSpec = SearchSpec()
+    report: ReportSpec = ReportSpec()
+    output_dir: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names files under runs/)")
+        return v
+
+    @model_validator(mode="after")
+    def _metrics_fit_task(self) -> "Recipe":
+        allowed = TASK_METRICS[self.task]
+        for i, m in enumerate(self.quality.metrics or []):
+            if m not in allowed:
+                raise _FieldError(f"quality.metrics[{i}]", f"{m!r} is not a {self.task} metric",
+                                  f"use one of {', '.join(allowed)}")
+        if self.quality.primary and self.quality.primary not in self.metrics:
+            raise _FieldError("quality.primary", f"{self.quality.primary!r} is not among the recipe's metrics",
+                              f"use one of {', '.join(self.metrics)}")
+        return self
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.quality.metrics or DEFAULT_METRICS[self.task]
+
+    @property
+    def primary_metric(self) -> str:
+        return self.quality.primary or self.metrics[0]
+
+    def has_ranges(self) -> bool:
+        for p in self.passes:
+            if isinstance(p.enabled, Choice) or any(parse_range(v) for v in p.params.values()):
+                return True
+        return False
+
+
+class _FieldError(ValueError):
+    """A validator's error that knows its own field path and fix."""
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        self.path, self.problem, self.fix = path, problem, fix
+        super().__init__(f"{path}: {problem}")
+
+
+# ----------------------------------------------------------------------------- loading
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            if m.group(1) in os.environ:
+                return os.environ[m.group(1)]
+            if m.group(2) is not None:
+                return m.group(2)
+            raise UserError(f"environment variable {m.group(1)} is not set",
+                            f"export {m.group(1)}=... or write ${{{m.group(1)}:-default}}")
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = raw
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("Choice", "IntRange", "FloatRange", "bool") or "[" in str(part):
+            continue  # union-member names pydantic adds to the path
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+_FIXES = {
+    "missing": "add it",
+    "extra_forbidden": "remove it or check its spelling",
+    "literal_error": None,  # pydantic's message already lists the allowed values
+}
+
+
+def _format_validation(err: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
+    e = err.errors()[0]
+    path = _loc(e["loc"])
+    ctx_err = (e.get("ctx") or {}).get("error")
+    if isinstance(ctx_err, _FieldError):
+        return f"{ctx_err.path}: {ctx_err.problem}", ctx_err.fix
+    if e["type"] == "extra_forbidden":
+        parent = _parent_fields(model, e["loc"][:-1])
+        fix = f"remove it or check its spelling ({nearest(str(e['loc'][-1]), parent)})" if parent else "remove it"
+        return f"{path}: unknown key", fix
+    if e["type"] == "missing":
+        return f"{path}: required field is missing", "add it"
+    msg = e["msg"].removeprefix("Value error, ")
+    fix = _FIXES.get(e["type"]) or f"give a valid value (got {e.get('input')!r})"
+    if e["type"] == "literal_error":
+        fix = msg.replace("Input should be", "use")
+        msg = f"{e.get('input')!r} is not allowed"
+    more = len(err.errors()) - 1
+    if more:
+        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return f"{path}: {msg}", fix
+
+
+def _parent_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    cls: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        cls = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if cls is None:
+            return []
+    return list(getattr(cls, "model_fields", {}))
+
+
+def recipe_from_dict(raw: Any, base_dir: Path, origin: str = "recipe") -> Recipe:
+    if not isinstance(raw, dict):
+        raise UserError(f"{origin}: the top level must be a mapping of sections (model, task, data, ...)",
+                        "start from recipes/quickstart.yaml")
+    raw = _expand_env(raw)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        problem, fix = _format_validation(err, Recipe)
+        raise UserError(f"{origin}: {problem}", fix) from None
+    _resolve_paths(recipe, base_dir, origin)
+    _validate_passes(recipe, origin)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe; `overrides` are `dotted.key=yaml-value` strings from --set."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"recipe file {str(p)!r} does not exist", "check the path, or start from recipes/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{p}: not valid YAML{where}: {problem}", "fix the YAML syntax (indentation, colons, quotes)") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r} has no '='", "write --set section.key=value")
+        key, value = item.split("=", 1)
+        if not isinstance(raw, dict):
+            break
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    return recipe_from_dict(raw, p.resolve().parent, origin=str(p))
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith((".", "/", "~")) or os.sep in s and not re.fullmatch(r"[\w.-]+/[\w.-]+", s)
+
+
+def _resolve_paths(recipe: Recipe, base_dir: Path, origin: str) -> None:
+    def resolve(s: str) -> Path:
+        q = Path(os.path.expanduser(s))
+        return q if q.is_absolute() else (base_dir / q)
+
+    src = recipe.model.source
+    if _looks_like_path(src) or resolve(src).exists():
+        folder = resolve(src)
+        if not folder.is_dir():
+            raise UserError(f"{origin}: model.source: folder {str(folder)!r} does not exist",
+                            "point it at a folder with config.json, a Hugging Face id, or an installed model package")
+        recipe.model.source = str(folder.resolve())
+
+    for split in ("eval", "calibration", "train"):
+        ds: DataSource | None = getattr(recipe.data, split)
+        if ds is None or ds.source == "stdlib-docs" or ds.source.startswith("hf:"):
+            continue
+        f = resolve(ds.source)
+        if not f.is_file():
+            raise UserError(f"{origin}: data.{split}.source: file {str(f)!r} does not exist",
+                            "give a .jsonl/.csv/.txt/.parquet file, 'stdlib-docs', or 'hf:<dataset>'")
+        ds.source = str(f.resolve())
+
+
+def _validate_passes(recipe: Recipe, origin: str) -> None:
+    from optimizer.passes import REGISTRY, validate_pass_params
+
+    for i, spec in enumerate(recipe.passes):
+        if spec.name not in REGISTRY:
+            raise UserError(f"{origin}: passes[{i}].name: unknown pass {spec.name!r}",
+                            nearest(spec.name, list(REGISTRY)))
+        problem = validate_pass_params(spec, recipe.task)
+        if problem:
+            path, text, fix = problem
+            raise UserError(f"{origin}: passes[{i}].{path}: {text}", fix)

@@ -1,0 +1,123 @@
+"""Task adapters: texts in, task outputs out, through a Candidate's uniform calls.
+
+Batches are formed from length-sorted texts (less padding, same results) and padded per batch;
+every count of tokens uses the attention mask, never the padded shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from optimizer.runtime import Candidate
+
+
+@dataclass
+class Batch:
+    index: list[int]  # positions of these rows in the caller's list
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum().item())
+
+
+def make_batches(candidate: Candidate, texts: list[str], batch_size: int, max_length: int | None = None,
+                 sort: bool = True) -> list[Batch]:
+    tok = candidate.tokenizer
+    max_length = max_length or candidate.info.max_length
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i]) if sort else list(range(len(texts)))
+    out = []
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        out.append(Batch(idx, enc["input_ids"], enc["attention_mask"]))
+    return out
+
+
+def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(states.dtype)
+    if mode == "cls":
+        return states[:, 0]
+    if mode == "max":
+        return states.masked_fill(m == 0, float("-inf")).amax(dim=1)
+    if mode == "lasttoken":
+        last = mask.sum(dim=1) - 1
+        return states[torch.arange(states.shape[0]), last]
+    summed = (states * m).sum(dim=1)
+    counts = m.sum(dim=1).clamp(min=1)
+    return summed / (counts.sqrt() if mode == "mean_sqrt_len" else counts)
+
+
+def embed(candidate: Candidate, texts: list[str], batch_size: int) -> np.ndarray:
+    """Sentence embeddings with the model's own pooling and normalization."""
+    out: np.ndarray | None = None
+    for b in make_batches(candidate, texts, batch_size):
+        e = pool(candidate.forward(b.input_ids, b.attention_mask), b.attention_mask, candidate.info.pooling)
+        if candidate.info.normalize:
+            e = torch.nn.functional.normalize(e, dim=-1)
+        if out is None:
+            out = np.zeros((len(texts), e.shape[-1]), dtype=np.float32)
+        out[b.index] = e.numpy()
+    assert out is not None
+    return out
+
+
+def classify(candidate: Candidate, texts: list[str], batch_size: int) -> np.ndarray:
+    """Class logits [n, C]."""
+    rows: dict[int, np.ndarray] = {}
+    for b in make_batches(candidate, texts, batch_size):
+        logits = candidate.forward(b.input_ids, b.attention_mask)
+        for i, row in zip(b.index, logits.numpy()):
+            rows[i] = row
+    return np.stack([rows[i] for i in range(len(texts))])
+
+
+@dataclass
+class LMStats:
+    """Per-text sums over predicted tokens: NLL, token count, KL to reference, top-1 agreements."""
+
+    nll: np.ndarray
+    tokens: np.ndarray
+    kl: np.ndarray
+    agree: np.ndarray
+
+
+@torch.inference_mode()
+def lm_stats(candidate: Candidate, texts: list[str], batch_size: int, reference: Candidate | None) -> LMStats:
+    """Next-token statistics; with a reference, KL(reference || candidate) and top-1 agreement per token.
+
+    The reference runs on the same batches in lockstep, so no vocabulary-sized tensors are stored.
+    """
+    n = len(texts)
+    nll, toks, kl, agree = (np.zeros(n) for _ in range(4))
+    for b in make_batches(candidate, texts, batch_size):
+        logp = torch.log_softmax(candidate.forward(b.input_ids, b.attention_mask)[:, :-1], dim=-1)
+        target = b.input_ids[:, 1:]
+        valid = (b.attention_mask[:, 1:] * b.attention_mask[:, :-1]).bool()
+        tok_nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        nll[b.index] = (tok_nll * valid).sum(1).double().numpy()
+        toks[b.index] = valid.sum(1).numpy()
+        if reference is not None:
+            ref_logp = torch.log_softmax(reference.forward(b.input_ids, b.attention_mask)[:, :-1], dim=-1)
+            tok_kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).clamp(min=0)
+            kl[b.index] = (tok_kl * valid).sum(1).double().numpy()
+            agree[b.index] = ((ref_logp.argmax(-1) == logp.argmax(-1)) & valid).sum(1).numpy()
+    return LMStats(nll, toks, kl, agree)
+
+
+def token_stream(candidate: Candidate, texts: list[str]) -> torch.Tensor:
+    """All texts' tokens end to end (no special tokens), for building fixed-length real-token prompts."""
+    ids = candidate.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return torch.tensor([t for seq in ids for t in seq], dtype=torch.long)
+
+
+def iter_chunks(stream: torch.Tensor, batch_size: int, length: int) -> Iterator[torch.Tensor]:
+    per = batch_size * length
+    for s in range(0, len(stream) - per + 1, per):
+        yield stream[s:s + per].view(batch_size, length)
