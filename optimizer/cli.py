@@ -18,7 +18,11 @@ def _fmt_num(x: float | None, digits: int = 4) -> str:
         return "-"
     if abs(x) >= 1000:
         return f"{x:,.0f}"
-    return f"{x:.{digits}g}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    if 0.999 < x < 1:  # fidelity-like values: show how far from 1
+        return f"{x:.6f}"
+    return f"{x:.{digits}f}"
 
 
 def _fmt_drop(d: dict[str, Any]) -> str:

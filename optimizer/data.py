@@ -47,8 +47,14 @@ class Dataset:
         return len(self.texts)
 
     def all_texts(self) -> list[str]:
-        """Every text in the set, for calibration, training and speed benchmarks."""
+        """Every text in the set: first texts, then texts_b (evaluators rely on this order)."""
         return self.texts + (self.texts_b or [])
+
+    def interleaved(self) -> list[str]:
+        """texts[0], texts_b[0], texts[1], ...: any prefix mixes short queries and long documents."""
+        if not self.texts_b:
+            return list(self.texts)
+        return [t for pair in zip(self.texts, self.texts_b) for t in pair]
 
 
 # ----------------------------------------------------------------------------- stdlib-docs
@@ -114,8 +120,7 @@ def _split_doc(doc: str) -> tuple[str, str]:
 @lru_cache(maxsize=1)
 def stdlib_docs() -> tuple[DocEntry, ...]:
     """All usable docstrings, sorted by qualified name, deduplicated by text."""
-    entries: dict[str, DocEntry] = {}
-    seen_text: set[str] = set()
+    by_text: dict[str, DocEntry] = {}  # inherited or aliased docstrings: keep the smallest qualname
     for modname in STDLIB_MODULES:
         try:
             module = importlib.import_module(modname)
@@ -123,17 +128,15 @@ def stdlib_docs() -> tuple[DocEntry, ...]:
             continue
         for qualname, obj in _members(module):
             doc = inspect.getdoc(obj)
-            if not doc or qualname in entries:
+            if not doc:
                 continue
             summary, body = _split_doc(doc)
             if len(summary.split()) < 3 or not summary.isascii():
                 continue
             key = " ".join((summary + " " + body).split())
-            if key in seen_text:  # inherited or aliased docstrings
-                continue
-            seen_text.add(key)
-            entries[qualname] = DocEntry(qualname, summary, body)
-    return tuple(entries[k] for k in sorted(entries))
+            if key not in by_text or qualname < by_text[key].qualname:
+                by_text[key] = DocEntry(qualname, summary, body)
+    return tuple(sorted(by_text.values(), key=lambda e: e.qualname))
 
 
 def _bucket(qualname: str) -> int:

@@ -94,7 +94,7 @@ def footprint(cand: Candidate, directory: Path) -> dict[str, Any]:
 
 def measure_speed(cand: Candidate, recipe: Recipe, data: Dataset) -> dict[str, Any]:
     s = recipe.speed
-    texts = data.all_texts()
+    texts = data.interleaved()
     if recipe.task == "causal-lm":
         return speed_mod.bench_causal_lm(cand, texts, s.batch_size, s.prompt_tokens, s.new_tokens, s.warmup, s.repeats)
     return speed_mod.bench_encoder(cand, texts[: s.texts], s.batch_size, s.warmup, s.repeats)

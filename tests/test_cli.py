@@ -1,0 +1,90 @@
+"""`costopt run` end to end on tiny models, exit codes, and results kept on failure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from optimizer.cli import main
+
+
+def _recipe(model_dir: Path, task: str, **extra) -> dict:
+    r = {
+        "name": f"tiny-{task}",
+        "model": {"source": str(model_dir)},
+        "task": task,
+        "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+        "speed": {"batch_size": 4, "texts": 16, "warmup": 1, "repeats": 2, "prompt_tokens": 16, "new_tokens": 4},
+        "hardware": {"threads": 1},
+        "quality": {"bootstrap": 200},
+    }
+    r.update(extra)
+    return r
+
+
+def test_run_embedding_with_pass_writes_result(tiny_bert_dir, write_recipe, tmp_path, capsys):
+    rec = write_recipe(_recipe(tiny_bert_dir, "embedding", passes=[{"name": "cast", "dtype": "bfloat16"}]))
+    assert main(["run", str(rec), "--out", str(tmp_path / "runs"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "mrr" in out and "encode tokens/s" in out and "drop (95% CI)" in out
+    [result] = (tmp_path / "runs").glob("tiny-embedding-*/result.json")
+    r = json.loads(result.read_text())
+    assert r["schema"] == "costopt.trial/1" and r["status"] == "ok"
+    assert r["passes"] == [{"name": "cast", "params": {"dtype": "bfloat16"}, "save": False}]
+    assert set(r["drops"]) == {"mrr", "recall@1", "ndcg@10", "fidelity"}
+    assert r["candidate"]["footprint"]["weight_bytes"] < 0.6 * r["baseline"]["footprint"]["weight_bytes"]
+    assert r["system"]["libraries"]["torch"] and r["system"]["cpu"]["logical_cores"]
+    assert r["baseline"]["speed"]["threads"] == 1
+    assert Path(r["candidate"]["footprint"]["artifact"], "costopt.json").is_file()
+
+
+def test_run_causal_lm_baseline_only(tiny_llama_dir, write_recipe, tmp_path, capsys):
+    rec = write_recipe(_recipe(tiny_llama_dir, "causal-lm"))
+    assert main(["run", str(rec), "--out", str(tmp_path), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "output tokens/s" in out
+    r = json.loads(next(tmp_path.glob("*/result.json")).read_text())
+    assert r["candidate"] is None and r["baseline"]["speed"]["output_tokens_per_s"]["median"] > 0
+
+
+def test_failed_pass_keeps_baseline_result(tiny_bert_dir, write_recipe, tmp_path, monkeypatch, capsys):
+    from optimizer.passes.quantize import Cast
+    from optimizer.errors import UserError
+
+    def boom(self, cand, ctx):
+        raise UserError("this model cannot be cast", "try another pass")
+    monkeypatch.setattr(Cast, "apply", boom)
+    rec = write_recipe(_recipe(tiny_bert_dir, "embedding", passes=[{"name": "cast"}]))
+    assert main(["run", str(rec), "--out", str(tmp_path), "-q"]) == 2
+    assert "this model cannot be cast" in capsys.readouterr().err
+    r = json.loads(next(tmp_path.glob("*/result.json")).read_text())
+    assert r["status"] == "failed" and "cannot be cast" in r["error"]
+    assert r["baseline"]["quality"]["mrr"] > 0 and r["baseline"]["speed"]["input_tokens_per_s"]["median"] > 0
+
+
+def test_cuda_without_gpu_is_exit_2(tiny_bert_dir, write_recipe, tmp_path, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    rec = write_recipe(_recipe(tiny_bert_dir, "embedding", hardware={"device": "cuda"}))
+    assert main(["run", str(rec), "--out", str(tmp_path), "-q"]) == 2
+    assert "no GPU is visible" in capsys.readouterr().err
+
+
+def test_range_in_single_run_is_exit_2(tiny_bert_dir, write_recipe, tmp_path, capsys):
+    rec = write_recipe(_recipe(tiny_bert_dir, "embedding", passes=[{"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}}]))
+    assert main(["run", str(rec), "--out", str(tmp_path), "-q"]) == 2
+    assert "is a search range" in capsys.readouterr().err
+
+
+def test_console_script_and_hardware():
+    p = subprocess.run([sys.executable, "-m", "optimizer.cli", "hardware", "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    fp = json.loads(p.stdout)
+    assert fp["cpu"]["logical_cores"] >= 1 and fp["python"] and "torch" in fp["libraries"]
+    p = subprocess.run([sys.executable, "-m", "optimizer.cli", "validate", "/nope.yaml"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr

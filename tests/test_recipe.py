@@ -1,0 +1,126 @@
+"""Recipe validation: each mistake gives one line naming the field and the fix."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from optimizer.cli import main
+from optimizer.errors import UserError
+from optimizer.recipe import Choice, FloatRange, load_recipe
+
+GOOD = {
+    "name": "t",
+    "model": {"source": "org/some-model"},
+    "task": "embedding",
+    "data": {"eval": {"source": "stdlib-docs"}},
+    "passes": [{"name": "cast", "dtype": "bfloat16"}],
+}
+
+
+def mutate(path: str, value, delete: bool = False) -> dict:
+    raw = copy.deepcopy(GOOD)
+    node = raw
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if k.isdigit() else node.setdefault(k, {})
+    if delete:
+        del node[keys[-1]]
+    elif keys[-1].isdigit():
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+    return raw
+
+
+MISTAKES = [
+    # (mutation, text the message must contain)
+    (lambda: mutate("colour", "red"), "colour: unknown key"),
+    (lambda: mutate("model.sourc", "x"), "model.sourc: unknown key"),
+    (lambda: mutate("model.source", None, delete=True), "model.source: required field is missing"),
+    (lambda: mutate("task", "translation"), "task: 'translation' is not allowed"),
+    (lambda: mutate("speed.batch_size", "big"), "speed.batch_size"),
+    (lambda: mutate("speed.batch_size", 0), "speed.batch_size"),
+    (lambda: mutate("quality.confidence", 1.5), "quality.confidence"),
+    (lambda: mutate("passes.0", {"name": "quantise"}), "passes[0].name: unknown pass 'quantise'"),
+    (lambda: mutate("passes.0", {"name": "cast", "dtype": "int3"}), "passes[0].dtype"),
+    (lambda: mutate("passes.0", {"name": "cast", "bits": 4}), "passes[0].bits: unknown parameter"),
+    (lambda: mutate("passes.0", {"name": "cast", "dtype": {"choice": ["bfloat16", "fp8"]}}), "search value 'fp8'"),
+    (lambda: mutate("data.eval.source", "missing.jsonl"), "data.eval.source: file"),
+    (lambda: mutate("model.source", "./no/such/folder"), "model.source: folder"),
+    (lambda: mutate("quality.metrics", ["perplexity"]), "quality.metrics[0]: 'perplexity' is not a embedding metric"),
+    (lambda: mutate("quality.primary", "spearman"), "quality.primary"),
+    (lambda: mutate("hardware.device", "tpu"), "hardware.device"),
+    (lambda: mutate("name", "a/b"), "name:"),
+    (lambda: mutate("data.eval", "stdlib-docs"), "data.eval"),
+]
+
+
+@pytest.mark.parametrize("make, expected", MISTAKES, ids=[m[1][:40] for m in MISTAKES])
+def test_each_mistake_is_one_clear_line(make, expected, write_recipe):
+    path = write_recipe(make())
+    with pytest.raises(UserError) as exc:
+        load_recipe(path)
+    line = exc.value.one_line()
+    assert expected in line, line
+    assert "\n" not in line
+    assert "fix:" in line
+
+
+def test_search_range_validation(write_recipe):
+    raw = mutate("passes.0", {"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}})
+    rec = load_recipe(write_recipe(raw))
+    assert rec.has_ranges()
+    assert isinstance(Choice.model_validate({"choice": [1]}), Choice)
+    with pytest.raises(Exception, match="reversed"):
+        FloatRange.model_validate({"float": [1.0, 0.1]})
+
+
+def test_invalid_yaml_and_non_mapping(write_recipe):
+    with pytest.raises(UserError, match="not valid YAML at line 2"):
+        load_recipe(write_recipe("model:\n\tsource: x\n"))
+    with pytest.raises(UserError, match="top level must be a mapping"):
+        load_recipe(write_recipe("- just\n- a list\n"))
+    with pytest.raises(UserError, match="does not exist"):
+        load_recipe("/no/such/recipe.yaml")
+
+
+def test_set_overrides_and_env_expansion(write_recipe, monkeypatch, tmp_path):
+    raw = copy.deepcopy(GOOD)
+    raw["model"]["source"] = "${COSTOPT_TEST_MODEL:-org/default}"
+    path = write_recipe(raw)
+    assert load_recipe(path).model.source == "org/default"
+    monkeypatch.setenv("COSTOPT_TEST_MODEL", "org/from-env")
+    assert load_recipe(path).model.source == "org/from-env"
+    rec = load_recipe(path, ["speed.batch_size=8", "hardware.threads=1"])
+    assert rec.speed.batch_size == 8 and rec.hardware.threads == 1
+    with pytest.raises(UserError, match="has no '='"):
+        load_recipe(path, ["speed.batch_size"])
+    raw["model"]["source"] = "${COSTOPT_UNSET_VAR}"
+    with pytest.raises(UserError, match="COSTOPT_UNSET_VAR is not set"):
+        load_recipe(write_recipe(raw))
+
+
+def test_relative_paths_resolve_against_recipe_folder(tmp_path, write_recipe):
+    (tmp_path / "eval.jsonl").write_text('{"query": "a", "document": "b"}\n')
+    raw = mutate("data.eval.source", "eval.jsonl")
+    rec = load_recipe(write_recipe(raw))
+    assert Path(rec.data.eval.source) == (tmp_path / "eval.jsonl").resolve()
+
+
+def test_shipped_recipes_validate():
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    for f in sorted(root.glob("*.yaml")):
+        if "stories260k" in f.name and not (root.parent.parent / "shared/models/stories260K").is_dir():
+            continue
+        load_recipe(f)
+
+
+def test_cli_validate_exit_codes(write_recipe, capsys):
+    assert main(["validate", str(write_recipe(GOOD))]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert main(["validate", str(write_recipe(mutate("task", "nope")))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("costopt: error:") and "task" in err and len(err.splitlines()) == 1
