@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from optimizer.cli_format import table
+from cost.errors import CostInputError
 from optimizer.errors import UserError
 
 
@@ -30,12 +32,6 @@ def _fmt_drop(d: dict[str, Any]) -> str:
         return (f"{100 * d['relative']:+.2f}% [{100 * d['relative_low']:+.2f}, {100 * d['relative_high']:+.2f}]"
                 if d.get("relative_low") is not None else f"{100 * d['relative']:+.2f}%")
     return f"{d['drop']:+.4g} [{d['low']:+.4g}, {d['high']:+.4g}]"
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def _speed_rows(label: str, s: dict[str, Any]) -> list[list[str]]:
@@ -138,9 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results folder (default: the recipe's output_dir, runs/)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(fn=cmd_run)
-    hw = sub.add_parser("hardware", help="this machine's hardware and software fingerprint")
+    hw = sub.add_parser("hardware", help="this machine's fingerprint; `hardware list` shows the price catalog")
     hw.add_argument("--json", action="store_true")
     hw.set_defaults(fn=cmd_hardware)
+    from optimizer.cost_cli import add_commands
+
+    add_commands(sub, hw)
     return p
 
 
@@ -152,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except UserError as e:
         print(f"costopt: error: {e.one_line()}", file=sys.stderr)
+        return 2
+    except CostInputError as e:
+        print(f"costopt: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("costopt: interrupted; finished results are on disk", file=sys.stderr)
