@@ -80,6 +80,19 @@ def render_result(r: dict[str, Any]) -> str:
             f = part["footprint"]
             f_rows.append([label, f"{f['parameters']:,}", f"{f['nonzero_parameters']:,}", f"{f['weight_bytes'] / 2**20:.1f}"])
     out += [table(f_rows, ["model", "parameters", "non-zero", "weights on disk (MiB)"])]
+    if r["baseline"].get("cost"):
+        c_rows = []
+        for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
+            if part and part.get("cost"):
+                c = part["cost"]
+                c_rows.append([label, f"${c['input_usd_per_m']:.4f}",
+                               "-" if c["output_usd_per_m"] is None else f"${c['output_usd_per_m']:.4f}",
+                               f"${c['blended_usd_per_m']:.4f}",
+                               "-" if c.get("monthly_usd") is None else f"${c['monthly_usd']:,.2f}"])
+        bc = r["baseline"]["cost"]
+        out += ["", f"cost on {bc['hardware']} (${bc['hourly_usd']}/hour, {bc['utilization']:.0%} utilization; "
+                    "this machine's measured speed priced at that rate):",
+                table(c_rows, ["model", "$/1M input", "$/1M output", "$/1M blended", "per month"])]
     if cand and cand["speed"]["input_tokens_per_s"]["median"]:
         ratio = cand["speed"]["input_tokens_per_s"]["median"] / sp["input_tokens_per_s"]["median"]
         out += ["", f"input speedup over baseline: {ratio:.2f}x"]

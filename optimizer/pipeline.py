@@ -100,6 +100,24 @@ def measure_speed(cand: Candidate, recipe: Recipe, data: Dataset) -> dict[str, A
     return speed_mod.bench_encoder(cand, texts[: s.texts], s.batch_size, s.warmup, s.repeats)
 
 
+def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
+    """$ per 1M tokens on the recipe's catalog entry from measured tokens/s (None without an entry)."""
+    if not recipe.hardware.catalog:
+        return None
+    import cost
+
+    hw = recipe.hardware
+    entry = cost.load_catalog(hw.catalog_file).get(hw.catalog)
+    out_tps = speed["output_tokens_per_s"]["median"] if "output_tokens_per_s" in speed else None
+    p = cost.token_price(entry, speed["input_tokens_per_s"]["median"], out_tps, hw.utilization, hw.pricing)
+    share = recipe.workload.input_share if recipe.workload else (1.0 if out_tps is None else 0.5)
+    res = asdict(p) | {"input_share": share, "blended_usd_per_m": p.blended_usd_per_m(share),
+                       "note": f"this machine's measured tokens/s priced at {entry.name}'s rate"}
+    if recipe.workload:
+        res["monthly_usd"] = cost.monthly_cost(p, recipe.workload)
+    return res
+
+
 def _values(metrics: dict[str, MetricValues]) -> dict[str, float]:
     return {k: v.value for k, v in metrics.items()}
 
@@ -192,6 +210,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, An
             trial.baseline["quality"] = _values(base_q)
         with _Stage(trial, "baseline speed", bar):
             trial.baseline["speed"] = measure_speed(baseline, recipe, eval_data)
+            trial.baseline["cost"] = price_speed(recipe, trial.baseline["speed"])
             with tempfile.TemporaryDirectory() as tmp:
                 trial.baseline["footprint"] = footprint(baseline, Path(tmp) / "baseline")
                 trial.baseline["footprint"]["artifact"] = None
@@ -216,6 +235,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, An
                                for m in cand_q}
             with _Stage(trial, "candidate speed", bar):
                 trial.candidate["speed"] = measure_speed(cand, recipe, eval_data)
+                trial.candidate["cost"] = price_speed(recipe, trial.candidate["speed"])
             with _Stage(trial, "save candidate", bar):
                 trial.candidate["footprint"] = footprint(cand, run_dir / "artifact")
         trial.status = "ok"

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cost.workload import Workload
 from optimizer.errors import UserError, nearest
 
 Task = Literal["embedding", "causal-lm", "classification"]
@@ -132,17 +133,9 @@ class HardwareSpec(Strict):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int | None = Field(default=None, gt=0, description="CPU threads for every runtime; default: all cores")
     catalog: str | None = Field(default=None, description="hardware catalog entry used for pricing")
-
-
-class WorkloadSpec(Strict):
-    """Traffic: tokens per day, or requests per day times tokens per request."""
-
-    input_tokens_per_day: float | None = Field(default=None, ge=0)
-    output_tokens_per_day: float | None = Field(default=None, ge=0)
-    requests_per_day: float | None = Field(default=None, ge=0)
-    input_tokens_per_request: float | None = Field(default=None, ge=0)
-    output_tokens_per_request: float | None = Field(default=None, ge=0)
-    utilization: float = Field(default=0.5, gt=0, le=1)
+    catalog_file: str | None = Field(default=None, description="your catalog YAML, merged over the packaged one")
+    utilization: float = Field(default=0.5, gt=0, le=1, description="busy share of paid hours")
+    pricing: Literal["on_demand", "spot", "committed"] = "on_demand"
 
 
 class PassSpec(BaseModel):
@@ -189,7 +182,7 @@ class Recipe(Strict):
     quality: QualitySpec = QualitySpec()
     speed: SpeedSpec = SpeedSpec()
     hardware: HardwareSpec = HardwareSpec()
-    workload: WorkloadSpec = WorkloadSpec()
+    workload: Workload | None = None
     passes: list[PassSpec] = []
     search: SearchSpec = SearchSpec()
     report: ReportSpec = ReportSpec()
@@ -212,6 +205,17 @@ class Recipe(Strict):
         if self.quality.primary and self.quality.primary not in self.metrics:
             raise _FieldError("quality.primary", f"{self.quality.primary!r} is not among the recipe's metrics",
                               f"use one of {', '.join(self.metrics)}")
+        return self
+
+    @model_validator(mode="after")
+    def _catalog_entry_exists(self) -> "Recipe":
+        if self.hardware.catalog:
+            from cost import CostInputError, load_catalog
+
+            try:
+                load_catalog(self.hardware.catalog_file).get(self.hardware.catalog)
+            except CostInputError as e:
+                raise _FieldError("hardware.catalog", e.problem, e.fix) from None
         return self
 
     @property
