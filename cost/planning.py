@@ -12,20 +12,14 @@ import math
 from dataclasses import dataclass
 
 from cost.catalog import Entry
-from cost.errors import CostInputError
+from cost.errors import CostInputError, require_fraction, require_positive
 
 BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "nf4": 0.5}
 SECONDS_PER_DAY = 86400.0
 
 
-def _pos(name: str, v: float) -> None:
-    if not v > 0:
-        raise CostInputError(f"{name} must be positive (got {v})", f"give {name} > 0")
-
-
 def _mfu(m: float) -> None:
-    if not 0 < m <= 1:
-        raise CostInputError(f"MFU must be in (0, 1] (got {m})", "give the achieved share of peak, e.g. 0.4")
+    require_fraction("MFU", m, "give the achieved share of peak FLOP/s, e.g. 0.4")
 
 
 def bytes_per_param(dtype: str) -> float:
@@ -40,7 +34,7 @@ def attention_flops_per_token(layers: int, context: int, d_model: int) -> float:
 
 
 def serve_flops_per_token(params: float, layers: int = 0, context: int = 0, d_model: int = 0) -> float:
-    _pos("parameters", params)
+    require_positive("parameters", params)
     return 2.0 * params + attention_flops_per_token(layers, context, d_model)
 
 
@@ -51,8 +45,8 @@ def train_flops_per_token(params: float, layers: int = 0, context: int = 0, d_mo
 
 def training_compute(params: float, tokens: float) -> float:
     """Total training FLOPs, 6·N·D."""
-    _pos("parameters", params)
-    _pos("training tokens", tokens)
+    require_positive("parameters", params)
+    require_positive("training tokens", tokens)
     return 6.0 * params * tokens
 
 
@@ -75,7 +69,7 @@ class Plan:
 
 def accelerators_to_train(params: float, tokens: float, days: float, entry: Entry, mfu: float,
                           dtype: str = "bf16") -> Plan:
-    _pos("days", days)
+    require_positive("days", days)
     _mfu(mfu)
     compute = training_compute(params, tokens)
     peak, per_instance = _per_device_peak(entry, dtype)
@@ -90,7 +84,7 @@ def accelerators_to_train(params: float, tokens: float, days: float, entry: Entr
 def accelerators_to_serve(tokens_per_day: float, flops_per_token: float, entry: Entry, mfu: float,
                           dtype: str = "bf16") -> Plan:
     """Devices to serve a daily volume spread evenly over the day at the given MFU (compute bound)."""
-    _pos("tokens per day", tokens_per_day)
+    require_positive("tokens per day", tokens_per_day)
     _mfu(mfu)
     rate = tokens_per_day / SECONDS_PER_DAY * flops_per_token
     peak, per_instance = _per_device_peak(entry, dtype)
@@ -141,7 +135,7 @@ def memory_fit(params: float, entry: Entry, dtype: str = "bf16", kv_bytes: float
     Activations default to 10% of weights, a rough inference-time allowance: give the real figure
     when you have it.
     """
-    _pos("parameters", params)
+    require_positive("parameters", params)
     devices = entry.gpus or 1
     device = entry.memory_gb * 1e9 / devices
     weights = params * bytes_per_param(dtype)

@@ -11,30 +11,20 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cost.catalog import Entry
-from cost.errors import CostInputError
+from cost.errors import CostInputError, require_fraction, require_positive
 
 DEFAULT_GRID_KG_PER_KWH = 0.4  # roughly the world-average grid; set your region's figure
 
 
-def check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise CostInputError(f"{name} must be positive (got {value})", f"give the measured {name}")
-
-
-def check_utilization(u: float) -> None:
-    if not 0 < u <= 1:
-        raise CostInputError(f"utilization must be in (0, 1] (got {u})", "give the busy share of paid hours, e.g. 0.5")
-
-
 def usd_per_million(tokens_per_s: float, hourly_usd: float, utilization: float = 1.0) -> float:
-    check_positive("tokens/s", tokens_per_s)
-    check_utilization(utilization)
+    require_positive("tokens/s", tokens_per_s)
+    require_fraction("utilization", utilization, "give the busy share of paid hours, e.g. 0.5")
     return hourly_usd / (tokens_per_s * 3600.0 * utilization) * 1e6
 
 
 def kwh_per_million(tokens_per_s: float, watts: float) -> float:
     """Energy drawn while busy at the entry's power (idle draw is not counted)."""
-    check_positive("tokens/s", tokens_per_s)
+    require_positive("tokens/s", tokens_per_s)
     return watts / 1000.0 * (1e6 / tokens_per_s / 3600.0)
 
 
@@ -69,7 +59,7 @@ def token_price(entry: Entry, input_tps: float, output_tps: float | None = None,
                 grid_kg_per_kwh: float = DEFAULT_GRID_KG_PER_KWH) -> TokenPrice:
     hourly = entry.hourly_usd(pricing)
     if output_tps is not None:
-        check_positive("output tokens/s", output_tps)
+        require_positive("output tokens/s", output_tps)
     if grid_kg_per_kwh < 0:
         raise CostInputError("grid intensity cannot be negative", "give kg CO2 per kWh, e.g. 0.4")
     return TokenPrice(

@@ -64,34 +64,29 @@ def _write_st_sidecars(folder: Path, normalize: bool = True) -> None:
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertModel
+def _tiny_bert(folder: Path, model_cls_name: str, **config) -> Path:
+    import transformers
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert")
     tok = _wordpiece_tokenizer()
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128)
-    BertModel(cfg).eval().save_pretrained(folder)
+    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=128, **config)
+    getattr(transformers, model_cls_name)(cfg).eval().save_pretrained(folder)
     tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = _tiny_bert(tmp_path_factory.mktemp("tiny-bert"), "BertModel")
     _write_st_sidecars(folder)
     return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-cls")
-    tok = _wordpiece_tokenizer()
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128, num_labels=2,
-                     id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
-    BertForSequenceClassification(cfg).eval().save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-cls"), "BertForSequenceClassification", num_labels=2,
+                      id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
 
 
 @pytest.fixture(scope="session")
