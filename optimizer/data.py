@@ -240,9 +240,6 @@ def _dataset_from_rows(rows: list[dict[str, Any]], kind: Kind, src: DataSource, 
                    labels=_field(rows, src.label_field, origin), origin=origin)
 
 
-DEFAULT_KIND: dict[str, Kind] = {"embedding": "pairs", "causal-lm": "text", "classification": "labeled"}
-
-
 def load_dataset(src: DataSource, role: Role, task: str, seed: int = 0) -> Dataset:
     """Load one role's data; `limit` keeps a seeded, deterministic subset."""
     wanted: Kind | None = None if src.kind == "auto" else src.kind  # type: ignore[assignment]

@@ -33,6 +33,3 @@ def _default(o: Any) -> Any:
         return str(o)
     raise TypeError(f"cannot write {type(o).__name__} to JSON")
 
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
