@@ -21,7 +21,7 @@ from optimizer.errors import UserError
 
 if TYPE_CHECKING:
     from optimizer.recipe import ModelSpec
-    from optimizer.runtime import TorchCandidate
+    from optimizer.runtime import Candidate, TorchCandidate
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,36 @@ def load_candidate(spec: "ModelSpec", task: str, device: str) -> "TorchCandidate
     return TorchCandidate(info=info, module=module, device=device)
 
 
-def reload_saved(directory: Path, device: str = "cpu") -> "TorchCandidate":
-    """Load an artifact written by Candidate.save, with its task and pass history."""
+def reload_saved(directory: Path, device: str = "cpu") -> "Candidate":
+    """Load an artifact written by Candidate.save (any runtime), with its task and pass history."""
     from optimizer.recipe import ModelSpec
+    from optimizer.runtime import QUANTIZED_STATE, TorchCandidate
+    from optimizer.runtime_ort import OrtCandidate
 
-    meta = json.loads((Path(directory) / "costopt.json").read_text())
-    cand = load_candidate(ModelSpec(source=str(directory)), meta["task"], device)
+    directory = Path(directory)
+    meta_file = directory / "costopt.json"
+    if not meta_file.is_file():
+        raise UserError(f"{directory} is not a costopt artifact (no costopt.json)",
+                        "give a folder written by `costopt run` (runs/<name>-<time>/artifact)")
+    meta = json.loads(meta_file.read_text())
+    config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else {}
+    saved_dtype = config.get("dtype") or config.get("torch_dtype")
+    spec = ModelSpec(source=str(directory), dtype=saved_dtype if saved_dtype in DTYPES else "float32")
+    cand: Candidate
+    if meta.get("runtime") == "onnxruntime":
+        cand = OrtCandidate(info=load_model_info(spec, meta["task"]), device=device, folder=directory, io=meta["io"])
+    elif meta.get("format") == "torch-dynamic-int8":
+        from transformers import AutoConfig
+
+        from optimizer.passes.quantize import dynamic_int8
+
+        module = _auto_class(meta["task"]).from_config(AutoConfig.from_pretrained(directory))
+        params = next((a["params"] for a in meta.get("applied", []) if a["name"] == "torch-dynamic-int8"), {})
+        module = dynamic_int8(module.eval(), per_channel=params.get("per_channel", True))
+        module.load_state_dict(torch.load(directory / QUANTIZED_STATE, weights_only=False))
+        cand = TorchCandidate(info=load_model_info(spec, meta["task"]), module=module, device="cpu")
+    else:
+        cand = load_candidate(spec, meta["task"], device)
     cand.applied = meta.get("applied", [])
     return cand
 

@@ -218,14 +218,18 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, An
 
         if passes:
             ctx = PassContext(task=recipe.task, device=device, threads=speed_mod.threads(), seed=seed,
-                              work_dir=run_dir / "work", calibration=calib, train=train)
+                              work_dir=run_dir / "work", calibration=calib, train=train,
+                              baseline=lambda: load_candidate(recipe.model, recipe.task, device))
             with _Stage(trial, "apply passes", bar):
                 cand: Candidate = load_candidate(recipe.model, recipe.task, device)  # fresh copy: baseline stays intact
-                for p in passes:
+                for i, p in enumerate(passes):
                     t0 = time.perf_counter()
                     cand = build_pass(p["name"], p["params"]).apply(cand, ctx)
                     cand.applied.append({"name": p["name"], "params": p["params"]})
                     trial.timings[f"pass {p['name']}"] = round(time.perf_counter() - t0, 3)
+                    if p["save"] and i < len(passes) - 1:  # the last pass's result is saved as the artifact anyway
+                        folder = cand.save(run_dir / f"after-{i + 1}-{p['name']}")
+                        trial.extra.setdefault("intermediate", []).append(str(folder))
                 trial.notes.extend(cand.notes)
             with _Stage(trial, "candidate quality", bar):
                 cand_q = evaluator.evaluate(cand, reference=baseline)

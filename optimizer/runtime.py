@@ -55,6 +55,10 @@ class Candidate(ABC):
         """(parameters, non-zero parameters)."""
 
 
+QUANTIZED_STATE = "quantized_state.pt"
+DynamicQLinear = torch.ao.nn.quantized.dynamic.Linear
+
+
 def folder_size(directory: Path) -> int:
     return sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file())
 
@@ -86,24 +90,45 @@ class TorchCandidate(Candidate):
                           past_key_values=state["cache"], use_cache=True)
         return out.logits[:, -1, :].float().cpu(), {"cache": out.past_key_values, "mask": mask}
 
+    @property
+    def dynamic_int8(self) -> bool:
+        """True after torch-dynamic-int8: packed int8 Linear layers that save_pretrained cannot write."""
+        return any(isinstance(m, DynamicQLinear) for m in self.module.modules())
+
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
         if directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
-        self.module.save_pretrained(directory, safe_serialization=True)
+        fmt = "hf"
+        if self.dynamic_int8:  # config + the quantized state dict; reload rebuilds, quantizes, then loads it
+            fmt = "torch-dynamic-int8"
+            self.module.config.save_pretrained(directory)
+            torch.save(self.module.state_dict(), directory / QUANTIZED_STATE)
+        else:
+            self.module.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         self.info.write_sidecars(directory)
-        (directory / "costopt.json").write_text(json.dumps({"task": self.task, "applied": self.applied}, indent=2))
+        meta = {"task": self.task, "runtime": self.runtime, "format": fmt, "applied": self.applied}
+        (directory / "costopt.json").write_text(json.dumps(meta, indent=2))
         return directory
 
     def parameter_counts(self) -> tuple[int, int]:
         seen: set[int] = set()
         total = nonzero = 0
+        for m in self.module.modules():
+            if isinstance(m, DynamicQLinear):  # packed int8 weight, invisible to parameters()
+                w = m.weight().int_repr()
+                total += w.numel()
+                nonzero += int(torch.count_nonzero(w).item())
         for p in self.module.parameters():
             if p.data_ptr() in seen:  # tied weights count once
                 continue
             seen.add(p.data_ptr())
+            if type(p).__name__ == "Params4bit":  # two 4-bit codes per byte; zero weights are not zero codes
+                total += p.numel() * 2
+                nonzero += p.numel() * 2
+                continue
             total += p.numel()
             nonzero += int(torch.count_nonzero(p).item())
         return total, nonzero

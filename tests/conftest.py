@@ -64,13 +64,13 @@ def _write_st_sidecars(folder: Path, normalize: bool = True) -> None:
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
 
 
-def _tiny_bert(folder: Path, model_cls_name: str, **config) -> Path:
+def _tiny_bert(folder: Path, model_cls_name: str, hidden: int = 32, **config) -> Path:
     import transformers
 
     torch.manual_seed(0)
     tok = _wordpiece_tokenizer()
-    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=128, **config)
+    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=2 * hidden, max_position_embeddings=128, **config)
     getattr(transformers, model_cls_name)(cfg).eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -84,24 +84,45 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def wide_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Hidden width 64: bitsandbytes' CPU 4-bit kernels need widths that are multiples of 64."""
+    folder = _tiny_bert(tmp_path_factory.mktemp("wide-bert"), "BertModel", hidden=64)
+    _write_st_sidecars(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def wide_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_bert(tmp_path_factory.mktemp("wide-cls"), "BertForSequenceClassification", hidden=64, num_labels=2)
+
+
+@pytest.fixture(scope="session")
 def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny_bert(tmp_path_factory.mktemp("tiny-cls"), "BertForSequenceClassification", num_labels=2,
                       id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _tiny_llama(folder: Path, hidden: int) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
     tok = _bpe_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
     LlamaForCausalLM(cfg).eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), 32)
+
+
+@pytest.fixture(scope="session")
+def wide_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_llama(tmp_path_factory.mktemp("wide-llama"), 64)
 
 
 @pytest.fixture

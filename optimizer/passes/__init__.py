@@ -68,6 +68,9 @@ def build_pass(name: str, params: dict[str, Any]) -> Pass:
 
 
 # Importing the technique modules registers their passes.
+from optimizer.passes import distill as _distill  # noqa: E402,F401
+from optimizer.passes import onnx as _onnx  # noqa: E402,F401
+from optimizer.passes import prune as _prune  # noqa: E402,F401
 from optimizer.passes import quantize as _quantize  # noqa: E402,F401
 
 __all__ = ["REGISTRY", "Pass", "PassConfig", "PassContext", "register", "build_pass", "validate_pass_params"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from optimizer.data import Dataset
-    from optimizer.runtime import Candidate
+    from optimizer.runtime import Candidate, TorchCandidate
 
 
 class PassConfig(BaseModel):
@@ -28,6 +29,7 @@ class PassContext:
     work_dir: Any  # pathlib.Path
     calibration: "Dataset | None" = None
     train: "Dataset | None" = None
+    baseline: "Callable[[], TorchCandidate] | None" = None  # a fresh copy of the uncompressed model (the teacher)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

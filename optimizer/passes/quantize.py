@@ -1,10 +1,16 @@
-"""Quantization passes that stay in torch."""
+"""Quantization passes that stay in torch: dtype casts, torch dynamic int8, bitsandbytes int8/4-bit."""
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Literal
 
-from optimizer.model import DTYPES
+import torch
+from pydantic import Field
+
+from optimizer.errors import UserError
+from optimizer.model import DTYPES, _auto_class
 from optimizer.passes import register
 from optimizer.passes.base import Pass, PassConfig, PassContext
 from optimizer.runtime import Candidate, TorchCandidate
@@ -26,3 +32,114 @@ class Cast(Pass):
         assert isinstance(candidate, TorchCandidate)
         candidate.module.to(DTYPES[self.config.dtype])
         return candidate
+
+
+# ---------------------------------------------------------------- torch dynamic int8
+
+
+def dynamic_int8(module: torch.nn.Module, per_channel: bool) -> torch.nn.Module:
+    """Linear layers -> int8 weights (per output channel or per tensor), activations quantized per batch."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        return quantize_dynamic(module.float(), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+
+
+class DynamicInt8Config(PassConfig):
+    per_channel: bool = True
+
+
+@register
+class TorchDynamicInt8(Pass):
+    """torch's dynamic int8 Linear (fbgemm/onednn int8 GEMMs); CPU only."""
+
+    name = "torch-dynamic-int8"
+    family = "quantization"
+    Config = DynamicInt8Config
+
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        assert isinstance(candidate, TorchCandidate)
+        if ctx.device != "cpu":
+            raise UserError("torch-dynamic-int8 runs on the CPU only",
+                            "set hardware.device: cpu, or use bnb-int8 on a GPU")
+        candidate.module = dynamic_int8(candidate.module.cpu().eval(), self.config.per_channel)
+        return candidate
+
+
+# ---------------------------------------------------------------- bitsandbytes
+
+
+def _bnb_reload(candidate: TorchCandidate, ctx: PassContext, quantization_config: object, tag: str) -> TorchCandidate:
+    """Quantize as users do: from_pretrained with a BitsAndBytesConfig, from the incoming weights.
+
+    Going through transformers (rather than swapping layers by hand) keeps lm_head/embeddings in float,
+    as transformers does, and makes the result save and reload with its quantization config.
+    """
+    if candidate.task == "classification":  # the class head stays in float, as lm_head does
+        quantization_config.llm_int8_skip_modules = list(quantization_config.llm_int8_skip_modules or []) + ["classifier", "score"]
+    folder = Path(ctx.work_dir) / f"{tag}-input"
+    candidate.module.float().save_pretrained(folder, safe_serialization=True)
+    candidate.module = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = _auto_class(candidate.task).from_pretrained(folder, quantization_config=quantization_config,
+                                                             device_map={"": ctx.device})
+    candidate.module = module.eval()
+    candidate.device = ctx.device
+    return candidate
+
+
+class BnbInt8Config(PassConfig):
+    threshold: float = Field(default=6.0, ge=0, description="LLM.int8 outlier threshold (0 = no fp16 outlier path)")
+    skip_modules: list[str] = Field(default=[], description="module names kept in float (lm_head always is)")
+
+
+@register
+class BnbInt8(Pass):
+    """bitsandbytes LLM.int8: int8 weights, outlier feature columns in fp16."""
+
+    name = "bnb-int8"
+    family = "quantization"
+    Config = BnbInt8Config
+
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        from transformers import BitsAndBytesConfig
+
+        assert isinstance(candidate, TorchCandidate)
+        cfg = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.config.threshold,
+                                 llm_int8_skip_modules=self.config.skip_modules or None)
+        return _bnb_reload(candidate, ctx, cfg, self.name)
+
+
+class Bnb4bitConfig(PassConfig):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = Field(default=True, description="quantize the per-block scales too")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    block_size: Literal[64] = Field(default=64, description="bitsandbytes' 4-bit block size via transformers (fixed at 64)")
+
+
+@register
+class Bnb4bit(Pass):
+    """bitsandbytes 4-bit weights (NF4 or FP4, per-64-block scales), dequantized to compute_dtype."""
+
+    name = "bnb-4bit"
+    family = "quantization"
+    Config = Bnb4bitConfig
+
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        from transformers import BitsAndBytesConfig
+
+        assert isinstance(candidate, TorchCandidate)
+        c = self.config
+        if ctx.device == "cpu":
+            narrow = sorted({m.in_features for n, m in candidate.module.named_modules()
+                             if isinstance(m, torch.nn.Linear) and m.in_features % 64 and "lm_head" not in n})
+            if narrow:
+                raise UserError(f"bnb-4bit on the CPU needs layer input widths that are multiples of 64 "
+                                f"(bitsandbytes' block size); this model has {narrow[:3]}",
+                                "run bnb-4bit on a GPU, or use ort-int4 (block_size 16 or 32) for this model")
+        cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=c.quant_type,
+                                 bnb_4bit_use_double_quant=c.double_quant, bnb_4bit_compute_dtype=DTYPES[c.compute_dtype])
+        return _bnb_reload(candidate, ctx, cfg, self.name)

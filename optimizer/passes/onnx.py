@@ -1,0 +1,301 @@
+"""ONNX export and ONNX Runtime passes: graph optimization, int8 dynamic/static, int4 weight-only.
+
+Every runtime pass reads the incoming candidate's model.onnx and writes a new folder under the
+run's work directory, so each step's artifact stays intact for saving and comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from optimizer import tasks
+from optimizer.errors import UserError
+from optimizer.onnx_export import export
+from optimizer.passes import register
+from optimizer.passes.base import Pass, PassConfig, PassContext
+from optimizer.passes.calibration import sample_texts
+from optimizer.runtime import Candidate, TorchCandidate
+from optimizer.runtime_ort import MODEL_FILE, OrtCandidate
+
+log = logging.getLogger(__name__)
+ORT = frozenset({"onnxruntime"})
+
+
+def _next_folder(ctx: PassContext, name: str) -> Path:
+    work = Path(ctx.work_dir)
+    n = len(list(work.glob("*"))) if work.exists() else 0
+    folder = work / f"{n:02d}-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _derive(cand: OrtCandidate, folder: Path) -> OrtCandidate:
+    return OrtCandidate(info=cand.info, device=cand.device, applied=list(cand.applied), notes=list(cand.notes),
+                        folder=folder, io=dict(cand.io))
+
+
+# ---------------------------------------------------------------- export
+
+
+class ExportConfig(PassConfig):
+    opset: int = Field(default=17, ge=14, le=21)
+    tolerance: float = Field(default=1e-3, gt=0, description="max |torch - onnx| on real tokens, relative to max |torch|")
+    parity_texts: int = Field(default=16, ge=2)
+
+
+def parity(torch_cand: TorchCandidate, ort_cand: OrtCandidate, texts: list[str]) -> tuple[float, float]:
+    """(max |diff| on unpadded positions / max |reference|, min per-row cosine) over padded batches."""
+    worst, min_cos = 0.0, 1.0
+    for b in tasks.make_batches(torch_cand, texts, batch_size=4, sort=False):  # unsorted: real padding
+        ref = torch_cand.forward(b.input_ids, b.attention_mask)
+        got = ort_cand.forward(b.input_ids, b.attention_mask)
+        if ref.dim() == 3:
+            keep = b.attention_mask.bool()
+            ref, got = ref[keep], got[keep]
+        scale = max(float(ref.abs().max()), 1e-6)
+        worst = max(worst, float((ref - got).abs().max()) / scale)
+        min_cos = min(min_cos, float(torch.nn.functional.cosine_similarity(ref, got, dim=-1).min()))
+    return worst, min_cos
+
+
+@register
+class OnnxExport(Pass):
+    """Export to ONNX (fp32; KV cache for causal LMs) and check it against torch on padded batches."""
+
+    name = "onnx-export"
+    family = "export"
+    runtime_out = "onnxruntime"
+    Config = ExportConfig
+
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        assert isinstance(candidate, TorchCandidate)
+        folder = _next_folder(ctx, self.name)
+        module = candidate.module.float().cpu()  # the exported graph is fp32; parity is against this module
+        reference = TorchCandidate(info=candidate.info, module=module, device="cpu")
+        io = export(module, candidate.task, folder / MODEL_FILE, self.config.opset)
+        ort_cand = OrtCandidate(info=candidate.info, device=ctx.device, applied=list(candidate.applied),
+                                notes=list(candidate.notes), folder=folder, io=io)
+        diff, cos = parity(reference, ort_cand, sample_texts(ctx, self.config.parity_texts))
+        if diff > self.config.tolerance:
+            raise UserError(f"onnx-export parity check failed: ONNX Runtime differs from torch by {diff:.2e} "
+                            f"(relative max |diff| on real tokens; min cosine {cos:.5f}; tolerance {self.config.tolerance:g})",
+                            "this architecture does not export cleanly with our wrappers: keep it in torch "
+                            "(drop onnx-export and the ort-* passes) or report the model type")
+        ort_cand.notes.append(f"onnx-export parity: relative max |diff| {diff:.1e}, min cosine {cos:.6f} on padded batches")
+        candidate.module = None  # the torch weights are no longer needed
+        return ort_cand
+
+
+# ---------------------------------------------------------------- graph optimization
+
+
+class OptimizeConfig(PassConfig):
+    level: Literal["basic", "extended"] = Field(
+        default="extended", description="ORT's offline level; 'all' is applied at load time, as it is hardware-specific")
+    fusions: bool = Field(default=True, description="transformer fusions (attention, layer norm, GELU) for encoders")
+
+
+@register
+class OrtOptimize(Pass):
+    """Offline graph optimization; for encoders also onnxruntime.transformers' attention/LayerNorm/GELU fusions."""
+
+    name = "ort-optimize"
+    family = "export"
+    runtimes_in = ORT
+    runtime_out = "onnxruntime"
+    Config = OptimizeConfig
+
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        import onnxruntime as ort
+
+        from optimizer.runtime_ort import session_options
+
+        assert isinstance(candidate, OrtCandidate)
+        folder = _next_folder(ctx, self.name)
+        target = folder / MODEL_FILE
+        source = candidate.model_path
+        if self.config.fusions and candidate.task != "causal-lm":
+            from onnxruntime.transformers.optimizer import optimize_model
+
+            optimized = optimize_model(str(source), model_type="bert", opt_level=0)
+            fused = optimized.get_fused_operator_statistics()
+            optimized.save_model_to_file(str(folder / "fused.onnx"))
+            source = folder / "fused.onnx"
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(fused.items()) if v)
+            candidate.notes.append(f"ort-optimize fusions: {counts or 'none matched'}")
+        so = session_options(ctx.threads)
+        so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[self.config.level]
+        so.optimized_model_filepath = str(target)
+        ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
+        if source != candidate.model_path:
+            source.unlink()
+        return _derive(candidate, folder)
+
+
+# ---------------------------------------------------------------- int8
+
+
+# MatMuls with two activation inputs (attention scores) stay in float; fused contrib ops defeat ONNX
+# shape inference, so their outputs are declared float.
+_QUANT_OPTIONS = {"MatMulConstBOnly": True, "DefaultTensorType": 1}  # 1 = onnx.TensorProto.FLOAT
+
+
+def _quant_ops(model_path: Path, wanted: list[str]) -> list[str]:
+    import onnx
+
+    present = {n.op_type for n in onnx.load(str(model_path), load_external_data=False).graph.node}
+    return [op for op in wanted if op in present]
+
+
+def _excluded(model_path: Path, patterns: list[str]) -> list[str]:
+    """Node names matching any regex in `patterns` (kept in float)."""
+    import onnx
+
+    if not patterns:
+        return []
+    names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
+    return [n for n in names if any(re.search(p, n) for p in patterns)]
+
+
+class DynamicInt8Config(PassConfig):
+    per_channel: bool = True
+    reduce_range: bool = Field(default=False, description="7-bit weights; helps only on CPUs without VNNI")
+    op_types: list[Literal["MatMul", "Gemm", "Attention", "Gather", "Conv"]] = ["MatMul", "Gemm", "Attention"]
+    weight_type: Literal["int8", "uint8"] = "int8"
+    exclude: list[str] = Field(default=[], description="regexes on ONNX node names to keep in float")
+
+
+@register
+class OrtInt8Dynamic(Pass):
+    """Dynamic int8: weights quantized offline, activations per batch at run time (no calibration)."""
+
+    name = "ort-int8-dynamic"
+    family = "quantization"
+    runtimes_in = ORT
+    runtime_out = "onnxruntime"
+    Config = DynamicInt8Config
+
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        assert isinstance(candidate, OrtCandidate)
+        folder = _next_folder(ctx, self.name)
+        c = self.config
+        quantize_dynamic(candidate.model_path, folder / MODEL_FILE, per_channel=c.per_channel,
+                         reduce_range=c.reduce_range, op_types_to_quantize=_quant_ops(candidate.model_path, c.op_types),
+                         weight_type=QuantType.QInt8 if c.weight_type == "int8" else QuantType.QUInt8,
+                         nodes_to_exclude=_excluded(candidate.model_path, c.exclude),
+                         extra_options=_QUANT_OPTIONS)
+        return _derive(candidate, folder)
+
+
+class StaticInt8Config(PassConfig):
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    samples: int = Field(default=64, ge=1, description="calibration texts")
+    batch_size: int = Field(default=8, ge=1)
+    format: Literal["qdq", "qoperator"] = "qdq"
+    per_channel: bool = True
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    percentile: float = Field(default=99.999, gt=90, lt=100)
+    op_types: list[Literal["MatMul", "Gemm", "Attention", "Add", "Mul"]] = ["MatMul", "Gemm"]
+    exclude: list[str] = Field(default=[], description="regexes on ONNX node names to keep in float")
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over tokenized calibration batches."""
+
+    def __init__(self, candidate: OrtCandidate, texts: list[str], batch_size: int) -> None:
+        self.candidate, self.texts, self.batch_size = candidate, texts, batch_size
+        self.it: Iterator[dict[str, np.ndarray]] = self._feeds()
+
+    def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        for b in tasks.make_batches(self.candidate, self.texts, self.batch_size):
+            feed = {"input_ids": b.input_ids.numpy(), "attention_mask": b.attention_mask.numpy()}
+            if self.candidate.task == "causal-lm":
+                feed |= self.candidate._empty_past(b.input_ids.shape[0])
+            yield feed
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.it, None)
+
+    def rewind(self) -> None:
+        self.it = self._feeds()
+
+
+@register
+class OrtInt8Static(Pass):
+    """Static int8 (QDQ by default): activation ranges calibrated on the recipe's calibration texts."""
+
+    name = "ort-int8-static"
+    family = "quantization"
+    runtimes_in = ORT
+    runtime_out = "onnxruntime"
+    Config = StaticInt8Config
+
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        assert isinstance(candidate, OrtCandidate)
+        c = self.config
+        folder = _next_folder(ctx, self.name)
+        reader = type("Reader", (_Reader, CalibrationDataReader), {})(candidate, sample_texts(ctx, c.samples), c.batch_size)
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[c.method]
+        extra = _QUANT_OPTIONS | {"CalibTensorRangeSymmetric": c.activation_type == "int8"}
+        if c.method == "percentile":
+            extra["CalibPercentile"] = c.percentile
+        quantize_static(candidate.model_path, folder / MODEL_FILE, reader,
+                        quant_format=QuantFormat.QDQ if c.format == "qdq" else QuantFormat.QOperator,
+                        op_types_to_quantize=_quant_ops(candidate.model_path, c.op_types), per_channel=c.per_channel,
+                        activation_type=QuantType.QUInt8 if c.activation_type == "uint8" else QuantType.QInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=_excluded(candidate.model_path, c.exclude),
+                        calibrate_method=method, extra_options=extra)
+        for f in folder.glob("*.onnx-augmented*"):
+            f.unlink()  # the calibration tool's temporary graph
+        candidate.notes.append(f"ort-int8-static calibrated on {min(c.samples, len(reader.texts))} texts ({c.method})")
+        return _derive(candidate, folder)
+
+
+# ---------------------------------------------------------------- int4
+
+
+class Int4Config(PassConfig):
+    block_size: int = Field(default=32, ge=16, le=256)
+    symmetric: bool = True
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        default=4, description="compute type on CPU: 4 = int8 activations (fast), 0 = unset (fp32)")
+
+
+@register
+class OrtInt4(Pass):
+    """Weight-only 4-bit (MatMulNBits, per-block scales); activations stay in float unless accuracy_level=4."""
+
+    name = "ort-int4"
+    family = "quantization"
+    runtimes_in = ORT
+    runtime_out = "onnxruntime"
+    Config = Int4Config
+
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        assert isinstance(candidate, OrtCandidate)
+        c = self.config
+        if c.block_size & (c.block_size - 1):
+            raise UserError(f"ort-int4 block_size {c.block_size} is not a power of two", "use 16, 32, 64, 128 or 256")
+        folder = _next_folder(ctx, self.name)
+        q = MatMulNBitsQuantizer(onnx.load(str(candidate.model_path)), bits=4, block_size=c.block_size,
+                                 is_symmetric=c.symmetric, accuracy_level=c.accuracy_level or None)
+        q.process()
+        q.model.save_model_to_file(str(folder / MODEL_FILE), use_external_data_format=False)
+        return _derive(candidate, folder)

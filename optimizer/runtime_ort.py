@@ -1,0 +1,126 @@
+"""ONNX Runtime candidate: the same forward/prefill/decode calls as torch, on an InferenceSession.
+
+The session uses the process's thread count (`measure.speed.threads()`), so torch and ONNX Runtime
+figures compare; inter-op parallelism is off for both.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from optimizer.runtime import Candidate
+
+MODEL_FILE = "model.onnx"
+# Initializers that are quantization metadata, not parameters.
+_META_SUFFIXES = ("_scale", "_zero_point", "_scales", "_zero_points", "scale", "zero_point")
+
+
+def session_options(threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
+def providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+@dataclass
+class OrtCandidate(Candidate):
+    folder: Path | None = None  # holds model.onnx (+ external data)
+    io: dict[str, Any] = field(default_factory=dict)  # from onnx_export.export
+    runtime: str = "onnxruntime"
+    _session: Any = field(default=None, repr=False)
+
+    @property
+    def model_path(self) -> Path:
+        assert self.folder is not None
+        return self.folder / MODEL_FILE
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            import onnxruntime as ort
+
+            from optimizer.measure.speed import threads
+
+            self._session = ort.InferenceSession(str(self.model_path), session_options(threads()),
+                                                 providers=providers(self.device))
+        return self._session
+
+    def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        shape = (batch, self.io["kv_heads"], 0, self.io["head_dim"])
+        return {n: np.zeros(shape, np.float32) for n in self.io["inputs"][2:]}
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> list[np.ndarray]:
+        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        if self.task == "causal-lm":
+            feeds |= past if past is not None else self._empty_past(ids.shape[0])
+        return self.session.run(None, feeds)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run(input_ids.numpy(), attention_mask.numpy(), None)[0]).float()
+
+    def _step(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> tuple[torch.Tensor, Any]:
+        out = self._run(ids, mask, past)
+        present = dict(zip(self.io["inputs"][2:], out[1:]))
+        return torch.from_numpy(out[0][:, -1, :]).float(), {"past": present, "mask": mask}
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return self._step(input_ids.numpy(), attention_mask.numpy(), None)
+
+    def decode(self, next_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        mask = np.concatenate([state["mask"], np.ones((state["mask"].shape[0], 1), state["mask"].dtype)], axis=1)
+        return self._step(next_ids.numpy(), mask, state["past"])
+
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        for f in self.model_path.parent.iterdir():
+            if f.is_file():
+                shutil.copy2(f, directory / f.name)
+        self.tokenizer.save_pretrained(directory)
+        self.info.write_sidecars(directory)
+        meta = {"task": self.task, "runtime": self.runtime, "io": self.io, "applied": self.applied}
+        (directory / "costopt.json").write_text(json.dumps(meta, indent=2))
+        return directory
+
+    def parameter_counts(self) -> tuple[int, int]:
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(self.model_path))
+        packed4 = {n.input[1] for n in model.graph.node if n.op_type == "MatMulNBits"}
+        total = nonzero = 0
+        for init in model.graph.initializer:
+            if init.data_type == onnx.TensorProto.INT64 or init.name.endswith(_META_SUFFIXES):
+                continue  # shapes and quantization scales are not weights
+            arr = numpy_helper.to_array(init)
+            if arr.size < 2:
+                continue
+            if init.name in packed4:  # two 4-bit codes per byte; a zero weight is not a zero code, so all count
+                total += arr.size * 2
+                nonzero += arr.size * 2
+            else:
+                total += arr.size
+                nonzero += int(np.count_nonzero(arr))
+        return total, nonzero
