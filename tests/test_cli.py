@@ -88,3 +88,34 @@ def test_console_script_and_hardware():
     assert fp["cpu"]["logical_cores"] >= 1 and fp["python"] and "torch" in fp["libraries"]
     p = subprocess.run([sys.executable, "-m", "optimizer.cli", "validate", "/nope.yaml"], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_chained_recipe_saves_intermediates_that_reload(tiny_llama_dir, write_recipe, tmp_path, capsys):
+    from optimizer.model import reload_saved
+
+    chain = [{"name": "distill", "num_layers": 1, "steps": 5, "batch_size": 4, "save": True},
+             {"name": "prune-structured", "neurons": 0.25, "samples": 8, "save": True},
+             {"name": "onnx-export"},
+             {"name": "ort-int8-static", "samples": 8}]
+    rec = write_recipe(_recipe(tiny_llama_dir, "causal-lm", passes=chain))
+    assert main(["run", str(rec), "--out", str(tmp_path / "runs"), "-q"]) == 0
+    [result] = (tmp_path / "runs").glob("tiny-causal-lm-*/result.json")
+    r = json.loads(result.read_text())
+    assert r["status"] == "ok" and r["candidate"]["runtime"] == "onnxruntime"
+    assert [Path(p).name for p in r["intermediate"]] == ["after-1-distill", "after-2-prune-structured"]
+    pruned = reload_saved(Path(r["intermediate"][1]))
+    assert pruned.module.config.num_hidden_layers == 1 and pruned.module.config.intermediate_size == 48
+    assert [a["name"] for a in pruned.applied] == ["distill", "prune-structured"]
+    final = reload_saved(Path(r["candidate"]["footprint"]["artifact"]))
+    assert final.runtime == "onnxruntime" and len(final.applied) == 4
+    assert r["candidate"]["footprint"]["parameters"] < r["baseline"]["footprint"]["parameters"]
+    assert any("distill" in n for n in r["notes"])
+
+
+def test_incompatible_order_fails_before_any_work(tiny_bert_dir, write_recipe, tmp_path, capsys):
+    rec = write_recipe(_recipe(tiny_bert_dir, "embedding", passes=[{"name": "onnx-export"}, {"name": "prune-wanda"}]))
+    assert main(["run", str(rec), "--out", str(tmp_path / "runs"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "prune-wanda" in err and "reorder the passes" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+    assert main(["validate", str(rec)]) == 2

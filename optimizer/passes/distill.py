@@ -179,7 +179,7 @@ class Distill(Pass):
                 opt.step()
                 sched.step()
                 step += 1
-                losses.append(float(loss))
+                losses.append(loss.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
                 if ckpt is not None and (step % c.save_every == 0 or step == c.steps):
