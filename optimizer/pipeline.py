@@ -118,6 +118,26 @@ def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
     return res
 
 
+def pass_context(recipe: Recipe, device: str, work_dir: Path, calib: Dataset | None, train: Dataset | None) -> PassContext:
+    return PassContext(task=recipe.task, device=device, threads=speed_mod.threads(), seed=recipe.data.seed,
+                       work_dir=work_dir, calibration=calib, train=train,
+                       baseline=lambda: load_candidate(recipe.model, recipe.task, device))
+
+
+def apply_chain(recipe: Recipe, passes: list[dict[str, Any]], ctx: PassContext, timings: dict[str, float],
+                save_dir: Path | None = None) -> Candidate:
+    """A fresh copy of the model (the baseline stays intact) through `passes`; intermediates saved on request."""
+    cand: Candidate = load_candidate(recipe.model, recipe.task, ctx.device)
+    for i, p in enumerate(passes):
+        t0 = time.perf_counter()
+        cand = build_pass(p["name"], p["params"]).apply(cand, ctx)
+        cand.applied.append({"name": p["name"], "params": p["params"]})
+        timings[f"pass {p['name']}"] = round(time.perf_counter() - t0, 3)
+        if p.get("save") and save_dir is not None and i < len(passes) - 1:  # the last one is the artifact
+            cand.save(save_dir / f"after-{i + 1}-{p['name']}")
+    return cand
+
+
 def _values(metrics: dict[str, MetricValues]) -> dict[str, float]:
     return {k: v.value for k, v in metrics.items()}
 
@@ -217,19 +237,10 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, An
         write_json_atomic(result_path, trial.to_json())
 
         if passes:
-            ctx = PassContext(task=recipe.task, device=device, threads=speed_mod.threads(), seed=seed,
-                              work_dir=run_dir / "work", calibration=calib, train=train,
-                              baseline=lambda: load_candidate(recipe.model, recipe.task, device))
+            ctx = pass_context(recipe, device, run_dir / "work", calib, train)
             with _Stage(trial, "apply passes", bar):
-                cand: Candidate = load_candidate(recipe.model, recipe.task, device)  # fresh copy: baseline stays intact
-                for i, p in enumerate(passes):
-                    t0 = time.perf_counter()
-                    cand = build_pass(p["name"], p["params"]).apply(cand, ctx)
-                    cand.applied.append({"name": p["name"], "params": p["params"]})
-                    trial.timings[f"pass {p['name']}"] = round(time.perf_counter() - t0, 3)
-                    if p["save"] and i < len(passes) - 1:  # the last pass's result is saved as the artifact anyway
-                        folder = cand.save(run_dir / f"after-{i + 1}-{p['name']}")
-                        trial.extra.setdefault("intermediate", []).append(str(folder))
+                cand = apply_chain(recipe, passes, ctx, trial.timings, run_dir)
+                trial.extra["intermediate"] = [str(f) for f in sorted(run_dir.glob("after-*"))]
                 trial.notes.extend(cand.notes)
             with _Stage(trial, "candidate quality", bar):
                 cand_q = evaluator.evaluate(cand, reference=baseline)

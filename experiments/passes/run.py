@@ -1,0 +1,306 @@
+"""Every compression pass, measured in one process with 2 threads, against the same baseline.
+
+    python experiments/passes/run.py [--only minilm|stories|smollm] [--out experiments/passes]
+
+Three parts:
+  minilm  - all-MiniLM-L6-v2 (real weights) on stdlib-docs retrieval: MRR / Recall@1 drop with 95% CIs,
+            encode tokens/s and speedup over torch fp32, size. The baseline's speed is measured at the start
+            and again at the end, so drift over the run is visible.
+  stories - stories260K (real weights): perplexity, KL and top-1 agreement vs fp32 on stdlib docstrings.
+  smollm  - a random-weight Llama with SmolLM2-135M's shape: prefill and decode tokens/s only
+            (speed depends on shapes; its quality means nothing).
+Writes results.json (every figure) and RESULTS.md next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+EXPORT = [{"name": "onnx-export"}]
+OPT = EXPORT + [{"name": "ort-optimize"}]
+QUANT_CHAINS: dict[str, list[dict[str, Any]]] = {
+    "torch bf16": [{"name": "cast", "dtype": "bfloat16"}],
+    "torch fp16": [{"name": "cast", "dtype": "float16"}],
+    "torch dynamic int8": [{"name": "torch-dynamic-int8"}],
+    "bnb int8": [{"name": "bnb-int8"}],
+    "bnb nf4": [{"name": "bnb-4bit", "quant_type": "nf4"}],
+    "ORT fp32": EXPORT,
+    "ORT fp32 optimized": OPT,
+    "ORT int8 dynamic": OPT + [{"name": "ort-int8-dynamic"}],
+    "ORT int8 dynamic reduce_range": OPT + [{"name": "ort-int8-dynamic", "reduce_range": True}],
+    "ORT int8 static (QDQ, minmax)": EXPORT + [{"name": "ort-int8-static", "samples": 128}],
+    "ORT int4 (block 32)": EXPORT + [{"name": "ort-int4", "block_size": 32}],
+}
+MINILM_EXTRA = {
+    "distill to 3 layers": [{"name": "distill", "num_layers": 3, "steps": 400, "batch_size": 32, "lr": 1e-4,
+                             "max_length": 128, "hidden_weight": 1.0, "max_seconds": 420}],
+    "prune-structured FFN 50%": [{"name": "prune-structured", "neurons": 0.5, "samples": 128}],
+    "prune-structured FFN 50% + distill": [{"name": "prune-structured", "neurons": 0.5, "samples": 128},
+                                           {"name": "distill", "steps": 150, "batch_size": 32, "lr": 1e-4,
+                                            "max_length": 128, "max_seconds": 180}],
+}
+PRUNE_CHAINS = {
+    "prune-wanda 50%": [{"name": "prune-wanda", "sparsity": 0.5, "samples": 128}],
+    "prune-magnitude 50%": [{"name": "prune-magnitude", "sparsity": 0.5}],
+}
+SMOLLM_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=2048,
+                    rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+
+
+def resolved(chain: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"name": p["name"], "params": {k: v for k, v in p.items() if k != "name"}, "save": False} for p in chain]
+
+
+def build_smollm_shape(folder: Path, tokenizer_from: Path) -> Path:
+    """Random-init Llama with SmolLM2-135M's dimensions; the stories260K tokenizer (ids < 512) feeds it."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tokenizer_from)
+    cfg = LlamaConfig(**SMOLLM_SHAPE, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def measure_part(recipe_path: Path, chains: dict[str, list[dict[str, Any]]], quality: bool, overrides: list[str],
+                 log: logging.Logger) -> dict[str, Any]:
+    from optimizer.data import load_dataset
+    from optimizer.errors import UserError
+    from optimizer.measure import speed as speed_mod
+    from optimizer.measure.quality import QualityEvaluator
+    from optimizer.measure.stats import paired_bootstrap
+    from optimizer.model import load_candidate
+    from optimizer.pipeline import apply_chain, footprint, measure_speed, pass_context, price_speed, resolve_device
+    from optimizer.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, overrides)
+    device = resolve_device(recipe.hardware.device)
+    speed_mod.set_threads(recipe.hardware.threads)
+    seed = recipe.data.seed
+    eval_data = load_dataset(recipe.data.eval, "eval", recipe.task, seed)
+    calib = load_dataset(recipe.data.calibration, "calibration", recipe.task, seed) if recipe.data.calibration else None
+    train = load_dataset(recipe.data.train, "train", recipe.task, seed) if recipe.data.train else None
+    evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, recipe.quality.batch_size) if quality else None
+    baseline = load_candidate(recipe.model, recipe.task, device)
+    work = Path(tempfile.mkdtemp(prefix="costopt-exp-"))
+    rows: dict[str, Any] = {}
+
+    def one(label: str, cand: Any, base_q: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {"runtime": cand.runtime}
+        if evaluator is not None:
+            q = evaluator.evaluate(cand, reference=None if base_q is None else baseline)
+            row["quality"] = {k: v.value for k, v in q.items()}
+            if base_q is not None:
+                row["drops"] = {m: asdict(paired_bootstrap(base_q[m], q[m], recipe.quality.bootstrap,
+                                                           recipe.quality.confidence, seed)) for m in q}
+        else:
+            q = None
+        row["speed"] = measure_speed(cand, recipe, eval_data)
+        row["cost"] = price_speed(recipe, row["speed"])
+        row["footprint"] = footprint(cand, work / label.replace(" ", "_").replace("/", "_"))
+        row["footprint"]["artifact"] = None
+        row["notes"] = list(cand.notes)
+        log.info("%s: %s", label, {k: v for k, v in row.get("quality", {}).items()})
+        return row | {"_q": q}
+
+    t0 = time.time()
+    base_row = one("baseline", baseline, None)
+    base_q = base_row.pop("_q")
+    rows["torch fp32 (baseline)"] = base_row
+    for label, chain in chains.items():
+        log.info("== %s", label)
+        timings: dict[str, float] = {}
+        try:
+            ctx = pass_context(recipe, device, work / "passes", calib, train)
+            cand = apply_chain(recipe, resolved(chain), ctx, timings)
+            row = one(label, cand, base_q)
+            row.pop("_q")
+            rows[label] = row | {"passes": resolved(chain), "timings": timings}
+            del cand
+        except UserError as e:  # a pass that refuses this model says why; the table shows it
+            rows[label] = {"passes": resolved(chain), "error": e.one_line()}
+            log.warning("%s refused: %s", label, e.one_line())
+        except Exception as e:  # keep going: one broken pass must not lose the others' figures
+            rows[label] = {"passes": resolved(chain), "error": f"{type(e).__name__}: {e}"}
+            log.error("%s failed:\n%s", label, traceback.format_exc())
+        shutil.rmtree(work / "passes", ignore_errors=True)
+    rows["torch fp32 (baseline, again at the end)"] = {"speed": measure_speed(baseline, recipe, eval_data)}
+    shutil.rmtree(work, ignore_errors=True)
+    return {"recipe": str(recipe_path.relative_to(REPO)), "overrides": overrides, "task": recipe.task,
+            "model": recipe.model.source, "speed_settings": recipe.speed.model_dump(),
+            "catalog": recipe.hardware.catalog, "seconds": round(time.time() - t0, 1), "rows": rows}
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fmt_drop(d: dict[str, Any] | None) -> str:
+    if not d:
+        return ""
+    if d.get("relative") is not None:
+        return f"{100 * d['relative']:+.2f}% [{100 * d['relative_low']:+.2f}, {100 * d['relative_high']:+.2f}]"
+    return f"{d['drop']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def _mib(row: dict[str, Any]) -> str:
+    return f"{row['footprint']['weight_bytes'] / 2**20:.1f}" if "footprint" in row else ""
+
+
+def table_minilm(part: dict[str, Any]) -> list[str]:
+    rows = part["rows"]
+    base_tps = rows["torch fp32 (baseline)"]["speed"]["input_tokens_per_s"]["median"]
+    out = ["| configuration | MRR | MRR drop (95% CI) | Recall@1 drop (95% CI) | encode tok/s (min-max) | speedup | $/1M tokens | weights MiB | non-zero params |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for label, r in rows.items():
+        if "error" in r:
+            out.append(f"| {label} | refused: {r['error']} | | | | | | | |")
+            continue
+        s = r["speed"]["input_tokens_per_s"]
+        q = r.get("quality", {})
+        cost = r.get("cost") or {}
+        out.append(f"| {label} | {q.get('mrr', float('nan')):.4f} | {_fmt_drop(r.get('drops', {}).get('mrr'))} | "
+                   f"{_fmt_drop(r.get('drops', {}).get('recall@1'))} | {s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f}) | "
+                   f"{s['median'] / base_tps:.2f}x | {cost.get('input_usd_per_m', float('nan')):.4f} | {_mib(r)} | "
+                   f"{r['footprint']['nonzero_parameters']:,} |" if "footprint" in r else
+                   f"| {label} | | | | {s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f}) | {s['median'] / base_tps:.2f}x | | | |")
+    return out
+
+
+def table_stories(part: dict[str, Any]) -> list[str]:
+    out = ["| configuration | perplexity | perplexity change (95% CI) | KL vs fp32 | top-1 agreement | weights MiB |",
+           "|---|---|---|---|---|---|"]
+    for label, r in part["rows"].items():
+        if "error" in r:
+            out.append(f"| {label} | refused: {r['error']} | | | | |")
+            continue
+        if "quality" not in r:
+            continue
+        q = r["quality"]
+        out.append(f"| {label} | {q['perplexity']:.2f} | {_fmt_drop(r.get('drops', {}).get('perplexity'))} | "
+                   f"{q.get('kl', 0):.4f} | {q.get('top1-agreement', 1):.3f} | {_mib(r)} |")
+    return out
+
+
+def table_smollm(part: dict[str, Any]) -> list[str]:
+    rows = part["rows"]
+    b = rows["torch fp32 (baseline)"]["speed"]
+    out = ["| configuration | prefill tok/s (min-max) | prefill speedup | decode tok/s (min-max) | decode speedup | weights MiB |",
+           "|---|---|---|---|---|---|"]
+    for label, r in rows.items():
+        if "error" in r:
+            out.append(f"| {label} | refused: {r['error']} | | | | |")
+            continue
+        p, d = r["speed"]["input_tokens_per_s"], r["speed"]["output_tokens_per_s"]
+        out.append(f"| {label} | {p['median']:,.0f} ({p['min']:,.0f}-{p['max']:,.0f}) | "
+                   f"{p['median'] / b['input_tokens_per_s']['median']:.2f}x | {d['median']:,.1f} ({d['min']:,.1f}-{d['max']:,.1f}) | "
+                   f"{d['median'] / b['output_tokens_per_s']['median']:.2f}x | {_mib(r)} |")
+    return out
+
+
+def notes(part: dict[str, Any]) -> list[str]:
+    out = []
+    for label, r in part["rows"].items():
+        for n in r.get("notes", []):
+            out.append(f"- {label}: {n}")
+    return out
+
+
+def _reproduce(part: dict[str, Any]) -> str:
+    return f"Recorded {part['finished']}: `{part['command']}` ({part['seconds']:.0f} s).\n"
+
+
+def write_report(results: dict[str, Any], path: Path) -> None:
+    sysinfo = results["system"]
+    cpu = sysinfo["cpu"]
+    lines = ["# Compression passes, measured", "",
+             "Each part was recorded separately (one process each) with the command under its heading; "
+             "`python experiments/passes/run.py --report` rewrites this file from results.json.", "",
+             f"Machine: {cpu['model']}, {cpu.get('logical_cores')} logical cores, flags {', '.join(cpu.get('isa', []) or [])}; "
+             f"threads used: 2 for every runtime. Libraries: "
+             + ", ".join(f"{k} {v}" for k, v in sysinfo["libraries"].items() if v) + ".", ""]
+    parts = results["parts"]
+    if "minilm" in parts:
+        p = parts["minilm"]
+        sp = p["speed_settings"]
+        lines += ["## all-MiniLM-L6-v2 (real weights), stdlib-docs retrieval", "", _reproduce(p),
+                  f"Quality on the eval split (summary line -> docstring body); speed: {sp['texts']} texts, batch {sp['batch_size']}, "
+                  f"{sp['warmup']} warm-up + {sp['repeats']} timed passes, real (unpadded) tokens. Drops: positive = worse, "
+                  f"paired bootstrap. $/1M: this machine's speed priced at {p['catalog']}. ", ""]
+        lines += table_minilm(p) + [""] + notes(p) + [""]
+    if "stories" in parts:
+        p = parts["stories"]
+        lines += ["## stories260K (real weights), next-token quality on stdlib docstrings", "", _reproduce(p),
+                  "KL(fp32 || candidate) per token and top-1 agreement with fp32, on the same batches. "
+                  "Perplexity change: positive = worse.", ""]
+        lines += table_stories(p) + [""] + notes(p) + [""]
+    if "smollm" in parts:
+        p = parts["smollm"]
+        sp = p["speed_settings"]
+        lines += ["## SmolLM2-135M shape (random weights): speed only", "", _reproduce(p),
+                  f"Llama with SmolLM2-135M's dimensions ({SMOLLM_SHAPE['num_hidden_layers']} layers, hidden {SMOLLM_SHAPE['hidden_size']}, "
+                  f"vocab {SMOLLM_SHAPE['vocab_size']}), random init: its speed is real, its quality is meaningless. Batch {sp['batch_size']}, "
+                  f"{sp['prompt_tokens']}-token prompts of real text, {sp['new_tokens']} decoded tokens with the KV cache, "
+                  f"{sp['warmup']} warm-up + {sp['repeats']} timed.", ""]
+        lines += table_smollm(p) + [""] + notes(p) + [""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["minilm", "stories", "smollm"], action="append")
+    ap.add_argument("--out", default=str(HERE))
+    ap.add_argument("--report", action="store_true", help="only rewrite RESULTS.md from results.json")
+    ap.add_argument("--stories", default=str(REPO.parent / "shared" / "models" / "stories260K"))
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")  # quantizers log per node at INFO
+    log = logging.getLogger("passes")
+    log.setLevel(logging.INFO)
+    from optimizer.measure.system import fingerprint
+
+    out = Path(args.out)
+    results_file = out / "results.json"
+    results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.is_file() else {"parts": {}}
+    parts = [] if args.report else (args.only or ["minilm", "stories", "smollm"])
+    for part in parts:
+        if part == "minilm":
+            res = measure_part(HERE / "minilm.yaml", QUANT_CHAINS | MINILM_EXTRA, True, [], log)
+        elif part == "stories":
+            res = measure_part(HERE / "stories.yaml", QUANT_CHAINS | PRUNE_CHAINS, True, [f"model.source={args.stories}"], log)
+        else:
+            folder = build_smollm_shape(out / ".cache" / "smollm2-135m-shape", Path(args.stories))
+            res = measure_part(HERE / "smollm-shape.yaml", QUANT_CHAINS | PRUNE_CHAINS, False, [f"model.source={folder}"], log)
+        res |= {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "command": f"python experiments/passes/run.py --only {part}"}
+        results["parts"][part] = res
+        results["system"] = fingerprint()
+        results_file.write_text(json.dumps(results, indent=1))  # after each part: a crash keeps finished parts
+        write_report(results, out / "RESULTS.md")
+    if args.report:
+        write_report(results, out / "RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())
