@@ -9,14 +9,36 @@ plain tensors (past.{i}.key / present.{i}.key), so prefill (empty past) and deco
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
 
 OPSET = 17
+EXPORT_ATTENTION = "costopt_export"
+
+
+def _export_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                      **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder attention written as onnxruntime's BERT fusion expects: QK^T / sqrt(d) + mask -> softmax -> V.
+
+    transformers 5's eager attention scales with a Mul after QK^T, which the fusion mistakes for the mask
+    branch, so no fused Attention op (and no QAttention after int8) comes out of it.
+    """
+    scores = torch.matmul(query, key.transpose(2, 3)) / math.sqrt(query.shape[-1])
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            attention_mask = _additive(attention_mask, scores.dtype)
+        scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+AttentionInterface.register(EXPORT_ATTENTION, _export_attention)
 
 
 def _additive(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -80,8 +102,18 @@ def past_names(layers: int) -> tuple[list[str], list[str]]:
 def export(module: torch.nn.Module, task: str, path: Path, opset: int = OPSET) -> dict[str, Any]:
     """Write `module` (fp32, CPU) to `path`; returns the graph's I/O description for the runtime."""
     module = module.float().cpu().eval()
+    previous = module.config._attn_implementation
     if hasattr(module, "set_attn_implementation"):
-        module.set_attn_implementation("eager")  # sdpa's mask-skipping branches trace badly
+        # sdpa's mask-skipping branches trace badly; encoders get the fusion-friendly form above.
+        module.set_attn_implementation("eager" if task == "causal-lm" else EXPORT_ATTENTION)
+    try:
+        return _export(module, task, path, opset)
+    finally:  # the torch model keeps its own attention (the parity check compares against it)
+        if hasattr(module, "set_attn_implementation"):
+            module.set_attn_implementation(previous)
+
+
+def _export(module: torch.nn.Module, task: str, path: Path, opset: int) -> dict[str, Any]:
     ids = torch.randint(5, 100, (2, 6))
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[1, 4:] = 0
@@ -108,7 +140,9 @@ def export(module: torch.nn.Module, task: str, path: Path, opset: int = OPSET) -
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow we replaced
         torch.onnx.export(graph, args, str(path), dynamo=False, input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=opset)
-    io: dict[str, Any] = {"inputs": inputs, "outputs": outputs}
+    cfg = module.config
+    io: dict[str, Any] = {"inputs": inputs, "outputs": outputs, "num_heads": getattr(cfg, "num_attention_heads", 0),
+                          "hidden_size": getattr(cfg, "hidden_size", 0)}
     if task == "causal-lm":
         io |= {"layers": layers, "kv_heads": kv, "head_dim": hd}
     return io

@@ -67,7 +67,10 @@ def test_minilm_onnx_export_agrees_on_padded_batches_and_int8_keeps_retrieval(tm
     ort_fp32 = build_pass("onnx-export", {}).apply(load_candidate(spec, "embedding", "cpu"), ctx)
     diff, cos = parity(base, ort_fp32, [e.text for e in stdlib_split("eval")[:48]])
     assert diff < 1e-4 and cos > 0.99999
-    int8 = build_pass("ort-int8-dynamic", {}).apply(build_pass("ort-optimize", {}).apply(ort_fp32, ctx), ctx)
+    fused = build_pass("ort-optimize", {}).apply(ort_fp32, ctx)
+    assert any("Attention 6" in n and "SkipLayerNormalization 12" in n for n in fused.notes)  # one per layer
+    assert parity(base, fused, [e.text for e in stdlib_split("eval")[:16]])[0] < 1e-4
+    int8 = build_pass("ort-int8-dynamic", {}).apply(fused, ctx)
     data = load_dataset(DataSource(source="stdlib-docs", limit=150), "eval", "embedding")
     ev = QualityEvaluator("embedding", data, ["mrr", "fidelity"], 32)
     b, q = ev.evaluate(base), ev.evaluate(int8, reference=base)

@@ -125,7 +125,9 @@ class OrtOptimize(Pass):
         if self.config.fusions and candidate.task != "causal-lm":
             from onnxruntime.transformers.optimizer import optimize_model
 
-            optimized = optimize_model(str(source), model_type="bert", opt_level=0)
+            # Head count and width from the exported config: the graph's reshapes say -1 for heads.
+            optimized = optimize_model(str(source), model_type="bert", opt_level=0,
+                                       num_heads=candidate.io.get("num_heads", 0), hidden_size=candidate.io.get("hidden_size", 0))
             fused = optimized.get_fused_operator_statistics()
             optimized.save_model_to_file(str(folder / "fused.onnx"))
             source = folder / "fused.onnx"
