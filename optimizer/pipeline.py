@@ -240,7 +240,8 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, An
             ctx = pass_context(recipe, device, run_dir / "work", calib, train)
             with _Stage(trial, "apply passes", bar):
                 cand = apply_chain(recipe, passes, ctx, trial.timings, run_dir)
-                trial.extra["intermediate"] = [str(f) for f in sorted(run_dir.glob("after-*"))]
+                saved = sorted(run_dir.glob("after-*"), key=lambda f: int(f.name.split("-")[1]))
+                trial.extra["intermediate"] = [str(f) for f in saved]
                 trial.notes.extend(cand.notes)
             with _Stage(trial, "candidate quality", bar):
                 cand_q = evaluator.evaluate(cand, reference=baseline)

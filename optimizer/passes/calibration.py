@@ -42,9 +42,9 @@ def input_norms(cand: TorchCandidate, linears: list[nn.Linear], data: list[tasks
     def hook(i: int):  # noqa: ANN202
         def fn(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             x = args[0].float()
-            keep = mask[0].to(x.device).reshape(-1).bool()
-            x = x.reshape(-1, x.shape[-1])[keep] if x.shape[0] * x.shape[1] == keep.numel() else x.reshape(-1, x.shape[-1])
-            sums[i] += (x.double() ** 2).sum(0).cpu()
+            m = mask[0].to(x.device).bool()
+            rows = x[m] if x.dim() == 3 and x.shape[:2] == m.shape else x.reshape(-1, x.shape[-1])  # real tokens
+            sums[i] += (rows.double() ** 2).sum(0).cpu()
         return fn
 
     handles = [lin.register_forward_pre_hook(hook(i)) for i, lin in enumerate(linears)]
