@@ -1,0 +1,70 @@
+"""A recipe's search space as Optuna suggestions.
+
+Keys are the ones `pipeline.resolved_passes` reads: '<i>.<pass>.enabled' and '<i>.<pass>.<param>'.
+A pass's parameters are sampled only in trials where the pass is on, so TPE learns each pass's
+parameters from the trials that used them (Optuna's conditional search spaces).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+
+from optimizer.recipe import Choice, FloatRange, IntRange, Range, Recipe, parse_range
+
+_PRIMITIVE = (type(None), bool, int, float, str)
+
+
+def _suggest(trial: optuna.Trial, name: str, rng: Range) -> Any:
+    if isinstance(rng, Choice):
+        if all(isinstance(v, _PRIMITIVE) for v in rng.choice):
+            return trial.suggest_categorical(name, rng.choice)
+        # Optuna stores categorical values as primitives: lists and dicts travel as JSON text.
+        picked = trial.suggest_categorical(name, [json.dumps(v, sort_keys=True) for v in rng.choice])
+        return json.loads(picked)
+    if isinstance(rng, IntRange):
+        lo, hi = rng.int
+        return trial.suggest_int(name, lo, hi, step=rng.step, log=rng.log)
+    assert isinstance(rng, FloatRange)
+    lo, hi = rng.float
+    return trial.suggest_float(name, lo, hi, log=rng.log)
+
+
+def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
+    """Sample one configuration of the recipe's passes; returns the `chosen` mapping for run_recipe."""
+    chosen: dict[str, Any] = {}
+    for i, spec in enumerate(recipe.passes):
+        key = f"{i}.{spec.name}"
+        enabled: Any = spec.enabled
+        if isinstance(enabled, Choice):
+            enabled = _suggest(trial, f"{key}.enabled", enabled)
+            chosen[f"{key}.enabled"] = enabled
+        if not enabled:
+            continue  # conditional: a disabled pass's parameters are not sampled
+        for param, value in spec.params.items():
+            rng = parse_range(value)
+            if rng is not None:
+                chosen[f"{key}.{param}"] = _suggest(trial, f"{key}.{param}", rng)
+    return chosen
+
+
+def space_size(recipe: Recipe) -> int | None:
+    """Number of distinct configurations, or None when a float range makes it continuous."""
+    total = 1
+    for spec in recipe.passes:
+        within = 1
+        for value in spec.params.values():
+            rng = parse_range(value)
+            if isinstance(rng, FloatRange):
+                return None
+            if isinstance(rng, Choice):
+                within *= len(rng.choice)
+            elif isinstance(rng, IntRange):
+                within *= (rng.int[1] - rng.int[0]) // rng.step + 1
+        if isinstance(spec.enabled, Choice):
+            total *= sum(within if on else 1 for on in spec.enabled.choice)
+        else:
+            total *= within if spec.enabled else 1
+    return total
