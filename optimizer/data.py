@@ -216,7 +216,7 @@ def _field(rows: list[dict[str, Any]], name: str, origin: str) -> list[Any]:
     if missing is not None:
         have = ", ".join(sorted(rows[missing]))
         raise UserError(f"{origin}: record {missing + 1} has no field {name!r} (it has: {have})",
-                        f"set the matching *_field option in the recipe's data section")
+                        "set the matching *_field option in the recipe's data section")
     return [r[name] for r in rows]
 
 

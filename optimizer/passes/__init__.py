@@ -23,7 +23,7 @@ def validate_pass_params(spec: Any, task: str) -> tuple[str, str, str] | None:
 
     Returns (field path, problem, fix) for the first mistake, or None.
     """
-    from optimizer.recipe import Choice, FloatRange, IntRange, parse_range
+    from optimizer.recipe import Choice, IntRange, parse_range
 
     cls = REGISTRY[spec.name]
     if task not in cls.tasks:

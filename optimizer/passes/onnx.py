@@ -6,7 +6,6 @@ run's work directory, so each step's artifact stays intact for saving and compar
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,6 @@ from optimizer.passes.calibration import sample_texts
 from optimizer.runtime import Candidate, TorchCandidate
 from optimizer.runtime_ort import MODEL_FILE, OrtCandidate
 
-log = logging.getLogger(__name__)
 ORT = frozenset({"onnxruntime"})
 
 
