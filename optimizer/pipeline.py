@@ -195,6 +195,54 @@ class _Stage:
         self.bar.update(1)
 
 
+@dataclass
+class Bench:
+    """What every candidate of one recipe is measured against, loaded and measured once per process:
+    the data, the evaluator (which caches the baseline's outputs), the baseline and its figures."""
+
+    recipe: Recipe
+    device: str
+    eval_data: Dataset
+    calibration: Dataset | None
+    train: Dataset | None
+    evaluator: QualityEvaluator
+    baseline: Candidate | None = None
+    quality: dict[str, MetricValues] = field(default_factory=dict)  # per example, for paired bootstraps
+
+    @classmethod
+    def load_data(cls, recipe: Recipe, device: str) -> "Bench":
+        seed = recipe.data.seed
+        eval_data = load_dataset(recipe.data.eval, "eval", recipe.task, seed)
+        calib = load_dataset(recipe.data.calibration, "calibration", recipe.task, seed) if recipe.data.calibration else None
+        train = load_dataset(recipe.data.train, "train", recipe.task, seed) if recipe.data.train else None
+        evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, recipe.quality.batch_size)
+        return cls(recipe, device, eval_data, calib, train, evaluator)
+
+    def load_baseline(self) -> Candidate:
+        self.baseline = load_candidate(self.recipe.model, self.recipe.task, self.device)
+        return self.baseline
+
+    def baseline_quality(self) -> dict[str, float]:
+        assert self.baseline is not None
+        self.quality = self.evaluator.evaluate(self.baseline)
+        return _values(self.quality)
+
+    def context(self, work_dir: Path) -> PassContext:
+        return pass_context(self.recipe, self.device, work_dir, self.calibration, self.train)
+
+    def judge(self, cand: Candidate) -> tuple[dict[str, float], dict[str, Any]]:
+        """A candidate's metric values and each metric's drop from the baseline, with its interval."""
+        q = self.recipe.quality
+        values = self.evaluator.evaluate(cand, reference=self.baseline)
+        drops = {m: asdict(paired_bootstrap(self.quality[m], values[m], q.bootstrap, q.confidence, self.recipe.data.seed))
+                 for m in values}
+        return _values(values), drops
+
+    def speed_and_cost(self, cand: Candidate) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        speed = measure_speed(cand, self.recipe, self.eval_data)
+        return speed, price_speed(self.recipe, speed)
+
+
 def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, Any] | None = None,
                progress: bool = True) -> tuple[dict[str, Any], Path]:
     """Measure the baseline and, when the recipe has passes, the compressed candidate against it.
@@ -214,44 +262,34 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, An
     trial = Trial(recipe, passes)
     n_stages = 4 + (4 if passes else 0)
     bar = tqdm(total=n_stages, disable=not progress, unit="stage", leave=False)
-    seed = recipe.data.seed
 
     try:
         with _Stage(trial, "load data", bar):
-            eval_data = load_dataset(recipe.data.eval, "eval", recipe.task, seed)
-            calib = load_dataset(recipe.data.calibration, "calibration", recipe.task, seed) if recipe.data.calibration else None
-            train = load_dataset(recipe.data.train, "train", recipe.task, seed) if recipe.data.train else None
-            evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, recipe.quality.batch_size)
-            trial.extra["data"] = {"eval": {"origin": eval_data.origin, "kind": eval_data.kind, "examples": len(eval_data)}}
+            bench = Bench.load_data(recipe, device)
+            data = bench.eval_data
+            trial.extra["data"] = {"eval": {"origin": data.origin, "kind": data.kind, "examples": len(data)}}
         with _Stage(trial, "load baseline", bar):
-            baseline = load_candidate(recipe.model, recipe.task, device)
+            baseline = bench.load_baseline()
         with _Stage(trial, "baseline quality", bar):
-            base_q = evaluator.evaluate(baseline)
-            trial.baseline["quality"] = _values(base_q)
+            trial.baseline["quality"] = bench.baseline_quality()
         with _Stage(trial, "baseline speed", bar):
-            trial.baseline["speed"] = measure_speed(baseline, recipe, eval_data)
-            trial.baseline["cost"] = price_speed(recipe, trial.baseline["speed"])
+            trial.baseline["speed"], trial.baseline["cost"] = bench.speed_and_cost(baseline)
             with tempfile.TemporaryDirectory() as tmp:
                 trial.baseline["footprint"] = footprint(baseline, Path(tmp) / "baseline")
                 trial.baseline["footprint"]["artifact"] = None
         write_json_atomic(result_path, trial.to_json())
 
         if passes:
-            ctx = pass_context(recipe, device, run_dir / "work", calib, train)
             with _Stage(trial, "apply passes", bar):
-                cand = apply_chain(recipe, passes, ctx, trial.timings, run_dir)
+                cand = apply_chain(recipe, passes, bench.context(run_dir / "work"), trial.timings, run_dir)
                 saved = sorted(run_dir.glob("after-*"), key=lambda f: int(f.name.split("-")[1]))
                 trial.extra["intermediate"] = [str(f) for f in saved]
                 trial.notes.extend(cand.notes)
             with _Stage(trial, "candidate quality", bar):
-                cand_q = evaluator.evaluate(cand, reference=baseline)
-                trial.candidate = {"runtime": cand.runtime, "quality": _values(cand_q)}
-                q = recipe.quality
-                trial.drops = {m: asdict(paired_bootstrap(base_q[m], cand_q[m], q.bootstrap, q.confidence, seed))
-                               for m in cand_q}
+                values, trial.drops = bench.judge(cand)
+                trial.candidate = {"runtime": cand.runtime, "quality": values}
             with _Stage(trial, "candidate speed", bar):
-                trial.candidate["speed"] = measure_speed(cand, recipe, eval_data)
-                trial.candidate["cost"] = price_speed(recipe, trial.candidate["speed"])
+                trial.candidate["speed"], trial.candidate["cost"] = bench.speed_and_cost(cand)
             with _Stage(trial, "save candidate", bar):
                 trial.candidate["footprint"] = footprint(cand, run_dir / "artifact")
         trial.status = "ok"

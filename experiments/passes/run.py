@@ -23,7 +23,6 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -84,58 +83,40 @@ def build_smollm_shape(folder: Path, tokenizer_from: Path) -> Path:
 
 def measure_part(recipe_path: Path, chains: dict[str, list[dict[str, Any]]], quality: bool, overrides: list[str],
                  log: logging.Logger) -> dict[str, Any]:
-    from optimizer.data import load_dataset
     from optimizer.errors import UserError
     from optimizer.measure import speed as speed_mod
-    from optimizer.measure.quality import QualityEvaluator
-    from optimizer.measure.stats import paired_bootstrap
-    from optimizer.model import load_candidate
-    from optimizer.pipeline import apply_chain, footprint, measure_speed, pass_context, price_speed, resolve_device
+    from optimizer.pipeline import Bench, apply_chain, footprint, resolve_device
     from optimizer.recipe import load_recipe
 
     recipe = load_recipe(recipe_path, overrides)
-    device = resolve_device(recipe.hardware.device)
     speed_mod.set_threads(recipe.hardware.threads)
-    seed = recipe.data.seed
-    eval_data = load_dataset(recipe.data.eval, "eval", recipe.task, seed)
-    calib = load_dataset(recipe.data.calibration, "calibration", recipe.task, seed) if recipe.data.calibration else None
-    train = load_dataset(recipe.data.train, "train", recipe.task, seed) if recipe.data.train else None
-    evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, recipe.quality.batch_size) if quality else None
-    baseline = load_candidate(recipe.model, recipe.task, device)
+    bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
+    baseline = bench.load_baseline()
     work = Path(tempfile.mkdtemp(prefix="costopt-exp-"))
     rows: dict[str, Any] = {}
 
-    def one(label: str, cand: Any, base_q: Any) -> dict[str, Any]:
+    def figures(label: str, cand: Any) -> dict[str, Any]:
         row: dict[str, Any] = {"runtime": cand.runtime}
-        if evaluator is not None:
-            q = evaluator.evaluate(cand, reference=None if base_q is None else baseline)
-            row["quality"] = {k: v.value for k, v in q.items()}
-            if base_q is not None:
-                row["drops"] = {m: asdict(paired_bootstrap(base_q[m], q[m], recipe.quality.bootstrap,
-                                                           recipe.quality.confidence, seed)) for m in q}
-        else:
-            q = None
-        row["speed"] = measure_speed(cand, recipe, eval_data)
-        row["cost"] = price_speed(recipe, row["speed"])
+        if quality:
+            if cand is baseline:
+                row["quality"] = bench.baseline_quality()
+            else:
+                row["quality"], row["drops"] = bench.judge(cand)
+            log.info("%s: %s", label, row["quality"])
+        row["speed"], row["cost"] = bench.speed_and_cost(cand)
         row["footprint"] = footprint(cand, work / label.replace(" ", "_").replace("/", "_"))
         row["footprint"]["artifact"] = None
         row["notes"] = list(cand.notes)
-        log.info("%s: %s", label, {k: v for k, v in row.get("quality", {}).items()})
-        return row | {"_q": q}
+        return row
 
     t0 = time.time()
-    base_row = one("baseline", baseline, None)
-    base_q = base_row.pop("_q")
-    rows["torch fp32 (baseline)"] = base_row
+    rows["torch fp32 (baseline)"] = figures("baseline", baseline)
     for label, chain in chains.items():
         log.info("== %s", label)
         timings: dict[str, float] = {}
         try:
-            ctx = pass_context(recipe, device, work / "passes", calib, train)
-            cand = apply_chain(recipe, resolved(chain), ctx, timings)
-            row = one(label, cand, base_q)
-            row.pop("_q")
-            rows[label] = row | {"passes": resolved(chain), "timings": timings}
+            cand = apply_chain(recipe, resolved(chain), bench.context(work / "passes"), timings)
+            rows[label] = figures(label, cand) | {"passes": resolved(chain), "timings": timings}
             del cand
         except UserError as e:  # a pass that refuses this model says why; the table shows it
             rows[label] = {"passes": resolved(chain), "error": e.one_line()}
@@ -144,7 +125,7 @@ def measure_part(recipe_path: Path, chains: dict[str, list[dict[str, Any]]], qua
             rows[label] = {"passes": resolved(chain), "error": f"{type(e).__name__}: {e}"}
             log.error("%s failed:\n%s", label, traceback.format_exc())
         shutil.rmtree(work / "passes", ignore_errors=True)
-    rows["torch fp32 (baseline, again at the end)"] = {"speed": measure_speed(baseline, recipe, eval_data)}
+    rows["torch fp32 (baseline, again at the end)"] = {"speed": bench.speed_and_cost(baseline)[0]}
     shutil.rmtree(work, ignore_errors=True)
     return {"recipe": str(recipe_path.relative_to(REPO)), "overrides": overrides, "task": recipe.task,
             "model": recipe.model.source, "speed_settings": recipe.speed.model_dump(),
