@@ -125,6 +125,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from optimizer.recipe import load_recipe
+    from optimizer.search import leaderboard, run_search
+
+    recipe = load_recipe(args.recipe, args.set)
+    study = run_search(recipe, args.storage, args.trials)
+    base = study.user_attrs.get("baseline", {}).get("objective")
+    print(f"study {study.study_name}: {len(study.trials)} trials; baseline {recipe.search.objective}: {base}")
+    rows = []
+    for r in leaderboard(study):
+        chain = " -> ".join(f"{p['name']}({', '.join(f'{k}={v}' for k, v in p['params'].items())})" for p in r["passes"]) or "(none)"
+        drop = r["drop"]
+        rows.append([r["trial"], r["state"], "yes" if r["feasible"] else "no",
+                     f"{r['objective']:.5g}" if r["objective"] is not None else "",
+                     f"{100 * drop['relative']:+.2f}% (high {100 * drop['relative_high']:+.2f}%)" if drop and drop.get("relative") is not None else "",
+                     chain if r["state"] == "ok" else f"{chain}: {r['error']}"])
+    print(table(rows, ["trial", "state", "feasible", recipe.search.objective, "drop", "passes"]))
+    return 0
+
+
 def cmd_hardware(args: argparse.Namespace) -> int:
     from optimizer.measure.system import describe, fingerprint
 
@@ -150,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results folder (default: the recipe's output_dir, runs/)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(fn=cmd_run)
+    search = recipe_cmd("search", "Optuna search of the recipe's ranges: cheapest configuration within the quality budget")
+    search.add_argument("--trials", type=int, help="finished trials the study should hold (default: search.trials)")
+    search.add_argument("--storage", help="Optuna storage URL (default: sqlite file under runs/; postgresql://... to share)")
+    search.set_defaults(fn=cmd_search)
     hw = sub.add_parser("hardware", help="this machine's fingerprint; `hardware list` shows the price catalog")
     hw.add_argument("--json", action="store_true")
     hw.set_defaults(fn=cmd_hardware)

@@ -1,0 +1,88 @@
+"""`costopt search` core: trials on a tiny model, constraint bookkeeping, resume without redoing trials."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from optimizer.errors import UserError
+from optimizer.recipe import load_recipe
+from optimizer.search import CONSTRAINT, best_feasible, constraint_violation, finished, run_search
+
+
+def _recipe(write_recipe, model_dir, tmp_path, **search):
+    return load_recipe(write_recipe({
+        "name": "tiny-search", "model": {"source": str(model_dir)}, "task": "embedding",
+        "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+        "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
+        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+        "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+        "output_dir": str(tmp_path / "runs"),
+        "search": {"trials": 3, "constraint": {"metric": "mrr", "max_drop": 0.05}, "seed": 0} | search,
+        "passes": [{"name": "cast", "enabled": {"choice": [True, False]}, "dtype": {"choice": ["bfloat16", "float16"]}},
+                   {"name": "prune-magnitude", "sparsity": {"float": [0.05, 0.9]}}],
+    }))
+
+
+def test_violation_uses_the_upper_end_of_the_interval():
+    drop = {"drop": 0.004, "high": 0.02, "relative": 0.006, "relative_high": 0.012}
+    assert constraint_violation(drop, 0.01, relative=True) == pytest.approx(0.002)
+    assert constraint_violation(drop, 0.01, relative=False) == pytest.approx(0.01)
+
+
+def test_search_records_trials_and_resumes_without_redoing_them(write_recipe, tiny_bert_dir, tmp_path):
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path)
+    study = run_search(recipe)
+    trials = study.get_trials()
+    assert len(trials) == 3 and finished(study) == 3
+    for t in trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("error")
+        assert len(t.user_attrs[CONSTRAINT]) == 1 and t.user_attrs["hardware"]["threads"] == 1
+        assert t.values[0] > 0 and t.user_attrs["cost"]["blended_usd_per_m"] == pytest.approx(t.values[0])
+        names = [p["name"] for p in t.user_attrs["passes"]]
+        assert ("0.cast.dtype" in t.params) == ("cast" in names)  # conditional parameter
+    again = run_search(recipe)  # same target: nothing new
+    assert len(again.get_trials()) == 3
+    more = run_search(recipe, trials=5)  # a higher target adds only the missing trials
+    assert len(more.get_trials()) == 5
+    assert [t.params for t in more.get_trials()][:3] == [t.params for t in trials]
+    best = best_feasible(more)
+    if best is not None:
+        assert best.user_attrs[CONSTRAINT][0] <= 0
+
+
+def test_failing_trial_is_recorded_and_search_goes_on(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
+    from optimizer.passes.prune import PruneMagnitude
+
+    def boom(self, cand, ctx):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(PruneMagnitude, "apply", boom)
+    study = run_search(_recipe(write_recipe, tiny_bert_dir, tmp_path, trials=2))
+    states = [t.state for t in study.get_trials()]
+    assert states == [optuna.trial.TrialState.FAIL] * 2
+    assert all("out of memory" in t.user_attrs["error"] for t in study.get_trials())
+
+
+def test_cost_objective_needs_a_catalog_entry(write_recipe, tiny_bert_dir, tmp_path):
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path)
+    recipe.hardware.catalog = None
+    with pytest.raises(UserError, match="hardware.catalog"):
+        run_search(recipe)
+
+
+def test_search_command_prints_a_leaderboard(write_recipe, tiny_bert_dir, tmp_path, capsys):
+    from optimizer.cli import main
+
+    recipe_file = write_recipe({
+        "name": "cli-search", "model": {"source": str(tiny_bert_dir)}, "task": "embedding",
+        "data": {"eval": {"source": "stdlib-docs", "limit": 40}}, "quality": {"metrics": ["mrr"], "bootstrap": 200},
+        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+        "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "output_dir": str(tmp_path / "runs"),
+        "search": {"trials": 2},
+        "passes": [{"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}}],
+    }, "cli.yaml")
+    assert main(["search", str(recipe_file)]) == 0
+    out = capsys.readouterr().out
+    assert "study cli-search: 2 trials" in out and "cast(dtype=" in out and "feasible" in out
+    assert (tmp_path / "runs" / "cli-search.db").is_file()
