@@ -3,7 +3,7 @@
 The baseline is measured once per worker process (`pipeline.Bench`); every trial is a pass chain
 measured against it on this machine. A trial is feasible when the upper end of the confidence
 interval of its drop in the constraint metric is within budget; Optuna's samplers take that through
-`constraints_func`. The study lives in an Optuna storage (an SQLite file under runs/ by default; a
+`Trial.set_constraint`. The study lives in an Optuna storage (an SQLite file under runs/ by default; a
 PostgreSQL URL lets workers on several machines share one study), so re-running resumes it.
 """
 
@@ -96,14 +96,11 @@ def _grid(recipe: Recipe) -> dict[str, list[Any]]:
 
 def make_sampler(recipe: Recipe) -> optuna.samplers.BaseSampler:
     s = recipe.search
-
-    def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-        return trial.user_attrs.get(CONSTRAINT, [math.inf])
-
+    # Constraints reach TPE and NSGA-II through Trial.set_constraint (Optuna 5 replaced constraints_func).
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, constraints_func=constraints, multivariate=True)
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True)
     if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed, constraints_func=constraints)
+        return optuna.samplers.NSGAIISampler(seed=s.seed)
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
     return optuna.samplers.GridSampler(_grid(recipe), seed=s.seed)
@@ -169,6 +166,7 @@ class TrialRunner:
             trial.set_user_attr("quality", values)
             trial.set_user_attr("drop", drops[self.metric])
             trial.set_user_attr(CONSTRAINT, [violation])
+            trial.set_constraint(f"{self.metric} drop over budget", violation)
             speed, cost = self.bench.speed_and_cost(cand)
             value = self.objective.value(speed, cost)
             fp = footprint(cand, work / "artifact")
