@@ -69,11 +69,10 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
 
     from optuna import storages
 
-    retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return storages.RDBStorage(url, heartbeat_interval=30, grace_period=90,
-                                   failed_trial_callback=retry(max_retry=2))
+                                   heartbeat_stale_trial_callback=storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
 
 
 def _grid(recipe: Recipe) -> dict[str, list[Any]]:
