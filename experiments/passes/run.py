@@ -157,13 +157,14 @@ def table_minilm(part: dict[str, Any]) -> list[str]:
             out.append(f"| {label} | refused: {r['error']} | | | | | | | |")
             continue
         s = r["speed"]["input_tokens_per_s"]
-        q = r.get("quality", {})
-        cost = r.get("cost") or {}
-        out.append(f"| {label} | {q.get('mrr', float('nan')):.4f} | {_fmt_drop(r.get('drops', {}).get('mrr'))} | "
-                   f"{_fmt_drop(r.get('drops', {}).get('recall@1'))} | {s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f}) | "
-                   f"{s['median'] / base_tps:.2f}x | {cost.get('input_usd_per_m', float('nan')):.4f} | {_mib(r)} | "
-                   f"{r['footprint']['nonzero_parameters']:,} |" if "footprint" in r else
-                   f"| {label} | | | | {s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f}) | {s['median'] / base_tps:.2f}x | | | |")
+        speed = f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f}) | {s['median'] / base_tps:.2f}x"
+        if "footprint" not in r:  # the baseline measured again at the end: speed only
+            out.append(f"| {label} | | | | {speed} | | | |")
+            continue
+        q, drops, cost = r.get("quality", {}), r.get("drops", {}), r.get("cost") or {}
+        out.append(f"| {label} | {q.get('mrr', float('nan')):.4f} | {_fmt_drop(drops.get('mrr'))} | "
+                   f"{_fmt_drop(drops.get('recall@1'))} | {speed} | {cost.get('input_usd_per_m', float('nan')):.4f} | "
+                   f"{_mib(r)} | {r['footprint']['nonzero_parameters']:,} |")
     return out
 
 

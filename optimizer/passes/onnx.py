@@ -149,21 +149,14 @@ class OrtOptimize(Pass):
 _QUANT_OPTIONS = {"MatMulConstBOnly": True, "DefaultTensorType": 1}  # 1 = onnx.TensorProto.FLOAT
 
 
-def _quant_ops(model_path: Path, wanted: list[str]) -> list[str]:
+def _node_choice(model_path: Path, wanted_ops: list[str], exclude: list[str]) -> tuple[list[str], list[str]]:
+    """From one read of the graph: the wanted op types it contains, and node names matching `exclude` regexes."""
     import onnx
 
-    present = {n.op_type for n in onnx.load(str(model_path), load_external_data=False).graph.node}
-    return [op for op in wanted if op in present]
-
-
-def _excluded(model_path: Path, patterns: list[str]) -> list[str]:
-    """Node names matching any regex in `patterns` (kept in float)."""
-    import onnx
-
-    if not patterns:
-        return []
-    names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
-    return [n for n in names if any(re.search(p, n) for p in patterns)]
+    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    present = {n.op_type for n in nodes}
+    excluded = [n.name for n in nodes if any(re.search(p, n.name) for p in exclude)]
+    return [op for op in wanted_ops if op in present], excluded
 
 
 class DynamicInt8Config(PassConfig):
@@ -190,10 +183,11 @@ class OrtInt8Dynamic(Pass):
         assert isinstance(candidate, OrtCandidate)
         folder = _next_folder(ctx, self.name)
         c = self.config
+        ops, excluded = _node_choice(candidate.model_path, c.op_types, c.exclude)
         quantize_dynamic(candidate.model_path, folder / MODEL_FILE, per_channel=c.per_channel,
-                         reduce_range=c.reduce_range, op_types_to_quantize=_quant_ops(candidate.model_path, c.op_types),
+                         reduce_range=c.reduce_range, op_types_to_quantize=ops,
                          weight_type=QuantType.QInt8 if c.weight_type == "int8" else QuantType.QUInt8,
-                         nodes_to_exclude=_excluded(candidate.model_path, c.exclude),
+                         nodes_to_exclude=excluded,
                          extra_options=_QUANT_OPTIONS)
         return _derive(candidate, folder)
 
@@ -253,11 +247,12 @@ class OrtInt8Static(Pass):
         extra = _QUANT_OPTIONS | {"CalibTensorRangeSymmetric": c.activation_type == "int8"}
         if c.method == "percentile":
             extra["CalibPercentile"] = c.percentile
+        ops, excluded = _node_choice(candidate.model_path, c.op_types, c.exclude)
         quantize_static(candidate.model_path, folder / MODEL_FILE, reader,
                         quant_format=QuantFormat.QDQ if c.format == "qdq" else QuantFormat.QOperator,
-                        op_types_to_quantize=_quant_ops(candidate.model_path, c.op_types), per_channel=c.per_channel,
+                        op_types_to_quantize=ops, per_channel=c.per_channel,
                         activation_type=QuantType.QUInt8 if c.activation_type == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=_excluded(candidate.model_path, c.exclude),
+                        weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                         calibrate_method=method, extra_options=extra)
         for f in folder.glob("*.onnx-augmented*"):
             f.unlink()  # the calibration tool's temporary graph
