@@ -125,23 +125,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chain(passes: list[dict[str, Any]]) -> str:
+    return " -> ".join(f"{p['name']}({', '.join(f'{k}={v}' for k, v in p['params'].items())})" for p in passes) or "(baseline)"
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    from optimizer.deploy import deployment_config, write_deployment
     from optimizer.recipe import load_recipe
-    from optimizer.search import leaderboard, run_search
+    from optimizer.search import best_feasible, closest, leaderboard, run_search, search_dir
 
     recipe = load_recipe(args.recipe, args.set)
-    study = run_search(recipe, args.storage, args.trials)
-    base = study.user_attrs.get("baseline", {}).get("objective")
-    print(f"study {study.study_name}: {len(study.trials)} trials; baseline {recipe.search.objective}: {base}")
+    study = run_search(recipe, args.storage, args.trials, progress=not args.quiet)
+    baseline = study.user_attrs.get("baseline", {})
+    kind = recipe.search.objective
+    print(f"study {study.study_name}: {sum(1 for r in leaderboard(study, None))} finished trials; "
+          f"baseline {kind}: {_fmt_num(baseline.get('objective'), 6)}")
     rows = []
-    for r in leaderboard(study):
-        chain = " -> ".join(f"{p['name']}({', '.join(f'{k}={v}' for k, v in p['params'].items())})" for p in r["passes"]) or "(none)"
-        drop = r["drop"]
+    for r in leaderboard(study, args.top):
+        d, dep = r["drop"], r["deployment"]
         rows.append([r["trial"], r["state"], "yes" if r["feasible"] else "no",
-                     f"{r['objective']:.5g}" if r["objective"] is not None else "",
-                     f"{100 * drop['relative']:+.2f}% (high {100 * drop['relative_high']:+.2f}%)" if drop and drop.get("relative") is not None else "",
-                     chain if r["state"] == "ok" else f"{chain}: {r['error']}"])
-    print(table(rows, ["trial", "state", "feasible", recipe.search.objective, "drop", "passes"]))
+                     _fmt_num(r["objective"], 6) if r["objective"] is not None else "",
+                     _fmt_drop(d) if d else "", f"{dep.get('batch_size', '')}/{dep.get('threads', '')}",
+                     _chain(r["passes"]) + (f": {r['reason']}" if r["reason"] else "")])
+    print(table(rows, ["trial", "state", "feasible", kind, "drop (CI)", "batch/threads", "passes"]))
+    c = recipe.search.constraint
+    metric = c.metric or recipe.primary_metric
+    budget = f"{metric} drop <= {100 * c.max_drop:.2f}%" if c.relative else f"{metric} drop <= {c.max_drop:g}"
+    budget += f" at the {c.confidence:.0%} upper bound"
+    best = best_feasible(study)
+    if best is None:
+        near = closest(study)
+        if near is None:
+            print(f"\nno trial was measured in full; nothing is known to meet {budget}. "
+                  "Look at the failed and pruned trials above, then raise --trials or widen the space.")
+        else:
+            over = near.user_attrs["constraint"][0]
+            print(f"\nno configuration met {budget}. Closest: trial {near.number} ({_chain(near.user_attrs['passes'])}), "
+                  f"drop {_fmt_drop(near.user_attrs['drop'])}, over budget by "
+                  f"{100 * over:.2f} points" + ("" if c.relative else f" ({over:.4g})") + ". "
+                  "Try a looser max_drop, more trials, milder settings, or a larger eval set for a narrower interval.")
+        return 0
+    config = deployment_config(recipe, study.study_name, best, baseline)
+    path = write_deployment(Path(args.deploy) if args.deploy else search_dir(recipe, study.study_name) / "deploy.yaml", config)
+    m = config["measured"]
+    saving = f", {m['cheaper_x']:.2f}x cheaper than the baseline's ${m['baseline_usd_per_m_tokens']:.5f}" if "cheaper_x" in m else ""
+    print(f"\nchosen: trial {best.number}: {_chain(config['passes'])} on {config['runtime']}, batch {config['batch_size']}, "
+          f"{config['threads']} threads\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {_fmt_drop(m['drop'])} "
+          f"within {budget}\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from optimizer.deploy import build, read_deployment
+
+    config = read_deployment(Path(args.deploy_file))
+    out = build(Path(args.deploy_file), Path(args.out))
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"built trial {config.get('trial')} of {config.get('study')}: {_chain(config['passes'])} "
+          f"({config.get('runtime')}) in {out} ({size / 2**20:.1f} MiB)\n"
+          f"load it with: optimizer.load_deployment({str(out)!r})")
     return 0
 
 
@@ -173,7 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     search = recipe_cmd("search", "Optuna search of the recipe's ranges: cheapest configuration within the quality budget")
     search.add_argument("--trials", type=int, help="finished trials the study should hold (default: search.trials)")
     search.add_argument("--storage", help="Optuna storage URL (default: sqlite file under runs/; postgresql://... to share)")
+    search.add_argument("--deploy", help="where to write the chosen configuration (default: runs/<study>/deploy.yaml)")
+    search.add_argument("--top", type=int, default=15, help="leaderboard rows (default 15)")
+    search.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     search.set_defaults(fn=cmd_search)
+    deploy = sub.add_parser("deploy", help="rebuild the artifact a search chose, from its deploy.yaml")
+    deploy.add_argument("deploy_file", help="deploy.yaml written by `costopt search`")
+    deploy.add_argument("--out", required=True, help="folder to build the artifact into")
+    deploy.set_defaults(fn=cmd_deploy)
     hw = sub.add_parser("hardware", help="this machine's fingerprint; `hardware list` shows the price catalog")
     hw.add_argument("--json", action="store_true")
     hw.set_defaults(fn=cmd_hardware)

@@ -50,6 +50,15 @@ class Dataset:
         """Every text in the set: first texts, then texts_b (evaluators rely on this order)."""
         return self.texts + (self.texts_b or [])
 
+    def subset(self, n: int, seed: int) -> "Dataset":
+        """A seeded, deterministic sample of n examples, in their original order."""
+        if n >= len(self):
+            return self
+        idx = sorted(random.Random(seed).sample(range(len(self)), n))
+        pick = lambda xs: [xs[i] for i in idx] if xs else None  # noqa: E731
+        return Dataset(self.kind, [self.texts[i] for i in idx], pick(self.texts_b), pick(self.scores),
+                       pick(self.labels), origin=self.origin)
+
     def interleaved(self) -> list[str]:
         """texts[0], texts_b[0], texts[1], ...: any prefix mixes short queries and long documents."""
         if not self.texts_b:
@@ -263,12 +272,8 @@ def load_dataset(src: DataSource, role: Role, task: str, seed: int = 0) -> Datas
             ds = Dataset("text", ds_full.all_texts(), origin=src.source)
         else:
             ds = _dataset_from_rows(rows, kind, src, src.source)
-    if src.limit and len(ds) > src.limit:
-        idx = sorted(random.Random(seed).sample(range(len(ds)), src.limit))
-        ds = Dataset(ds.kind, [ds.texts[i] for i in idx],
-                     [ds.texts_b[i] for i in idx] if ds.texts_b else None,
-                     [ds.scores[i] for i in idx] if ds.scores else None,
-                     [ds.labels[i] for i in idx] if ds.labels else None, origin=ds.origin)
+    if src.limit:
+        ds = ds.subset(src.limit, seed)
     if not len(ds):
         raise UserError(f"data.{role} from {src.source!r} is empty after filtering", "give more data or raise limit")
     return ds

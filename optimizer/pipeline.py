@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from optimizer.cache import ArtifactCache, chain_key
 from optimizer.data import Dataset, load_dataset
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
@@ -50,12 +51,12 @@ def resolved_passes(recipe: Recipe, chosen: dict[str, Any] | None = None) -> lis
     out = []
     for i, spec in enumerate(recipe.passes):
         enabled = spec.enabled
-        if not isinstance(enabled, bool):
-            key = f"{i}.{spec.name}.enabled"
-            if key not in chosen:
-                raise UserError(f"passes[{i}] ({spec.name}) is optional (enabled is a search choice)",
-                                "run `costopt search`, or set enabled: true/false for a single run")
+        key = f"{i}.{spec.name}.enabled"
+        if key in chosen:  # sampled, or turned off because its runtime was not chosen
             enabled = bool(chosen[key])
+        elif not isinstance(enabled, bool):
+            raise UserError(f"passes[{i}] ({spec.name}) is optional (enabled is a search choice)",
+                            "run `costopt search`, or set enabled: true/false for a single run")
         if not enabled:
             continue
         params = {}
@@ -92,12 +93,13 @@ def footprint(cand: Candidate, directory: Path) -> dict[str, Any]:
             "weight_bytes": weights, "artifact": str(folder)}
 
 
-def measure_speed(cand: Candidate, recipe: Recipe, data: Dataset) -> dict[str, Any]:
+def measure_speed(cand: Candidate, recipe: Recipe, data: Dataset, batch_size: int | None = None) -> dict[str, Any]:
     s = recipe.speed
+    batch = batch_size or s.batch_size
     texts = data.interleaved()
     if recipe.task == "causal-lm":
-        return speed_mod.bench_causal_lm(cand, texts, s.batch_size, s.prompt_tokens, s.new_tokens, s.warmup, s.repeats)
-    return speed_mod.bench_encoder(cand, texts[: s.texts], s.batch_size, s.warmup, s.repeats)
+        return speed_mod.bench_causal_lm(cand, texts, batch, s.prompt_tokens, s.new_tokens, s.warmup, s.repeats)
+    return speed_mod.bench_encoder(cand, texts[: s.texts], batch, s.warmup, s.repeats)
 
 
 def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
@@ -108,11 +110,17 @@ def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
 
     hw = recipe.hardware
     entry = cost.load_catalog(hw.catalog_file).get(hw.catalog)
-    out_tps = speed["output_tokens_per_s"]["median"] if "output_tokens_per_s" in speed else None
-    p = cost.token_price(entry, speed["input_tokens_per_s"]["median"], out_tps, hw.utilization, hw.pricing)
+    # A run on fewer threads than the instance has vCPUs leaves room for more replicas on it.
+    replicas = max(1, entry.vcpus // speed["threads"]) if entry.vcpus and speed.get("threads") else 1
+    out_tps = speed["output_tokens_per_s"]["median"] * replicas if "output_tokens_per_s" in speed else None
+    p = cost.token_price(entry, speed["input_tokens_per_s"]["median"] * replicas, out_tps, hw.utilization, hw.pricing)
     share = recipe.workload.input_share if recipe.workload else (1.0 if out_tps is None else 0.5)
-    res = asdict(p) | {"input_share": share, "blended_usd_per_m": p.blended_usd_per_m(share),
-                       "note": f"this machine's measured tokens/s priced at {entry.name}'s rate"}
+    note = f"this machine's measured tokens/s priced at {entry.name}'s rate"
+    if replicas > 1:
+        note += (f"; estimate: {replicas} replicas of {speed['threads']} threads fill its {entry.vcpus} vCPUs, "
+                 "assumed to scale linearly")
+    res = asdict(p) | {"input_share": share, "blended_usd_per_m": p.blended_usd_per_m(share), "replicas": replicas,
+                       "note": note}
     if recipe.workload:
         res["monthly_usd"] = cost.monthly_cost(p, recipe.workload)
     return res
@@ -125,14 +133,29 @@ def pass_context(recipe: Recipe, device: str, work_dir: Path, calib: Dataset | N
 
 
 def apply_chain(recipe: Recipe, passes: list[dict[str, Any]], ctx: PassContext, timings: dict[str, float],
-                save_dir: Path | None = None) -> Candidate:
-    """A fresh copy of the model (the baseline stays intact) through `passes`; intermediates saved on request."""
-    cand: Candidate = load_candidate(recipe.model, recipe.task, ctx.device)
+                save_dir: Path | None = None, cache: ArtifactCache | None = None) -> Candidate:
+    """A fresh copy of the model (the baseline stays intact) through `passes`; intermediates saved on request.
+
+    With a cache, the longest already-built prefix of the chain is reloaded and every newly built
+    prefix is kept, so trials that share passes build them once.
+    """
+    keys = [chain_key(recipe, ctx.device, passes[: i + 1]) for i in range(len(passes))] if cache else []
+    start = cache.longest_prefix(keys) if cache else 0
+    if start:
+        cand = cache.load(keys[start - 1], ctx.device)
+        timings["cache hit"] = start
+    else:
+        cand = load_candidate(recipe.model, recipe.task, ctx.device)
     for i, p in enumerate(passes):
+        if i < start:
+            continue
         t0 = time.perf_counter()
         cand = build_pass(p["name"], p["params"]).apply(cand, ctx)
         cand.applied.append({"name": p["name"], "params": p["params"]})
-        timings[f"pass {p['name']}"] = round(time.perf_counter() - t0, 3)
+        seconds = time.perf_counter() - t0
+        timings[f"pass {p['name']}"] = round(seconds, 3)
+        if cache:
+            cache.put(keys[i], cand, seconds)
         if p.get("save") and save_dir is not None and i < len(passes) - 1:  # the last one is the artifact
             cand.save(save_dir / f"after-{i + 1}-{p['name']}")
     return cand
@@ -208,6 +231,8 @@ class Bench:
     evaluator: QualityEvaluator
     baseline: Candidate | None = None
     quality: dict[str, MetricValues] = field(default_factory=dict)  # per example, for paired bootstraps
+    screen_evaluator: QualityEvaluator | None = None
+    screen_quality: dict[str, MetricValues] = field(default_factory=dict)
 
     @classmethod
     def load_data(cls, recipe: Recipe, device: str) -> "Bench":
@@ -230,16 +255,33 @@ class Bench:
     def context(self, work_dir: Path) -> PassContext:
         return pass_context(self.recipe, self.device, work_dir, self.calibration, self.train)
 
-    def judge(self, cand: Candidate) -> tuple[dict[str, float], dict[str, Any]]:
+    def judge(self, cand: Candidate, confidence: float | None = None) -> tuple[dict[str, float], dict[str, Any]]:
         """A candidate's metric values and each metric's drop from the baseline, with its interval."""
-        q = self.recipe.quality
         values = self.evaluator.evaluate(cand, reference=self.baseline)
-        drops = {m: asdict(paired_bootstrap(self.quality[m], values[m], q.bootstrap, q.confidence, self.recipe.data.seed))
-                 for m in values}
-        return _values(values), drops
+        return _values(values), self._drops(self.quality, values, confidence)
 
-    def speed_and_cost(self, cand: Candidate) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        speed = measure_speed(cand, self.recipe, self.eval_data)
+    def screen(self, cand: Candidate, examples: int, confidence: float | None = None) -> dict[str, Any] | None:
+        """Drops on a seeded subset of the eval set, a cheap first look before the full evaluation.
+
+        None when the eval set is under twice that size (the screen would not save time)."""
+        if len(self.eval_data) < 2 * examples:
+            return None
+        if self.screen_evaluator is None:
+            sub = self.eval_data.subset(examples, self.recipe.data.seed)
+            self.screen_evaluator = QualityEvaluator(self.recipe.task, sub, self.recipe.metrics,
+                                                     self.recipe.quality.batch_size)
+            self.screen_quality = self.screen_evaluator.evaluate(self.baseline)
+        values = self.screen_evaluator.evaluate(cand, reference=self.baseline)
+        return self._drops(self.screen_quality, values, confidence)
+
+    def _drops(self, base: dict[str, MetricValues], values: dict[str, MetricValues],
+               confidence: float | None) -> dict[str, Any]:
+        q = self.recipe.quality
+        return {m: asdict(paired_bootstrap(base[m], values[m], q.bootstrap, confidence or q.confidence,
+                                           self.recipe.data.seed)) for m in values}
+
+    def speed_and_cost(self, cand: Candidate, batch_size: int | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        speed = measure_speed(cand, self.recipe, self.eval_data, batch_size)
         return speed, price_speed(self.recipe, speed)
 
 

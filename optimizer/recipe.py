@@ -160,7 +160,15 @@ class Constraint(Strict):
 
 class SearchSpec(Strict):
     trials: int = Field(default=20, gt=0)
-    timeout_minutes: float | None = Field(default=None, gt=0)
+    timeout_minutes: float | None = Field(default=None, gt=0, description="stop starting trials after this")
+    trial_timeout_minutes: float | None = Field(default=None, gt=0, description="a longer trial fails")
+    batch_size: int | Choice | IntRange | None = Field(default=None, description="speed batch size; a range searches it")
+    threads: int | Choice | IntRange | None = Field(default=None, description="CPU threads; a range searches it")
+    screen_examples: int | None = Field(
+        default=128, ge=16, description="score quality on this many eval examples first; prune trials clearly "
+        "over budget there (their interval's low end is over it); null turns screening off")
+    cache: bool = Field(default=True, description="keep compressed artifacts by a hash of their configuration")
+    heartbeat_seconds: int = Field(default=30, gt=0, description="a worker silent for 3x this is presumed dead")
     objective: Literal["cost", "latency", "throughput"] = "cost"
     constraint: Constraint = Constraint()
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"

@@ -9,19 +9,29 @@ PostgreSQL URL lets workers on several machines share one study), so re-running 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
+import os
 import shutil
+import signal
+import socket
+import threading
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from optimizer.cache import ArtifactCache
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.system import fingerprint
+from optimizer.passes import REGISTRY
 from optimizer.pipeline import Bench, apply_chain, check_order, footprint, resolve_device, resolved_passes
 from optimizer.recipe import Choice, FloatRange, Recipe, parse_range
 from optimizer.search_space import suggest
@@ -58,20 +68,18 @@ def constraint_violation(drop: dict[str, Any], max_drop: float, relative: bool) 
 
 
 def default_storage(recipe: Recipe, study_name: str) -> str:
-    folder = Path(recipe.output_dir).resolve()
+    folder = search_dir(recipe, study_name).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / (study_name + '.db')}"
+    return f"sqlite:///{folder / 'study.db'}"
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
+def _storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
     """RDB storage with heartbeats: a worker that dies mid-trial has it marked failed and retried."""
-    import warnings
-
     from optuna import storages
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return storages.RDBStorage(url, heartbeat_interval=30, grace_period=90,
+        return storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                                    heartbeat_stale_trial_callback=storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
 
 
@@ -110,7 +118,7 @@ def open_study(recipe: Recipe, storage: str | None = None) -> optuna.Study:
     name = s.study_name or recipe.name
     objective = Objective(s.objective)
     directions = [objective.direction, "minimize"] if s.multi_objective else [objective.direction]
-    return optuna.create_study(study_name=name, storage=_storage(storage or s.storage or default_storage(recipe, name)),
+    return optuna.create_study(study_name=name, storage=_storage(storage or s.storage or default_storage(recipe, name), s.heartbeat_seconds),
                                sampler=make_sampler(recipe), directions=directions, load_if_exists=True)
 
 
@@ -127,67 +135,159 @@ def check_searchable(recipe: Recipe) -> str:
     return metric
 
 
-class TrialRunner:
-    """One worker: its Bench (baseline measured once) and the objective Optuna calls per trial."""
+class TrialTimeout(Exception):
+    """A trial ran past search.trial_timeout_minutes."""
 
-    def __init__(self, recipe: Recipe, trials_dir: Path) -> None:
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise TrialTimeout in the main thread after `seconds` (no limit where signals are unavailable)."""
+    usable = seconds and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TrialTimeout(f"passed its time limit of {seconds / 60:.3g} min")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def failure_reason(e: BaseException) -> str:
+    if isinstance(e, UserError):
+        return e.one_line()
+    if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+        return f"ran out of memory ({type(e).__name__}: {str(e)[:200]})"
+    if isinstance(e, TrialTimeout):
+        return str(e)
+    if isinstance(e, FloatingPointError):
+        return f"produced NaN or infinite values: {e}"
+    return f"{type(e).__name__}: {e}"
+
+
+def _over_budget_low(drop: dict[str, Any], relative: bool) -> float:
+    low = drop["relative_low"] if relative and drop.get("relative_low") is not None else drop["low"]
+    return float(low)
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TrialRunner:
+    """One worker: its Bench (baseline measured once), artifact cache and the objective Optuna calls."""
+
+    def __init__(self, recipe: Recipe, work_dir: Path) -> None:
         self.recipe = recipe
         self.metric = check_searchable(recipe)
         self.objective = Objective(recipe.search.objective)
-        speed_mod.set_threads(recipe.hardware.threads)
+        self.threads = speed_mod.set_threads(recipe.hardware.threads)
         self.bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
         baseline = self.bench.load_baseline()
         quality = self.bench.baseline_quality()
         speed, cost = self.bench.speed_and_cost(baseline)
-        self.baseline = {"quality": quality, "speed": speed, "cost": cost,
-                         "objective": self.objective.value(speed, cost)}
+        self.baseline = {"quality": quality, "speed": speed, "cost": cost, "passes": [],
+                         "objective": self.objective.value(speed, cost), "worker": _worker()}
         self.system = fingerprint()
-        self.trials_dir = trials_dir
+        self.trials_dir = work_dir / "trials"
+        self.cache = ArtifactCache(work_dir / "cache") if recipe.search.cache else None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        c = self.recipe.search.constraint
-        trial.set_user_attr("hardware", {"cpu": self.system["cpu"].get("model"), "gpus": self.system.get("gpus"),
-                                         "threads": speed_mod.threads()})
-        trial.set_user_attr("baseline_objective", self.baseline["objective"])
+        s = self.recipe.search
+        c = s.constraint
         chosen = suggest(trial, self.recipe)
+        threads = int(chosen.get("threads") or self.threads)
+        batch = int(chosen.get("batch_size") or self.recipe.speed.batch_size)
         passes = resolved_passes(self.recipe, chosen)
+        trial.set_user_attr("worker", _worker())
+        trial.set_user_attr("hardware", {"cpu": self.system["cpu"].get("model"), "gpus": self.system.get("gpus"),
+                                         "device": self.bench.device, "catalog": self.recipe.hardware.catalog})
+        trial.set_user_attr("baseline_objective", self.baseline["objective"])
         trial.set_user_attr("passes", passes)
+        trial.set_user_attr("deployment", {"runtime": runtime_of(passes), "batch_size": batch, "threads": threads})
         work = self.trials_dir / f"trial-{trial.number}"
         t0 = time.perf_counter()
         try:
-            check_order(passes)
-            timings: dict[str, float] = {}
-            cand = apply_chain(self.recipe, passes, self.bench.context(work / "work"), timings)
-            values, drops = self.bench.judge(cand)
-            if any(not math.isfinite(v) for v in values.values()):
-                raise UserError(f"the candidate's quality is not a number ({values})", "this configuration is broken")
-            violation = constraint_violation(drops[self.metric], c.max_drop, c.relative)
-            trial.set_user_attr("quality", values)
-            trial.set_user_attr("drop", drops[self.metric])
-            trial.set_user_attr(CONSTRAINT, [violation])
-            trial.set_constraint(f"{self.metric} drop over budget", violation)
-            speed, cost = self.bench.speed_and_cost(cand)
-            value = self.objective.value(speed, cost)
-            fp = footprint(cand, work / "artifact")
+            speed_mod.set_threads(threads)
+            with time_limit(s.trial_timeout_minutes * 60 if s.trial_timeout_minutes else None):
+                check_order(passes)
+                timings: dict[str, float] = {}
+                cand = apply_chain(self.recipe, passes, self.bench.context(work / "work"), timings, cache=self.cache)
+                trial.set_user_attr("timings", timings)
+                if s.screen_examples:
+                    screen = self.bench.screen(cand, s.screen_examples, c.confidence)
+                    if screen is not None:
+                        low = _over_budget_low(screen[self.metric], c.relative)
+                        trial.set_user_attr("screen", screen[self.metric])
+                        if low > c.max_drop:  # even the optimistic end of the interval is over budget
+                            trial.set_constraint(f"{self.metric} drop over budget", low - c.max_drop)
+                            reason = (f"screened on {s.screen_examples} examples: the {self.metric} drop is at "
+                                      f"least {_pct(low, c.relative)} at {c.confidence:.0%}, over the {_pct(c.max_drop, c.relative)} budget")
+                            trial.set_user_attr("pruned", reason)
+                            raise optuna.TrialPruned(reason)
+                values, drops = self.bench.judge(cand, c.confidence)
+                violation = constraint_violation(drops[self.metric], c.max_drop, c.relative)
+                trial.set_user_attr("quality", values)
+                trial.set_user_attr("drop", drops[self.metric])
+                trial.set_user_attr("drops", drops)
+                trial.set_user_attr(CONSTRAINT, [violation])
+                trial.set_constraint(f"{self.metric} drop over budget", violation)
+                speed, cost = self.bench.speed_and_cost(cand, batch)
+                value = self.objective.value(speed, cost)
+                if not math.isfinite(value) or value <= 0:
+                    raise FloatingPointError(f"the measured {self.objective.kind} is {value}")
+                fp = footprint(cand, work / "artifact")
             trial.set_user_attr("speed", {k: speed[k]["median"] for k in ("input_tokens_per_s", "output_tokens_per_s") if k in speed})
+            trial.set_user_attr("speed_detail", speed)
             trial.set_user_attr("cost", cost)
-            trial.set_user_attr("footprint", {k: fp[k] for k in ("parameters", "nonzero_parameters", "weight_bytes")})
+            trial.set_user_attr("footprint", {k: fp[k] for k in ("parameters", "nonzero_parameters", "weight_bytes", "disk_bytes")})
             trial.set_user_attr("notes", cand.notes)
+        except optuna.TrialPruned:
+            raise
         except Exception as e:
-            reason = e.one_line() if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-            trial.set_user_attr("error", reason[:500])
+            trial.set_user_attr("error", failure_reason(e)[:500])
             raise
         finally:
+            speed_mod.set_threads(self.threads)
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
             shutil.rmtree(work, ignore_errors=True)
-        if self.recipe.search.multi_objective:
+            gc.collect()
+        if s.multi_objective:
             return value, float(drops[self.metric]["relative"] if c.relative else drops[self.metric]["drop"])
         return value
 
 
+def _pct(x: float, relative: bool) -> str:
+    return f"{100 * x:+.2f}%" if relative else f"{x:+.4g}"
+
+
+def runtime_of(passes: list[dict[str, Any]]) -> str:
+    runtime = "torch"
+    for p in passes:
+        runtime = getattr(REGISTRY[p["name"]], "runtime_out", None) or runtime
+    return runtime
+
+
+def _counted(t: optuna.trial.FrozenTrial) -> bool:
+    """Finished trials that count toward the target. A trial failed by the heartbeat check (its worker
+    died) has no error of ours and is re-run by the retry callback, so it does not count."""
+    if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+        return True
+    return t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs
+
+
 def finished(study: optuna.Study) -> int:
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
-    return sum(t.state in done for t in study.get_trials(deepcopy=False))
+    return sum(_counted(t) for t in study.get_trials(deepcopy=False))
+
+
+def _sign(study: optuna.Study) -> int:
+    return -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
 
 
 def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -195,38 +295,99 @@ def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
                 if t.user_attrs.get(CONSTRAINT, [math.inf])[0] <= 0]
     if not feasible:
         return None
-    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
-    return min(feasible, key=lambda t: sign * t.values[0])
+    return min(feasible, key=lambda t: _sign(study) * t.values[0])
 
 
-def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = None) -> optuna.Study:
-    """Run trials until the study holds `trials` finished ones (re-running resumes) or the time budget ends."""
+def closest(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The fully measured trial whose drop interval came nearest the budget."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if CONSTRAINT in t.user_attrs]
+    return min(done, key=lambda t: t.user_attrs[CONSTRAINT][0]) if done else None
+
+
+class Progress:
+    """One live line: trial n of N, best feasible objective so far, time left."""
+
+    def __init__(self, study: optuna.Study, target: int, timeout: float | None, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.target, self.timeout, self.t0 = target, timeout, time.monotonic()
+        self.initial = min(finished(study), target)
+        self.bar = tqdm(total=target, initial=self.initial, unit="trial", disable=not enabled,
+                        desc="search", bar_format="{desc}: trial {n_fmt}/{total_fmt} |{bar:20}| {elapsed} {postfix}")
+        self.update(study)
+
+    def update(self, study: optuna.Study, *_: Any) -> None:
+        done = finished(study)
+        self.bar.n = min(done, self.target)
+        best = best_feasible(study)
+        best_text = f"best feasible {best.values[0]:.5g} (trial {best.number})" if best else "no feasible trial yet"
+        elapsed = time.monotonic() - self.t0
+        run_here = max(1, done - self.initial)
+        left = (self.target - done) * elapsed / run_here if done > self.initial else None
+        if self.timeout is not None:
+            left = min(left if left is not None else math.inf, max(0.0, self.timeout - elapsed))
+        left_text = f"~{left / 60:.1f} min left" if left is not None and math.isfinite(left) else "time left: measuring"
+        self.bar.set_postfix_str(f"{best_text} · {left_text}", refresh=True)
+        if done >= self.target:
+            study.stop()  # other workers may have finished the target for us
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = None,
+               progress: bool = False) -> optuna.Study:
+    """Run trials until the study holds `trials` finished ones (re-running resumes) or the time budget ends.
+
+    Several processes (or machines, through a shared storage URL) can run this at once on one study.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(recipe, storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trials: failed now, queued again by the retry callback
     target = trials or recipe.search.trials
     todo = target - finished(study)
     if todo <= 0:
         return study
-    runner = TrialRunner(recipe, Path(recipe.output_dir) / f"{study.study_name}-trials")
-    study.set_user_attr("baseline", runner.baseline)
+    runner = TrialRunner(recipe, search_dir(recipe, study.study_name))
+    if "baseline" not in study.user_attrs:
+        study.set_user_attr("baseline", runner.baseline)
     timeout = recipe.search.timeout_minutes * 60 if recipe.search.timeout_minutes else None
-    study.optimize(runner, n_trials=todo, timeout=timeout, catch=(Exception,))
+    bar = Progress(study, target, timeout, progress)
+    try:
+        study.optimize(runner, n_trials=todo, timeout=timeout, catch=(Exception,), callbacks=[bar.update],
+                       gc_after_trial=True)
+    finally:
+        bar.close()
     return study
 
 
-def leaderboard(study: optuna.Study, top: int = 10) -> list[dict[str, Any]]:
-    """Finished trials, feasible first, best objective first; failed ones last with their reason."""
-    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+def search_dir(recipe: Recipe, study_name: str) -> Path:
+    """Where a study keeps its trials' scratch space and its artifact cache."""
+    return Path(recipe.output_dir) / study_name
+
+
+STATE_NAMES = {optuna.trial.TrialState.COMPLETE: "ok", optuna.trial.TrialState.FAIL: "failed",
+               optuna.trial.TrialState.PRUNED: "pruned"}
+
+
+def leaderboard(study: optuna.Study, top: int | None = 10) -> list[dict[str, Any]]:
+    """Finished trials: feasible first, best objective first; then infeasible, pruned and failed ones with their reason."""
+    sign = _sign(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL):
+        if not _counted(t):
             continue
         ok = t.state == optuna.trial.TrialState.COMPLETE
-        violation = t.user_attrs.get(CONSTRAINT, [math.inf])[0]
-        rows.append({"trial": t.number, "state": "ok" if ok else "failed", "feasible": ok and violation <= 0,
-                     "objective": t.values[0] if ok else None, "violation": violation if ok else None,
+        violation = t.user_attrs.get(CONSTRAINT, [math.inf])[0] if ok else None
+        rows.append({"trial": t.number, "state": STATE_NAMES[t.state], "feasible": ok and violation <= 0,
+                     "objective": t.values[0] if ok else None, "violation": violation,
                      "drop": t.user_attrs.get("drop"), "passes": t.user_attrs.get("passes", []),
-                     "error": t.user_attrs.get("error")})
-    rows.sort(key=lambda r: (r["state"] != "ok", not r["feasible"],
+                     "deployment": t.user_attrs.get("deployment", {}),
+                     "reason": t.user_attrs.get("error") or t.user_attrs.get("pruned")})
+    order = {"ok": 0, "pruned": 1, "failed": 2}
+    rows.sort(key=lambda r: (order[r["state"]], not r["feasible"],
                              sign * r["objective"] if r["objective"] is not None else math.inf))
-    return rows[:top]
+    return rows if top is None else rows[:top]

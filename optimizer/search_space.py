@@ -33,20 +33,38 @@ def _suggest(trial: optuna.Trial, name: str, rng: Range) -> Any:
 
 
 def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
-    """Sample one configuration of the recipe's passes; returns the `chosen` mapping for run_recipe."""
+    """Sample one configuration; returns the `chosen` mapping `pipeline.resolved_passes` reads.
+
+    An optional export pass is the runtime choice: when it is off, the passes after it that need
+    its runtime are off too (recorded in `chosen`, not sampled), so no trial is a broken chain.
+    """
+    from optimizer.passes import REGISTRY
+
     chosen: dict[str, Any] = {}
+    runtime = "torch"
     for i, spec in enumerate(recipe.passes):
         key = f"{i}.{spec.name}"
+        cls = REGISTRY.get(spec.name)
+        if cls is not None and runtime not in cls.runtimes_in:
+            chosen[f"{key}.enabled"] = False
+            continue
         enabled: Any = spec.enabled
         if isinstance(enabled, Choice):
             enabled = _suggest(trial, f"{key}.enabled", enabled)
             chosen[f"{key}.enabled"] = enabled
         if not enabled:
             continue  # conditional: a disabled pass's parameters are not sampled
+        runtime = getattr(cls, "runtime_out", None) or runtime
         for param, value in spec.params.items():
             rng = parse_range(value)
             if rng is not None:
                 chosen[f"{key}.{param}"] = _suggest(trial, f"{key}.{param}", rng)
+    for knob in ("batch_size", "threads"):
+        value = getattr(recipe.search, knob)
+        if isinstance(value, (Choice, IntRange)):
+            chosen[knob] = _suggest(trial, knob, value)
+        elif value is not None:
+            chosen[knob] = value
     return chosen
 
 
@@ -67,4 +85,9 @@ def space_size(recipe: Recipe) -> int | None:
             total *= sum(within if on else 1 for on in spec.enabled.choice)
         else:
             total *= within if spec.enabled else 1
+    for knob in (recipe.search.batch_size, recipe.search.threads):
+        if isinstance(knob, Choice):
+            total *= len(knob.choice)
+        elif isinstance(knob, IntRange):
+            total *= (knob.int[1] - knob.int[0]) // knob.step + 1
     return total

@@ -37,7 +37,7 @@ def test_search_records_trials_and_resumes_without_redoing_them(write_recipe, ti
     assert len(trials) == 3 and finished(study) == 3
     for t in trials:
         assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("error")
-        assert len(t.user_attrs[CONSTRAINT]) == 1 and t.user_attrs["hardware"]["threads"] == 1
+        assert len(t.user_attrs[CONSTRAINT]) == 1 and t.user_attrs["deployment"]["threads"] == 1
         assert t.values[0] > 0 and t.user_attrs["cost"]["blended_usd_per_m"] == pytest.approx(t.values[0])
         names = [p["name"] for p in t.user_attrs["passes"]]
         assert ("0.cast.dtype" in t.params) == ("cast" in names)  # conditional parameter
@@ -84,5 +84,5 @@ def test_search_command_prints_a_leaderboard(write_recipe, tiny_bert_dir, tmp_pa
     }, "cli.yaml")
     assert main(["search", str(recipe_file)]) == 0
     out = capsys.readouterr().out
-    assert "study cli-search: 2 trials" in out and "cast(dtype=" in out and "feasible" in out
-    assert (tmp_path / "runs" / "cli-search.db").is_file()
+    assert "study cli-search: 2 finished trials" in out and "cast(dtype=" in out and "feasible" in out
+    assert (tmp_path / "runs" / "cli-search" / "study.db").is_file()

@@ -1,0 +1,196 @@
+"""Deployment configuration: what a search chose, written down, rebuilt and loaded ready to call.
+
+`deploy.yaml` holds everything needed to rebuild the chosen artifact on another machine (the model,
+task, data the passes read, resolved passes, runtime, batch size, threads) and what was measured
+for it (quality and drop with its interval, speed, cost, hardware), so the decision stays auditable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from optimizer.errors import UserError
+from optimizer.recipe import Recipe
+from optimizer.runtime import Candidate
+
+log = logging.getLogger(__name__)
+SCHEMA = "costopt.deploy/1"
+DEPLOY_FILE = "deploy.yaml"
+# Recipe sections the artifact depends on; passes come resolved, search and report are not needed.
+_REBUILD_SECTIONS = ("name", "model", "task", "data", "quality", "speed", "hardware", "workload", "output_dir")
+
+
+def deployment_config(recipe: Recipe, study_name: str, trial: Any, baseline: dict[str, Any]) -> dict[str, Any]:
+    """deploy.yaml content for one finished Optuna trial (a FrozenTrial) of `study_name`."""
+    a = trial.user_attrs
+    c = recipe.search.constraint
+    cost, base_cost = a.get("cost") or {}, baseline.get("cost") or {}
+    measured: dict[str, Any] = {
+        "quality": a.get("quality"), "baseline_quality": baseline.get("quality"), "drop": a.get("drop"),
+        "constraint": {"metric": c.metric or recipe.primary_metric, "max_drop": c.max_drop, "relative": c.relative,
+                       "confidence": c.confidence},
+        "tokens_per_s": a.get("speed"),
+        "baseline_tokens_per_s": {k: baseline["speed"][k]["median"] for k in ("input_tokens_per_s", "output_tokens_per_s")
+                                  if k in baseline.get("speed", {})},
+        "footprint": a.get("footprint"),
+    }
+    if cost.get("blended_usd_per_m") and base_cost.get("blended_usd_per_m"):
+        measured["usd_per_m_tokens"] = cost["blended_usd_per_m"]
+        measured["baseline_usd_per_m_tokens"] = base_cost["blended_usd_per_m"]
+        measured["cheaper_x"] = round(base_cost["blended_usd_per_m"] / cost["blended_usd_per_m"], 3)
+        measured["cost"] = cost
+    return {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "study": study_name,
+        "trial": trial.number,
+        "objective": recipe.search.objective,
+        "value": trial.values[0] if trial.values else None,
+        **a.get("deployment", {}),
+        "passes": [{"name": p["name"], "params": p["params"]} for p in a.get("passes", [])],
+        "hardware": a.get("hardware"),
+        "measured": measured,
+        "notes": a.get("notes", []),
+        "recipe": {k: v for k, v in recipe.model_dump(mode="json").items() if k in _REBUILD_SECTIONS},
+    }
+
+
+def write_deployment(path: Path, config: dict[str, Any]) -> Path:
+    from optimizer.results import write_text_atomic
+
+    path = Path(path)
+    write_text_atomic(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def read_deployment(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"deployment file {path} does not exist", "give the deploy.yaml written by `costopt search`")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})", "give the deploy.yaml written by `costopt search`") from None
+    if not isinstance(config, dict) or config.get("schema") != SCHEMA:
+        raise UserError(f"{path} is not a costopt deployment (schema {SCHEMA} expected)",
+                        "give the deploy.yaml written by `costopt search`")
+    return config
+
+
+def build(deploy_file: Path, out_dir: Path, progress: bool = True) -> Path:
+    """Rebuild the artifact a deploy.yaml describes into `out_dir` (reusing the search's cache when present)."""
+    from optimizer.cache import ArtifactCache
+    from optimizer.measure import speed as speed_mod
+    from optimizer.pipeline import apply_chain, check_order, pass_context, resolve_device
+    from optimizer.data import load_dataset
+
+    config = read_deployment(deploy_file)
+    recipe = Recipe.model_validate(config["recipe"])
+    passes = [{"name": p["name"], "params": p["params"], "save": False} for p in config["passes"]]
+    check_order(passes)
+    device = resolve_device(recipe.hardware.device)
+    speed_mod.set_threads(config.get("threads") or recipe.hardware.threads)
+    d = recipe.data
+    calib = load_dataset(d.calibration, "calibration", recipe.task, d.seed) if d.calibration else None
+    train = load_dataset(d.train, "train", recipe.task, d.seed) if d.train else None
+    out_dir = Path(out_dir)
+    cache_root = Path(recipe.output_dir) / str(config.get("study")) / "cache"
+    cache = ArtifactCache(cache_root) if cache_root.is_dir() else None
+    cand = apply_chain(recipe, passes, pass_context(recipe, device, out_dir.with_name(out_dir.name + ".work"), calib, train),
+                       {}, cache=cache)
+    cand.save(out_dir)
+    write_deployment(out_dir / DEPLOY_FILE, config)
+    import shutil
+
+    shutil.rmtree(out_dir.with_name(out_dir.name + ".work"), ignore_errors=True)
+    return out_dir
+
+
+@dataclass
+class Deployment:
+    """A built deployment, ready to call: `encode` (embedding), `classify`, or `generate` (causal LM)."""
+
+    candidate: Candidate
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.candidate.task
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.config.get("batch_size") or 32)
+
+    def encode(self, texts: list[str] | str) -> np.ndarray:
+        from optimizer import tasks
+
+        self._expect("embedding", "encode")
+        single = isinstance(texts, str)
+        out = tasks.embed(self.candidate, [texts] if single else list(texts), self.batch_size)
+        return out[0] if single else out
+
+    def classify(self, texts: list[str]) -> list[str]:
+        from optimizer import tasks
+
+        self._expect("classification", "classify")
+        logits = tasks.classify(self.candidate, list(texts), self.batch_size)
+        id2label = getattr(getattr(getattr(self.candidate, "module", None), "config", None), "id2label", None) or {}
+        return [str(id2label.get(int(i), int(i))) for i in logits.argmax(1)]
+
+    def generate(self, prompt: str, max_new_tokens: int = 32) -> str:
+        """Greedy continuation of `prompt` through the runtime's KV-cache decode."""
+        self._expect("causal-lm", "generate")
+        tok = self.candidate.tokenizer
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        logits, state = self.candidate.prefill(ids, torch.ones_like(ids))
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            nxt = int(logits.argmax(-1)[0])
+            if tok.eos_token_id is not None and nxt == tok.eos_token_id:
+                break
+            out.append(nxt)
+            logits, state = self.candidate.decode(torch.tensor([[nxt]]), state)
+        return tok.decode(out, skip_special_tokens=True)
+
+    def __call__(self, texts: Any, **kwargs: Any) -> Any:
+        fn = {"embedding": self.encode, "classification": self.classify, "causal-lm": self.generate}[self.task]
+        return fn(texts, **kwargs)
+
+    def _expect(self, task: str, method: str) -> None:
+        if self.task != task:
+            raise UserError(f"{method}() is for {task} models but this deployment is a {self.task} model",
+                            "call the deployment directly; it picks the task's method")
+
+
+def load_deployment(path: str | Path, device: str | None = None) -> Deployment:
+    """A deployment ready to call, from a folder built by `costopt deploy` or from a deploy.yaml
+    (built next to it on first use, into '<name>-artifact/')."""
+    from optimizer.measure import speed as speed_mod
+    from optimizer.model import reload_saved
+
+    path = Path(path)
+    if path.is_file():
+        config = read_deployment(path)
+        folder = path.with_name(path.stem + "-artifact")
+        if not (folder / "costopt.json").is_file():
+            build(path, folder)
+    elif (path / "costopt.json").is_file():
+        folder = path
+        config = read_deployment(path / DEPLOY_FILE) if (path / DEPLOY_FILE).is_file() else {}
+    else:
+        raise UserError(f"{path} is neither a deploy.yaml nor a folder built by `costopt deploy`",
+                        "run `costopt deploy deploy.yaml --out DIR` and load DIR")
+    speed_mod.set_threads(config.get("threads"))
+    device = device or (config.get("recipe", {}).get("hardware", {}).get("device") or "cpu")
+    cand = reload_saved(folder, "cuda" if device == "cuda" else "cpu")
+    log.info("loaded %s deployment from %s: %s", cand.runtime, folder, json.dumps(cand.applied)[:200])
+    return Deployment(cand, config)

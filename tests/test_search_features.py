@@ -1,0 +1,207 @@
+"""Search behaviour beyond the core loop: screening, the artifact cache, runtime/batch/thread choices,
+time limits and NaNs, the deployment file and its rebuild, and the 'nothing feasible' answer."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from optimizer.recipe import load_recipe
+from optimizer.search import CONSTRAINT, closest, finished, leaderboard, run_search
+
+States = optuna.trial.TrialState
+
+
+def _recipe(write_recipe, model_dir, tmp_path, passes, search=None, **extra):
+    content = {
+        "name": "features", "model": {"source": str(model_dir)}, "task": "embedding",
+        "data": {"eval": {"source": "stdlib-docs", "limit": 80}, "calibration": {"source": "stdlib-docs", "limit": 16}},
+        "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
+        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+        "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+        "output_dir": str(tmp_path / "runs"),
+        "search": {"trials": 3, "constraint": {"metric": "mrr", "max_drop": 0.05}, "seed": 0,
+                   "screen_examples": None} | (search or {}),
+        "passes": passes,
+    } | extra
+    return load_recipe(write_recipe(content))
+
+
+def test_screening_prunes_a_clearly_broken_trial_before_the_full_evaluation(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
+    from optimizer.pipeline import Bench
+
+    full_evals = []
+    original = Bench.judge
+    monkeypatch.setattr(Bench, "judge", lambda self, *a, **k: full_evals.append(1) or original(self, *a, **k))
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "prune-magnitude", "sparsity": {"choice": [0.97]}}],
+                     {"trials": 1, "screen_examples": 24, "constraint": {"metric": "fidelity", "max_drop": 0.0001}})
+    study = run_search(recipe)
+    t = study.trials[0]
+    assert t.state == States.PRUNED
+    assert "screened on 24 examples" in t.user_attrs["pruned"] and "over the" in t.user_attrs["pruned"]
+    assert t.user_attrs["screen"]["relative_low"] > 0.0001
+    assert full_evals == []  # neither the full evaluation nor the speed benchmark ran
+    assert finished(study) == 1 and leaderboard(study)[0]["state"] == "pruned"
+
+
+def test_screening_lets_a_good_trial_through(write_recipe, tiny_bert_dir, tmp_path):
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}],
+                     {"trials": 1, "screen_examples": 24, "constraint": {"metric": "fidelity", "max_drop": 0.05}})
+    t = run_search(recipe).trials[0]
+    assert t.state == States.COMPLETE and t.user_attrs["screen"]["n"] == 2 * 24 and t.user_attrs["drop"]["n"] == 2 * 80  # queries and documents
+
+
+def test_a_configuration_is_built_once_then_reloaded_from_the_cache(write_recipe, tiny_bert_dir, tmp_path):
+    passes = [{"name": "onnx-export"}, {"name": "ort-int8-dynamic", "per_channel": {"choice": [True]}}]
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, passes, {"trials": 2, "sampler": "random"})
+    study = run_search(recipe)
+    first, second = study.trials
+    assert "pass onnx-export" in first.user_attrs["timings"] and "cache hit" not in first.user_attrs["timings"]
+    assert second.user_attrs["timings"] == {"cache hit": 2}  # the whole chain came from the cache
+    assert second.user_attrs["quality"]["fidelity"] == pytest.approx(first.user_attrs["quality"]["fidelity"], abs=1e-6)
+    entries = [p for p in (tmp_path / "runs" / "features" / "cache").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 2  # the export prefix and the full chain
+
+
+def test_runtime_batch_and_threads_are_part_of_the_space(write_recipe, tiny_bert_dir, tmp_path):
+    passes = [{"name": "onnx-export", "enabled": {"choice": [True, False]}},
+              {"name": "ort-int8-dynamic", "per_channel": {"choice": [True, False]}}]
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, passes,
+                     {"trials": 6, "sampler": "random", "seed": 2, "batch_size": {"choice": [4, 16]}, "threads": {"choice": [1, 2]}})
+    study = run_search(recipe)
+    runtimes = set()
+    for t in study.trials:
+        assert t.state == States.COMPLETE, t.user_attrs.get("error")
+        dep, names = t.user_attrs["deployment"], [p["name"] for p in t.user_attrs["passes"]]
+        runtimes.add(dep["runtime"])
+        if dep["runtime"] == "torch":  # export off: the ONNX Runtime pass after it is off too, never a broken chain
+            assert names == [] and "1.ort-int8-dynamic.per_channel" not in t.params
+        else:
+            assert names == ["onnx-export", "ort-int8-dynamic"]
+        assert dep["batch_size"] == t.params["batch_size"] and dep["threads"] == t.params["threads"]
+        assert t.user_attrs["speed_detail"]["batch_size"] == dep["batch_size"]
+        assert t.user_attrs["speed_detail"]["threads"] == dep["threads"]
+        assert t.user_attrs["cost"]["replicas"] == 2 // dep["threads"]  # aws-c7a.large has 2 vCPUs
+    assert runtimes == {"torch", "onnxruntime"}
+
+
+def test_a_trial_past_its_time_limit_fails_with_that_reason(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
+    from optimizer.passes.quantize import Cast
+
+    monkeypatch.setattr(Cast, "apply", lambda self, cand, ctx: time.sleep(30))
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}],
+                     {"trials": 1, "trial_timeout_minutes": 0.02})
+    t0 = time.monotonic()
+    t = run_search(recipe).trials[0]
+    assert time.monotonic() - t0 < 25
+    assert t.state == States.FAIL and "time limit of 0.02 min" in t.user_attrs["error"]
+
+
+def test_nan_outputs_fail_the_trial_with_that_reason(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
+    import torch
+
+    from optimizer.passes.quantize import Cast
+
+    def poison(self, cand, ctx):
+        with torch.no_grad():
+            next(cand.module.parameters()).fill_(float("nan"))
+        return cand
+
+    monkeypatch.setattr(Cast, "apply", poison)
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}],
+                     {"trials": 2})
+    study = run_search(recipe)
+    assert [t.state for t in study.trials] == [States.FAIL, States.FAIL]
+    assert all("NaN" in t.user_attrs["error"] for t in study.trials)
+
+
+def test_search_writes_deploy_yaml_that_rebuilds_and_loads(write_recipe, tiny_bert_dir, tmp_path, capsys):
+    import optimizer
+    from optimizer.cli import main
+    from optimizer.data import stdlib_split
+    from optimizer.model import reload_saved
+
+    recipe_file = write_recipe({
+        "name": "deployme", "model": {"source": str(tiny_bert_dir)}, "task": "embedding",
+        "data": {"eval": {"source": "stdlib-docs", "limit": 40}}, "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
+        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+        "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "output_dir": str(tmp_path / "runs"),
+        "search": {"trials": 2, "constraint": {"metric": "fidelity", "max_drop": 0.5}, "screen_examples": None},
+        "passes": [{"name": "onnx-export"}, {"name": "ort-int8-dynamic", "per_channel": {"choice": [True, False]}}],
+    }, "deployme.yaml")
+    assert main(["search", str(recipe_file), "-q"]) == 0
+    out = capsys.readouterr().out
+    deploy_file = tmp_path / "runs" / "deployme" / "deploy.yaml"
+    assert "chosen: trial" in out and str(deploy_file) in out
+    config = yaml.safe_load(deploy_file.read_text())
+    assert config["schema"] == "costopt.deploy/1" and config["runtime"] == "onnxruntime"
+    assert config["batch_size"] == 8 and config["threads"] == 1
+    assert [p["name"] for p in config["passes"]] == ["onnx-export", "ort-int8-dynamic"]
+    m = config["measured"]
+    assert m["cheaper_x"] == pytest.approx(m["baseline_usd_per_m_tokens"] / m["usd_per_m_tokens"], rel=1e-3)
+    assert m["drop"]["relative_high"] <= 0.5 and config["hardware"]["catalog"] == "aws-c7a.large"
+
+    out_dir = tmp_path / "built"
+    assert main(["deploy", str(deploy_file), "--out", str(out_dir)]) == 0
+    assert "load it with: optimizer.load_deployment" in capsys.readouterr().out
+    dep = optimizer.load_deployment(out_dir)
+    texts = [e.summary for e in stdlib_split("eval")[:5]]
+    emb = dep(texts)
+    assert emb.shape[0] == 5 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+    # the rebuilt artifact is the searched one: same outputs as the cached chain
+    cached = [p for p in (tmp_path / "runs" / "deployme" / "cache").iterdir() if not p.name.startswith(".")]
+    from optimizer import tasks
+    refs = [tasks.embed(reload_saved(c / "artifact"), texts, 8) for c in cached]
+    assert any(np.allclose(emb, r, atol=1e-5) for r in refs)
+    # a deploy.yaml loads directly too: built next to it on first use
+    assert np.allclose(optimizer.load_deployment(deploy_file).encode(texts), emb, atol=1e-5)
+    with pytest.raises(Exception, match="encoder|embedding"):
+        dep.generate("hello")
+
+
+def test_deploy_command_rejects_a_file_that_is_not_a_deployment(tmp_path, capsys):
+    from optimizer.cli import main
+
+    bad = tmp_path / "deploy.yaml"
+    bad.write_text("name: something\n")
+    assert main(["deploy", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "is not a costopt deployment" in capsys.readouterr().err
+
+
+def test_nothing_feasible_names_the_closest_trial(write_recipe, tiny_bert_dir, tmp_path, capsys):
+    from optimizer.cli import main
+
+    recipe_file = write_recipe({
+        "name": "tooStrict", "model": {"source": str(tiny_bert_dir)}, "task": "embedding",
+        "data": {"eval": {"source": "stdlib-docs", "limit": 40}}, "quality": {"metrics": ["fidelity"], "bootstrap": 200},
+        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+        "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "output_dir": str(tmp_path / "runs"),
+        "search": {"trials": 2, "sampler": "random", "constraint": {"max_drop": 0.0}, "screen_examples": None},
+        "passes": [{"name": "prune-magnitude", "sparsity": {"float": [0.3, 0.6]}}],
+    }, "strict.yaml")
+    assert main(["search", str(recipe_file), "-q"]) == 0
+    out = capsys.readouterr().out
+    recipe = load_recipe(recipe_file)
+    study = optuna.load_study(study_name="tooStrict", storage=f"sqlite:///{tmp_path / 'runs' / 'tooStrict' / 'study.db'}")
+    near = closest(study)
+    assert near is not None and near.user_attrs[CONSTRAINT][0] > 0
+    assert f"no configuration met fidelity drop <= 0.00%" in out and f"Closest: trial {near.number}" in out
+    assert f"over budget by {100 * near.user_attrs[CONSTRAINT][0]:.2f} points" in out
+    assert not (tmp_path / "runs" / "tooStrict" / "deploy.yaml").exists()
+    assert recipe.search.constraint.max_drop == 0.0
+
+
+def test_generate_on_a_causal_lm_deployment(tiny_llama_dir):
+    from optimizer.deploy import Deployment
+    from optimizer.model import load_candidate
+    from optimizer.recipe import ModelSpec
+
+    dep = Deployment(load_candidate(ModelSpec(source=str(tiny_llama_dir)), "causal-lm", "cpu"), {"batch_size": 1})
+    text = dep("the cat", max_new_tokens=5)
+    assert isinstance(text, str)
+    with pytest.raises(Exception, match="causal-lm"):
+        dep.encode(["x"])
