@@ -138,8 +138,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     study = run_search(recipe, args.storage, args.trials, progress=not args.quiet)
     baseline = study.user_attrs.get("baseline", {})
     kind = recipe.search.objective
+    by_batch = baseline.get("by_batch") or {}
     print(f"study {study.study_name}: {sum(1 for r in leaderboard(study, None))} finished trials; "
-          f"baseline {kind}: {_fmt_num(baseline.get('objective'), 6)}")
+          f"baseline {kind}: {_fmt_num(baseline.get('objective'), 6)} (batch {recipe.speed.batch_size})"
+          + ("; by batch: " + ", ".join(f"{b}: {_fmt_num(v, 6)}" for b, v in by_batch.items()) if len(by_batch) > 1 else ""))
     rows = []
     for r in leaderboard(study, args.top):
         d, dep = r["drop"], r["deployment"]
@@ -172,6 +174,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"\nchosen: trial {best.number}: {_chain(config['passes'])} on {config['runtime']}, batch {config['batch_size']}, "
           f"{config['threads']} threads\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {_fmt_drop(m['drop'])} "
           f"within {budget}\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR")
+    if "baseline_best_batch" in m:
+        bb = m["baseline_best_batch"]
+        print(f"  against the baseline at its own best batch size ({bb['batch_size']}, ${bb['usd_per_m_tokens']:.5f}): "
+              f"{bb['cheaper_x']:.2f}x cheaper")
     return 0
 
 

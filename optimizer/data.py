@@ -157,8 +157,22 @@ def stdlib_split(role: Role) -> list[DocEntry]:
     return [e for e in stdlib_docs() if _bucket(e.qualname) in buckets]
 
 
-def _stdlib_dataset(kind: Kind, role: Role) -> Dataset:
-    entries = stdlib_split(role)
+def _stdlib_parts(split: str | None, role: Role) -> list[Role]:
+    """stdlib-docs parts a data source reads: its own role's by default, or `split` ('eval+train', ...)."""
+    if split is None:
+        return [role]
+    parts = [x.strip() for x in split.split("+")]
+    for x in parts:
+        if x not in SPLIT_BUCKETS:
+            raise UserError(f"stdlib-docs has no split {x!r}",
+                            f"use {', '.join(SPLIT_BUCKETS)} or several joined by '+', e.g. eval+train")
+    return parts  # type: ignore[return-value]
+
+
+def _stdlib_dataset(kind: Kind, role: Role, split: str | None = None) -> Dataset:
+    parts = _stdlib_parts(split, role)
+    entries = [e for part in parts for e in stdlib_split(part)]
+    role = "+".join(parts)  # type: ignore[assignment]
     if kind == "pairs":
         # A retrieval pair needs a body with substance, else the task is guessing.
         entries = [e for e in entries if len(e.body.split()) >= 12]
@@ -201,7 +215,7 @@ def _read_hf(src: DataSource) -> list[dict[str, Any]]:
         raise UserError("Hugging Face datasets need the datasets package", "pip install 'costopt[data]'") from None
     name = src.source.removeprefix("hf:")
     try:
-        ds = datasets.load_dataset(name, src.config, split=src.split)
+        ds = datasets.load_dataset(name, src.config, split=src.split or "train")
     except Exception as e:  # the datasets library raises many types for "cannot get it"
         raise UserError(f"could not load dataset {name!r} split {src.split!r}: {str(e).splitlines()[0][:160]}",
                         "check the name, config and split; where the hub is unreachable, export it to a "
@@ -255,7 +269,7 @@ def load_dataset(src: DataSource, role: Role, task: str, seed: int = 0) -> Datas
     if role != "eval" and wanted is None:
         wanted = "text"  # calibration and training only need text
     if src.source == "stdlib-docs":
-        ds = _stdlib_dataset(wanted or ("pairs" if task == "embedding" else "text"), role)
+        ds = _stdlib_dataset(wanted or ("pairs" if task == "embedding" else "text"), role, src.split)
     else:
         if src.source.startswith("hf:"):
             rows = _read_hf(src)

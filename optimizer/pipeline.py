@@ -6,11 +6,13 @@ with the same thread count, so their figures compare.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -161,6 +163,16 @@ def apply_chain(recipe: Recipe, passes: list[dict[str, Any]], ctx: PassContext, 
     return cand
 
 
+@contextlib.contextmanager
+def _batched(evaluator: QualityEvaluator, batch_size: int | None) -> Iterator[None]:
+    saved = evaluator.batch_size
+    evaluator.batch_size = batch_size or saved
+    try:
+        yield
+    finally:
+        evaluator.batch_size = saved
+
+
 def _values(metrics: dict[str, MetricValues]) -> dict[str, float]:
     return {k: v.value for k, v in metrics.items()}
 
@@ -255,12 +267,18 @@ class Bench:
     def context(self, work_dir: Path) -> PassContext:
         return pass_context(self.recipe, self.device, work_dir, self.calibration, self.train)
 
-    def judge(self, cand: Candidate, confidence: float | None = None) -> tuple[dict[str, float], dict[str, Any]]:
-        """A candidate's metric values and each metric's drop from the baseline, with its interval."""
-        values = self.evaluator.evaluate(cand, reference=self.baseline)
+    def judge(self, cand: Candidate, confidence: float | None = None,
+              batch_size: int | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+        """A candidate's metric values and each metric's drop from the baseline, with its interval.
+
+        `batch_size` evaluates the candidate in the batches it will serve in: dynamic quantization
+        scales activations per batch, so its outputs depend on the batch."""
+        with _batched(self.evaluator, batch_size):
+            values = self.evaluator.evaluate(cand, reference=self.baseline)
         return _values(values), self._drops(self.quality, values, confidence)
 
-    def screen(self, cand: Candidate, examples: int, confidence: float | None = None) -> dict[str, Any] | None:
+    def screen(self, cand: Candidate, examples: int, confidence: float | None = None,
+               batch_size: int | None = None) -> dict[str, Any] | None:
         """Drops on a seeded subset of the eval set, a cheap first look before the full evaluation.
 
         None when the eval set is under twice that size (the screen would not save time)."""
@@ -271,7 +289,8 @@ class Bench:
             self.screen_evaluator = QualityEvaluator(self.recipe.task, sub, self.recipe.metrics,
                                                      self.recipe.quality.batch_size)
             self.screen_quality = self.screen_evaluator.evaluate(self.baseline)
-        values = self.screen_evaluator.evaluate(cand, reference=self.baseline)
+        with _batched(self.screen_evaluator, batch_size):
+            values = self.screen_evaluator.evaluate(cand, reference=self.baseline)
         return self._drops(self.screen_quality, values, confidence)
 
     def _drops(self, base: dict[str, MetricValues], values: dict[str, MetricValues],

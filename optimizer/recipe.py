@@ -94,7 +94,8 @@ class DataSource(Strict):
     source: str = Field(description="stdlib-docs, a file path, or hf:<dataset name>")
     format: Literal["auto", "jsonl", "csv", "txt", "parquet"] = "auto"
     kind: Literal["auto", "text", "pairs", "scored-pairs", "labeled"] = "auto"
-    split: str = "train"
+    split: str | None = Field(default=None, description="HF datasets: the split (default train); stdlib-docs: "
+                              "eval, calibration, train or a '+' union (default: the role's own part)")
     config: str | None = None
     text_field: str = "text"
     query_field: str = "query"

@@ -33,7 +33,7 @@ from optimizer.measure import speed as speed_mod
 from optimizer.measure.system import fingerprint
 from optimizer.passes import REGISTRY
 from optimizer.pipeline import Bench, apply_chain, check_order, footprint, resolve_device, resolved_passes
-from optimizer.recipe import Choice, FloatRange, Recipe, parse_range
+from optimizer.recipe import Choice, FloatRange, IntRange, Recipe, parse_range
 from optimizer.search_space import suggest
 
 log = logging.getLogger(__name__)
@@ -194,14 +194,38 @@ class TrialRunner:
         speed, cost = self.bench.speed_and_cost(baseline)
         self.baseline = {"quality": quality, "speed": speed, "cost": cost, "passes": [],
                          "objective": self.objective.value(speed, cost), "worker": _worker()}
+        self.baseline["by_batch"] = self._baseline_per_batch(baseline, speed, cost)
         self.system = fingerprint()
         self.trials_dir = work_dir / "trials"
         self.cache = ArtifactCache(work_dir / "cache") if recipe.search.cache else None
+
+    def _baseline_per_batch(self, baseline: Any, speed: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, Any]:
+        """When the search picks the batch size, the baseline is measured at every candidate size too,
+        so a saving is never just the baseline's badly chosen batch."""
+        sizes = self.recipe.search.batch_size
+        sizes = sizes.choice if isinstance(sizes, Choice) else (
+            list(range(sizes.int[0], sizes.int[1] + 1, sizes.step)) if isinstance(sizes, IntRange) else [])
+        out = {str(self.recipe.speed.batch_size): self.objective.value(speed, cost)}
+        for b in sizes:
+            if str(b) not in out:
+                sp, co = self.bench.speed_and_cost(baseline, int(b))
+                out[str(b)] = self.objective.value(sp, co)
+        return out
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         s = self.recipe.search
         c = s.constraint
         chosen = suggest(trial, self.recipe)
+        twin = _measured_twin(trial)
+        if twin is not None:  # the sampler proposed a configuration already measured: reuse, do not rebuild
+            for k, v in twin.user_attrs.items():
+                if k not in ("seconds", "timings"):
+                    trial.set_user_attr(k, v)
+            trial.set_user_attr("same_as", twin.number)
+            trial.set_user_attr("seconds", 0.0)
+            trial.set_user_attr("worker", _worker())
+            trial.set_constraint(f"{self.metric} drop over budget", twin.user_attrs[CONSTRAINT][0])
+            return tuple(twin.values) if s.multi_objective else twin.values[0]
         threads = int(chosen.get("threads") or self.threads)
         batch = int(chosen.get("batch_size") or self.recipe.speed.batch_size)
         passes = resolved_passes(self.recipe, chosen)
@@ -221,7 +245,7 @@ class TrialRunner:
                 cand = apply_chain(self.recipe, passes, self.bench.context(work / "work"), timings, cache=self.cache)
                 trial.set_user_attr("timings", timings)
                 if s.screen_examples:
-                    screen = self.bench.screen(cand, s.screen_examples, c.confidence)
+                    screen = self.bench.screen(cand, s.screen_examples, c.confidence, batch)
                     if screen is not None:
                         low = _over_budget_low(screen[self.metric], c.relative)
                         trial.set_user_attr("screen", screen[self.metric])
@@ -231,7 +255,7 @@ class TrialRunner:
                                       f"least {_pct(low, c.relative)} at {c.confidence:.0%}, over the {_pct(c.max_drop, c.relative)} budget")
                             trial.set_user_attr("pruned", reason)
                             raise optuna.TrialPruned(reason)
-                values, drops = self.bench.judge(cand, c.confidence)
+                values, drops = self.bench.judge(cand, c.confidence, batch)
                 violation = constraint_violation(drops[self.metric], c.max_drop, c.relative)
                 trial.set_user_attr("quality", values)
                 trial.set_user_attr("drop", drops[self.metric])
@@ -261,6 +285,15 @@ class TrialRunner:
         if s.multi_objective:
             return value, float(drops[self.metric]["relative"] if c.relative else drops[self.metric]["drop"])
         return value
+
+
+def _measured_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """An earlier complete trial with exactly these parameters, if any."""
+    params = trial.params
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.params == params and t.number != trial.number and CONSTRAINT in t.user_attrs and "same_as" not in t.user_attrs:
+            return t
+    return None
 
 
 def _pct(x: float, relative: bool) -> str:
@@ -314,7 +347,7 @@ class Progress:
         self.target, self.timeout, self.t0 = target, timeout, time.monotonic()
         self.initial = min(finished(study), target)
         self.bar = tqdm(total=target, initial=self.initial, unit="trial", disable=not enabled,
-                        desc="search", bar_format="{desc}: trial {n_fmt}/{total_fmt} |{bar:20}| {elapsed} {postfix}")
+                        desc="search", bar_format="{desc}: trial {n_fmt}/{total_fmt} |{bar:20}| {elapsed}{postfix}")
         self.update(study)
 
     def update(self, study: optuna.Study, *_: Any) -> None:
@@ -386,7 +419,8 @@ def leaderboard(study: optuna.Study, top: int | None = 10) -> list[dict[str, Any
                      "objective": t.values[0] if ok else None, "violation": violation,
                      "drop": t.user_attrs.get("drop"), "passes": t.user_attrs.get("passes", []),
                      "deployment": t.user_attrs.get("deployment", {}),
-                     "reason": t.user_attrs.get("error") or t.user_attrs.get("pruned")})
+                     "reason": t.user_attrs.get("error") or t.user_attrs.get("pruned") or (
+                         f"same configuration as trial {t.user_attrs['same_as']}: its figures" if "same_as" in t.user_attrs else None)})
     order = {"ok": 0, "pruned": 1, "failed": 2}
     rows.sort(key=lambda r: (order[r["state"]], not r["feasible"],
                              sign * r["objective"] if r["objective"] is not None else math.inf))

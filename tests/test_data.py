@@ -100,3 +100,16 @@ def test_data_errors(tmp_path):
         load_dataset(DataSource(source=str(tmp_path / "x.dat")), "eval", "causal-lm")
     with pytest.raises(UserError, match="not 'labeled'"):
         load_dataset(DataSource(source="stdlib-docs", kind="labeled"), "eval", "classification")
+
+
+def test_stdlib_docs_split_union_reads_several_parts_and_never_calibration():
+    from optimizer.recipe import DataSource
+
+    ev = load_dataset(DataSource(source="stdlib-docs"), "eval", "embedding")
+    train = load_dataset(DataSource(source="stdlib-docs", kind="pairs"), "train", "embedding")
+    both = load_dataset(DataSource(source="stdlib-docs", split="eval+train"), "eval", "embedding")
+    calib = load_dataset(DataSource(source="stdlib-docs"), "calibration", "embedding")
+    assert len(both) == len(ev) + len(train) and both.origin == "stdlib-docs/eval+train"
+    assert not {f"{q}\n{d}" for q, d in zip(both.texts, both.texts_b)} & set(calib.texts)
+    with pytest.raises(UserError, match="no split 'test'"):
+        load_dataset(DataSource(source="stdlib-docs", split="eval+test"), "eval", "embedding")

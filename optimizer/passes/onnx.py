@@ -6,6 +6,7 @@ run's work directory, so each step's artifact stays intact for saving and compar
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,17 @@ from optimizer.passes.base import Pass, PassConfig, PassContext
 from optimizer.passes.calibration import sample_texts
 from optimizer.runtime import Candidate, TorchCandidate
 from optimizer.runtime_ort import MODEL_FILE, OrtCandidate
+
+
+class _NoPreprocessAdvice(logging.Filter):
+    """onnxruntime's quantizers log advice to run its shape-inference pre-processing on every call, on the
+    root logger; our graphs come from our own exporter with shapes inferred, so the line is only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing before quantization")
+
+
+logging.getLogger().addFilter(_NoPreprocessAdvice())
 
 ORT = frozenset({"onnxruntime"})
 
