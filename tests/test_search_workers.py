@@ -40,6 +40,8 @@ def _search(recipe: Path, *extra: str) -> subprocess.Popen:
 
 
 def _complete(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        return []  # the worker has not created its study yet
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:  # not created yet
