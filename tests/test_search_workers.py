@@ -74,7 +74,7 @@ def test_search_killed_with_sigkill_resumes_without_losing_or_redoing_trials(wri
     assert not [t for t in trials if t.state in (States.RUNNING, States.WAITING)]
     for t in trials:  # the trial running at the kill was failed by the heartbeat check and run again
         if t.state == States.FAIL and "error" not in t.user_attrs:
-            retried = [r for r in trials if r.system_attrs.get("failed_trial") == t._trial_id]
+            retried = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
             assert len(retried) == 1 and retried[0].params == t.params
 
 
