@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -95,8 +96,7 @@ def build(deploy_file: Path, out_dir: Path, progress: bool = True) -> Path:
     """Rebuild the artifact a deploy.yaml describes into `out_dir` (reusing the search's cache when present)."""
     from optimizer.cache import ArtifactCache
     from optimizer.measure import speed as speed_mod
-    from optimizer.pipeline import apply_chain, check_order, pass_context, resolve_device
-    from optimizer.data import load_dataset
+    from optimizer.pipeline import apply_chain, check_order, pass_context, pass_data, resolve_device
 
     config = read_deployment(deploy_file)
     recipe = Recipe.model_validate(config["recipe"])
@@ -104,19 +104,16 @@ def build(deploy_file: Path, out_dir: Path, progress: bool = True) -> Path:
     check_order(passes)
     device = resolve_device(recipe.hardware.device)
     speed_mod.set_threads(config.get("threads") or recipe.hardware.threads)
-    d = recipe.data
-    calib = load_dataset(d.calibration, "calibration", recipe.task, d.seed) if d.calibration else None
-    train = load_dataset(d.train, "train", recipe.task, d.seed) if d.train else None
     out_dir = Path(out_dir)
+    work = out_dir.with_name(out_dir.name + ".work")
     cache_root = Path(recipe.output_dir) / str(config.get("study")) / "cache"
     cache = ArtifactCache(cache_root) if cache_root.is_dir() else None
-    cand = apply_chain(recipe, passes, pass_context(recipe, device, out_dir.with_name(out_dir.name + ".work"), calib, train),
-                       {}, cache=cache)
-    cand.save(out_dir)
-    write_deployment(out_dir / DEPLOY_FILE, config)
-    import shutil
-
-    shutil.rmtree(out_dir.with_name(out_dir.name + ".work"), ignore_errors=True)
+    try:
+        cand = apply_chain(recipe, passes, pass_context(recipe, device, work, *pass_data(recipe)), {}, cache=cache)
+        cand.save(out_dir)
+        write_deployment(out_dir / DEPLOY_FILE, config)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return out_dir
 
 

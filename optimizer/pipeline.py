@@ -128,6 +128,14 @@ def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
     return res
 
 
+def pass_data(recipe: Recipe) -> tuple[Dataset | None, Dataset | None]:
+    """The calibration and training data the passes read."""
+    d = recipe.data
+    calib = load_dataset(d.calibration, "calibration", recipe.task, d.seed) if d.calibration else None
+    train = load_dataset(d.train, "train", recipe.task, d.seed) if d.train else None
+    return calib, train
+
+
 def pass_context(recipe: Recipe, device: str, work_dir: Path, calib: Dataset | None, train: Dataset | None) -> PassContext:
     return PassContext(task=recipe.task, device=device, threads=speed_mod.threads(), seed=recipe.data.seed,
                        work_dir=work_dir, calibration=calib, train=train,
@@ -248,10 +256,8 @@ class Bench:
 
     @classmethod
     def load_data(cls, recipe: Recipe, device: str) -> "Bench":
-        seed = recipe.data.seed
-        eval_data = load_dataset(recipe.data.eval, "eval", recipe.task, seed)
-        calib = load_dataset(recipe.data.calibration, "calibration", recipe.task, seed) if recipe.data.calibration else None
-        train = load_dataset(recipe.data.train, "train", recipe.task, seed) if recipe.data.train else None
+        eval_data = load_dataset(recipe.data.eval, "eval", recipe.task, recipe.data.seed)
+        calib, train = pass_data(recipe)
         evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, recipe.quality.batch_size)
         return cls(recipe, device, eval_data, calib, train, evaluator)
 
