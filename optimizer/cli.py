@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from optimizer.cli_format import table
+from optimizer.cli_format import chain_text, table
 from cost.errors import CostInputError
 from optimizer.errors import UserError
 
@@ -125,10 +125,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chain(passes: list[dict[str, Any]]) -> str:
-    return " -> ".join(f"{p['name']}({', '.join(f'{k}={v}' for k, v in p['params'].items())})" for p in passes) or "(baseline)"
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     from optimizer.deploy import deployment_config, write_deployment
     from optimizer.recipe import load_recipe
@@ -148,7 +144,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         rows.append([r["trial"], r["state"], "yes" if r["feasible"] else "no",
                      _fmt_num(r["objective"], 6) if r["objective"] is not None else "",
                      _fmt_drop(d) if d else "", f"{dep.get('batch_size', '')}/{dep.get('threads', '')}",
-                     _chain(r["passes"]) + (f": {r['reason']}" if r["reason"] else "")])
+                     chain_text(r["passes"]) + (f": {r['reason']}" if r["reason"] else "")])
     print(table(rows, ["trial", "state", "feasible", kind, "drop (CI)", "batch/threads", "passes"]))
     c = recipe.search.constraint
     metric = c.metric or recipe.primary_metric
@@ -162,7 +158,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                   "Look at the failed and pruned trials above, then raise --trials or widen the space.")
         else:
             over = near.user_attrs["constraint"][0]
-            print(f"\nno configuration met {budget}. Closest: trial {near.number} ({_chain(near.user_attrs['passes'])}), "
+            print(f"\nno configuration met {budget}. Closest: trial {near.number} ({chain_text(near.user_attrs['passes'])}), "
                   f"drop {_fmt_drop(near.user_attrs['drop'])}, over budget by "
                   f"{100 * over:.2f} points" + ("" if c.relative else f" ({over:.4g})") + ". "
                   "Try a looser max_drop, more trials, milder settings, or a larger eval set for a narrower interval.")
@@ -171,7 +167,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     path = write_deployment(Path(args.deploy) if args.deploy else search_dir(recipe, study.study_name) / "deploy.yaml", config)
     m = config["measured"]
     saving = f", {m['cheaper_x']:.2f}x cheaper than the baseline's ${m['baseline_usd_per_m_tokens']:.5f}" if "cheaper_x" in m else ""
-    print(f"\nchosen: trial {best.number}: {_chain(config['passes'])} on {config['runtime']}, batch {config['batch_size']}, "
+    print(f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, batch {config['batch_size']}, "
           f"{config['threads']} threads\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {_fmt_drop(m['drop'])} "
           f"within {budget}\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR")
     if "baseline_best_batch" in m:
@@ -187,9 +183,59 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     config = read_deployment(Path(args.deploy_file))
     out = build(Path(args.deploy_file), Path(args.out))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"built trial {config.get('trial')} of {config.get('study')}: {_chain(config['passes'])} "
+    print(f"built trial {config.get('trial')} of {config.get('study')}: {chain_text(config['passes'])} "
           f"({config.get('runtime')}) in {out} ({size / 2**20:.1f} MiB)\n"
           f"load it with: optimizer.load_deployment({str(out)!r})")
+    return 0
+
+
+def _workload(pairs: list[str]) -> Any:
+    """--workload key=value pairs -> a cost.Workload (None when none given)."""
+    if not pairs:
+        return None
+    from pydantic import ValidationError
+
+    from cost.workload import Workload
+
+    fields: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            fields[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UserError(f"--workload {pair!r} is not KEY=NUMBER", "write e.g. --workload input_tokens_per_day=2e8")
+    try:
+        return Workload(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise UserError(f"--workload {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}",
+                        f"use {', '.join(Workload.model_fields)}") from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from optimizer.report import FORMATS, RunSource, build_report, open_source, write_report
+
+    src = open_source(args.target, args.study, args.recipe)
+    formats = [f.strip() for f in args.format.split(",")] if args.format else list(src.recipe.report.formats)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise UserError(f"unknown report format {bad[0]!r}", f"use a comma-separated subset of {','.join(FORMATS)}")
+    report = build_report(src, _workload(args.workload), args.grid_kg_per_kwh, args.job_usd_per_hour)
+    if args.out:
+        out = Path(args.out)
+    elif isinstance(src, RunSource):
+        out = src.path.parent
+    else:
+        out = src.folder or Path(src.recipe.output_dir) / report["name"]
+    written = write_report(report, out, formats)
+    from optimizer.report.document import build_document
+
+    print("\n".join(build_document(report, {}).summary).replace("**", ""))
+    for fmt, path in written.items():
+        print(f"{fmt:5} {path}")
     return 0
 
 
@@ -229,6 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("deploy_file", help="deploy.yaml written by `costopt search`")
     deploy.add_argument("--out", required=True, help="folder to build the artifact into")
     deploy.set_defaults(fn=cmd_deploy)
+    rep = sub.add_parser("report", help="Markdown / HTML / JSON cost-saving report of a run or a search")
+    rep.add_argument("target", help="run folder or result.json, search folder runs/<study>/ or study.db, "
+                                    "an Optuna storage URL, or the recipe a search ran")
+    rep.add_argument("--study", help="study name, when the storage holds several")
+    rep.add_argument("--recipe", help="the recipe it ran (only for runs and studies an older costopt wrote)")
+    rep.add_argument("--out", help="folder for the report (default: beside the run or study)")
+    rep.add_argument("--format", help="comma-separated subset of md,html,json (default: the recipe's report.formats)")
+    rep.add_argument("--workload", action="append", default=[], metavar="KEY=NUMBER",
+                     help="traffic for the monthly figures, e.g. input_tokens_per_day=2e8 (repeatable; "
+                          "default: the recipe's workload)")
+    rep.add_argument("--grid-kg-per-kwh", type=float, help="grid carbon intensity for CO2 (default 0.4)")
+    rep.add_argument("--job-usd-per-hour", type=float,
+                     help="price of the machine the optimization ran on, for break-even (default: the catalog entry's)")
+    rep.set_defaults(fn=cmd_report)
     hw = sub.add_parser("hardware", help="this machine's fingerprint; `hardware list` shows the price catalog")
     hw.add_argument("--json", action="store_true")
     hw.set_defaults(fn=cmd_hardware)

@@ -47,12 +47,12 @@ def deployment_config(recipe: Recipe, study_name: str, trial: Any, baseline: dic
     if cost.get("blended_usd_per_m") and base_cost.get("blended_usd_per_m"):
         measured["usd_per_m_tokens"] = cost["blended_usd_per_m"]
         measured["baseline_usd_per_m_tokens"] = base_cost["blended_usd_per_m"]
-        measured["cheaper_x"] = round(base_cost["blended_usd_per_m"] / cost["blended_usd_per_m"], 3)
+        measured["cheaper_x"] = round(base_cost["blended_usd_per_m"] / cost["blended_usd_per_m"], 4)
         by_batch = baseline.get("by_batch") or {}
         if len(by_batch) > 1 and recipe.search.objective == "cost":  # the baseline at its own best batch size
             best_b = min(by_batch, key=by_batch.get)
             measured["baseline_best_batch"] = {"batch_size": int(best_b), "usd_per_m_tokens": by_batch[best_b],
-                                               "cheaper_x": round(by_batch[best_b] / cost["blended_usd_per_m"], 3)}
+                                               "cheaper_x": round(by_batch[best_b] / cost["blended_usd_per_m"], 4)}
         measured["cost"] = cost
     return {
         "schema": SCHEMA,

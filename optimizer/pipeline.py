@@ -86,6 +86,14 @@ def check_order(passes: list[dict[str, Any]]) -> None:
         runtime = getattr(cls, "runtime_out", None) or runtime
 
 
+def runtime_of(passes: list[dict[str, Any]]) -> str:
+    """The runtime a chain ends in: torch unless a pass hands the model to another runtime."""
+    runtime = "torch"
+    for p in passes:
+        runtime = getattr(REGISTRY.get(p["name"]), "runtime_out", None) or runtime
+    return runtime
+
+
 def footprint(cand: Candidate, directory: Path) -> dict[str, Any]:
     """Parameters, non-zeros and the on-disk size of a saved, reloadable artifact."""
     params, nonzero = cand.parameter_counts()

@@ -180,7 +180,7 @@ class SearchSpec(Strict):
 
 
 class ReportSpec(Strict):
-    formats: list[Literal["md", "html", "json"]] = ["md", "json"]
+    formats: list[Literal["md", "html", "json"]] = ["md", "html", "json"]
 
 
 class Recipe(Strict):

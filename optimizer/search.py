@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 import warnings
@@ -31,13 +32,14 @@ from optimizer.cache import ArtifactCache
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.system import fingerprint
-from optimizer.passes import REGISTRY
-from optimizer.pipeline import Bench, apply_chain, check_order, footprint, resolve_device, resolved_passes
+from optimizer.pipeline import Bench, apply_chain, check_order, footprint, resolve_device, resolved_passes, runtime_of
 from optimizer.recipe import Choice, FloatRange, IntRange, Recipe, parse_range
 from optimizer.search_space import suggest
 
 log = logging.getLogger(__name__)
 CONSTRAINT = "constraint"  # user attribute read by constraints_func: [violation]; <= 0 is feasible
+FOOTPRINT_KEYS = ("parameters", "nonzero_parameters", "weight_bytes", "disk_bytes")
+WORKER_PREFIX = "worker/"  # study user attribute per worker: its machine and baseline time
 
 
 @dataclass
@@ -188,6 +190,7 @@ class TrialRunner:
         self.metric = check_searchable(recipe)
         self.objective = Objective(recipe.search.objective)
         self.threads = speed_mod.set_threads(recipe.hardware.threads)
+        t0 = time.perf_counter()
         self.bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
         baseline = self.bench.load_baseline()
         quality = self.bench.baseline_quality()
@@ -195,6 +198,10 @@ class TrialRunner:
         self.baseline = {"quality": quality, "speed": speed, "cost": cost, "passes": [],
                          "objective": self.objective.value(speed, cost), "worker": _worker()}
         self.baseline["by_batch"] = self._baseline_per_batch(baseline, speed, cost)
+        with tempfile.TemporaryDirectory() as tmp:
+            fp = footprint(baseline, Path(tmp) / "baseline")
+        self.baseline["footprint"] = {k: fp[k] for k in FOOTPRINT_KEYS}
+        self.baseline["seconds"] = round(time.perf_counter() - t0, 1)  # part of the job's cost (break-even)
         self.system = fingerprint()
         self.trials_dir = work_dir / "trials"
         self.cache = ArtifactCache(work_dir / "cache") if recipe.search.cache else None
@@ -270,7 +277,7 @@ class TrialRunner:
             trial.set_user_attr("speed", {k: speed[k]["median"] for k in ("input_tokens_per_s", "output_tokens_per_s") if k in speed})
             trial.set_user_attr("speed_detail", speed)
             trial.set_user_attr("cost", cost)
-            trial.set_user_attr("footprint", {k: fp[k] for k in ("parameters", "nonzero_parameters", "weight_bytes", "disk_bytes")})
+            trial.set_user_attr("footprint", {k: fp[k] for k in FOOTPRINT_KEYS})
             trial.set_user_attr("notes", cand.notes)
         except optuna.TrialPruned:
             raise
@@ -298,13 +305,6 @@ def _measured_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
 
 def _pct(x: float, relative: bool) -> str:
     return f"{100 * x:+.2f}%" if relative else f"{x:+.4g}"
-
-
-def runtime_of(passes: list[dict[str, Any]]) -> str:
-    runtime = "torch"
-    for p in passes:
-        runtime = getattr(REGISTRY[p["name"]], "runtime_out", None) or runtime
-    return runtime
 
 
 def _counted(t: optuna.trial.FrozenTrial) -> bool:
@@ -385,8 +385,7 @@ def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = 
     if todo <= 0:
         return study
     runner = TrialRunner(recipe, search_dir(recipe, study.study_name))
-    if "baseline" not in study.user_attrs:
-        study.set_user_attr("baseline", runner.baseline)
+    _record_study_context(study, recipe, runner)
     timeout = recipe.search.timeout_minutes * 60 if recipe.search.timeout_minutes else None
     bar = Progress(study, target, timeout, progress)
     try:
@@ -395,6 +394,21 @@ def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = 
     finally:
         bar.close()
     return study
+
+
+def _record_study_context(study: optuna.Study, recipe: Recipe, runner: TrialRunner) -> None:
+    """What a report needs beyond the trials: the recipe, the baseline, each worker's machine.
+
+    Measured values already stored are kept (the first worker's baseline is the study's); keys an
+    older version did not record are filled in."""
+    attrs = study.user_attrs
+    if "recipe" not in attrs:
+        study.set_user_attr("recipe", recipe.model_dump(mode="json"))
+    merged = runner.baseline | attrs.get("baseline", {})
+    if merged != attrs.get("baseline"):
+        study.set_user_attr("baseline", merged)
+    study.set_user_attr(WORKER_PREFIX + _worker(), {"baseline_seconds": runner.baseline["seconds"],
+                                                    "system": runner.system})
 
 
 def search_dir(recipe: Recipe, study_name: str) -> Path:

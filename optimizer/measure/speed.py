@@ -55,6 +55,9 @@ class Stat:
         return cls(statistics.median(samples), min(samples), max(samples), cv, len(samples))
 
 
+PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}  # latency percentiles every benchmark reports
+
+
 def percentile(samples: list[float], q: float) -> float:
     s = sorted(samples)
     k = (len(s) - 1) * q
@@ -130,7 +133,7 @@ def bench_encoder(cand: Candidate, texts: list[str], batch_size: int, warmup: in
         "threads": threads(),
         "input_tokens_per_s": asdict(Stat.of(tps)),
         "sequences_per_s": asdict(Stat.of(seq_s)),
-        "batch_latency_s": {"p50": percentile(batch_lat, 0.5), "p95": percentile(batch_lat, 0.95)},
+        "batch_latency_s": {q: percentile(batch_lat, v) for q, v in PERCENTILES.items()},
         "peak_rss_bytes": mem.peak_rss,
         "peak_cuda_bytes": mem.peak_cuda,
     }
@@ -189,7 +192,7 @@ def bench_causal_lm(cand: Candidate, texts: list[str], batch_size: int, prompt_t
         "input_tokens_per_s": asdict(Stat.of(prefill_tps)),
         "output_tokens_per_s": asdict(Stat.of(decode_tps)),
         "time_to_first_token_s": asdict(Stat.of(ttft)),
-        "token_latency_s": {"p50": percentile(step_lat, 0.5), "p95": percentile(step_lat, 0.95)},
+        "token_latency_s": {q: percentile(step_lat, v) for q, v in PERCENTILES.items()},
         "peak_rss_bytes": mem.peak_rss,
         "peak_cuda_bytes": mem.peak_cuda,
     }
