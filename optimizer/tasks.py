@@ -41,6 +41,7 @@ def make_batches(candidate: Candidate, texts: list[str], batch_size: int, max_le
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Sentence pooling in torch, for training (distillation needs its gradients); inference uses pool_numpy."""
     m = mask.unsqueeze(-1).to(states.dtype)
     if mode == "cls":
         return states[:, 0]
@@ -54,16 +55,36 @@ def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     return summed / (counts.sqrt() if mode == "mean_sqrt_len" else counts)
 
 
+def pool_numpy(states: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
+    """`pool` (and L2 normalization) for inference, in NumPy on one thread.
+
+    Pooling in torch between ONNX Runtime calls puts two thread pools on the same cores: ORT's
+    workers spin after each run while torch's OpenMP threads pool, and the other way round. On 2
+    cores that cost the ORT path a third of its end-to-end speed; NumPy's reductions use no pool."""
+    m = mask[..., None].astype(np.float32)
+    if mode == "cls":
+        e = states[:, 0]
+    elif mode == "max":
+        e = np.where(m > 0, states, -np.inf).max(axis=1)
+    elif mode == "lasttoken":
+        e = states[np.arange(states.shape[0]), mask.sum(axis=1) - 1]
+    else:
+        counts = np.clip(m.sum(axis=1), 1, None)
+        e = (states * m).sum(axis=1) / (np.sqrt(counts) if mode == "mean_sqrt_len" else counts)
+    if normalize:
+        e = e / np.clip(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12, None)
+    return e.astype(np.float32, copy=False)
+
+
 def embed(candidate: Candidate, texts: list[str], batch_size: int) -> np.ndarray:
     """Sentence embeddings with the model's own pooling and normalization."""
     out: np.ndarray | None = None
     for b in make_batches(candidate, texts, batch_size):
-        e = pool(candidate.forward(b.input_ids, b.attention_mask), b.attention_mask, candidate.info.pooling)
-        if candidate.info.normalize:
-            e = torch.nn.functional.normalize(e, dim=-1)
+        states = candidate.forward(b.input_ids, b.attention_mask).float().numpy()
+        e = pool_numpy(states, b.attention_mask.numpy(), candidate.info.pooling, candidate.info.normalize)
         if out is None:
             out = np.zeros((len(texts), e.shape[-1]), dtype=np.float32)
-        out[b.index] = e.numpy()
+        out[b.index] = e
     assert out is not None
     return out
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from optimizer.errors import UserError
 from optimizer.model import load_candidate, reload_saved, resolve_source
@@ -52,3 +54,15 @@ def test_save_and_reload_keeps_task_pooling_and_outputs(tiny_bert_dir, tmp_path)
     assert again.task == "embedding" and again.info.normalize and again.applied == cand.applied
     texts = ["Return the sum of a and b.", "Open the file."]
     assert tasks.embed(again, texts, 2) == pytest.approx(tasks.embed(cand, texts, 2), abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "max", "lasttoken", "mean_sqrt_len"])
+def test_numpy_pooling_matches_the_torch_pooling(mode):
+    from optimizer.tasks import pool, pool_numpy
+
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(3, 5, 8, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    want = torch.nn.functional.normalize(pool(states, mask, mode), dim=-1).numpy()
+    got = pool_numpy(states.numpy(), mask.numpy(), mode, normalize=True)
+    assert np.allclose(got, want, atol=1e-6)

