@@ -79,10 +79,21 @@ def _storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
     """RDB storage with heartbeats: a worker that dies mid-trial has it marked failed and retried."""
     from optuna import storages
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                                   heartbeat_stale_trial_callback=storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                                           heartbeat_stale_trial_callback=storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except (IntegrityError, ProgrammingError):
+            # Workers started together on an empty database race to create Optuna's schema (PostgreSQL:
+            # "duplicate key" on its enum types); the loser retries and finds the schema there.
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _grid(recipe: Recipe) -> dict[str, list[Any]]:

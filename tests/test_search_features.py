@@ -214,3 +214,23 @@ def test_generate_on_a_causal_lm_deployment(tiny_llama_dir):
     assert isinstance(text, str)
     with pytest.raises(Exception, match="causal-lm"):
         dep.encode(["x"])
+
+
+def test_a_worker_that_loses_the_schema_creation_race_retries(monkeypatch, tmp_path):
+    from sqlalchemy.exc import IntegrityError
+
+    from optimizer import search
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    def racing(url, **kw):  # the first attempt meets another worker creating the same enum type
+        calls.append(url)
+        if len(calls) == 1:
+            raise IntegrityError("CREATE TYPE studydirection", {}, Exception("duplicate key value"))
+        return real(url, **kw)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(search.time, "sleep", lambda s: None)
+    storage = search._storage(f"sqlite:///{tmp_path / 's.db'}", 30)
+    assert len(calls) == 2 and isinstance(storage, real)
