@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,11 +50,6 @@ def peer_python() -> Path:
     return py
 
 
-def stat(xs: list[float]) -> dict[str, float]:
-    med = statistics.median(xs)
-    return {"median": med, "min": min(xs), "max": max(xs), "cv": statistics.pstdev(xs) / statistics.mean(xs), "n": len(xs)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--deploy", default=str(REPO / "runs/minilm-cpu-search/deploy.yaml"))
@@ -73,6 +69,7 @@ def main() -> None:
     from optimizer.deploy import read_deployment
     from optimizer.measure import speed as speed_mod
     from optimizer.measure.quality import retrieval_values
+    from optimizer.measure.speed import Stat
     from optimizer.measure.stats import MetricValues, paired_bootstrap
     from optimizer.measure.system import fingerprint
     from optimizer.recipe import load_recipe
@@ -138,7 +135,7 @@ def main() -> None:
         tps = [tokens / s for s in seconds[name]]
         price = cost.token_price(entry, statistics.median(tps), None, UTILIZATION)
         rows[name] = {"mrr": float(q["mrr"].mean()), "recall@1": float(q["recall@1"].mean()), "drops": drops,
-                      "tokens_per_s": stat(tps), "usd_per_m": price.input_usd_per_m}
+                      "tokens_per_s": asdict(Stat.of(tps)), "usd_per_m": price.input_usd_per_m}
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python experiments/minilm-cpu/run.py" + ("" if args.deploy.endswith("runs/minilm-cpu-search/deploy.yaml")
@@ -201,8 +198,9 @@ def render(r: dict) -> str:
         lines.append(f"| {LABELS[k]} | {v['mrr']:.4f} | {_pct(v['drops']['mrr'])} | {v['recall@1']:.4f} | "
                      f"{_pct(v['drops']['recall@1'])} | {t['median']:,.0f} ({t['min']:,.0f}–{t['max']:,.0f}, cv "
                      f"{100 * t['cv']:.1f}%) | ${v['usd_per_m']:.5f} | {ratio} |")
-    chain = " → ".join(p["name"] + (f"({', '.join(f'{a}={b}' for a, b in p['params'].items())})" if p["params"] else "")
-                       for p in r["chosen"]["passes"])
+    from optimizer.cli_format import chain_text
+
+    chain = chain_text(r["chosen"]["passes"])
     verdict = c["usd_per_m"] and rows[best]["usd_per_m"] / c["usd_per_m"]
     lines += [
         "",
