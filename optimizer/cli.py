@@ -166,7 +166,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = deployment_config(recipe, study.study_name, best, baseline)
     path = write_deployment(Path(args.deploy) if args.deploy else search_dir(recipe, study.study_name) / "deploy.yaml", config)
     m = config["measured"]
-    saving = f", {m['cheaper_x']:.2f}x cheaper than the baseline's ${m['baseline_usd_per_m_tokens']:.5f}" if "cheaper_x" in m else ""
+    saving = ""
+    if "cheaper_x" in m:
+        x, was = m["cheaper_x"], f"the baseline's ${m['baseline_usd_per_m_tokens']:.5f}"
+        saving = f", {x:.2f}x cheaper than {was}" if x >= 1 else f", {1 / x:.2f}x the cost of {was} (no saving)"
+    if not config["passes"]:
+        saving += "; no compressed configuration met the budget, so the best choice is the model as it is"
     print(f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, batch {config['batch_size']}, "
           f"{config['threads']} threads\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {_fmt_drop(m['drop'])} "
           f"within {budget}\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR")

@@ -136,6 +136,19 @@ def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
     return res
 
 
+def timed_recipe(recipe: Recipe) -> Recipe:
+    """The recipe whose model is timed: speed.model in place of model.source when the recipe sets one."""
+    if recipe.speed.model is None:
+        return recipe
+    return recipe.model_copy(update={"model": recipe.speed.model})
+
+
+def speed_model_note(recipe: Recipe) -> str | None:
+    m = recipe.speed.model
+    return None if m is None else (f"speed and cost measured on speed.model {m.source} with the same passes; "
+                                   f"quality measured on {recipe.model.source}")
+
+
 def pass_data(recipe: Recipe) -> tuple[Dataset | None, Dataset | None]:
     """The calibration and training data the passes read."""
     d = recipe.data
@@ -258,6 +271,7 @@ class Bench:
     train: Dataset | None
     evaluator: QualityEvaluator
     baseline: Candidate | None = None
+    timed_baseline: Candidate | None = None  # the baseline whose speed is measured: speed.model's, else `baseline`
     quality: dict[str, MetricValues] = field(default_factory=dict)  # per example, for paired bootstraps
     screen_evaluator: QualityEvaluator | None = None
     screen_quality: dict[str, MetricValues] = field(default_factory=dict)
@@ -271,7 +285,23 @@ class Bench:
 
     def load_baseline(self) -> Candidate:
         self.baseline = load_candidate(self.recipe.model, self.recipe.task, self.device)
+        speed_model = self.recipe.speed.model
+        self.timed_baseline = (self.baseline if speed_model is None
+                               else load_candidate(speed_model, self.recipe.task, self.device))
         return self.baseline
+
+    def timed(self, cand: Candidate, passes: list[dict[str, Any]], work_dir: Path, timings: dict[str, float],
+              cache: ArtifactCache | None = None) -> Candidate:
+        """The candidate whose speed is measured: `cand` itself, or the same passes applied to speed.model."""
+        if self.recipe.speed.model is None:
+            return cand
+        recipe = timed_recipe(self.recipe)
+        built: dict[str, float] = {}
+        ctx = pass_context(recipe, self.device, work_dir, self.calibration, self.train)
+        timed = apply_chain(recipe, passes, ctx, built, cache=cache)
+        timings.update({f"speed.model {k}": v for k, v in built.items()})
+        cand.notes.extend(f"speed.model: {n}" for n in timed.notes)
+        return timed
 
     def baseline_quality(self) -> dict[str, float]:
         assert self.baseline is not None
@@ -315,6 +345,8 @@ class Bench:
 
     def speed_and_cost(self, cand: Candidate, batch_size: int | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
         speed = measure_speed(cand, self.recipe, self.eval_data, batch_size)
+        if self.recipe.speed.model is not None:  # say which model these figures belong to
+            speed["model"] = {"source": self.recipe.speed.model.source, "parameters": cand.parameter_counts()[0]}
         return speed, price_speed(self.recipe, speed)
 
 
@@ -335,6 +367,8 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, An
     run_dir = Path(out_dir or recipe.output_dir) / f"{recipe.name}-{stamp}"
     result_path = run_dir / "result.json"
     trial = Trial(recipe, passes)
+    if speed_model_note(recipe):
+        trial.notes.append(speed_model_note(recipe))
     n_stages = 4 + (4 if passes else 0)
     bar = tqdm(total=n_stages, disable=not progress, unit="stage", leave=False)
 
@@ -348,7 +382,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, An
         with _Stage(trial, "baseline quality", bar):
             trial.baseline["quality"] = bench.baseline_quality()
         with _Stage(trial, "baseline speed", bar):
-            trial.baseline["speed"], trial.baseline["cost"] = bench.speed_and_cost(baseline)
+            trial.baseline["speed"], trial.baseline["cost"] = bench.speed_and_cost(bench.timed_baseline)
             with tempfile.TemporaryDirectory() as tmp:
                 trial.baseline["footprint"] = footprint(baseline, Path(tmp) / "baseline")
                 trial.baseline["footprint"]["artifact"] = None
@@ -364,7 +398,9 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, An
                 values, trial.drops = bench.judge(cand)
                 trial.candidate = {"runtime": cand.runtime, "quality": values}
             with _Stage(trial, "candidate speed", bar):
-                trial.candidate["speed"], trial.candidate["cost"] = bench.speed_and_cost(cand)
+                timed = bench.timed(cand, passes, run_dir / "work" / "speed-model", trial.timings)
+                trial.candidate["speed"], trial.candidate["cost"] = bench.speed_and_cost(timed)
+                del timed
             with _Stage(trial, "save candidate", bar):
                 trial.candidate["footprint"] = footprint(cand, run_dir / "artifact")
         trial.status = "ok"

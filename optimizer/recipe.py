@@ -128,6 +128,9 @@ class SpeedSpec(Strict):
     new_tokens: int = Field(default=64, gt=0, description="causal LM: tokens decoded per sequence")
     warmup: int = Field(default=2, ge=0)
     repeats: int = Field(default=5, ge=1)
+    model: ModelSpec | None = Field(
+        default=None, description="time this model instead of model.source (the same passes applied to it): a model of "
+        "the serving shape when quality is measured on a smaller sibling; quality always comes from model.source")
 
 
 class HardwareSpec(Strict):
@@ -385,13 +388,14 @@ def _resolve_paths(recipe: Recipe, base_dir: Path, origin: str) -> None:
         q = Path(os.path.expanduser(s))
         return q if q.is_absolute() else (base_dir / q)
 
-    src = recipe.model.source
-    if _looks_like_path(src) or resolve(src).exists():
-        folder = resolve(src)
-        if not folder.is_dir():
-            raise UserError(f"{origin}: model.source: folder {str(folder)!r} does not exist",
-                            "point it at a folder with config.json, a Hugging Face id, or an installed model package")
-        recipe.model.source = str(folder.resolve())
+    for where, spec in (("model", recipe.model), ("speed.model", recipe.speed.model)):
+        src = spec.source if spec else None
+        if src and (_looks_like_path(src) or resolve(src).exists()):
+            folder = resolve(src)
+            if not folder.is_dir():
+                raise UserError(f"{origin}: {where}.source: folder {str(folder)!r} does not exist",
+                                "point it at a folder with config.json, a Hugging Face id, or an installed model package")
+            spec.source = str(folder.resolve())
 
     for split in ("eval", "calibration", "train"):
         ds: DataSource | None = getattr(recipe.data, split)

@@ -205,10 +205,10 @@ class TrialRunner:
         self.bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
         baseline = self.bench.load_baseline()
         quality = self.bench.baseline_quality()
-        speed, cost = self.bench.speed_and_cost(baseline)
+        speed, cost = self.bench.speed_and_cost(self.bench.timed_baseline)
         self.baseline = {"quality": quality, "speed": speed, "cost": cost, "passes": [],
                          "objective": self.objective.value(speed, cost), "worker": _worker()}
-        self.baseline["by_batch"] = self._baseline_per_batch(baseline, speed, cost)
+        self.baseline["by_batch"] = self._baseline_per_batch(self.bench.timed_baseline, speed, cost)
         with tempfile.TemporaryDirectory() as tmp:
             fp = footprint(baseline, Path(tmp) / "baseline")
         self.baseline["footprint"] = {k: fp[k] for k in FOOTPRINT_KEYS}
@@ -280,7 +280,10 @@ class TrialRunner:
                 trial.set_user_attr("drops", drops)
                 trial.set_user_attr(CONSTRAINT, [violation])
                 trial.set_constraint(f"{self.metric} drop over budget", violation)
-                speed, cost = self.bench.speed_and_cost(cand, batch)
+                timed = self.bench.timed(cand, passes, work / "speed-model", timings, self.cache)
+                trial.set_user_attr("timings", timings)
+                speed, cost = self.bench.speed_and_cost(timed, batch)
+                del timed
                 value = self.objective.value(speed, cost)
                 if not math.isfinite(value) or value <= 0:
                     raise FloatingPointError(f"the measured {self.objective.kind} is {value}")

@@ -280,6 +280,8 @@ class Int4Config(PassConfig):
     symmetric: bool = True
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         default=4, description="compute type on CPU: 4 = int8 activations (fast), 0 = unset (fp32)")
+    exclude: list[str] = Field(default=[], description="regexes on ONNX node names to keep out of int4 "
+                               "(a later ort-int8-dynamic pass can take them to int8: mixed precision)")
 
 
 @register
@@ -301,8 +303,12 @@ class OrtInt4(Pass):
         if c.block_size & (c.block_size - 1):
             raise UserError(f"ort-int4 block_size {c.block_size} is not a power of two", "use 16, 32, 64, 128 or 256")
         folder = _next_folder(ctx, self.name)
+        _, excluded = _node_choice(candidate.model_path, [], c.exclude)
         q = MatMulNBitsQuantizer(onnx.load(str(candidate.model_path)), bits=4, block_size=c.block_size,
-                                 is_symmetric=c.symmetric, accuracy_level=c.accuracy_level or None)
+                                 is_symmetric=c.symmetric, accuracy_level=c.accuracy_level or None,
+                                 nodes_to_exclude=excluded)
         q.process()
+        if c.exclude:
+            candidate.notes.append(f"ort-int4 kept {len(excluded)} nodes matching ({', '.join(c.exclude)}) out of int4")
         q.model.save_model_to_file(str(folder / MODEL_FILE), use_external_data_format=False)
         return _derive(candidate, folder)

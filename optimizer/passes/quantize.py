@@ -77,15 +77,21 @@ def _bnb_reload(candidate: TorchCandidate, ctx: PassContext, quantization_config
     Going through transformers (rather than swapping layers by hand) keeps lm_head/embeddings in float,
     as transformers does, and makes the result save and reload with its quantization config.
     """
+    if getattr(candidate.module, "hf_quantizer", None) is not None:
+        raise UserError(f"{tag}: the model is already quantized by bitsandbytes",
+                        "use one bitsandbytes pass per chain (bnb-int8 or bnb-4bit)")
     if candidate.task == "classification":  # the class head stays in float, as lm_head does
         quantization_config.llm_int8_skip_modules = list(quantization_config.llm_int8_skip_modules or []) + ["classifier", "score"]
     folder = Path(ctx.work_dir) / f"{tag}-input"
-    candidate.module.float().save_pretrained(folder, safe_serialization=True)
+    # The layers left in float keep the incoming dtype: a cast before this pass is the dtype users pass
+    # to from_pretrained next to the quantization config (fp32 CPU layers stay fp32).
+    dtype = next(candidate.module.parameters()).dtype
+    candidate.module.save_pretrained(folder, safe_serialization=True)
     candidate.module = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = _auto_class(candidate.task).from_pretrained(folder, quantization_config=quantization_config,
-                                                             device_map={"": ctx.device})
+                                                             device_map={"": ctx.device}, dtype=dtype)
     candidate.module = module.eval()
     candidate.device = ctx.device
     return candidate

@@ -11,6 +11,7 @@ from importlib import metadata
 from typing import Any
 
 from cost.workload import Workload
+from optimizer.pipeline import speed_model_note
 from optimizer.recipe import Recipe
 from optimizer.report import money
 from optimizer.report.advice import suggestions
@@ -125,7 +126,7 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
     return {
         "kind": "search", "name": study.study_name, "source": src.location, "baseline": base, "entries": entries,
         "system": systems, "job_seconds": job or None, "job_note": note, "eval": {},
-        "notes": [], "objective_kind": src.recipe.search.objective, "by_batch": b.get("by_batch") or {},
+        "notes": [n for n in [speed_model_note(src.recipe)] if n], "objective_kind": src.recipe.search.objective, "by_batch": b.get("by_batch") or {},
         "sign": -1 if direction == optuna.study.StudyDirection.MAXIMIZE else 1,
         "workers": sorted(workers), "started": min(starts).isoformat(timespec="seconds") if starts else None,
         "finished": max(ends).isoformat(timespec="seconds") if ends else None,
