@@ -253,6 +253,11 @@ class TrialRunner:
         trial.set_user_attr("baseline_objective", self.baseline["objective"])
         trial.set_user_attr("passes", passes)
         trial.set_user_attr("deployment", {"runtime": runtime_of(passes), "batch_size": batch, "threads": threads})
+        if not passes:  # every optional pass off: the baseline, measured once already; pruned so TPE moves on
+            reason = "no passes: this is the baseline itself, measured before the trials"
+            trial.set_user_attr("pruned", reason)
+            trial.set_user_attr("seconds", 0.0)
+            raise optuna.TrialPruned(reason)
         work = self.trials_dir / f"trial-{trial.number}"
         t0 = time.perf_counter()
         try:

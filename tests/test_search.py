@@ -86,3 +86,23 @@ def test_search_command_prints_a_leaderboard(write_recipe, tiny_bert_dir, tmp_pa
     out = capsys.readouterr().out
     assert "study cli-search: 2 finished trials" in out and "cast(dtype=" in out and "feasible" in out
     assert (tmp_path / "runs" / "cli-search" / "study.db").is_file()
+
+
+def test_the_all_passes_off_configuration_is_not_measured_again(write_recipe, tiny_bert_dir, tmp_path):
+    """Turning every optional pass off gives the baseline: pruned at once, never chosen as the 'best'."""
+    recipe = load_recipe(write_recipe({
+        "name": "tiny-off", "model": {"source": str(tiny_bert_dir)}, "task": "embedding",
+        "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+        "quality": {"metrics": ["mrr"], "bootstrap": 200},
+        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+        "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "output_dir": str(tmp_path / "runs"),
+        "search": {"trials": 6, "sampler": "random", "constraint": {"metric": "mrr", "max_drop": 0.5}},
+        "passes": [{"name": "cast", "enabled": {"choice": [True, False]}, "dtype": "bfloat16"}],
+    }))
+    trials = run_search(recipe).get_trials()
+    off = [t for t in trials if not t.user_attrs["passes"]]
+    assert off and len(off) < len(trials)  # the seed gives both
+    for t in trials:
+        assert (t.state == optuna.trial.TrialState.PRUNED) == (t in off)
+    assert all("baseline itself" in t.user_attrs["pruned"] for t in off)
+    assert best_feasible(run_search(recipe)).user_attrs["passes"] != []

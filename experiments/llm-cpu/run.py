@@ -1,7 +1,7 @@
 """A small Llama served three ways, measured in one run: the baseline, the best single technique, and
 the configuration `costopt search` chose.
 
-    python experiments/llm-cpu/run.py                  (2 CPU threads; about 40 minutes on 2 cores)
+    python experiments/llm-cpu/run.py                  (2 CPU threads; about 40 minutes on 2 cores: a 30-minute search, then the comparison)
     python experiments/gpu/run.py                      (the same on a CUDA GPU)
 
 1. Builds a random-weight Llama of SmolLM2-135M's shape (speed depends on shapes; its quality means nothing).

@@ -114,6 +114,11 @@ class BnbInt8(Pass):
         from transformers import BitsAndBytesConfig
 
         assert isinstance(candidate, TorchCandidate)
+        if ctx.device == "cpu" and torch.cuda.is_available():
+            # Seen with bitsandbytes 0.50 on an H100 machine: CPU tensors reach its CUDA int8 kernel
+            # ("invalid argument to getCurrentStream").
+            raise UserError("bnb-int8 on the CPU fails on a machine with a CUDA GPU: bitsandbytes sends the "
+                            "int8 matmul to its CUDA kernel", "set hardware.device: cuda (or auto) to run bnb-int8 on the GPU")
         cfg = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.config.threshold,
                                  llm_int8_skip_modules=self.config.skip_modules or None)
         return _bnb_reload(candidate, ctx, cfg, self.name)
