@@ -34,11 +34,13 @@ from optimizer.measure import speed as speed_mod
 from optimizer.measure.system import fingerprint
 from optimizer.pipeline import Bench, apply_chain, check_order, footprint, resolve_device, resolved_passes, runtime_of
 from optimizer.recipe import Choice, FloatRange, IntRange, Recipe, parse_range
-from optimizer.search_space import suggest
+from optimizer.search_space import seed_single_techniques, suggest
 
 log = logging.getLogger(__name__)
 CONSTRAINT = "constraint"  # user attribute read by constraints_func: [violation]; <= 0 is feasible
 FOOTPRINT_KEYS = ("parameters", "nonzero_parameters", "weight_bytes", "disk_bytes")
+REPEAT = "repeat"  # trial user attribute: a configuration measured before (or the baseline), answered from its figures
+MAX_REPEATS_IN_A_ROW = 10  # then the sampler has nothing new to propose: stop
 WORKER_PREFIX = "worker/"  # study user attribute per worker: its machine and baseline time
 
 
@@ -114,16 +116,19 @@ def _grid(recipe: Recipe) -> dict[str, list[Any]]:
     return space
 
 
-def make_sampler(recipe: Recipe) -> optuna.samplers.BaseSampler:
+def make_sampler(recipe: Recipe, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
+    """The recipe's sampler. A resumed study seeds it past its seed by the trials it already holds, so
+    the random start-up draws of the first session are not proposed again."""
     s = recipe.search
+    seed = s.seed + resumed_at
     # Constraints reach TPE and NSGA-II through Trial.set_constraint (Optuna 5 replaced constraints_func).
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    return optuna.samplers.GridSampler(_grid(recipe), seed=s.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.GridSampler(_grid(recipe), seed=seed)
 
 
 def open_study(recipe: Recipe, storage: str | None = None) -> optuna.Study:
@@ -216,6 +221,7 @@ class TrialRunner:
         self.system = fingerprint()
         self.trials_dir = work_dir / "trials"
         self.cache = ArtifactCache(work_dir / "cache") if recipe.search.cache else None
+        self.last_trial: int | None = None
 
     def _baseline_per_batch(self, baseline: Any, speed: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, Any]:
         """When the search picks the batch size, the baseline is measured at every candidate size too,
@@ -233,6 +239,7 @@ class TrialRunner:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         s = self.recipe.search
         c = s.constraint
+        self.last_trial = trial.number
         chosen = suggest(trial, self.recipe)
         twin = _measured_twin(trial)
         if twin is not None:  # the sampler proposed a configuration already measured: reuse, do not rebuild
@@ -240,6 +247,7 @@ class TrialRunner:
                 if k not in ("seconds", "timings"):
                     trial.set_user_attr(k, v)
             trial.set_user_attr("same_as", twin.number)
+            trial.set_user_attr(REPEAT, True)
             trial.set_user_attr("seconds", 0.0)
             trial.set_user_attr("worker", _worker())
             trial.set_constraint(f"{self.metric} drop over budget", twin.user_attrs[CONSTRAINT][0])
@@ -253,10 +261,12 @@ class TrialRunner:
         trial.set_user_attr("baseline_objective", self.baseline["objective"])
         trial.set_user_attr("passes", passes)
         trial.set_user_attr("deployment", {"runtime": runtime_of(passes), "batch_size": batch, "threads": threads})
-        if not passes:  # every optional pass off: the baseline, measured once already; pruned so TPE moves on
+        if not passes and batch == self.recipe.speed.batch_size and threads == self.threads:
+            # every optional pass off at the baseline's batch and threads: the baseline, measured already
             reason = "no passes: this is the baseline itself, measured before the trials"
             trial.set_user_attr("pruned", reason)
             trial.set_user_attr("seconds", 0.0)
+            trial.set_user_attr(REPEAT, True)
             raise optuna.TrialPruned(reason)
         work = self.trials_dir / f"trial-{trial.number}"
         t0 = time.perf_counter()
@@ -329,6 +339,8 @@ def _pct(x: float, relative: bool) -> str:
 def _counted(t: optuna.trial.FrozenTrial) -> bool:
     """Finished trials that count toward the target. A trial failed by the heartbeat check (its worker
     died) has no error of ours and is re-run by the retry callback, so it does not count."""
+    if t.user_attrs.get(REPEAT):  # a configuration measured before: costs nothing, so it does not use up the target
+        return False
     if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
         return True
     return t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs
@@ -406,12 +418,34 @@ def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = 
     runner = TrialRunner(recipe, search_dir(recipe, study.study_name))
     _record_study_context(study, recipe, runner)
     timeout = recipe.search.timeout_minutes * 60 if recipe.search.timeout_minutes else None
+    deadline = time.monotonic() + timeout if timeout else None
+    if not study.trials and recipe.search.sampler != "grid":
+        seed_single_techniques(study, recipe)
+    elif recipe.search.sampler != "grid":
+        study.sampler = make_sampler(recipe, resumed_at=len(study.trials))
+    sampler, repeats = study.sampler, 0
     bar = Progress(study, target, timeout, progress)
     try:
-        study.optimize(runner, n_trials=todo, timeout=timeout, catch=(Exception,), callbacks=[bar.update],
-                       gc_after_trial=True)
+        # One trial at a time: a proposal measured before (or the baseline itself) is answered from its
+        # figures and does not count; after one, the next trial is drawn at random, since TPE that keeps
+        # proposing a configuration it already has (as it does when few trials are feasible) learns nothing.
+        while finished(study) < target and repeats < MAX_REPEATS_IN_A_ROW:
+            left = deadline - time.monotonic() if deadline else None
+            if left is not None and left <= 0:
+                break
+            random_next = repeats and recipe.search.sampler in ("tpe", "nsga2")
+            study.sampler = optuna.samplers.RandomSampler(seed=recipe.search.seed + len(study.trials)) if random_next else sampler
+            study.optimize(runner, n_trials=1, timeout=left, catch=(Exception,), callbacks=[bar.update],
+                           gc_after_trial=True)
+            mine = runner.last_trial
+            last = study.trials[mine] if mine is not None and mine < len(study.trials) else None
+            repeats = repeats + 1 if last is not None and last.user_attrs.get(REPEAT) else 0
     finally:
+        study.sampler = sampler
         bar.close()
+    if repeats >= MAX_REPEATS_IN_A_ROW:
+        log.warning("stopped after %d proposals in a row that were measured before: every configuration of the space "
+                    "the sampler reaches has been tried (%d measured)", repeats, finished(study))
     return study
 
 

@@ -91,3 +91,29 @@ def space_size(recipe: Recipe) -> int | None:
         elif isinstance(knob, IntRange):
             total *= (knob.int[1] - knob.int[0]) // knob.step + 1
     return total
+
+
+def seed_single_techniques(study: optuna.Study, recipe: Recipe) -> int:
+    """Queue each optional pass on its own (with the export it needs) as a new study's first trials.
+
+    Every technique in the space is then measured alone before the sampler combines them, so a search
+    never ends without having tried the single techniques a user would try first. Their other
+    parameters are left to the sampler. Returns how many trials were queued.
+    """
+    from optimizer.passes import REGISTRY
+
+    optional = [i for i, spec in enumerate(recipe.passes) if isinstance(spec.enabled, Choice)]
+    off = {f"{i}.{recipe.passes[i].name}.enabled": False for i in optional}
+    queued = 0
+    for i in optional:
+        cls = REGISTRY.get(recipe.passes[i].name)
+        params = off | {f"{i}.{recipe.passes[i].name}.enabled": True}
+        needs = set(getattr(cls, "runtimes_in", {"torch"}))
+        if "torch" not in needs:  # switch on the nearest optional export before it that produces its runtime
+            providers = [j for j in optional if j < i and getattr(REGISTRY.get(recipe.passes[j].name), "runtime_out", None) in needs]
+            if not providers:
+                continue
+            params[f"{providers[-1]}.{recipe.passes[providers[-1]].name}.enabled"] = True
+        study.enqueue_trial(params, skip_if_exists=True)
+        queued += 1
+    return queued

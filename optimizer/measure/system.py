@@ -33,6 +33,10 @@ def library_versions() -> dict[str, str | None]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
+    if out.get("costopt") is None:  # run from a source tree without installing it
+        from optimizer import __version__
+
+        out["costopt"] = f"{__version__} (source tree)"
     return out
 
 
