@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default=str(HERE), help="folder for results.json and RESULTS.md")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
+    ap.add_argument("--report", action="store_true", help="only rewrite RESULTS.md from --out's results.json")
     args = ap.parse_args(argv)
+    if args.report:
+        (Path(args.out) / "RESULTS.md").write_text(render(json.loads((Path(args.out) / "results.json").read_text())))
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import cost
@@ -197,6 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _same_chain(a: list[dict[str, Any]] | None, b: list[dict[str, Any]]) -> bool:
+    """The same passes with the same parameters, once each pass's defaults are filled in."""
+    from optimizer.passes import build_pass
+
+    def norm(chain: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+        return [(p["name"], build_pass(p["name"], p.get("params", {})).config.model_dump()) for p in chain]
+
+    return a is not None and norm(a) == norm(b)
+
+
 def _shown(path: Path) -> str:
     """A path relative to the repository when it lies inside it."""
     try:
@@ -269,6 +283,10 @@ def render(r: dict[str, Any]) -> str:
                        for p in ch["passes"]) or "no passes (the baseline)"
     lines += ["", f"costopt's choice (trial {ch['trial']}): {chain}.", ""]
     best = r["best_single"]
+    twins = [n for n, row in r["results"].items() if n not in (CHOSEN, BASELINE) and _same_chain(row.get("passes"), ch["passes"])]
+    if twins:
+        lines += [f"The search's choice is the same configuration as {twins[0]}: the two rows are two builds of one "
+                  "configuration, timed in the same rounds, so the gap between them is this run's noise.", ""]
     if best and best in r["ratios_vs_chosen"]:
         lines.append(f"**costopt's choice against the best single technique ({best}): {_times(r['ratios_vs_chosen'][best])} "
                      f"per 1M blended tokens; against the fp32 baseline: {_times(r['ratios_vs_chosen'][BASELINE])}.**")
