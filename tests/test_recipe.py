@@ -110,12 +110,18 @@ def test_relative_paths_resolve_against_recipe_folder(tmp_path, write_recipe):
     assert Path(rec.data.eval.source) == (tmp_path / "eval.jsonl").resolve()
 
 
-def test_shipped_recipes_validate():
+def test_shipped_recipes_validate(tiny_llama_dir, monkeypatch):
     root = Path(__file__).resolve().parents[1] / "recipes"
+    monkeypatch.setenv("SMOLLM_SHAPE_DIR", str(tiny_llama_dir))  # the LLM recipes' speed.model (built by their experiment)
+    checked = 0
     for f in sorted(root.glob("*.yaml")):
-        if "stories260k" in f.name and not (root.parent.parent / "shared/models/stories260K").is_dir():
+        if "STORIES260K_DIR" in f.read_text() and not (root.parent.parent / "shared/models/stories260K").is_dir():
             continue
-        load_recipe(f)
+        rec = load_recipe(f)
+        checked += 1
+        if rec.speed.model is not None:
+            assert rec.speed.model.source == str(tiny_llama_dir)
+    assert checked >= 3
 
 
 def test_cli_validate_exit_codes(write_recipe, capsys):
