@@ -103,7 +103,8 @@ def days(d: float | None) -> str:
     if d is None:
         return "never (no saving)"
     if d < 1 / 24:
-        return f"{d * 24 * 60:.0f} minutes"
+        minutes = max(1, round(d * 24 * 60))
+        return f"{minutes} minute" + ("" if minutes == 1 else "s")
     if d < 2:
         return f"{d * 24:.1f} hours"
     return f"{d:,.1f} days"
