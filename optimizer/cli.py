@@ -171,7 +171,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         x, was = m["cheaper_x"], f"the baseline's ${m['baseline_usd_per_m_tokens']:.5f}"
         saving = f", {x:.2f}x cheaper than {was}" if x >= 1 else f", {1 / x:.2f}x the cost of {was} (no saving)"
     if not config["passes"]:
-        saving += "; no compressed configuration met the budget, so the best choice is the model as it is"
+        saving += "; the cheapest choice within budget is the model without compression, at this batch size and thread count"
     print(f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, batch {config['batch_size']}, "
           f"{config['threads']} threads\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {_fmt_drop(m['drop'])} "
           f"within {budget}\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR")

@@ -433,12 +433,11 @@ def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = 
             left = deadline - time.monotonic() if deadline else None
             if left is not None and left <= 0:
                 break
-            random_next = repeats and recipe.search.sampler in ("tpe", "nsga2")
+            random_next = repeats > 0 and recipe.search.sampler in ("tpe", "nsga2")
             study.sampler = optuna.samplers.RandomSampler(seed=recipe.search.seed + len(study.trials)) if random_next else sampler
             study.optimize(runner, n_trials=1, timeout=left, catch=(Exception,), callbacks=[bar.update],
                            gc_after_trial=True)
-            mine = runner.last_trial
-            last = study.trials[mine] if mine is not None and mine < len(study.trials) else None
+            last = study.get_trials(deepcopy=False)[runner.last_trial] if runner.last_trial is not None else None
             repeats = repeats + 1 if last is not None and last.user_attrs.get(REPEAT) else 0
     finally:
         study.sampler = sampler

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     recipe_path = Path(args.recipe or REPO / "recipes" / f"llm-{'gpu' if args.device == 'cuda' else 'cpu'}-search.yaml")
     stories = Path(os.environ.get("STORIES260K_DIR", REPO.parent / "shared" / "models" / "stories260K"))
-    shape = _passes_module().build_smollm_shape(SHAPE_DIR, stories)
+    shapes = _passes_module()  # the 135M-shaped model builder and chain format shared with experiments/passes
+    shape = shapes.build_smollm_shape(SHAPE_DIR, stories)
     overrides = [f"speed.model.source={shape}", *args.set]
     t0 = time.time()
     deploy = Path(args.deploy) if args.deploy else search(recipe_path, overrides, Path(args.runs))
@@ -121,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     base_quality = bench.baseline_quality()
     s = recipe.speed
     batch = int(config.get("batch_size") or s.batch_size)
-    chains = {BASELINE: []} | {k: [{"name": p["name"], "params": {q: v for q, v in p.items() if q != "name"}}
-                                    for p in chain] for k, chain in SINGLES[bench.device].items()}
+    chains = {BASELINE: []} | {k: shapes.resolved(chain) for k, chain in SINGLES[bench.device].items()}
     chains[CHOSEN] = [{"name": p["name"], "params": p["params"]} for p in config["passes"]]
 
     work = Path(tempfile.mkdtemp(prefix="costopt-llm-"))
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": f"python {Path(sys.argv[0]).resolve().relative_to(REPO)}" + (f" --deploy {args.deploy}" if args.deploy else ""),
         "device": bench.device, "machine": fingerprint(), "threads": threads, "recipe": str(recipe_path.relative_to(REPO)),
-        "quality_model": recipe.model.source, "speed_model": str(shape), "speed_model_shape": _passes_module().SMOLLM_SHAPE,
+        "quality_model": recipe.model.source, "speed_model": str(shape), "speed_model_shape": shapes.SMOLLM_SHAPE,
         "batch_size": batch, "prompt_tokens": s.prompt_tokens, "new_tokens": s.new_tokens, "rounds": args.rounds,
         "eval": {"source": recipe.data.eval.source, "examples": len(bench.eval_data)},
         "budget": {"metric": metric, "max_drop": c.max_drop, "relative": c.relative, "confidence": c.confidence},
