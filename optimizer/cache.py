@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.recipe import Recipe
-from optimizer.runtime import Candidate
+from optimizer.runtimes import Candidate
 
 log = logging.getLogger(__name__)
 ENTRY_META = "cache.json"
@@ -54,7 +54,7 @@ class ArtifactCache:
         return (self.path(key) / ENTRY_META).is_file()
 
     def load(self, key: str, device: str) -> Candidate:
-        from optimizer.model import reload_saved
+        from optimizer.runtimes import reload_saved
 
         folder = self.path(key)
         cand = reload_saved(folder / "artifact", device)

@@ -23,8 +23,29 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from optimizer.errors import UserError
-from optimizer.recipe import DataSource
+
+
+class DataSource(BaseModel):
+    """One data source of the recipe's `data:` section."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="stdlib-docs, a file path, or hf:<dataset name>")
+    format: Literal["auto", "jsonl", "csv", "txt", "parquet"] = "auto"
+    kind: Literal["auto", "text", "pairs", "scored-pairs", "labeled"] = "auto"
+    split: str | None = Field(default=None, description="HF datasets: the split (default train); stdlib-docs: "
+                              "eval, calibration, train or a '+' union (default: the role's own part)")
+    config: str | None = None
+    text_field: str = "text"
+    query_field: str = "query"
+    document_field: str = "document"
+    text_b_field: str = "text_b"
+    score_field: str = "score"
+    label_field: str = "label"
+    limit: int | None = Field(default=None, gt=0)
+
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import yaml
 
 from optimizer.errors import UserError
 from optimizer.recipe import Recipe
-from optimizer.runtime import Candidate
+from optimizer.runtimes import Candidate
 
 log = logging.getLogger(__name__)
 SCHEMA = "costopt.deploy/1"
@@ -177,7 +177,7 @@ def load_deployment(path: str | Path, device: str | None = None) -> Deployment:
     """A deployment ready to call, from a folder built by `costopt deploy` or from a deploy.yaml
     (built next to it on first use, into '<name>-artifact/')."""
     from optimizer.measure import speed as speed_mod
-    from optimizer.model import reload_saved
+    from optimizer.runtimes import reload_saved
 
     path = Path(path)
     if path.is_file():

@@ -15,20 +15,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from optimizer.errors import UserError
 
 if TYPE_CHECKING:
-    from optimizer.recipe import ModelSpec
-    from optimizer.runtime import Candidate, TorchCandidate
+    import torch
 
 log = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "cls", "max", "mean_sqrt_len", "lasttoken"]
 SIDECARS = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelSpec(BaseModel):
+    """Where a model comes from: the recipe's `model:` (and `speed.model:`) section."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="Hugging Face id, local folder, or installed model package")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_length: int | None = Field(default=None, gt=0, description="token limit; default from the model")
+
+
+def torch_dtype(name: str) -> "torch.dtype":
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 @dataclass
@@ -116,14 +132,14 @@ def _embedding_settings(sidecars: dict[str, str]) -> tuple[Pooling, bool, int | 
     return pooling, normalize, max_len
 
 
-def _auto_class(task: str) -> Any:
+def auto_class(task: str) -> Any:
     import transformers
 
     return {"embedding": transformers.AutoModel, "causal-lm": transformers.AutoModelForCausalLM,
             "classification": transformers.AutoModelForSequenceClassification}[task]
 
 
-def load_model_info(spec: "ModelSpec", task: str) -> ModelInfo:
+def load_model_info(spec: ModelSpec, task: str) -> ModelInfo:
     from transformers import AutoTokenizer
 
     source, kind = resolve_source(spec.source)
@@ -147,19 +163,15 @@ def load_model_info(spec: "ModelSpec", task: str) -> ModelInfo:
                      pooling=pooling, normalize=normalize, sidecar_files=sidecars, revision=spec.revision)
 
 
-def load_candidate(spec: "ModelSpec", task: str, device: str) -> "TorchCandidate":
-    """The uncompressed baseline as a torch candidate on `device`."""
+def load_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> "torch.nn.Module":
+    """The model's torch module in eval mode on `device`, with one-line errors for what users get wrong."""
     import transformers
-
-    from optimizer.runtime import TorchCandidate
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    info = load_model_info(spec, task)
-    cls = _auto_class(task)
     try:
-        module = cls.from_pretrained(info.source, revision=spec.revision, dtype=DTYPES[spec.dtype],
-                                     trust_remote_code=spec.trust_remote_code)
+        module = auto_class(task).from_pretrained(info.source, revision=spec.revision, dtype=torch_dtype(spec.dtype),
+                                                  trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as e:
         if info.source_kind == "hub":
             raise _hub_error(info.source, e) from None
@@ -169,40 +181,11 @@ def load_candidate(spec: "ModelSpec", task: str, device: str) -> "TorchCandidate
                             "read that code, then set model.trust_remote_code: true") from None
         raise UserError(f"could not load the {task} model from {info.source!r}: {msg}",
                         "check that the folder has config.json and weights (model.safetensors)") from None
-    module.eval().to(device)
-    return TorchCandidate(info=info, module=module, device=device)
+    return module.eval().to(device)
 
 
-def reload_saved(directory: Path, device: str = "cpu") -> "Candidate":
-    """Load an artifact written by Candidate.save (any runtime), with its task and pass history."""
-    from optimizer.recipe import ModelSpec
-    from optimizer.runtime import QUANTIZED_STATE, TorchCandidate
-    from optimizer.runtime_ort import OrtCandidate
-
-    directory = Path(directory)
-    meta_file = directory / "costopt.json"
-    if not meta_file.is_file():
-        raise UserError(f"{directory} is not a costopt artifact (no costopt.json)",
-                        "give a folder written by `costopt run` (runs/<name>-<time>/artifact)")
-    meta = json.loads(meta_file.read_text())
+def saved_spec(directory: Path) -> ModelSpec:
+    """The spec that reloads a saved artifact folder in the dtype it was saved in."""
     config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else {}
     saved_dtype = config.get("dtype") or config.get("torch_dtype")
-    spec = ModelSpec(source=str(directory), dtype=saved_dtype if saved_dtype in DTYPES else "float32")
-    cand: Candidate
-    if meta.get("runtime") == "onnxruntime":
-        cand = OrtCandidate(info=load_model_info(spec, meta["task"]), device=device, folder=directory, io=meta["io"])
-    elif meta.get("format") == "torch-dynamic-int8":
-        from transformers import AutoConfig
-
-        from optimizer.passes.quantize import dynamic_int8
-
-        module = _auto_class(meta["task"]).from_config(AutoConfig.from_pretrained(directory))
-        params = next((a["params"] for a in meta.get("applied", []) if a["name"] == "torch-dynamic-int8"), {})
-        module = dynamic_int8(module.eval(), per_channel=params.get("per_channel", True))
-        module.load_state_dict(torch.load(directory / QUANTIZED_STATE, weights_only=False))
-        cand = TorchCandidate(info=load_model_info(spec, meta["task"]), module=module, device="cpu")
-    else:
-        cand = load_candidate(spec, meta["task"], device)
-    cand.applied = meta.get("applied", [])
-    return cand
-
+    return ModelSpec(source=str(directory), dtype=saved_dtype if saved_dtype in DTYPE_NAMES else "float32")

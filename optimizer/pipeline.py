@@ -27,11 +27,12 @@ from optimizer.measure import speed as speed_mod
 from optimizer.measure.quality import QualityEvaluator
 from optimizer.measure.stats import MetricValues, paired_bootstrap
 from optimizer.measure.system import fingerprint
-from optimizer.model import load_candidate
+from optimizer.runtimes import load_candidate
 from optimizer.passes import REGISTRY, PassContext, build_pass
-from optimizer.recipe import Recipe, parse_range
+from optimizer.ranges import parse_range
+from optimizer.recipe import Recipe
 from optimizer.results import write_json_atomic
-from optimizer.runtime import Candidate, folder_size
+from optimizer.runtimes import Candidate, folder_size
 
 log = logging.getLogger(__name__)
 SCHEMA = "costopt.trial/1"

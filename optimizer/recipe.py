@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cost.workload import Workload
 from optimizer.errors import UserError, nearest
+from optimizer.data import DataSource
+from optimizer.model import ModelSpec
+from optimizer.ranges import Choice, IntRange, parse_range
 
 Task = Literal["embedding", "causal-lm", "classification"]
 
@@ -37,75 +40,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
-# ----------------------------------------------------------------------------- search ranges
-class Choice(Strict):
-    choice: list[Any] = Field(min_length=1)
-
-
-class IntRange(Strict):
-    int: tuple[int, int]
-    step: int = 1
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "IntRange":
-        if self.int[0] > self.int[1]:
-            raise ValueError(f"range {list(self.int)} is reversed: write [low, high]")
-        return self
-
-
-class FloatRange(Strict):
-    float: tuple[float, float]
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "FloatRange":
-        lo, hi = self.float
-        if lo > hi:
-            raise ValueError(f"range {list(self.float)} is reversed: write [low, high]")
-        if self.log and lo <= 0:
-            raise ValueError("a log range needs a positive lower bound")
-        return self
-
-
-Range = Choice | IntRange | FloatRange
-RANGE_KEYS = {"choice", "int", "float"}
-
-
-def parse_range(value: Any) -> Range | None:
-    """A dict with one of choice/int/float is a search range; anything else is a plain value."""
-    if isinstance(value, dict) and RANGE_KEYS & set(value):
-        kind = (RANGE_KEYS & set(value)).pop()
-        cls = {"choice": Choice, "int": IntRange, "float": FloatRange}[kind]
-        return cls.model_validate(value)
-    return None
-
-
 # ----------------------------------------------------------------------------- sections
-class ModelSpec(Strict):
-    source: str = Field(description="Hugging Face id, local folder, or installed model package")
-    revision: str | None = None
-    trust_remote_code: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    max_length: int | None = Field(default=None, gt=0, description="token limit; default from the model")
-
-
-class DataSource(Strict):
-    source: str = Field(description="stdlib-docs, a file path, or hf:<dataset name>")
-    format: Literal["auto", "jsonl", "csv", "txt", "parquet"] = "auto"
-    kind: Literal["auto", "text", "pairs", "scored-pairs", "labeled"] = "auto"
-    split: str | None = Field(default=None, description="HF datasets: the split (default train); stdlib-docs: "
-                              "eval, calibration, train or a '+' union (default: the role's own part)")
-    config: str | None = None
-    text_field: str = "text"
-    query_field: str = "query"
-    document_field: str = "document"
-    text_b_field: str = "text_b"
-    score_field: str = "score"
-    label_field: str = "label"
-    limit: int | None = Field(default=None, gt=0)
-
-
 class DataSpec(Strict):
     eval: DataSource
     calibration: DataSource | None = None

@@ -33,7 +33,8 @@ from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.system import fingerprint
 from optimizer.pipeline import Bench, apply_chain, check_order, footprint, resolve_device, resolved_passes, runtime_of
-from optimizer.recipe import Choice, FloatRange, IntRange, Recipe, parse_range
+from optimizer.ranges import Choice, parse_range, values
+from optimizer.recipe import Recipe
 from optimizer.search_space import seed_single_techniques, suggest
 
 log = logging.getLogger(__name__)
@@ -108,11 +109,11 @@ def _grid(recipe: Recipe) -> dict[str, list[Any]]:
             rng = parse_range(v)
             if rng is None:
                 continue
-            if isinstance(rng, FloatRange):
+            listed = values(rng)
+            if listed is None:
                 raise UserError(f"sampler grid needs discrete values but passes[{i}].{k} is a float range",
                                 "write {choice: [...]} or {int: [lo, hi]}, or use sampler: tpe")
-            values = rng.choice if isinstance(rng, Choice) else list(range(rng.int[0], rng.int[1] + 1, rng.step))
-            space[f"{i}.{spec.name}.{k}"] = values
+            space[f"{i}.{spec.name}.{k}"] = listed
     return space
 
 
@@ -226,9 +227,8 @@ class TrialRunner:
     def _baseline_per_batch(self, baseline: Any, speed: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, Any]:
         """When the search picks the batch size, the baseline is measured at every candidate size too,
         so a saving is never just the baseline's badly chosen batch."""
-        sizes = self.recipe.search.batch_size
-        sizes = sizes.choice if isinstance(sizes, Choice) else (
-            list(range(sizes.int[0], sizes.int[1] + 1, sizes.step)) if isinstance(sizes, IntRange) else [])
+        rng = parse_range(self.recipe.search.batch_size)
+        sizes = values(rng) if rng is not None else []
         out = {str(self.recipe.speed.batch_size): self.objective.value(speed, cost)}
         for b in sizes:
             if str(b) not in out:

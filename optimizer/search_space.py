@@ -12,7 +12,9 @@ from typing import Any
 
 import optuna
 
-from optimizer.recipe import Choice, FloatRange, IntRange, Range, Recipe, parse_range
+from optimizer import ranges
+from optimizer.ranges import Choice, FloatRange, IntRange, Range, parse_range
+from optimizer.recipe import Recipe
 
 _PRIMITIVE = (type(None), bool, int, float, str)
 
@@ -74,22 +76,16 @@ def space_size(recipe: Recipe) -> int | None:
     for spec in recipe.passes:
         within = 1
         for value in spec.params.values():
-            rng = parse_range(value)
-            if isinstance(rng, FloatRange):
+            n = ranges.size(value)
+            if n is None:
                 return None
-            if isinstance(rng, Choice):
-                within *= len(rng.choice)
-            elif isinstance(rng, IntRange):
-                within *= (rng.int[1] - rng.int[0]) // rng.step + 1
+            within *= n
         if isinstance(spec.enabled, Choice):
             total *= sum(within if on else 1 for on in spec.enabled.choice)
         else:
             total *= within if spec.enabled else 1
     for knob in (recipe.search.batch_size, recipe.search.threads):
-        if isinstance(knob, Choice):
-            total *= len(knob.choice)
-        elif isinstance(knob, IntRange):
-            total *= (knob.int[1] - knob.int[0]) // knob.step + 1
+        total *= ranges.size(knob) or 1
     return total
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from optimizer.runtime import Candidate
+from optimizer.runtimes import Candidate
 
 
 @dataclass

@@ -91,7 +91,7 @@ def test_console_script_and_hardware():
 
 
 def test_chained_recipe_saves_intermediates_that_reload(tiny_llama_dir, write_recipe, tmp_path, capsys):
-    from optimizer.model import reload_saved
+    from optimizer.runtimes import reload_saved
 
     chain = [{"name": "distill", "num_layers": 1, "steps": 5, "batch_size": 4, "save": True},
              {"name": "prune-structured", "neurons": 0.25, "samples": 8, "save": True},

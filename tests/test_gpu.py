@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from optimizer.measure import speed as speed_mod
-from optimizer.model import load_candidate
+from optimizer.runtimes import load_candidate
 from optimizer.passes import PassContext, build_pass
 from optimizer.recipe import ModelSpec
 from tests.test_passes import TEXTS, outputs, similarity

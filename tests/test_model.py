@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from optimizer.errors import UserError
-from optimizer.model import load_candidate, reload_saved, resolve_source
+from optimizer.model import resolve_source
+from optimizer.runtimes import load_candidate, reload_saved
 from optimizer.recipe import ModelSpec
 from tests.conftest import minilm_dir, needs_minilm
 

@@ -11,10 +11,10 @@ import torch
 from optimizer import tasks
 from optimizer.data import stdlib_split
 from optimizer.errors import UserError
-from optimizer.model import load_candidate, reload_saved
+from optimizer.runtimes import load_candidate, reload_saved
 from optimizer.passes import PassContext, build_pass
 from optimizer.recipe import ModelSpec
-from optimizer.runtime import Candidate
+from optimizer.runtimes import Candidate
 
 TEXTS = [e.text for e in stdlib_split("eval")[:12]]
 

@@ -12,7 +12,7 @@ from optimizer.data import Dataset
 from optimizer.errors import UserError
 from optimizer.measure.quality import QualityEvaluator, cosine_rows, retrieval_values
 from optimizer.measure.stats import paired_bootstrap
-from optimizer.model import load_candidate
+from optimizer.runtimes import load_candidate
 from optimizer.recipe import ModelSpec
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimizer.model import load_candidate
+from optimizer.runtimes import load_candidate
 from optimizer.recipe import ModelSpec
 from tests.conftest import STORIES, minilm_dir, needs_minilm, needs_stories
 

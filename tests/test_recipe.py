@@ -9,7 +9,8 @@ import pytest
 
 from optimizer.cli import main
 from optimizer.errors import UserError
-from optimizer.recipe import Choice, FloatRange, load_recipe
+from optimizer.ranges import Choice, FloatRange
+from optimizer.recipe import load_recipe
 
 GOOD = {
     "name": "t",

@@ -135,7 +135,7 @@ def test_search_writes_deploy_yaml_that_rebuilds_and_loads(write_recipe, tiny_be
     import optimizer
     from optimizer.cli import main
     from optimizer.data import stdlib_split
-    from optimizer.model import reload_saved
+    from optimizer.runtimes import reload_saved
 
     recipe_file = write_recipe({
         "name": "deployme", "model": {"source": str(tiny_bert_dir)}, "task": "embedding",
@@ -209,7 +209,7 @@ def test_nothing_feasible_names_the_closest_trial(write_recipe, tiny_bert_dir, t
 
 def test_generate_on_a_causal_lm_deployment(tiny_llama_dir):
     from optimizer.deploy import Deployment
-    from optimizer.model import load_candidate
+    from optimizer.runtimes import load_candidate
     from optimizer.recipe import ModelSpec
 
     dep = Deployment(load_candidate(ModelSpec(source=str(tiny_llama_dir)), "causal-lm", "cpu"), {"batch_size": 1})

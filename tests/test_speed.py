@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from optimizer.measure import speed
-from optimizer.model import load_candidate
+from optimizer.runtimes import load_candidate
 from optimizer.recipe import ModelSpec
 
 

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from optimizer.errors import UserError
-from optimizer.model import load_candidate
+from optimizer.runtimes import load_candidate
 from optimizer.pipeline import run_recipe
 from optimizer.recipe import ModelSpec, load_recipe
 from optimizer.search import run_search

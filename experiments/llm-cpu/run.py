@@ -23,7 +23,6 @@ import importlib.util
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     metric = c.metric or recipe.primary_metric
     threads = speed_mod.set_threads(recipe.hardware.threads)
     bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
-    baseline = bench.load_baseline()
+    bench.load_baseline()
     base_quality = bench.baseline_quality()
     s = recipe.speed
     batch = int(config.get("batch_size") or s.batch_size)

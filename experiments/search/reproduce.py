@@ -16,7 +16,7 @@ from pathlib import Path
 
 from optimizer.deploy import build, read_deployment
 from optimizer.measure import speed as speed_mod
-from optimizer.model import reload_saved
+from optimizer.runtimes import reload_saved
 from optimizer.pipeline import Bench
 from optimizer.recipe import Recipe
 

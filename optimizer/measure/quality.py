@@ -11,7 +11,7 @@ import numpy as np
 from optimizer.data import Dataset
 from optimizer.errors import UserError
 from optimizer.measure.stats import MetricValues
-from optimizer.runtime import Candidate
+from optimizer.runtimes import Candidate
 from optimizer import tasks
 
 # Which metrics need which kind of eval data.

@@ -7,7 +7,6 @@ runtimes that keep their own pools (ONNX Runtime) take the same number from `thr
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
@@ -18,27 +17,8 @@ import torch
 
 from optimizer import tasks
 from optimizer.errors import UserError
-from optimizer.runtime import Candidate
-
-_THREADS: int | None = None
-
-
-def set_threads(n: int | None) -> int:
-    """Fix the CPU thread count for torch (and, through threads(), every other runtime)."""
-    global _THREADS
-    n = n or (os.cpu_count() or 1)
-    torch.set_num_threads(n)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # can only be set before the first parallel op; harmless afterwards
-        pass
-    _THREADS = n
-    return n
-
-
-def threads() -> int:
-    return _THREADS or torch.get_num_threads()
-
+from optimizer.runtimes import Candidate
+from optimizer.runtimes.threads import set_threads, threads  # noqa: F401 - the measurement API callers use
 
 @dataclass
 class Stat:

@@ -23,7 +23,7 @@ def validate_pass_params(spec: Any, task: str) -> tuple[str, str, str] | None:
 
     Returns (field path, problem, fix) for the first mistake, or None.
     """
-    from optimizer.recipe import Choice, IntRange, parse_range
+    from optimizer.ranges import parse_range, probes
 
     cls = REGISTRY[spec.name]
     if task not in cls.tasks:
@@ -43,8 +43,7 @@ def validate_pass_params(spec: Any, task: str) -> tuple[str, str, str] | None:
         if rng is None:
             fixed[key] = value
             continue
-        probes = rng.choice if isinstance(rng, Choice) else list(rng.int if isinstance(rng, IntRange) else rng.float)
-        for probe in probes:
+        for probe in probes(rng):
             try:
                 cls.Config.model_validate({key: probe} | {k: v for k, v in fixed.items()})
             except ValidationError as e:

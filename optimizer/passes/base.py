@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from optimizer.data import Dataset
-    from optimizer.runtime import Candidate, TorchCandidate
+    from optimizer.runtimes import Candidate, TorchCandidate
 
 
 class PassConfig(BaseModel):

@@ -13,7 +13,7 @@ from torch import nn
 from optimizer import tasks
 from optimizer.data import stdlib_split
 from optimizer.passes.base import PassContext
-from optimizer.runtime import TorchCandidate
+from optimizer.runtimes import TorchCandidate
 
 
 def sample_texts(ctx: PassContext, n: int) -> list[str]:

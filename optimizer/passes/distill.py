@@ -24,7 +24,7 @@ from optimizer.errors import UserError
 from optimizer.passes import register
 from optimizer.passes.base import Pass, PassConfig, PassContext
 from optimizer.passes.calibration import batches, input_norms
-from optimizer.runtime import Candidate, TorchCandidate
+from optimizer.runtimes import Candidate, TorchCandidate
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "distill-state.pt"

@@ -22,8 +22,8 @@ from optimizer.onnx_export import export
 from optimizer.passes import register
 from optimizer.passes.base import Pass, PassConfig, PassContext
 from optimizer.passes.calibration import sample_texts
-from optimizer.runtime import Candidate, TorchCandidate
-from optimizer.runtime_ort import MODEL_FILE, OrtCandidate
+from optimizer.runtimes import Candidate, TorchCandidate
+from optimizer.runtimes.ort import MODEL_FILE, OrtCandidate
 
 
 class _NoPreprocessAdvice(logging.Filter):
@@ -126,7 +126,7 @@ class OrtOptimize(Pass):
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         import onnxruntime as ort
 
-        from optimizer.runtime_ort import session_options
+        from optimizer.runtimes.ort import session_options
 
         assert isinstance(candidate, OrtCandidate)
         folder = _next_folder(ctx, self.name)

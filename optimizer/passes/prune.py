@@ -19,7 +19,7 @@ from optimizer.errors import UserError
 from optimizer.passes import register
 from optimizer.passes.base import Pass, PassConfig, PassContext
 from optimizer.passes.calibration import batches, block_influence, input_norms
-from optimizer.runtime import Candidate, TorchCandidate
+from optimizer.runtimes import Candidate, TorchCandidate
 
 log = logging.getLogger(__name__)
 _NOT_PRUNED = ("embed", "lm_head", "classifier", "pooler", "score", "shared")

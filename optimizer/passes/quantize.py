@@ -10,10 +10,11 @@ import torch
 from pydantic import Field
 
 from optimizer.errors import UserError
-from optimizer.model import DTYPES, _auto_class
+from optimizer.model import auto_class, torch_dtype
 from optimizer.passes import register
 from optimizer.passes.base import Pass, PassConfig, PassContext
-from optimizer.runtime import Candidate, TorchCandidate
+from optimizer.runtimes import Candidate, TorchCandidate
+from optimizer.runtimes.pytorch import dynamic_int8
 
 
 class CastConfig(PassConfig):
@@ -30,21 +31,11 @@ class Cast(Pass):
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         assert isinstance(candidate, TorchCandidate)
-        candidate.module.to(DTYPES[self.config.dtype])
+        candidate.module.to(torch_dtype(self.config.dtype))
         return candidate
 
 
 # ---------------------------------------------------------------- torch dynamic int8
-
-
-def dynamic_int8(module: torch.nn.Module, per_channel: bool) -> torch.nn.Module:
-    """Linear layers -> int8 weights (per output channel or per tensor), activations quantized per batch."""
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
-
-    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-        return quantize_dynamic(module.float(), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
 
 
 class DynamicInt8Config(PassConfig):
@@ -90,7 +81,7 @@ def _bnb_reload(candidate: TorchCandidate, ctx: PassContext, quantization_config
     candidate.module = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = _auto_class(candidate.task).from_pretrained(folder, quantization_config=quantization_config,
+        module = auto_class(candidate.task).from_pretrained(folder, quantization_config=quantization_config,
                                                              device_map={"": ctx.device}, dtype=dtype)
     candidate.module = module.eval()
     candidate.device = ctx.device
@@ -152,5 +143,5 @@ class Bnb4bit(Pass):
                                 f"(bitsandbytes' block size); this model has {narrow[:3]}",
                                 "run bnb-4bit on a GPU, or use ort-int4 (block_size 16 or 32) for this model")
         cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=c.quant_type,
-                                 bnb_4bit_use_double_quant=c.double_quant, bnb_4bit_compute_dtype=DTYPES[c.compute_dtype])
+                                 bnb_4bit_use_double_quant=c.double_quant, bnb_4bit_compute_dtype=torch_dtype(c.compute_dtype))
         return _bnb_reload(candidate, ctx, cfg, self.name)

@@ -1,66 +1,34 @@
-"""Candidate: one runnable model in its runtime, with one uniform call per task.
+"""The torch runtime: a transformers module (eager, bf16/fp16, bitsandbytes, torch dynamic int8).
 
-Measurement code calls `forward`, `prefill` and `decode` and never branches on the runtime.
-Outputs come back as float32 torch tensors on the CPU.
+Saved artifacts are Hugging Face folders; torch dynamic int8, which save_pretrained cannot write,
+is saved as the config plus the quantized state dict and rebuilt on reload.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from optimizer.model import ModelInfo
-
-
-@dataclass
-class Candidate(ABC):
-    info: ModelInfo  # task, tokenizer, pooling, source, ...
-    runtime: str
-    device: str = "cpu"
-    applied: list[dict[str, Any]] = field(default_factory=list)  # resolved passes, in order
-    notes: list[str] = field(default_factory=list)  # e.g. "zeros only: no speedup from dense kernels"
-
-    @property
-    def task(self) -> str:
-        return self.info.task
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.info.tokenizer
-
-    @abstractmethod
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token states [B, T, H] for embedding models; logits [B, T, V] or [B, C] otherwise."""
-
-    @abstractmethod
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Causal LM: run the prompt, return (last-position logits [B, V], decode state)."""
-
-    @abstractmethod
-    def decode(self, next_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        """Causal LM: one step for next_ids [B, 1] with the KV cache in `state`."""
-
-    @abstractmethod
-    def save(self, directory: Path) -> Path:
-        """Write a reloadable artifact; returns the folder."""
-
-    @abstractmethod
-    def parameter_counts(self) -> tuple[int, int]:
-        """(parameters, non-zero parameters)."""
+from optimizer.model import ModelSpec, auto_class, load_model_info, load_module, saved_spec
+from optimizer.runtimes.base import Candidate, fresh_folder
 
 
 QUANTIZED_STATE = "quantized_state.pt"
 DynamicQLinear = torch.ao.nn.quantized.dynamic.Linear
 
 
-def folder_size(directory: Path) -> int:
-    return sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file())
+def dynamic_int8(module: torch.nn.Module, per_channel: bool) -> torch.nn.Module:
+    """Linear layers -> int8 weights (per output channel or per tensor), activations quantized per batch."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        return quantize_dynamic(module.float(), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
 
 
 @dataclass
@@ -96,10 +64,7 @@ class TorchCandidate(Candidate):
         return any(isinstance(m, DynamicQLinear) for m in self.module.modules())
 
     def save(self, directory: Path) -> Path:
-        directory = Path(directory)
-        if directory.exists():
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
+        directory = fresh_folder(directory)
         fmt = "hf"
         if self.dynamic_int8:  # config + the quantized state dict; reload rebuilds, quantizes, then loads it
             fmt = "torch-dynamic-int8"
@@ -107,10 +72,7 @@ class TorchCandidate(Candidate):
             torch.save(self.module.state_dict(), directory / QUANTIZED_STATE)
         else:
             self.module.save_pretrained(directory, safe_serialization=True)
-        self.tokenizer.save_pretrained(directory)
-        self.info.write_sidecars(directory)
-        meta = {"task": self.task, "runtime": self.runtime, "format": fmt, "applied": self.applied}
-        (directory / "costopt.json").write_text(json.dumps(meta, indent=2))
+        self.write_common(directory, format=fmt)
         return directory
 
     def parameter_counts(self) -> tuple[int, int]:
@@ -132,3 +94,22 @@ class TorchCandidate(Candidate):
             total += p.numel()
             nonzero += int(torch.count_nonzero(p).item())
         return total, nonzero
+
+
+def load_candidate(spec: ModelSpec, task: str, device: str) -> TorchCandidate:
+    """The uncompressed baseline as a torch candidate on `device`."""
+    info = load_model_info(spec, task)
+    return TorchCandidate(info=info, module=load_module(info, spec, task, device), device=device)
+
+
+def load_artifact(directory: Path, meta: dict[str, Any], device: str) -> TorchCandidate:
+    spec = saved_spec(directory)
+    if meta.get("format") != "torch-dynamic-int8":
+        return load_candidate(spec, meta["task"], device)
+    from transformers import AutoConfig
+
+    module = auto_class(meta["task"]).from_config(AutoConfig.from_pretrained(directory))
+    params = next((a["params"] for a in meta.get("applied", []) if a["name"] == "torch-dynamic-int8"), {})
+    module = dynamic_int8(module.eval(), per_channel=params.get("per_channel", True))
+    module.load_state_dict(torch.load(directory / QUANTIZED_STATE, weights_only=False))
+    return TorchCandidate(info=load_model_info(spec, meta["task"]), module=module, device="cpu")

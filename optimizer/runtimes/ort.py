@@ -1,13 +1,11 @@
 """ONNX Runtime candidate: the same forward/prefill/decode calls as torch, on an InferenceSession.
 
-The session uses the process's thread count (`measure.speed.threads()`), so torch and ONNX Runtime
+The session uses the process's thread count (`runtimes.threads.threads()`), so torch and ONNX Runtime
 figures compare; inter-op parallelism is off for both.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from optimizer.runtime import Candidate
+from optimizer.model import load_model_info, saved_spec
+from optimizer.runtimes.base import Candidate, copy_files, fresh_folder
+from optimizer.runtimes.threads import threads
 
 MODEL_FILE = "model.onnx"
 # Initializers that are quantization metadata, not parameters.
@@ -59,8 +59,6 @@ class OrtCandidate(Candidate):
         if self._session is None:
             import onnxruntime as ort
 
-            from optimizer.measure.speed import threads
-
             self._session = ort.InferenceSession(str(self.model_path), session_options(threads()),
                                                  providers=providers(self.device))
         return self._session
@@ -91,17 +89,9 @@ class OrtCandidate(Candidate):
         return self._step(next_ids.numpy(), mask, state["past"])
 
     def save(self, directory: Path) -> Path:
-        directory = Path(directory)
-        if directory.exists():
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-        for f in self.model_path.parent.iterdir():
-            if f.is_file():
-                shutil.copy2(f, directory / f.name)
-        self.tokenizer.save_pretrained(directory)
-        self.info.write_sidecars(directory)
-        meta = {"task": self.task, "runtime": self.runtime, "io": self.io, "applied": self.applied}
-        (directory / "costopt.json").write_text(json.dumps(meta, indent=2))
+        directory = fresh_folder(directory)
+        copy_files(self.model_path.parent, directory)
+        self.write_common(directory, io=self.io)
         return directory
 
     def parameter_counts(self) -> tuple[int, int]:
@@ -124,3 +114,8 @@ class OrtCandidate(Candidate):
                 total += arr.size
                 nonzero += int(np.count_nonzero(arr))
         return total, nonzero
+
+
+def load_artifact(directory: Path, meta: dict[str, Any], device: str) -> OrtCandidate:
+    info = load_model_info(saved_spec(directory), meta["task"])
+    return OrtCandidate(info=info, device=device, folder=directory, io=meta["io"])
