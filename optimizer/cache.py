@@ -18,12 +18,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from optimizer.passes import REGISTRY
 from optimizer.recipe import Recipe
 from optimizer.runtimes import Candidate
 
 log = logging.getLogger(__name__)
 ENTRY_META = "cache.json"
-CACHE_VERSION = 1  # bump when a pass changes what it produces for the same configuration
+CACHE_VERSION = 2  # the key's layout; a pass's own changes bump that pass's VERSION
 
 
 def chain_key(recipe: Recipe, device: str, passes: list[dict[str, Any]]) -> str:
@@ -36,7 +37,7 @@ def chain_key(recipe: Recipe, device: str, passes: list[dict[str, Any]]) -> str:
         "calibration": data.calibration.model_dump(mode="json") if data.calibration else None,
         "train": data.train.model_dump(mode="json") if data.train else None,
         "seed": data.seed,
-        "passes": [{"name": p["name"], "params": p["params"]} for p in passes],
+        "passes": [{"name": p["name"], "params": p["params"], "version": REGISTRY[p["name"]].VERSION} for p in passes],
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

@@ -105,10 +105,10 @@ def render_result(r: dict[str, Any]) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from optimizer.recipe import load_recipe
 
-    from optimizer.pipeline import check_order
+    from optimizer.passes import check_chain
 
     recipe = load_recipe(args.recipe, args.set)
-    check_order([{"name": p.name} for p in recipe.passes if p.enabled is not False])
+    check_chain([{"name": p.name} for p in recipe.passes if p.enabled is not False])
     kind = "a search space" if recipe.has_ranges() else "a single run"
     print(f"{args.recipe}: valid ({recipe.task}, {len(recipe.passes)} passes, {kind})")
     return 0

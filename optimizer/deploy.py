@@ -96,13 +96,14 @@ def build(deploy_file: Path, out_dir: Path, progress: bool = True) -> Path:
     """Rebuild the artifact a deploy.yaml describes into `out_dir` (reusing the search's cache when present)."""
     from optimizer.cache import ArtifactCache
     from optimizer.measure import speed as speed_mod
-    from optimizer.pipeline import apply_chain, check_order, pass_context, pass_data, resolve_device
+    from optimizer.passes import check_chain
+    from optimizer.pipeline import apply_chain, pass_context, pass_data, resolve_device
 
     config = read_deployment(deploy_file)
     recipe = Recipe.model_validate(config["recipe"])
     passes = [{"name": p["name"], "params": p["params"], "save": False} for p in config["passes"]]
-    check_order(passes)
     device = resolve_device(recipe.hardware.device)
+    check_chain(passes, device)
     speed_mod.set_threads(config.get("threads") or recipe.hardware.threads)
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".work")

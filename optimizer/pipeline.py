@@ -28,7 +28,7 @@ from optimizer.measure.quality import QualityEvaluator
 from optimizer.measure.stats import MetricValues, paired_bootstrap
 from optimizer.measure.system import fingerprint
 from optimizer.runtimes import load_candidate
-from optimizer.passes import REGISTRY, PassContext, build_pass
+from optimizer.passes import PassContext, build_pass, check_chain
 from optimizer.ranges import parse_range
 from optimizer.recipe import Recipe
 from optimizer.results import write_json_atomic
@@ -73,26 +73,6 @@ def resolved_passes(recipe: Recipe, chosen: dict[str, Any] | None = None) -> lis
                 params[k] = v
         out.append({"name": spec.name, "params": params, "save": spec.save})
     return out
-
-
-def check_order(passes: list[dict[str, Any]]) -> None:
-    """Refuse chains whose runtimes do not connect, before any work is done."""
-    runtime = "torch"
-    for i, p in enumerate(passes):
-        cls = REGISTRY[p["name"]]
-        if runtime not in cls.runtimes_in:
-            raise UserError(f"pass {p['name']!r} (position {i + 1}) needs a {' or '.join(sorted(cls.runtimes_in))} "
-                            f"model but the passes before it produce {runtime}",
-                            "reorder the passes: torch passes (distill, prune, cast) before export, runtime passes after it")
-        runtime = getattr(cls, "runtime_out", None) or runtime
-
-
-def runtime_of(passes: list[dict[str, Any]]) -> str:
-    """The runtime a chain ends in: torch unless a pass hands the model to another runtime."""
-    runtime = "torch"
-    for p in passes:
-        runtime = getattr(REGISTRY.get(p["name"]), "runtime_out", None) or runtime
-    return runtime
 
 
 def footprint(cand: Candidate, directory: Path) -> dict[str, Any]:
@@ -361,8 +341,8 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, An
     from tqdm.auto import tqdm
 
     passes = resolved_passes(recipe, chosen)
-    check_order(passes)
     device = resolve_device(recipe.hardware.device)
+    check_chain(passes, device)
     speed_mod.set_threads(recipe.hardware.threads)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out_dir or recipe.output_dir) / f"{recipe.name}-{stamp}"

@@ -32,7 +32,8 @@ from optimizer.cache import ArtifactCache
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.system import fingerprint
-from optimizer.pipeline import Bench, apply_chain, check_order, footprint, resolve_device, resolved_passes, runtime_of
+from optimizer.passes import check_chain, runtime_of
+from optimizer.pipeline import Bench, apply_chain, footprint, resolve_device, resolved_passes
 from optimizer.ranges import Choice, parse_range, values
 from optimizer.recipe import Recipe
 from optimizer.search_space import seed_single_techniques, suggest
@@ -273,7 +274,7 @@ class TrialRunner:
         try:
             speed_mod.set_threads(threads)
             with time_limit(s.trial_timeout_minutes * 60 if s.trial_timeout_minutes else None):
-                check_order(passes)
+                check_chain(passes, self.bench.device)
                 timings: dict[str, float] = {}
                 cand = apply_chain(self.recipe, passes, self.bench.context(work / "work"), timings, cache=self.cache)
                 trial.set_user_attr("timings", timings)
@@ -336,7 +337,7 @@ def _pct(x: float, relative: bool) -> str:
     return f"{100 * x:+.2f}%" if relative else f"{x:+.4g}"
 
 
-def _counted(t: optuna.trial.FrozenTrial) -> bool:
+def counted(t: optuna.trial.FrozenTrial) -> bool:
     """Finished trials that count toward the target. A trial failed by the heartbeat check (its worker
     died) has no error of ours and is re-run by the retry callback, so it does not count."""
     if t.user_attrs.get(REPEAT):  # a configuration measured before: costs nothing, so it does not use up the target
@@ -347,7 +348,7 @@ def _counted(t: optuna.trial.FrozenTrial) -> bool:
 
 
 def finished(study: optuna.Study) -> int:
-    return sum(_counted(t) for t in study.get_trials(deepcopy=False))
+    return sum(counted(t) for t in study.get_trials(deepcopy=False))
 
 
 def _sign(study: optuna.Study) -> int:
@@ -477,7 +478,7 @@ def leaderboard(study: optuna.Study, top: int | None = 10) -> list[dict[str, Any
     sign = _sign(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if not _counted(t):
+        if not counted(t):
             continue
         ok = t.state == optuna.trial.TrialState.COMPLETE
         violation = t.user_attrs.get(CONSTRAINT, [math.inf])[0] if ok else None

@@ -56,7 +56,7 @@ def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
             chosen[f"{key}.enabled"] = enabled
         if not enabled:
             continue  # conditional: a disabled pass's parameters are not sampled
-        runtime = getattr(cls, "runtime_out", None) or runtime
+        runtime = cls.runtime_out or runtime
         for param, value in spec.params.items():
             rng = parse_range(value)
             if rng is not None:
@@ -104,9 +104,9 @@ def seed_single_techniques(study: optuna.Study, recipe: Recipe) -> int:
     for i in optional:
         cls = REGISTRY.get(recipe.passes[i].name)
         params = off | {f"{i}.{recipe.passes[i].name}.enabled": True}
-        needs = set(getattr(cls, "runtimes_in", {"torch"}))
+        needs = set(cls.runtimes_in) if cls else {"torch"}
         if "torch" not in needs:  # switch on the nearest optional export before it that produces its runtime
-            providers = [j for j in optional if j < i and getattr(REGISTRY.get(recipe.passes[j].name), "runtime_out", None) in needs]
+            providers = [j for j in optional if j < i and REGISTRY[recipe.passes[j].name].runtime_out in needs]
             if not providers:
                 continue
             params[f"{providers[-1]}.{recipe.passes[providers[-1]].name}.enabled"] = True

@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 REPO = Path(__file__).resolve().parents[1]
-STORIES = Path(os.environ.get("STORIES260K_DIR", REPO.parent / "shared" / "models" / "stories260K"))
+STORIES = Path(os.environ.get("STORIES260K_DIR", REPO / "models" / "stories260K"))
 
 
 def _corpus() -> list[str]:

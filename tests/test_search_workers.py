@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from optimizer.search import _counted
+from optimizer.search import counted
 
 States = optuna.trial.TrialState
 PG_URL = os.environ.get("COSTOPT_TEST_POSTGRES")
@@ -70,7 +70,7 @@ def test_search_killed_with_sigkill_resumes_without_losing_or_redoing_trials(wri
     trials = study.get_trials(deepcopy=False)
     after = {t.number: (t.params, t.values, t.datetime_complete) for t in trials if t.state == States.COMPLETE}
     assert all(after[n] == v for n, v in before.items())  # finished trials kept, untouched: not redone
-    assert sum(_counted(t) for t in trials) == 6  # exactly the target, counting only real outcomes
+    assert sum(counted(t) for t in trials) == 6  # exactly the target, counting only real outcomes
     assert not [t for t in trials if t.state in (States.RUNNING, States.WAITING)]
     for t in trials:  # the trial running at the kill was failed by the heartbeat check and run again
         if t.state == States.FAIL and "error" not in t.user_attrs:
@@ -94,7 +94,7 @@ def test_two_workers_share_one_postgres_study_without_losing_or_duplicating_tria
         numbers = [t.number for t in trials]
         assert sorted(numbers) == list(range(len(trials)))  # one record per trial, no gaps, no duplicates
         assert len({t._trial_id for t in trials}) == len(trials)
-        counted = sum(_counted(t) for t in trials)
+        counted = sum(counted(t) for t in trials)
         assert target <= counted <= target + 1  # both may start a last trial at the same moment
         by_worker: dict[str, int] = {}
         for t in trials:

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from optimizer.search import constraint_violation
 
     recipe_path = Path(args.recipe or REPO / "recipes" / f"llm-{'gpu' if args.device == 'cuda' else 'cpu'}-search.yaml")
-    stories = Path(os.environ.get("STORIES260K_DIR", REPO.parent / "shared" / "models" / "stories260K"))
+    stories = Path(os.environ.get("STORIES260K_DIR", REPO / "models" / "stories260K"))
     shapes = _passes_module()  # the 135M-shaped model builder and chain format shared with experiments/passes
     shape = shapes.build_smollm_shape(SHAPE_DIR, stories)
     overrides = [f"speed.model.source={shape}", *args.set]

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["minilm", "stories", "smollm"], action="append")
     ap.add_argument("--out", default=str(HERE))
     ap.add_argument("--report", action="store_true", help="only rewrite RESULTS.md from results.json")
-    ap.add_argument("--stories", default=str(REPO.parent / "shared" / "models" / "stories260K"))
+    ap.add_argument("--stories", default=str(REPO / "models" / "stories260K"))
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")  # quantizers log per node at INFO

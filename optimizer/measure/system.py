@@ -26,6 +26,16 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model.strip(), set(flags_line.split())
 
 
+def source_version() -> str:
+    """The version written in pyproject.toml, for a source tree that was never installed."""
+    import re
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    found = re.search(r'^version = "([^"]+)"', pyproject.read_text(), re.M) if pyproject.is_file() else None
+    return found.group(1) if found else "unknown"
+
+
 def library_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in KEY_LIBRARIES:
@@ -34,9 +44,7 @@ def library_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     if out.get("costopt") is None:  # run from a source tree without installing it
-        from optimizer import __version__
-
-        out["costopt"] = f"{__version__} (source tree)"
+        out["costopt"] = f"{source_version()} (source tree)"
     return out
 
 

@@ -1,4 +1,5 @@
-"""Registry of passes: name -> Pass class. Adding a technique = one class + one register() call."""
+"""Registry of passes: name -> Pass class. Adding a technique is one class in one file: defining
+`name` on a Pass subclass registers it (see base.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from optimizer.passes.base import Pass, PassConfig, PassContext
-
-REGISTRY: dict[str, type[Pass]] = {}
-
-
-def register(cls: type[Pass]) -> type[Pass]:
-    if cls.name in REGISTRY:
-        raise RuntimeError(f"pass {cls.name!r} registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
+from optimizer.passes.base import REGISTRY, Pass, PassConfig, PassContext
 
 
 def validate_pass_params(spec: Any, task: str) -> tuple[str, str, str] | None:
@@ -66,10 +58,43 @@ def build_pass(name: str, params: dict[str, Any]) -> Pass:
     return cls(cls.Config.model_validate(params))
 
 
-# Importing the technique modules registers their passes.
-from optimizer.passes import distill as _distill  # noqa: E402,F401
-from optimizer.passes import onnx as _onnx  # noqa: E402,F401
-from optimizer.passes import prune as _prune  # noqa: E402,F401
-from optimizer.passes import quantize as _quantize  # noqa: E402,F401
+def check_chain(passes: list[dict[str, Any]], device: str | None = None) -> str:
+    """Refuse, before any work, a chain whose runtimes do not connect or a pass that cannot run on
+    `device`; returns the runtime the chain ends in."""
+    from optimizer.errors import UserError
 
-__all__ = ["REGISTRY", "Pass", "PassConfig", "PassContext", "register", "build_pass", "validate_pass_params"]
+    runtime = "torch"
+    for i, p in enumerate(passes):
+        cls = REGISTRY[p["name"]]
+        if runtime not in cls.runtimes_in:
+            raise UserError(f"pass {p['name']!r} (position {i + 1}) needs a {' or '.join(sorted(cls.runtimes_in))} "
+                            f"model but the passes before it produce {runtime}",
+                            "reorder the passes: torch passes (distill, prune, cast) before export, runtime passes after it")
+        if device is not None and device not in cls.devices:
+            raise UserError(f"pass {p['name']!r} runs on {' or '.join(sorted(cls.devices))}, not on {device}",
+                            f"set hardware.device: {sorted(cls.devices)[0]}, or remove the pass")
+        runtime = cls.runtime_out or runtime
+    return runtime
+
+
+def runtime_of(passes: list[dict[str, Any]]) -> str:
+    """The runtime a chain ends in: torch unless a pass hands the model to another runtime."""
+    runtime = "torch"
+    for p in passes:
+        cls = REGISTRY.get(p["name"])
+        runtime = (cls.runtime_out if cls else None) or runtime
+    return runtime
+
+
+def _import_techniques() -> None:
+    """Import every module of this package: defining a Pass subclass registers it."""
+    import importlib
+    import pkgutil
+
+    for m in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{m.name}")
+
+
+_import_techniques()
+
+__all__ = ["REGISTRY", "Pass", "PassConfig", "PassContext", "build_pass", "check_chain", "runtime_of", "validate_pass_params"]

@@ -1,4 +1,10 @@
-"""What every pass is: a name, a pydantic Config, and apply(candidate, ctx) -> candidate."""
+"""What every pass is: a name, a pydantic Config, and apply(candidate, ctx) -> candidate.
+
+A concrete subclass registers itself by defining `name` (no list to keep in step). It declares
+what it takes and gives (`runtimes_in`, `runtime_out`), where it runs (`devices`), and a `VERSION`
+that is part of the artifact cache key: bump it when the pass produces something different for the
+same configuration, and cached artifacts of the old version are no longer reused.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from optimizer.data import Dataset
     from optimizer.runtimes import Candidate, TorchCandidate
+
+REGISTRY: dict[str, type[Pass]] = {}
+ALL_TASKS = frozenset({"embedding", "causal-lm", "classification"})
 
 
 class PassConfig(BaseModel):
@@ -27,22 +36,34 @@ class PassContext:
     threads: int
     seed: int
     work_dir: Any  # pathlib.Path
-    calibration: "Dataset | None" = None
-    train: "Dataset | None" = None
-    baseline: "Callable[[], TorchCandidate] | None" = None  # a fresh copy of the uncompressed model (the teacher)
+    calibration: Dataset | None = None
+    train: Dataset | None = None
+    baseline: Callable[[], TorchCandidate] | None = None  # a fresh copy of the uncompressed model (the teacher)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Pass(ABC):
     name: ClassVar[str]
     family: ClassVar[str]  # quantization | pruning | distillation | export
-    tasks: ClassVar[frozenset[str]] = frozenset({"embedding", "causal-lm", "classification"})
+    VERSION: ClassVar[int] = 1
+    tasks: ClassVar[frozenset[str]] = ALL_TASKS
     runtimes_in: ClassVar[frozenset[str]] = frozenset({"torch"})  # runtimes it can take as input
+    runtime_out: ClassVar[str | None] = None  # the runtime it hands on; None: the one it was given
+    devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
+    extra: ClassVar[str | None] = None  # the pip extra its library comes with, when not a core dependency
     Config: ClassVar[type[PassConfig]] = PassConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            return  # an intermediate base class
+        if cls.name in REGISTRY:
+            raise RuntimeError(f"pass {cls.name!r} registered twice ({REGISTRY[cls.name].__module__} and {cls.__module__})")
+        REGISTRY[cls.name] = cls
 
     def __init__(self, config: PassConfig) -> None:
         self.config = config
 
     @abstractmethod
-    def apply(self, candidate: "Candidate", ctx: PassContext) -> "Candidate":
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         """Return the transformed candidate (may modify the input in place)."""

@@ -21,7 +21,6 @@ from pydantic import Field, model_validator
 from optimizer import surgery, tasks
 from optimizer.data import stdlib_split
 from optimizer.errors import UserError
-from optimizer.passes import register
 from optimizer.passes.base import Pass, PassConfig, PassContext
 from optimizer.passes.calibration import batches, input_norms
 from optimizer.runtimes import Candidate, TorchCandidate
@@ -73,7 +72,6 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@register
 class Distill(Pass):
     name = "distill"
     family = "distillation"

@@ -19,7 +19,6 @@ from pydantic import Field
 from optimizer import tasks
 from optimizer.errors import UserError
 from optimizer.onnx_export import export
-from optimizer.passes import register
 from optimizer.passes.base import Pass, PassConfig, PassContext
 from optimizer.passes.calibration import sample_texts
 from optimizer.runtimes import Candidate, TorchCandidate
@@ -76,7 +75,6 @@ def parity(torch_cand: TorchCandidate, ort_cand: OrtCandidate, texts: list[str])
     return worst, min_cos
 
 
-@register
 class OnnxExport(Pass):
     """Export to ONNX (fp32; KV cache for causal LMs) and check it against torch on padded batches."""
 
@@ -113,7 +111,6 @@ class OptimizeConfig(PassConfig):
     fusions: bool = Field(default=True, description="transformer fusions (attention, layer norm, GELU) for encoders")
 
 
-@register
 class OrtOptimize(Pass):
     """Offline graph optimization; for encoders also onnxruntime.transformers' attention/LayerNorm/GELU fusions."""
 
@@ -179,7 +176,6 @@ class DynamicInt8Config(PassConfig):
     exclude: list[str] = Field(default=[], description="regexes on ONNX node names to keep in float")
 
 
-@register
 class OrtInt8Dynamic(Pass):
     """Dynamic int8: weights quantized offline, activations per batch at run time (no calibration)."""
 
@@ -237,7 +233,6 @@ class _Reader:
         self.it = self._feeds()
 
 
-@register
 class OrtInt8Static(Pass):
     """Static int8 (QDQ by default): activation ranges calibrated on the recipe's calibration texts."""
 
@@ -284,7 +279,6 @@ class Int4Config(PassConfig):
                                "(a later ort-int8-dynamic pass can take them to int8: mixed precision)")
 
 
-@register
 class OrtInt4(Pass):
     """Weight-only 4-bit (MatMulNBits, per-block scales); activations stay in float unless accuracy_level=4."""
 

@@ -16,7 +16,6 @@ from torch import nn
 
 from optimizer import surgery
 from optimizer.errors import UserError
-from optimizer.passes import register
 from optimizer.passes.base import Pass, PassConfig, PassContext
 from optimizer.passes.calibration import batches, block_influence, input_norms
 from optimizer.runtimes import Candidate, TorchCandidate
@@ -48,7 +47,6 @@ class MagnitudeConfig(SparsityConfig):
     scope: Literal["global", "layer"] = "layer"
 
 
-@register
 class PruneMagnitude(Pass):
     """Zero the smallest-magnitude weights, per layer or over all block layers at once."""
 
@@ -87,7 +85,6 @@ def wanda_scores(candidate: TorchCandidate, linears: list[nn.Linear], ctx: PassC
     return [lin.weight.detach().abs().float() * n.to(lin.weight.device)[None, :] for lin, n in zip(linears, norms)]
 
 
-@register
 class PruneWanda(Pass):
     """Wanda: zero, in each output row, the weights with the smallest |weight| x input activation norm."""
 
@@ -116,7 +113,6 @@ class NMConfig(PassConfig):
     sparse_kernels: bool = Field(default=True, description="on CUDA, store 2:4 layers as semi-structured sparse tensors")
 
 
-@register
 class PruneNM(Pass):
     """N:M pruning: in every group of M consecutive input weights keep the N with the highest score."""
 
@@ -177,7 +173,6 @@ def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return scores.topk(keep).indices
 
 
-@register
 class PruneStructured(Pass):
     """Remove the least important heads, FFN neurons and blocks (measured on calibration data); tensors shrink."""
 

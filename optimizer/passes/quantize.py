@@ -11,7 +11,6 @@ from pydantic import Field
 
 from optimizer.errors import UserError
 from optimizer.model import auto_class, torch_dtype
-from optimizer.passes import register
 from optimizer.passes.base import Pass, PassConfig, PassContext
 from optimizer.runtimes import Candidate, TorchCandidate
 from optimizer.runtimes.pytorch import dynamic_int8
@@ -21,7 +20,6 @@ class CastConfig(PassConfig):
     dtype: Literal["bfloat16", "float16"] = "bfloat16"
 
 
-@register
 class Cast(Pass):
     """Cast all floating-point weights to bf16 or fp16 (halves weight bytes; speed depends on kernels)."""
 
@@ -42,19 +40,16 @@ class DynamicInt8Config(PassConfig):
     per_channel: bool = True
 
 
-@register
 class TorchDynamicInt8(Pass):
     """torch's dynamic int8 Linear (fbgemm/onednn int8 GEMMs); CPU only."""
 
     name = "torch-dynamic-int8"
     family = "quantization"
+    devices = frozenset({"cpu"})
     Config = DynamicInt8Config
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         assert isinstance(candidate, TorchCandidate)
-        if ctx.device != "cpu":
-            raise UserError("torch-dynamic-int8 runs on the CPU only",
-                            "set hardware.device: cpu, or use bnb-int8 on a GPU")
         candidate.module = dynamic_int8(candidate.module.cpu().eval(), self.config.per_channel)
         return candidate
 
@@ -93,7 +88,6 @@ class BnbInt8Config(PassConfig):
     skip_modules: list[str] = Field(default=[], description="module names kept in float (lm_head always is)")
 
 
-@register
 class BnbInt8(Pass):
     """bitsandbytes LLM.int8: int8 weights, outlier feature columns in fp16."""
 
@@ -122,7 +116,6 @@ class Bnb4bitConfig(PassConfig):
     block_size: Literal[64] = Field(default=64, description="bitsandbytes' 4-bit block size via transformers (fixed at 64)")
 
 
-@register
 class Bnb4bit(Pass):
     """bitsandbytes 4-bit weights (NF4 or FP4, per-64-block scales), dequantized to compute_dtype."""
 

@@ -86,7 +86,7 @@ def _from_run(src: RunSource, budget: dict[str, Any]) -> dict[str, Any]:
 def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
     import optuna
 
-    from optimizer.search import CONSTRAINT, REPEAT, WORKER_PREFIX, _counted
+    from optimizer.search import CONSTRAINT, REPEAT, WORKER_PREFIX, counted
 
     study = src.study
     States = optuna.trial.TrialState
@@ -96,7 +96,7 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
     state_names = {States.COMPLETE: "ok", States.PRUNED: "pruned", States.FAIL: "failed"}
     entries, job = [], 0.0
     # Counted trials, and repeats (answered from an earlier trial's figures; they show as such)
-    trials = [t for t in study.get_trials(deepcopy=False) if _counted(t) or t.user_attrs.get(REPEAT)]
+    trials = [t for t in study.get_trials(deepcopy=False) if counted(t) or t.user_attrs.get(REPEAT)]
     for t in trials:
         a = t.user_attrs
         wall = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_start and t.datetime_complete else None
