@@ -73,7 +73,11 @@ class CausalGraph(torch.nn.Module):
         p = past[0].shape[2]
         cache = DynamicCache(config=self.m.config)
         for i in range(self.layers):
-            cache.update(past[2 * i], past[2 * i + 1], i)
+            # Seed each layer with the past as it is: `update` would concatenate it to an empty 1-D tensor,
+            # which torch accepts but OpenVINO's frontend cannot convert.
+            layer = cache.layers[i]
+            layer.lazy_initialization(past[2 * i], past[2 * i + 1])
+            layer.keys, layer.values = past[2 * i], past[2 * i + 1]
         positions = (torch.arange(t, device=input_ids.device) + p).unsqueeze(0).expand(b, -1)
         q = torch.arange(t, device=input_ids.device).view(t, 1) + p
         k = torch.arange(p + t, device=input_ids.device).view(1, p + t)

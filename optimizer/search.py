@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import socket
 import tempfile
 import threading
@@ -159,6 +160,30 @@ class TrialTimeout(Exception):
     """A trial ran past search.trial_timeout_minutes."""
 
 
+def on_thread_stack(signum: int) -> None:
+    """Have `signum`'s handler run on the thread's own stack, not on an alternate signal stack (Linux).
+
+    CPython installs its handlers with SA_ONSTACK. OpenVINO's CPU plugin gives each thread that runs a
+    newly compiled model a 20 KiB alternate stack, and once the thread has used AMX tiles (bf16 / int8
+    on Sapphire Rapids and later) the kernel's signal frame no longer fits there: the process dies with
+    SIGSEGV when the trial timer fires (seen here with OpenVINO 2026.4). The thread's stack is large.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    class SigAction(ctypes.Structure):  # glibc's struct sigaction on Linux
+        _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                    ("restorer", ctypes.c_void_p)]
+
+    sa_onstack = 0x08000000
+    libc = ctypes.CDLL(None, use_errno=True)
+    act = SigAction()
+    if libc.sigaction(signum, None, ctypes.byref(act)) == 0 and act.flags & sa_onstack:
+        act.flags &= ~sa_onstack
+        libc.sigaction(signum, ctypes.byref(act), None)
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise TrialTimeout in the main thread after `seconds` (no limit where signals are unavailable)."""
@@ -171,6 +196,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         raise TrialTimeout(f"passed its time limit of {seconds / 60:.3g} min")
 
     previous = signal.signal(signal.SIGALRM, expired)
+    on_thread_stack(signal.SIGALRM)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield

@@ -22,7 +22,7 @@ def _corpus() -> list[str]:
     return [e.text for e in stdlib_docs()[:600]]
 
 
-def _wordpiece_tokenizer():
+def wordpiece_tokenizer():
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
 
@@ -68,7 +68,7 @@ def _tiny_bert(folder: Path, model_cls_name: str, hidden: int = 32, **config) ->
     import transformers
 
     torch.manual_seed(0)
-    tok = _wordpiece_tokenizer()
+    tok = wordpiece_tokenizer()
     cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=2 * hidden, max_position_embeddings=128, **config)
     getattr(transformers, model_cls_name)(cfg).eval().save_pretrained(folder)

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("optimizer.errors", "optimizer.ranges", "optimizer.results", "optimizer.cli_format", "optimizer.measure.stats"),
     ("optimizer.model", "optimizer.data"),
     ("optimizer.runtimes",),
-    ("optimizer.tasks", "optimizer.onnx_export", "optimizer.surgery", "optimizer.measure"),
+    ("optimizer.tasks", "optimizer.onnx_export", "optimizer.ov_export", "optimizer.surgery", "optimizer.measure"),
     ("optimizer.passes",),
     ("optimizer.recipe",),
     ("optimizer.cache", "optimizer.pipeline", "optimizer.search_space"),

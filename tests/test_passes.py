@@ -61,6 +61,11 @@ CHAINS = {
     "ort-int8-static": ([("onnx-export", {}), ("ort-int8-static", {"samples": 16})], 0.9),
     "ort-int8-static-entropy": ([("onnx-export", {}), ("ort-int8-static", {"samples": 8, "method": "entropy"})], 0.8),
     "ort-int4": ([("onnx-export", {}), ("ort-int4", {"block_size": 16})], 0.85),
+    "ov-export": ([("ov-export", {})], 0.9999),
+    "ov-int8-static": ([("ov-export", {}), ("ov-int8-static", {"samples": 16})], 0.9),
+    "ov-weight-int8": ([("ov-export", {}), ("ov-weight-compress", {"mode": "int8_asym"})], 0.97),
+    "ov-weight-int4-awq": ([("ov-export", {}), ("ov-weight-compress", {"mode": "int4_sym", "group_size": 16, "awq": True,
+                                                                        "scale_estimation": True, "samples": 8})], 0.8),
     "prune-magnitude": ([("prune-magnitude", {"sparsity": 0.3})], 0.8),
     "prune-magnitude-global": ([("prune-magnitude", {"sparsity": 0.3, "scope": "global"})], 0.8),
     "prune-wanda": ([("prune-wanda", {"sparsity": 0.3, "samples": 16})], 0.8),
@@ -186,16 +191,16 @@ def test_distill_shrinks_student_and_lowers_loss(task, request, tmp_path):
 def test_onnx_export_parity_failure_is_reported(tiny_bert_dir, tmp_path, monkeypatch):
     """A graph that disagrees with torch must fail the pass with the measured difference."""
     from optimizer.errors import UserError
-    from optimizer.passes import onnx as onnx_passes
+    from optimizer.passes import parity as parity_check
 
-    monkeypatch.setattr(onnx_passes, "parity", lambda *a: (0.27, 0.6))
+    monkeypatch.setattr(parity_check, "parity", lambda *a: (0.27, 0.6))
     with pytest.raises(UserError, match=r"differs from torch by 2\.70e-01"):
         build_pass("onnx-export", {}).apply(_load(tiny_bert_dir, "embedding"), _ctx(tmp_path, tiny_bert_dir, "embedding"))
 
 
 def test_padded_parity_of_real_export(tiny_bert_dir, tmp_path):
     """Padded rows agree with torch: the transformers-5 mask pitfall is handled."""
-    from optimizer.passes.onnx import parity
+    from optimizer.passes.parity import parity
 
     base = _load(tiny_bert_dir, "embedding")
     ort_cand = build_pass("onnx-export", {}).apply(_load(tiny_bert_dir, "embedding"), _ctx(tmp_path, tiny_bert_dir, "embedding"))

@@ -131,7 +131,14 @@ def test_nan_outputs_fail_the_trial_with_that_reason(write_recipe, tiny_bert_dir
     assert all("NaN" in t.user_attrs["error"] for t in study.trials)
 
 
-def test_search_writes_deploy_yaml_that_rebuilds_and_loads(write_recipe, tiny_bert_dir, tmp_path, capsys):
+DEPLOYABLE = {
+    "onnxruntime": [{"name": "onnx-export"}, {"name": "ort-int8-dynamic", "per_channel": {"choice": [True, False]}}],
+    "openvino": [{"name": "ov-export"}, {"name": "ov-int8-static", "samples": {"choice": [8, 16]}}],
+}
+
+
+@pytest.mark.parametrize("runtime", list(DEPLOYABLE))
+def test_search_writes_deploy_yaml_that_rebuilds_and_loads(runtime, write_recipe, tiny_bert_dir, tmp_path, capsys):
     import optimizer
     from optimizer.cli import main
     from optimizer.data import stdlib_split
@@ -143,16 +150,16 @@ def test_search_writes_deploy_yaml_that_rebuilds_and_loads(write_recipe, tiny_be
         "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
         "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "output_dir": str(tmp_path / "runs"),
         "search": {"trials": 2, "constraint": {"metric": "fidelity", "max_drop": 0.5}, "screen_examples": None},
-        "passes": [{"name": "onnx-export"}, {"name": "ort-int8-dynamic", "per_channel": {"choice": [True, False]}}],
+        "passes": DEPLOYABLE[runtime],
     }, "deployme.yaml")
     assert main(["search", str(recipe_file), "-q"]) == 0
     out = capsys.readouterr().out
     deploy_file = tmp_path / "runs" / "deployme" / "deploy.yaml"
     assert "chosen: trial" in out and str(deploy_file) in out
     config = yaml.safe_load(deploy_file.read_text())
-    assert config["schema"] == "costopt.deploy/1" and config["runtime"] == "onnxruntime"
+    assert config["schema"] == "costopt.deploy/1" and config["runtime"] == runtime
     assert config["batch_size"] == 8 and config["threads"] == 1
-    assert [p["name"] for p in config["passes"]] == ["onnx-export", "ort-int8-dynamic"]
+    assert [p["name"] for p in config["passes"]] == [p["name"] for p in DEPLOYABLE[runtime]]
     m = config["measured"]
     assert m["cheaper_x"] == pytest.approx(m["baseline_usd_per_m_tokens"] / m["usd_per_m_tokens"], rel=1e-3)
     assert m["drop"]["relative_high"] <= 0.5 and config["hardware"]["catalog"] == "aws-c7a.large"

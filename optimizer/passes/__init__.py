@@ -61,11 +61,17 @@ def build_pass(name: str, params: dict[str, Any]) -> Pass:
 def check_chain(passes: list[dict[str, Any]], device: str | None = None) -> str:
     """Refuse, before any work, a chain whose runtimes do not connect or a pass that cannot run on
     `device`; returns the runtime the chain ends in."""
+    import importlib.util
+
     from optimizer.errors import UserError
 
     runtime = "torch"
     for i, p in enumerate(passes):
         cls = REGISTRY[p["name"]]
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UserError(f"pass {p['name']!r} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                            "not installed", f"pip install 'costopt[{cls.extra}]'" if cls.extra else f"pip install {' '.join(missing)}")
         if runtime not in cls.runtimes_in:
             raise UserError(f"pass {p['name']!r} (position {i + 1}) needs a {' or '.join(sorted(cls.runtimes_in))} "
                             f"model but the passes before it produce {runtime}",

@@ -50,7 +50,8 @@ class Pass(ABC):
     runtimes_in: ClassVar[frozenset[str]] = frozenset({"torch"})  # runtimes it can take as input
     runtime_out: ClassVar[str | None] = None  # the runtime it hands on; None: the one it was given
     devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
-    extra: ClassVar[str | None] = None  # the pip extra its library comes with, when not a core dependency
+    requires: ClassVar[tuple[str, ...]] = ()  # modules it imports that are not core dependencies
+    extra: ClassVar[str | None] = None  # the pip extra that installs them
     Config: ClassVar[type[PassConfig]] = PassConfig
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -6,6 +6,7 @@ Statistics count real tokens only (the attention mask), so padding never weighs 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -84,3 +85,12 @@ def block_influence(cand: TorchCandidate, layers: list[nn.Module], data: list[ta
         for h in handles:
             h.remove()
     return (total / max(count, 1)).float()
+
+
+def next_folder(ctx: PassContext, name: str) -> Path:
+    """A new numbered folder under the run's work directory for a pass's output artifact."""
+    work = Path(ctx.work_dir)
+    n = len(list(work.glob("*"))) if work.exists() else 0
+    folder = work / f"{n:02d}-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

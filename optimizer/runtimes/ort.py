@@ -63,14 +63,14 @@ class OrtCandidate(Candidate):
                                                  providers=providers(self.device))
         return self._session
 
-    def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
+    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
         shape = (batch, self.io["kv_heads"], 0, self.io["head_dim"])
         return {n: np.zeros(shape, np.float32) for n in self.io["inputs"][2:]}
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> list[np.ndarray]:
         feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
         if self.task == "causal-lm":
-            feeds |= past if past is not None else self._empty_past(ids.shape[0])
+            feeds |= past if past is not None else self.empty_past(ids.shape[0])
         return self.session.run(None, feeds)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

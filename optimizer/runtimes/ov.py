@@ -1,0 +1,116 @@
+"""OpenVINO candidate: the same forward/prefill/decode calls as torch, on a compiled CPU model.
+
+The model is an OpenVINO IR folder (model.xml + model.bin). The CPU plugin is compiled with the
+process's thread count (`INFERENCE_NUM_THREADS`, one stream, latency hint) so its figures compare
+with torch and ONNX Runtime in the same process, and with an explicit `INFERENCE_PRECISION_HINT`:
+left alone, the plugin runs f32 models in bf16 on CPUs with AVX-512 BF16 or AMX, which changes
+both speed and quality; a user must see and choose that. Causal LMs take and return the KV cache as
+plain tensors (past.{i}.key -> present.{i}.key), like the ONNX graph, so prefill and decode are one model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from optimizer.errors import UserError
+from optimizer.model import load_model_info, saved_spec
+from optimizer.runtimes.base import Candidate, copy_files, fresh_folder
+from optimizer.runtimes.threads import threads
+
+MODEL_FILE = "model.xml"
+PRECISIONS = ("f32", "bf16", "f16")
+INSTALL_HINT = "pip install 'costopt[openvino]' (openvino and nncf)"
+
+
+def require_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise UserError("the OpenVINO runtime is not installed", INSTALL_HINT) from None
+    return openvino
+
+
+def compile_config(precision: str, n_threads: int) -> dict[str, Any]:
+    """CPU plugin properties: the thread count every runtime gets, one stream, the precision asked for."""
+    if precision not in PRECISIONS:
+        raise UserError(f"OpenVINO inference precision {precision!r} is not known", f"use one of {', '.join(PRECISIONS)}")
+    return {"INFERENCE_NUM_THREADS": n_threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": precision}
+
+
+@dataclass
+class OvCandidate(Candidate):
+    folder: Path | None = None  # holds model.xml + model.bin
+    io: dict[str, Any] = field(default_factory=dict)  # input/output names, KV shape, parameter counts
+    precision: str = "f32"  # the CPU plugin's inference precision
+    runtime: str = "openvino"
+    _request: Any = field(default=None, repr=False)
+    _compiled: Any = field(default=None, repr=False)
+
+    @property
+    def model_path(self) -> Path:
+        assert self.folder is not None
+        return self.folder / MODEL_FILE
+
+    @property
+    def compiled(self) -> Any:
+        if self._compiled is None:
+            ov = require_openvino()
+            self._compiled = ov.Core().compile_model(str(self.model_path), "CPU", compile_config(self.precision, threads()))
+            self._request = self._compiled.create_infer_request()
+        return self._compiled
+
+    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        shape = (batch, self.io["kv_heads"], 0, self.io["head_dim"])
+        return {n: np.zeros(shape, np.float32) for n in self.io["inputs"][2:]}
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> list[np.ndarray]:
+        self.compiled  # noqa: B018 - compiles on first use
+        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        if self.task == "causal-lm":
+            feeds |= past if past is not None else self.empty_past(ids.shape[0])
+        result = self._request.infer(feeds)
+        # copies: the request's output buffers are reused by the next call
+        return [np.array(result[out]) for out in self._compiled.outputs]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run(input_ids.numpy(), attention_mask.numpy(), None)[0]).float()
+
+    def _step(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> tuple[torch.Tensor, Any]:
+        out = self._run(ids, mask, past)
+        present = dict(zip(self.io["inputs"][2:], out[1:], strict=True))
+        return torch.from_numpy(out[0][:, -1, :]).float(), {"past": present, "mask": mask}
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return self._step(input_ids.numpy(), attention_mask.numpy(), None)
+
+    def decode(self, next_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        mask = np.concatenate([state["mask"], np.ones((state["mask"].shape[0], 1), state["mask"].dtype)], axis=1)
+        return self._step(next_ids.numpy(), mask, state["past"])
+
+    def derive(self, folder: Path, precision: str | None = None) -> OvCandidate:
+        """The same model description over another IR folder (what each OpenVINO pass returns)."""
+        return OvCandidate(info=self.info, device=self.device, applied=list(self.applied), notes=list(self.notes),
+                           folder=folder, io=dict(self.io), precision=precision or self.precision)
+
+    def save(self, directory: Path) -> Path:
+        directory = fresh_folder(directory)
+        copy_files(self.model_path.parent, directory)
+        self.write_common(directory, io=self.io, precision=self.precision)
+        return directory
+
+    def parameter_counts(self) -> tuple[int, int]:
+        # Counted on the torch module at export: compression changes how weights are stored, not how many
+        # there are, and an IR's constants mix weights with scales and shapes.
+        return int(self.io["parameters"]), int(self.io["nonzero_parameters"])
+
+
+def load_artifact(directory: Path, meta: dict[str, Any], device: str) -> OvCandidate:
+    require_openvino()
+    info = load_model_info(saved_spec(directory), meta["task"])
+    return OvCandidate(info=info, device="cpu", folder=directory, io=meta["io"], precision=meta.get("precision", "f32"))
