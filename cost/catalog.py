@@ -60,7 +60,7 @@ class Entry(BaseModel):
     owned: Owned | None = None
 
     @model_validator(mode="after")
-    def _one_cost(self) -> "Entry":
+    def _one_cost(self) -> Entry:
         if (self.price is None) == (self.owned is None):
             raise ValueError("give exactly one of price (rented) or owned (bought)")
         if self.kind == "gpu" and self.gpus < 1:

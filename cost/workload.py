@@ -25,7 +25,7 @@ class Workload(BaseModel):
     output_tokens_per_request: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
-    def _one_way(self) -> "Workload":
+    def _one_way(self) -> Workload:
         ways = [self.input_tokens_per_day is not None or self.output_tokens_per_day is not None,
                 self.input_tokens_per_month is not None or self.output_tokens_per_month is not None,
                 self.requests_per_day is not None]

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from optimizer.cli_format import chain_text, table
 from cost.errors import CostInputError
+from optimizer.cli_format import chain_text, table
 from optimizer.errors import UserError
 
 
@@ -103,12 +103,15 @@ def render_result(r: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_validate(args: argparse.Namespace) -> int:
+    from optimizer.passes import check_chain, check_space
+    from optimizer.ranges import Choice
     from optimizer.recipe import load_recipe
 
-    from optimizer.passes import check_chain
-
     recipe = load_recipe(args.recipe, args.set)
-    check_chain([{"name": p.name} for p in recipe.passes if p.enabled is not False])
+    if any(isinstance(p.enabled, Choice) for p in recipe.passes):
+        check_space([(p.name, isinstance(p.enabled, Choice)) for p in recipe.passes if p.enabled is not False])
+    else:
+        check_chain([{"name": p.name} for p in recipe.passes if p.enabled is not False])
     kind = "a search space" if recipe.has_ranges() else "a single run"
     print(f"{args.recipe}: valid ({recipe.task}, {len(recipe.passes)} passes, {kind})")
     return 0

@@ -71,7 +71,7 @@ class Dataset:
         """Every text in the set: first texts, then texts_b (evaluators rely on this order)."""
         return self.texts + (self.texts_b or [])
 
-    def subset(self, n: int, seed: int) -> "Dataset":
+    def subset(self, n: int, seed: int) -> Dataset:
         """A seeded, deterministic sample of n examples, in their original order."""
         if n >= len(self):
             return self
@@ -84,7 +84,7 @@ class Dataset:
         """texts[0], texts_b[0], texts[1], ...: any prefix mixes short queries and long documents."""
         if not self.texts_b:
             return list(self.texts)
-        return [t for pair in zip(self.texts, self.texts_b) for t in pair]
+        return [t for pair in zip(self.texts, self.texts_b, strict=False) for t in pair]
 
 
 # ----------------------------------------------------------------------------- stdlib-docs

@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ def deployment_config(recipe: Recipe, study_name: str, trial: Any, baseline: dic
         measured["cost"] = cost
     return {
         "schema": SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "study": study_name,
         "trial": trial.number,
         "objective": recipe.search.objective,

@@ -41,7 +41,7 @@ class ModelSpec(BaseModel):
     max_length: int | None = Field(default=None, gt=0, description="token limit; default from the model")
 
 
-def torch_dtype(name: str) -> "torch.dtype":
+def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
@@ -163,7 +163,7 @@ def load_model_info(spec: ModelSpec, task: str) -> ModelInfo:
                      pooling=pooling, normalize=normalize, sidecar_files=sidecars, revision=spec.revision)
 
 
-def load_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> "torch.nn.Module":
+def load_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> torch.nn.Module:
     """The model's torch module in eval mode on `device`, with one-line errors for what users get wrong."""
     import transformers
 

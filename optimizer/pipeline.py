@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,11 @@ from optimizer.measure import speed as speed_mod
 from optimizer.measure.quality import QualityEvaluator
 from optimizer.measure.stats import MetricValues, paired_bootstrap
 from optimizer.measure.system import fingerprint
-from optimizer.runtimes import load_candidate
 from optimizer.passes import PassContext, build_pass, check_chain
 from optimizer.ranges import parse_range
 from optimizer.recipe import Recipe
 from optimizer.results import write_json_atomic
-from optimizer.runtimes import Candidate, folder_size
+from optimizer.runtimes import Candidate, folder_size, load_candidate
 
 log = logging.getLogger(__name__)
 SCHEMA = "costopt.trial/1"
@@ -193,7 +192,7 @@ class Trial:
 
     recipe: Recipe
     passes: list[dict[str, Any]]
-    started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     status: str = "running"
     error: str | None = None
     baseline: dict[str, Any] = field(default_factory=dict)
@@ -220,7 +219,7 @@ class Trial:
             "notes": self.notes,
             "timings": self.timings,
             "started": self.started,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "system": self.system,
             "config": self.recipe.model_dump(mode="json"),
             **self.extra,
@@ -258,7 +257,7 @@ class Bench:
     screen_quality: dict[str, MetricValues] = field(default_factory=dict)
 
     @classmethod
-    def load_data(cls, recipe: Recipe, device: str) -> "Bench":
+    def load_data(cls, recipe: Recipe, device: str) -> Bench:
         eval_data = load_dataset(recipe.data.eval, "eval", recipe.task, recipe.data.seed)
         calib, train = pass_data(recipe)
         evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, recipe.quality.batch_size)

@@ -26,7 +26,7 @@ class IntRange(_Strict):
     log: bool = False
 
     @model_validator(mode="after")
-    def _ordered(self) -> "IntRange":
+    def _ordered(self) -> IntRange:
         if self.int[0] > self.int[1]:
             raise ValueError(f"range {list(self.int)} is reversed: write [low, high]")
         return self
@@ -37,7 +37,7 @@ class FloatRange(_Strict):
     log: bool = False
 
     @model_validator(mode="after")
-    def _ordered(self) -> "FloatRange":
+    def _ordered(self) -> FloatRange:
         lo, hi = self.float
         if lo > hi:
             raise ValueError(f"range {list(self.float)} is reversed: write [low, high]")

@@ -16,8 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cost.workload import Workload
-from optimizer.errors import UserError, nearest
 from optimizer.data import DataSource
+from optimizer.errors import UserError, nearest
 from optimizer.model import ModelSpec
 from optimizer.ranges import Choice, IntRange, parse_range
 
@@ -108,13 +108,23 @@ class SearchSpec(Strict):
         "over budget there (their interval's low end is over it); null turns screening off")
     cache: bool = Field(default=True, description="keep compressed artifacts by a hash of their configuration")
     heartbeat_seconds: int = Field(default=30, gt=0, description="a worker silent for 3x this is presumed dead")
-    objective: Literal["cost", "latency", "throughput"] = "cost"
+    objective: str = Field(default="cost", description="a key of optimizer.objectives.OBJECTIVES")
     constraint: Constraint = Constraint()
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     multi_objective: bool = False
     storage: str | None = None
     study_name: str | None = None
     seed: int = 0
+
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, v: str) -> str:
+        from optimizer.objectives import OBJECTIVES
+
+        if v not in OBJECTIVES:
+            raise ValueError(f"unknown objective {v!r}: use one of {', '.join(OBJECTIVES)}")
+        return v
 
 
 class ReportSpec(Strict):
@@ -143,7 +153,7 @@ class Recipe(Strict):
         return v
 
     @model_validator(mode="after")
-    def _metrics_fit_task(self) -> "Recipe":
+    def _metrics_fit_task(self) -> Recipe:
         allowed = TASK_METRICS[self.task]
         for i, m in enumerate(self.quality.metrics or []):
             if m not in allowed:
@@ -155,7 +165,7 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
-    def _catalog_entry_exists(self) -> "Recipe":
+    def _catalog_entry_exists(self) -> Recipe:
         if self.hardware.catalog:
             from cost import CostInputError, load_catalog
 

@@ -16,8 +16,8 @@ import math
 import os
 import shutil
 import signal
-import sys
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +33,7 @@ from optimizer.cache import ArtifactCache
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.system import fingerprint
+from optimizer.objectives import OBJECTIVES
 from optimizer.passes import check_chain, runtime_of
 from optimizer.pipeline import Bench, apply_chain, footprint, resolve_device, resolved_passes
 from optimizer.ranges import Choice, parse_range, values
@@ -51,21 +52,14 @@ WORKER_PREFIX = "worker/"  # study user attribute per worker: its machine and ba
 class Objective:
     """The value a trial minimizes (or maximizes), read from its measured speed and cost."""
 
-    kind: str  # cost | latency | throughput
+    kind: str  # a key of objectives.OBJECTIVES
 
     @property
     def direction(self) -> str:
-        return "maximize" if self.kind == "throughput" else "minimize"
+        return OBJECTIVES[self.kind].direction
 
     def value(self, speed: dict[str, Any], cost: dict[str, Any] | None) -> float:
-        if self.kind == "cost":
-            assert cost is not None
-            return float(cost["blended_usd_per_m"])
-        if self.kind == "throughput":
-            return float(speed["input_tokens_per_s"]["median"])
-        if "token_latency_s" in speed:  # causal LM: per decoded token
-            return float(speed["token_latency_s"]["p50"])
-        return float(speed["batch_latency_s"]["p50"])
+        return OBJECTIVES[self.kind].read(speed, cost)
 
 
 def constraint_violation(drop: dict[str, Any], max_drop: float, relative: bool) -> float:
@@ -83,7 +77,6 @@ def default_storage(recipe: Recipe, study_name: str) -> str:
 def _storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
     """RDB storage with heartbeats: a worker that dies mid-trial has it marked failed and retried."""
     from optuna import storages
-
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(5):
@@ -146,8 +139,8 @@ def open_study(recipe: Recipe, storage: str | None = None) -> optuna.Study:
 def check_searchable(recipe: Recipe) -> str:
     """The constraint metric; refuses recipes a search cannot price or judge."""
     s = recipe.search
-    if s.objective == "cost" and not recipe.hardware.catalog:
-        raise UserError("search objective 'cost' needs a price: hardware.catalog is not set",
+    if OBJECTIVES[s.objective].needs_price and not recipe.hardware.catalog:
+        raise UserError(f"search objective {s.objective!r} needs a price: hardware.catalog is not set",
                         "set hardware.catalog to an entry of `costopt hardware list`, or search.objective: throughput")
     metric = s.constraint.metric or recipe.primary_metric
     if metric not in recipe.metrics:

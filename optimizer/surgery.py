@@ -105,7 +105,7 @@ def shrink_ffn(model: nn.Module, keep: list[torch.Tensor]) -> None:
     sizes = {len(k) for k in keep}
     if len(sizes) != 1:
         raise RuntimeError("every block must keep the same number of FFN neurons")
-    for b, k in zip(blocks(model), keep):
+    for b, k in zip(blocks(model), keep, strict=False):
         k = k.sort().values
         for lin in b.ffn_in:
             _replace(b.module, lin, _slice(lin, k, 0))
@@ -133,7 +133,7 @@ def shrink_heads(model: nn.Module, keep_groups: list[torch.Tensor]) -> None:
     sizes = {len(k) for k in keep_groups}
     if len(sizes) != 1:
         raise RuntimeError("every block must keep the same number of head groups")
-    for b, groups in zip(blocks(model), keep_groups):
+    for b, groups in zip(blocks(model), keep_groups, strict=False):
         groups = groups.sort().values
         kv_rows = torch.cat([torch.arange(g * hd, (g + 1) * hd) for g in groups.tolist()])
         q_heads = [g * per + j for g in groups.tolist() for j in range(per)]

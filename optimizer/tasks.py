@@ -94,7 +94,7 @@ def classify(candidate: Candidate, texts: list[str], batch_size: int) -> np.ndar
     rows: dict[int, np.ndarray] = {}
     for b in make_batches(candidate, texts, batch_size):
         logits = candidate.forward(b.input_ids, b.attention_mask)
-        for i, row in zip(b.index, logits.numpy()):
+        for i, row in zip(b.index, logits.numpy(), strict=False):
             rows[i] = row
     return np.stack([rows[i] for i in range(len(texts))])
 

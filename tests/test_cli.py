@@ -52,8 +52,8 @@ def test_run_causal_lm_baseline_only(tiny_llama_dir, write_recipe, tmp_path, cap
 
 
 def test_failed_pass_keeps_baseline_result(tiny_bert_dir, write_recipe, tmp_path, monkeypatch, capsys):
-    from optimizer.passes.quantize import Cast
     from optimizer.errors import UserError
+    from optimizer.passes.quantize import Cast
 
     def boom(self, cand, ctx):
         raise UserError("this model cannot be cast", "try another pass")

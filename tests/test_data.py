@@ -45,7 +45,7 @@ def test_retrieval_pairs_align():
     ds = load_dataset(DataSource(source="stdlib-docs"), "eval", "embedding")
     assert ds.kind == "pairs" and len(ds.texts) == len(ds.texts_b) > 200
     by_summary = {e.summary: e.body for e in stdlib_split("eval")}
-    for q, d in zip(ds.texts[:50], ds.texts_b[:50]):
+    for q, d in zip(ds.texts[:50], ds.texts_b[:50], strict=False):
         assert by_summary[q] == d
     inter = ds.interleaved()
     assert inter[0] == ds.texts[0] and inter[1] == ds.texts_b[0]
@@ -110,6 +110,6 @@ def test_stdlib_docs_split_union_reads_several_parts_and_never_calibration():
     both = load_dataset(DataSource(source="stdlib-docs", split="eval+train"), "eval", "embedding")
     calib = load_dataset(DataSource(source="stdlib-docs"), "calibration", "embedding")
     assert len(both) == len(ev) + len(train) and both.origin == "stdlib-docs/eval+train"
-    assert not {f"{q}\n{d}" for q, d in zip(both.texts, both.texts_b)} & set(calib.texts)
+    assert not {f"{q}\n{d}" for q, d in zip(both.texts, both.texts_b, strict=False)} & set(calib.texts)
     with pytest.raises(UserError, match="no split 'test'"):
         load_dataset(DataSource(source="stdlib-docs", split="eval+test"), "eval", "embedding")

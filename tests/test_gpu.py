@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from optimizer.measure import speed as speed_mod
-from optimizer.runtimes import load_candidate
 from optimizer.passes import PassContext, build_pass
 from optimizer.recipe import ModelSpec
+from optimizer.runtimes import load_candidate
 from tests.test_passes import TEXTS, outputs, similarity
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

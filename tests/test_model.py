@@ -8,8 +8,8 @@ import torch
 
 from optimizer.errors import UserError
 from optimizer.model import resolve_source
-from optimizer.runtimes import load_candidate, reload_saved
 from optimizer.recipe import ModelSpec
+from optimizer.runtimes import load_candidate, reload_saved
 from tests.conftest import minilm_dir, needs_minilm
 
 

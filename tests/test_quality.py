@@ -12,8 +12,8 @@ from optimizer.data import Dataset
 from optimizer.errors import UserError
 from optimizer.measure.quality import QualityEvaluator, cosine_rows, retrieval_values
 from optimizer.measure.stats import paired_bootstrap
-from optimizer.runtimes import load_candidate
 from optimizer.recipe import ModelSpec
+from optimizer.runtimes import load_candidate
 
 
 def test_retrieval_known_ranks():

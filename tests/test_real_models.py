@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimizer.runtimes import load_candidate
 from optimizer.recipe import ModelSpec
+from optimizer.runtimes import load_candidate
 from tests.conftest import STORIES, minilm_dir, needs_minilm, needs_stories
 
 pytestmark = pytest.mark.slow

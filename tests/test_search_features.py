@@ -216,8 +216,8 @@ def test_nothing_feasible_names_the_closest_trial(write_recipe, tiny_bert_dir, t
 
 def test_generate_on_a_causal_lm_deployment(tiny_llama_dir):
     from optimizer.deploy import Deployment
-    from optimizer.runtimes import load_candidate
     from optimizer.recipe import ModelSpec
+    from optimizer.runtimes import load_candidate
 
     dep = Deployment(load_candidate(ModelSpec(source=str(tiny_llama_dir)), "causal-lm", "cpu"), {"batch_size": 1})
     text = dep("the cat", max_new_tokens=5)

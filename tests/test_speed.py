@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from optimizer.measure import speed
-from optimizer.runtimes import load_candidate
 from optimizer.recipe import ModelSpec
+from optimizer.runtimes import load_candidate
 
 
 def test_stat_summary():

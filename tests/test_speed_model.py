@@ -7,9 +7,9 @@ import optuna
 import pytest
 
 from optimizer.errors import UserError
-from optimizer.runtimes import load_candidate
 from optimizer.pipeline import run_recipe
 from optimizer.recipe import ModelSpec, load_recipe
+from optimizer.runtimes import load_candidate
 from optimizer.search import run_search
 
 

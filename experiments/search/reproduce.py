@@ -16,9 +16,9 @@ from pathlib import Path
 
 from optimizer.deploy import build, read_deployment
 from optimizer.measure import speed as speed_mod
-from optimizer.runtimes import reload_saved
 from optimizer.pipeline import Bench
 from optimizer.recipe import Recipe
+from optimizer.runtimes import reload_saved
 
 
 def main() -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from optimizer import tasks
 from optimizer.data import Dataset
 from optimizer.errors import UserError
 from optimizer.measure.stats import MetricValues
 from optimizer.runtimes import Candidate
-from optimizer import tasks
 
 # Which metrics need which kind of eval data.
 NEEDS_KIND = {"mrr": "pairs", "recall@1": "pairs", "ndcg@10": "pairs", "spearman": "scored-pairs",

@@ -20,6 +20,7 @@ from optimizer.errors import UserError
 from optimizer.runtimes import Candidate
 from optimizer.runtimes.threads import set_threads, threads  # noqa: F401 - the measurement API callers use
 
+
 @dataclass
 class Stat:
     median: float
@@ -29,7 +30,7 @@ class Stat:
     n: int
 
     @classmethod
-    def of(cls, samples: list[float]) -> "Stat":
+    def of(cls, samples: list[float]) -> Stat:
         mean = statistics.fmean(samples)
         cv = statistics.pstdev(samples) / mean if len(samples) > 1 and mean else 0.0
         return cls(statistics.median(samples), min(samples), max(samples), cv, len(samples))
@@ -61,7 +62,7 @@ class PeakMemory:
             self.peak_rss = max(self.peak_rss, proc.memory_info().rss)
             self._stop.wait(0.005)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         self.peak_rss = psutil.Process().memory_info().rss

@@ -58,29 +58,68 @@ def build_pass(name: str, params: dict[str, Any]) -> Pass:
     return cls(cls.Config.model_validate(params))
 
 
-def check_chain(passes: list[dict[str, Any]], device: str | None = None) -> str:
-    """Refuse, before any work, a chain whose runtimes do not connect or a pass that cannot run on
-    `device`; returns the runtime the chain ends in."""
+def check_pass_can_run(name: str, device: str | None = None) -> None:
+    """Refuse a pass whose library is not installed or that cannot run on `device`."""
     import importlib.util
 
+    from optimizer.errors import UserError
+
+    cls = REGISTRY[name]
+    missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"pass {name!r} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                        "not installed", f"pip install 'costopt[{cls.extra}]'" if cls.extra else f"pip install {' '.join(missing)}")
+    if device is not None and device not in cls.devices:
+        raise UserError(f"pass {name!r} runs on {' or '.join(sorted(cls.devices))}, not on {device}",
+                        f"set hardware.device: {sorted(cls.devices)[0]}, or remove the pass")
+
+
+def check_chain(passes: list[dict[str, Any]], device: str | None = None) -> str:
+    """Refuse, before any work, a chain whose runtimes do not connect or a pass that cannot run (not
+    installed, or not on `device`); returns the runtime the chain ends in."""
     from optimizer.errors import UserError
 
     runtime = "torch"
     for i, p in enumerate(passes):
         cls = REGISTRY[p["name"]]
-        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
-        if missing:
-            raise UserError(f"pass {p['name']!r} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                            "not installed", f"pip install 'costopt[{cls.extra}]'" if cls.extra else f"pip install {' '.join(missing)}")
+        check_pass_can_run(p["name"], device)
         if runtime not in cls.runtimes_in:
             raise UserError(f"pass {p['name']!r} (position {i + 1}) needs a {' or '.join(sorted(cls.runtimes_in))} "
                             f"model but the passes before it produce {runtime}",
                             "reorder the passes: torch passes (distill, prune, cast) before export, runtime passes after it")
-        if device is not None and device not in cls.devices:
-            raise UserError(f"pass {p['name']!r} runs on {' or '.join(sorted(cls.devices))}, not on {device}",
-                            f"set hardware.device: {sorted(cls.devices)[0]}, or remove the pass")
         runtime = cls.runtime_out or runtime
     return runtime
+
+
+def check_space(passes: list[tuple[str, bool]], device: str | None = None) -> None:
+    """Validate a search space given as (name, optional) per pass.
+
+    A trial drops the passes whose input runtime the passes before it do not produce (as the search
+    does), so each pass must run in at least one choice of the optional passes."""
+    import itertools
+
+    from optimizer.errors import UserError
+
+    for name, _ in passes:
+        check_pass_can_run(name, device)
+    optional = [i for i, (_, opt) in enumerate(passes) if opt]
+    reachable: set[int] = set()
+    for on in itertools.product((True, False), repeat=len(optional)):
+        chosen = dict(zip(optional, on, strict=True))
+        runtime = "torch"
+        for i, (name, _) in enumerate(passes):
+            cls = REGISTRY[name]
+            if chosen.get(i, True) and runtime in cls.runtimes_in:
+                reachable.add(i)
+                runtime = cls.runtime_out or runtime
+    for i, (name, _) in enumerate(passes):
+        if i not in reachable:
+            cls = REGISTRY[name]
+            raise UserError(f"pass {name!r} (position {i + 1}) can never run: it needs a "
+                            f"{' or '.join(sorted(cls.runtimes_in))} model and no choice of the optional passes "
+                            "before it produces one",
+                            "reorder the passes (torch passes, an export, then that runtime's passes), "
+                            "or make the export before it optional")
 
 
 def runtime_of(passes: list[dict[str, Any]]) -> str:
@@ -103,4 +142,4 @@ def _import_techniques() -> None:
 
 _import_techniques()
 
-__all__ = ["REGISTRY", "Pass", "PassConfig", "PassContext", "build_pass", "check_chain", "runtime_of", "validate_pass_params"]
+__all__ = ["REGISTRY", "Pass", "PassConfig", "PassContext", "build_pass", "check_chain", "check_pass_can_run", "check_space", "runtime_of", "validate_pass_params"]

@@ -46,7 +46,7 @@ class DistillConfig(PassConfig):
     save_every: int = Field(default=50, ge=1)
 
     @model_validator(mode="after")
-    def _one_layer_choice(self) -> "DistillConfig":
+    def _one_layer_choice(self) -> DistillConfig:
         if self.num_layers is not None and self.keep_layers is not None:
             raise ValueError("give num_layers or keep_layers, not both")
         return self
@@ -88,7 +88,7 @@ class Distill(Pass):
             keep_n = max(8, int(width * c.ffn_ratio) // 8 * 8)
             norms = input_norms(student, [b.ffn_out for b in bl], batches(student, ctx, 64))
             surgery.shrink_ffn(student.module, [(n * b.ffn_out.weight.float().norm(dim=0).cpu()).topk(keep_n).indices
-                                                for b, n in zip(bl, norms)])
+                                                for b, n in zip(bl, norms, strict=False)])
         if c.keep_layers is not None or c.num_layers is not None:
             kept = sorted(set(c.keep_layers)) if c.keep_layers is not None else spaced_layers(total, c.num_layers or total)
             surgery.keep_layers(student.module, kept)

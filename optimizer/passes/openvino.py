@@ -8,6 +8,9 @@ incoming IR and write a new one under the run's work directory, keeping the prec
 
 from __future__ import annotations
 
+import contextlib
+import io
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -99,13 +102,20 @@ def _feeds(candidate: OvCandidate, texts: list[str]) -> list[dict[str, np.ndarra
 
 
 def _nncf() -> Any:
-    """nncf, with its progress bars and tables off: a search runs these passes many times."""
+    """nncf, with its log lines off: a search runs these passes many times."""
     import logging
 
     import nncf
 
     nncf.set_log_level(logging.ERROR)
     return nncf
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """NNCF draws progress bars and tables on the console whatever its log level; keep them off ours."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def _ignored(patterns: list[str]) -> Any:
@@ -154,10 +164,11 @@ class OvInt8Static(OvPass):
         c = self.config
         feeds = _feeds(candidate, sample_texts(ctx, c.samples))
         advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=c.smooth_quant_alpha))
-        model = nncf.quantize(_read(candidate), nncf.Dataset(feeds), preset=nncf.QuantizationPreset(c.preset),
+        with _quiet():
+            model = nncf.quantize(_read(candidate), nncf.Dataset(feeds), preset=nncf.QuantizationPreset(c.preset),
                               model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
-                              fast_bias_correction=c.fast_bias_correction, ignored_scope=_ignored(c.exclude),
-                              advanced_parameters=advanced)
+                                  fast_bias_correction=c.fast_bias_correction, ignored_scope=_ignored(c.exclude),
+                                  advanced_parameters=advanced)
         out = _write(model, candidate, ctx, self.name)
         out.notes.append(f"ov-int8-static calibrated on {len(feeds)} texts ({c.preset} preset, SmoothQuant "
                          f"{'off' if c.smooth_quant_alpha < 0 else c.smooth_quant_alpha})")
@@ -209,8 +220,9 @@ class OvWeightCompress(OvPass):
         if data_aware:
             feeds = _feeds(candidate, sample_texts(ctx, c.samples))
             kwargs |= {"dataset": nncf.Dataset(feeds), "subset_size": len(feeds)}
-        model = nncf.compress_weights(_read(candidate), mode=nncf.CompressWeightsMode(c.mode),
-                                      ignored_scope=_ignored(c.exclude), **kwargs)
+        with _quiet():
+            model = nncf.compress_weights(_read(candidate), mode=nncf.CompressWeightsMode(c.mode),
+                                          ignored_scope=_ignored(c.exclude), **kwargs)
         out = _write(model, candidate, ctx, self.name)
         how = [k for k in ("awq", "scale_estimation", "gptq") if getattr(c, k)]
         out.notes.append(f"ov-weight-compress {c.mode}" + (f", group {c.group_size}, ratio {c.ratio}" if int4 else "")

@@ -82,7 +82,7 @@ class WandaConfig(SparsityConfig):
 def wanda_scores(candidate: TorchCandidate, linears: list[nn.Linear], ctx: PassContext, samples: int) -> list[torch.Tensor]:
     """|W_ij| * ||X_j||_2 from calibration activations (Sun et al., 2023)."""
     norms = input_norms(candidate, linears, batches(candidate, ctx, samples))
-    return [lin.weight.detach().abs().float() * n.to(lin.weight.device)[None, :] for lin, n in zip(linears, norms)]
+    return [lin.weight.detach().abs().float() * n.to(lin.weight.device)[None, :] for lin, n in zip(linears, norms, strict=False)]
 
 
 class PruneWanda(Pass):
@@ -96,7 +96,7 @@ class PruneWanda(Pass):
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         assert isinstance(candidate, TorchCandidate)
         linears = target_linears(candidate.module)
-        for lin, score in zip(linears, wanda_scores(candidate, linears, ctx, self.config.samples)):
+        for lin, score in zip(linears, wanda_scores(candidate, linears, ctx, self.config.samples), strict=False):
             k = int(self.config.sparsity * lin.in_features)
             if k:
                 drop = score.topk(k, dim=1, largest=False).indices
@@ -132,7 +132,7 @@ class PruneNM(Pass):
             raise UserError(f"prune-nm m={c.m} does not divide input width {bad[0]}", "choose m dividing the layer widths (4 or 8)")
         scores = (wanda_scores(candidate, linears, ctx, c.samples) if c.score == "wanda"
                   else [lin.weight.detach().abs().float() for lin in linears])
-        for lin, score in zip(linears, scores):
+        for lin, score in zip(linears, scores, strict=False):
             groups = score.view(lin.out_features, -1, c.m)
             drop = groups.topk(c.m - c.n, dim=-1, largest=False).indices
             mask = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False).view_as(lin.weight)
@@ -198,7 +198,7 @@ class PruneStructured(Pass):
             keep_n = max(1, kv - round(c.heads * kv))
             norms = input_norms(candidate, [b.o for b in bl], data)
             keep = []
-            for b, n in zip(bl, norms):
+            for b, n in zip(bl, norms, strict=False):
                 per_col = n.to(b.o.weight.device) * b.o.weight.float().norm(dim=0)  # contribution of each o_proj input
                 keep.append(_top(per_col.view(kv, -1).sum(1).cpu(), keep_n))  # per key/value group of heads
             surgery.shrink_heads(model, keep)
@@ -208,7 +208,7 @@ class PruneStructured(Pass):
             keep_n = max(c.multiple_of, int(round(width * (1 - c.neurons) / c.multiple_of)) * c.multiple_of)
             norms = input_norms(candidate, [b.ffn_out for b in bl], data)
             keep = [_top((n.to(b.ffn_out.weight.device) * b.ffn_out.weight.float().norm(dim=0)).cpu(), min(keep_n, width))
-                    for b, n in zip(bl, norms)]
+                    for b, n in zip(bl, norms, strict=False)]
             surgery.shrink_ffn(model, keep)
             bl = surgery.blocks(model)
         if c.layers:

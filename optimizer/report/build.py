@@ -6,7 +6,7 @@ again. The Markdown, HTML and plots are renderings of this dict.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -219,7 +219,7 @@ def build_report(src: RunSource | StudySource, workload: Workload | None = None,
         verdict = "over the budget"
     return {
         "schema": SCHEMA, "version": VERSION, "costopt_version": version,
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "kind": d["kind"], "name": d["name"], "source": d["source"], "started": d["started"], "finished": d["finished"],
         "model": recipe.model.source, "task": recipe.task, "eval": d["eval"] or {"source": recipe.data.eval.source},
         "objective": d["objective_kind"], "budget": budget, "verdict": verdict, "met": met,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from optimizer.passes import REGISTRY, runtime_of
 from optimizer.cli_format import chain_text
+from optimizer.passes import REGISTRY, runtime_of
 
 FAMILY_ORDER = ("distillation", "pruning", "quantization")
 

@@ -71,13 +71,13 @@ def cost_vs_drop(report: dict[str, Any]) -> str | None:
     ax.axvline(budget["max_drop_display"], color=FEASIBLE, lw=1, ls="--", zorder=1)
     chosen = report.get("chosen")
     for feasible, colour, label in ((True, FEASIBLE, "meets the budget (whole interval)"), (False, OVER, "over the budget")):
-        group = [(e, x) for e, x in zip(points, xs) if e is not base and bool(e["feasible"]) == feasible]
+        group = [(e, x) for e, x in zip(points, xs, strict=False) if e is not base and bool(e["feasible"]) == feasible]
         if not group:
             continue
         ax.errorbar([x[0] for _, x in group], [_value(e, money) for e, _ in group],
                     xerr=[[x[0] - x[1] for _, x in group], [x[2] - x[0] for _, x in group]],
                     fmt="o", color=colour, ecolor=colour, elinewidth=1, capsize=2, ms=6, alpha=0.9, zorder=3, label=label)
-    front = sorted(((x[0], _value(e, money)) for e, x in zip(points, xs) if e["pareto"]))
+    front = sorted(((x[0], _value(e, money)) for e, x in zip(points, xs, strict=False) if e["pareto"]))
     if front:  # ringed points joined by the staircase no other configuration beats on both axes
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=FRONT, lw=1.5, zorder=2)
         ax.plot([p[0] for p in front], [p[1] for p in front], ls="none", marker="o", ms=13, mfc="none", mec=FRONT,
@@ -114,12 +114,12 @@ def cost_by_family(report: dict[str, Any]) -> str | None:
     ax = fig.add_subplot()
     ypos = list(range(len(values)))[::-1]
     bars = ax.barh(ypos, values, color=colours, edgecolor=[BASELINE] + [BAR] * len(fams), zorder=2)
-    for bar, f in zip(bars[1:], fams):
+    for bar, f in zip(bars[1:], fams, strict=False):
         if not f["feasible"]:
             bar.set_hatch("//")
     ax.set_yticks(ypos, labels, fontsize=8)
     top = max(values)
-    for y, v in zip(ypos, values):
+    for y, v in zip(ypos, values, strict=False):
         ratio = f"  ({values[0] / v:.2f}x)" if money and v > 0 and v != values[0] else ""
         ax.text(v + 0.01 * top, y, (f"${v:.4g}" if money else f"{v:.4g}") + ratio, va="center", fontsize=8)
     ax.set_xlim(0, top * 1.3)

@@ -78,7 +78,7 @@ class OrtCandidate(Candidate):
 
     def _step(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> tuple[torch.Tensor, Any]:
         out = self._run(ids, mask, past)
-        present = dict(zip(self.io["inputs"][2:], out[1:]))
+        present = dict(zip(self.io["inputs"][2:], out[1:], strict=False))
         return torch.from_numpy(out[0][:, -1, :]).float(), {"past": present, "mask": mask}
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:

@@ -16,7 +16,6 @@ import torch
 from optimizer.model import ModelSpec, auto_class, load_model_info, load_module, saved_spec
 from optimizer.runtimes.base import Candidate, fresh_folder
 
-
 QUANTIZED_STATE = "quantized_state.pt"
 DynamicQLinear = torch.ao.nn.quantized.dynamic.Linear
 
