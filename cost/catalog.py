@@ -77,8 +77,9 @@ class Entry(BaseModel):
         assert self.price is not None
         value = getattr(self.price, pricing)
         if value is None:
-            raise CostInputError(f"{self.name} has no {pricing} price in the catalog",
-                                 "use on_demand, or add the price to your catalog file")
+            raise CostInputError(
+                f"{self.name} has no {pricing} price in the catalog", "use on_demand, or add the price to your catalog file"
+            )
         return value
 
     def peak_flops(self, dtype: str) -> float:
@@ -122,8 +123,10 @@ def _validate(items: list[dict], origin: Path) -> dict[str, Entry]:
             first = err.errors()[0]
             loc = ".".join(str(p) for p in first["loc"]) or "(entry)"
             name = item.get("name", f"#{i + 1}") if isinstance(item, dict) else f"#{i + 1}"
-            raise CostInputError(f"{origin}: entry {name}: {loc}: {first['msg'].removeprefix('Value error, ')}",
-                                 "correct that field (see cost/hardware.yaml for examples)") from None
+            raise CostInputError(
+                f"{origin}: entry {name}: {loc}: {first['msg'].removeprefix('Value error, ')}",
+                "correct that field (see cost/hardware.yaml for examples)",
+            ) from None
         if e.name in out:
             raise CostInputError(f"{origin}: entry {e.name} appears twice", "keep one")
         out[e.name] = e

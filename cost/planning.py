@@ -67,8 +67,7 @@ class Plan:
     total_usd: float | None = None
 
 
-def accelerators_to_train(params: float, tokens: float, days: float, entry: Entry, mfu: float,
-                          dtype: str = "bf16") -> Plan:
+def accelerators_to_train(params: float, tokens: float, days: float, entry: Entry, mfu: float, dtype: str = "bf16") -> Plan:
     require_positive("days", days)
     _mfu(mfu)
     compute = training_compute(params, tokens)
@@ -81,8 +80,7 @@ def accelerators_to_train(params: float, tokens: float, days: float, entry: Entr
     return Plan("train", compute, devices, instances, exact, hourly, seconds, hourly * seconds / 3600.0)
 
 
-def accelerators_to_serve(tokens_per_day: float, flops_per_token: float, entry: Entry, mfu: float,
-                          dtype: str = "bf16") -> Plan:
+def accelerators_to_serve(tokens_per_day: float, flops_per_token: float, entry: Entry, mfu: float, dtype: str = "bf16") -> Plan:
     """Devices to serve a daily volume spread evenly over the day at the given MFU (compute bound)."""
     require_positive("tokens per day", tokens_per_day)
     _mfu(mfu)
@@ -107,8 +105,14 @@ class Roofline:
     bytes_per_decode_step: float
 
 
-def roofline(params: float, entry: Entry, weight_dtype: str = "bf16", compute_dtype: str = "bf16",
-             kv_bytes: float = 0.0, flops_per_token: float | None = None) -> Roofline:
+def roofline(
+    params: float,
+    entry: Entry,
+    weight_dtype: str = "bf16",
+    compute_dtype: str = "bf16",
+    kv_bytes: float = 0.0,
+    flops_per_token: float | None = None,
+) -> Roofline:
     """Upper bounds for one device of `entry` (per-device peak and bandwidth)."""
     peak, devices = _per_device_peak(entry, compute_dtype)
     bandwidth = entry.memory_bandwidth_gbs * 1e9 / devices
@@ -128,8 +132,14 @@ class Fit:
     headroom_bytes: float
 
 
-def memory_fit(params: float, entry: Entry, dtype: str = "bf16", kv_bytes: float = 0.0,
-               activation_bytes: float | None = None, overhead: float = 0.1) -> Fit:
+def memory_fit(
+    params: float,
+    entry: Entry,
+    dtype: str = "bf16",
+    kv_bytes: float = 0.0,
+    activation_bytes: float | None = None,
+    overhead: float = 0.1,
+) -> Fit:
     """Weights + KV cache + activations (+ a runtime overhead share) against one device's memory.
 
     Activations default to 10% of weights, a rough inference-time allowance: give the real figure

@@ -54,16 +54,23 @@ class TokenPrice:
         return None if kwh is None else kwh * self.grid_kg_per_kwh
 
 
-def token_price(entry: Entry, input_tps: float, output_tps: float | None = None, utilization: float = 1.0,
-                pricing: Literal["on_demand", "spot", "committed"] = "on_demand",
-                grid_kg_per_kwh: float = DEFAULT_GRID_KG_PER_KWH) -> TokenPrice:
+def token_price(
+    entry: Entry,
+    input_tps: float,
+    output_tps: float | None = None,
+    utilization: float = 1.0,
+    pricing: Literal["on_demand", "spot", "committed"] = "on_demand",
+    grid_kg_per_kwh: float = DEFAULT_GRID_KG_PER_KWH,
+) -> TokenPrice:
     hourly = entry.hourly_usd(pricing)
     if output_tps is not None:
         require_positive("output tokens/s", output_tps)
     if grid_kg_per_kwh < 0:
         raise CostInputError("grid intensity cannot be negative", "give kg CO2 per kWh, e.g. 0.4")
     return TokenPrice(
-        hardware=entry.name, hourly_usd=hourly, utilization=utilization,
+        hardware=entry.name,
+        hourly_usd=hourly,
+        utilization=utilization,
         input_usd_per_m=usd_per_million(input_tps, hourly, utilization),
         output_usd_per_m=None if output_tps is None else usd_per_million(output_tps, hourly, utilization),
         input_kwh_per_m=kwh_per_million(input_tps, entry.watts),

@@ -26,20 +26,25 @@ class Workload(BaseModel):
 
     @model_validator(mode="after")
     def _one_way(self) -> Workload:
-        ways = [self.input_tokens_per_day is not None or self.output_tokens_per_day is not None,
-                self.input_tokens_per_month is not None or self.output_tokens_per_month is not None,
-                self.requests_per_day is not None]
+        ways = [
+            self.input_tokens_per_day is not None or self.output_tokens_per_day is not None,
+            self.input_tokens_per_month is not None or self.output_tokens_per_month is not None,
+            self.requests_per_day is not None,
+        ]
         if sum(ways) != 1:
-            raise ValueError("describe traffic one way: tokens per day, tokens per month, or requests per day "
-                             "with tokens per request")
+            raise ValueError(
+                "describe traffic one way: tokens per day, tokens per month, or requests per day with tokens per request"
+            )
         if self.requests_per_day is not None and self.input_tokens_per_request is None and self.output_tokens_per_request is None:
             raise ValueError("requests_per_day needs input_tokens_per_request and/or output_tokens_per_request")
         return self
 
     def per_day(self) -> tuple[float, float]:
         if self.requests_per_day is not None:
-            return (self.requests_per_day * (self.input_tokens_per_request or 0),
-                    self.requests_per_day * (self.output_tokens_per_request or 0))
+            return (
+                self.requests_per_day * (self.input_tokens_per_request or 0),
+                self.requests_per_day * (self.output_tokens_per_request or 0),
+            )
         if self.input_tokens_per_month is not None or self.output_tokens_per_month is not None:
             return ((self.input_tokens_per_month or 0) / DAYS_PER_MONTH, (self.output_tokens_per_month or 0) / DAYS_PER_MONTH)
         return self.input_tokens_per_day or 0.0, self.output_tokens_per_day or 0.0
@@ -57,8 +62,9 @@ class Workload(BaseModel):
 def monthly_cost(price: TokenPrice, workload: Workload) -> float:
     i, o = workload.per_month()
     if o and price.output_usd_per_m is None:
-        raise CostInputError("the workload has output tokens but this model has no decode speed",
-                             "give output tokens only for causal LMs")
+        raise CostInputError(
+            "the workload has output tokens but this model has no decode speed", "give output tokens only for causal LMs"
+        )
     return i / 1e6 * price.input_usd_per_m + (o / 1e6 * price.output_usd_per_m if o else 0.0)
 
 
@@ -80,8 +86,13 @@ class Saving:
         return self.baseline_monthly_usd / self.optimized_monthly_usd if self.optimized_monthly_usd else float("inf")
 
 
-def saving(baseline: TokenPrice, optimized: TokenPrice, workload: Workload,
-           optimization_hours: float = 0.0, optimization_hourly_usd: float = 0.0) -> Saving:
+def saving(
+    baseline: TokenPrice,
+    optimized: TokenPrice,
+    workload: Workload,
+    optimization_hours: float = 0.0,
+    optimization_hourly_usd: float = 0.0,
+) -> Saving:
     """Saving per month and year; break-even = the optimization job's own cost / saving per day."""
     if optimization_hours < 0 or optimization_hourly_usd < 0:
         raise CostInputError("optimization hours and price cannot be negative", "give the job's hours and $/hour")

@@ -77,8 +77,7 @@ class ArtifactCache:
             if not self.has(key):
                 log.warning("artifact cache: could not keep %s (%s)", key, e)
         except Exception as e:  # noqa: BLE001 - some runtimes cannot save (e.g. CUDA 2:4 sparse tensors)
-            log.warning("artifact cache: %s cannot be saved (%s: %s); it will be rebuilt when needed",
-                        key, type(e).__name__, e)
+            log.warning("artifact cache: %s cannot be saved (%s: %s); it will be rebuilt when needed", key, type(e).__name__, e)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -29,8 +29,11 @@ def _fmt_num(x: float | None, digits: int = 4) -> str:
 
 def _fmt_drop(d: dict[str, Any]) -> str:
     if d.get("relative") is not None:
-        return (f"{100 * d['relative']:+.2f}% [{100 * d['relative_low']:+.2f}, {100 * d['relative_high']:+.2f}]"
-                if d.get("relative_low") is not None else f"{100 * d['relative']:+.2f}%")
+        return (
+            f"{100 * d['relative']:+.2f}% [{100 * d['relative_low']:+.2f}, {100 * d['relative_high']:+.2f}]"
+            if d.get("relative_low") is not None
+            else f"{100 * d['relative']:+.2f}%"
+        )
     return f"{d['drop']:+.4g} [{d['low']:+.4g}, {d['high']:+.4g}]"
 
 
@@ -43,11 +46,21 @@ def _speed_rows(label: str, s: dict[str, Any]) -> list[list[str]]:
     if s["kind"] == "causal-lm":
         rows.append([label, "output tokens/s", stat("output_tokens_per_s")])
         rows.append([label, "time to first token (s)", stat("time_to_first_token_s")])
-        rows.append([label, "token latency p50/p95 (ms)",
-                     f"{1e3 * s['token_latency_s']['p50']:.2f} / {1e3 * s['token_latency_s']['p95']:.2f}"])
+        rows.append(
+            [
+                label,
+                "token latency p50/p95 (ms)",
+                f"{1e3 * s['token_latency_s']['p50']:.2f} / {1e3 * s['token_latency_s']['p95']:.2f}",
+            ]
+        )
     else:
-        rows.append([label, "batch latency p50/p95 (ms)",
-                     f"{1e3 * s['batch_latency_s']['p50']:.1f} / {1e3 * s['batch_latency_s']['p95']:.1f}"])
+        rows.append(
+            [
+                label,
+                "batch latency p50/p95 (ms)",
+                f"{1e3 * s['batch_latency_s']['p50']:.1f} / {1e3 * s['batch_latency_s']['p95']:.1f}",
+            ]
+        )
     rows.append([label, "peak RSS (MiB)", f"{s['peak_rss_bytes'] / 2**20:.0f}"])
     if s.get("peak_cuda_bytes"):
         rows.append([label, "peak CUDA (MiB)", f"{s['peak_cuda_bytes'] / 2**20:.0f}"])
@@ -57,10 +70,16 @@ def _speed_rows(label: str, s: dict[str, Any]) -> list[list[str]]:
 def render_result(r: dict[str, Any]) -> str:
     sysinfo = r["system"]
     sp = r["baseline"]["speed"]
-    shape = (f"batch {sp['batch_size']}, {sp['prompt_tokens']} prompt + {sp['new_tokens']} new tokens"
-             if sp["kind"] == "causal-lm" else f"batch {sp['batch_size']}, {sp['texts']} texts, {sp['real_tokens']} real tokens")
-    out = [f"{r['recipe']}: {r['model']} ({r['task']}) on {sysinfo['cpu']['model']}, {sp['threads']} threads; {shape}",
-           f"eval data: {r['data']['eval']['origin']}, {r['data']['eval']['examples']} examples", ""]
+    shape = (
+        f"batch {sp['batch_size']}, {sp['prompt_tokens']} prompt + {sp['new_tokens']} new tokens"
+        if sp["kind"] == "causal-lm"
+        else f"batch {sp['batch_size']}, {sp['texts']} texts, {sp['real_tokens']} real tokens"
+    )
+    out = [
+        f"{r['recipe']}: {r['model']} ({r['task']}) on {sysinfo['cpu']['model']}, {sp['threads']} threads; {shape}",
+        f"eval data: {r['data']['eval']['origin']}, {r['data']['eval']['examples']} examples",
+        "",
+    ]
     cand = r.get("candidate")
     q_rows = []
     for m, v in r["baseline"]["quality"].items():
@@ -85,14 +104,22 @@ def render_result(r: dict[str, Any]) -> str:
         for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
             if part and part.get("cost"):
                 c = part["cost"]
-                c_rows.append([label, f"${c['input_usd_per_m']:.4f}",
-                               "-" if c["output_usd_per_m"] is None else f"${c['output_usd_per_m']:.4f}",
-                               f"${c['blended_usd_per_m']:.4f}",
-                               "-" if c.get("monthly_usd") is None else f"${c['monthly_usd']:,.2f}"])
+                c_rows.append(
+                    [
+                        label,
+                        f"${c['input_usd_per_m']:.4f}",
+                        "-" if c["output_usd_per_m"] is None else f"${c['output_usd_per_m']:.4f}",
+                        f"${c['blended_usd_per_m']:.4f}",
+                        "-" if c.get("monthly_usd") is None else f"${c['monthly_usd']:,.2f}",
+                    ]
+                )
         bc = r["baseline"]["cost"]
-        out += ["", f"cost on {bc['hardware']} (${bc['hourly_usd']}/hour, {bc['utilization']:.0%} utilization; "
-                    "this machine's measured speed priced at that rate):",
-                table(c_rows, ["model", "$/1M input", "$/1M output", "$/1M blended", "per month"])]
+        out += [
+            "",
+            f"cost on {bc['hardware']} (${bc['hourly_usd']}/hour, {bc['utilization']:.0%} utilization; "
+            "this machine's measured speed priced at that rate):",
+            table(c_rows, ["model", "$/1M input", "$/1M output", "$/1M blended", "per month"]),
+        ]
     if cand and cand["speed"]["input_tokens_per_s"]["median"]:
         ratio = cand["speed"]["input_tokens_per_s"]["median"] / sp["input_tokens_per_s"]["median"]
         out += ["", f"input speedup over baseline: {ratio:.2f}x"]
@@ -138,16 +165,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     baseline = study.user_attrs.get("baseline", {})
     kind = recipe.search.objective
     by_batch = baseline.get("by_batch") or {}
-    print(f"study {study.study_name}: {sum(1 for r in leaderboard(study, None))} finished trials; "
-          f"baseline {kind}: {_fmt_num(baseline.get('objective'), 6)} (batch {recipe.speed.batch_size})"
-          + ("; by batch: " + ", ".join(f"{b}: {_fmt_num(v, 6)}" for b, v in by_batch.items()) if len(by_batch) > 1 else ""))
+    print(
+        f"study {study.study_name}: {sum(1 for r in leaderboard(study, None))} finished trials; "
+        f"baseline {kind}: {_fmt_num(baseline.get('objective'), 6)} (batch {recipe.speed.batch_size})"
+        + ("; by batch: " + ", ".join(f"{b}: {_fmt_num(v, 6)}" for b, v in by_batch.items()) if len(by_batch) > 1 else "")
+    )
     rows = []
     for r in leaderboard(study, args.top):
         d, dep = r["drop"], r["deployment"]
-        rows.append([r["trial"], r["state"], "yes" if r["feasible"] else "no",
-                     _fmt_num(r["objective"], 6) if r["objective"] is not None else "",
-                     _fmt_drop(d) if d else "", f"{dep.get('batch_size', '')}/{dep.get('threads', '')}",
-                     chain_text(r["passes"]) + (f": {r['reason']}" if r["reason"] else "")])
+        rows.append(
+            [
+                r["trial"],
+                r["state"],
+                "yes" if r["feasible"] else "no",
+                _fmt_num(r["objective"], 6) if r["objective"] is not None else "",
+                _fmt_drop(d) if d else "",
+                f"{dep.get('batch_size', '')}/{dep.get('threads', '')}",
+                chain_text(r["passes"]) + (f": {r['reason']}" if r["reason"] else ""),
+            ]
+        )
     print(table(rows, ["trial", "state", "feasible", kind, "drop (CI)", "batch/threads", "passes"]))
     c = recipe.search.constraint
     metric = c.metric or recipe.primary_metric
@@ -157,14 +193,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     if best is None:
         near = closest(study)
         if near is None:
-            print(f"\nno trial was measured in full; nothing is known to meet {budget}. "
-                  "Look at the failed and pruned trials above, then raise --trials or widen the space.")
+            print(
+                f"\nno trial was measured in full; nothing is known to meet {budget}. "
+                "Look at the failed and pruned trials above, then raise --trials or widen the space."
+            )
         else:
             over = near.user_attrs["constraint"][0]
-            print(f"\nno configuration met {budget}. Closest: trial {near.number} ({chain_text(near.user_attrs['passes'])}), "
-                  f"drop {_fmt_drop(near.user_attrs['drop'])}, over budget by "
-                  f"{100 * over:.2f} points" + ("" if c.relative else f" ({over:.4g})") + ". "
-                  "Try a looser max_drop, more trials, milder settings, or a larger eval set for a narrower interval.")
+            print(
+                f"\nno configuration met {budget}. Closest: trial {near.number} ({chain_text(near.user_attrs['passes'])}), "
+                f"drop {_fmt_drop(near.user_attrs['drop'])}, over budget by "
+                f"{100 * over:.2f} points" + ("" if c.relative else f" ({over:.4g})") + ". "
+                "Try a looser max_drop, more trials, milder settings, or a larger eval set for a narrower interval."
+            )
         return 0
     config = deployment_config(recipe, study.study_name, best, baseline)
     path = write_deployment(Path(args.deploy) if args.deploy else search_dir(recipe, study.study_name) / "deploy.yaml", config)
@@ -175,13 +215,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         saving = f", {x:.2f}x cheaper than {was}" if x >= 1 else f", {1 / x:.2f}x the cost of {was} (no saving)"
     if not config["passes"]:
         saving += "; the cheapest choice within budget is the model without compression, at this batch size and thread count"
-    print(f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, batch {config['batch_size']}, "
-          f"{config['threads']} threads\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {_fmt_drop(m['drop'])} "
-          f"within {budget}\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR")
+    print(
+        f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, batch {config['batch_size']}, "
+        f"{config['threads']} threads\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {_fmt_drop(m['drop'])} "
+        f"within {budget}\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR"
+    )
     if "baseline_best_batch" in m:
         bb = m["baseline_best_batch"]
-        print(f"  against the baseline at its own best batch size ({bb['batch_size']}, ${bb['usd_per_m_tokens']:.5f}): "
-              f"{bb['cheaper_x']:.2f}x cheaper")
+        print(
+            f"  against the baseline at its own best batch size ({bb['batch_size']}, ${bb['usd_per_m_tokens']:.5f}): "
+            f"{bb['cheaper_x']:.2f}x cheaper"
+        )
     return 0
 
 
@@ -191,9 +235,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     config = read_deployment(Path(args.deploy_file))
     out = build(Path(args.deploy_file), Path(args.out))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"built trial {config.get('trial')} of {config.get('study')}: {chain_text(config['passes'])} "
-          f"({config.get('runtime')}) in {out} ({size / 2**20:.1f} MiB)\n"
-          f"load it with: optimizer.load_deployment({str(out)!r})")
+    print(
+        f"built trial {config.get('trial')} of {config.get('study')}: {chain_text(config['passes'])} "
+        f"({config.get('runtime')}) in {out} ({size / 2**20:.1f} MiB)\n"
+        f"load it with: optimizer.load_deployment({str(out)!r})"
+    )
     return 0
 
 
@@ -219,8 +265,10 @@ def _workload(pairs: list[str]) -> Any:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
-        raise UserError(f"--workload {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}",
-                        f"use {', '.join(Workload.model_fields)}") from None
+        raise UserError(
+            f"--workload {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}",
+            f"use {', '.join(Workload.model_fields)}",
+        ) from None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -263,8 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     def recipe_cmd(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
         c.add_argument("recipe", help="recipe YAML file")
-        c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe field, e.g. --set speed.batch_size=8 (repeatable)")
+        c.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe field, e.g. --set speed.batch_size=8 (repeatable)",
+        )
         return c
 
     recipe_cmd("validate", "check a recipe without running it").set_defaults(fn=cmd_validate)
@@ -284,18 +337,28 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--out", required=True, help="folder to build the artifact into")
     deploy.set_defaults(fn=cmd_deploy)
     rep = sub.add_parser("report", help="Markdown / HTML / JSON cost-saving report of a run or a search")
-    rep.add_argument("target", help="run folder or result.json, search folder runs/<study>/ or study.db, "
-                                    "an Optuna storage URL, or the recipe a search ran")
+    rep.add_argument(
+        "target",
+        help="run folder or result.json, search folder runs/<study>/ or study.db, "
+        "an Optuna storage URL, or the recipe a search ran",
+    )
     rep.add_argument("--study", help="study name, when the storage holds several")
     rep.add_argument("--recipe", help="the recipe it ran (only for runs and studies an older costopt wrote)")
     rep.add_argument("--out", help="folder for the report (default: beside the run or study)")
     rep.add_argument("--format", help="comma-separated subset of md,html,json (default: the recipe's report.formats)")
-    rep.add_argument("--workload", action="append", default=[], metavar="KEY=NUMBER",
-                     help="traffic for the monthly figures, e.g. input_tokens_per_day=2e8 (repeatable; "
-                          "default: the recipe's workload)")
+    rep.add_argument(
+        "--workload",
+        action="append",
+        default=[],
+        metavar="KEY=NUMBER",
+        help="traffic for the monthly figures, e.g. input_tokens_per_day=2e8 (repeatable; default: the recipe's workload)",
+    )
     rep.add_argument("--grid-kg-per-kwh", type=float, help="grid carbon intensity for CO2 (default 0.4)")
-    rep.add_argument("--job-usd-per-hour", type=float,
-                     help="price of the machine the optimization ran on, for break-even (default: the catalog entry's)")
+    rep.add_argument(
+        "--job-usd-per-hour",
+        type=float,
+        help="price of the machine the optimization ran on, for break-even (default: the catalog entry's)",
+    )
     rep.set_defaults(fn=cmd_report)
     hw = sub.add_parser("hardware", help="this machine's fingerprint; `hardware list` shows the price catalog")
     hw.add_argument("--json", action="store_true")

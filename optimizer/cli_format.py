@@ -13,5 +13,7 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 def chain_text(passes: list[dict[str, Any]]) -> str:
     """'onnx-export() -> ort-int8-dynamic(per_channel=True)'; '(baseline)' for no passes."""
-    return " -> ".join(f"{p['name']}({', '.join(f'{k}={v}' for k, v in p.get('params', {}).items())})"
-                       for p in passes) or "(baseline)"
+    return (
+        " -> ".join(f"{p['name']}({', '.join(f'{k}={v}' for k, v in p.get('params', {}).items())})" for p in passes)
+        or "(baseline)"
+    )

@@ -28,8 +28,19 @@ def cmd_hardware_list(args: argparse.Namespace) -> int:
     for e in sorted(cat.entries.values(), key=lambda e: (e.kind, e.hourly_usd())):
         peak = e.peak_tflops.get("bf16") or e.peak_tflops.get("fp16") or e.peak_tflops.get("fp32")
         src = e.price.as_of if e.price else f"owned {e.owned.as_of}".strip()
-        rows.append([e.name, e.kind, e.description[:48], f"{e.hourly_usd():.4f}", f"{peak:g}", f"{e.memory_gb:g}",
-                     f"{e.memory_bandwidth_gbs:g}", f"{e.watts:g}", src])
+        rows.append(
+            [
+                e.name,
+                e.kind,
+                e.description[:48],
+                f"{e.hourly_usd():.4f}",
+                f"{peak:g}",
+                f"{e.memory_gb:g}",
+                f"{e.memory_bandwidth_gbs:g}",
+                f"{e.watts:g}",
+                src,
+            ]
+        )
     if args.json:
         print(json.dumps({k: v.model_dump() for k, v in cat.entries.items()}, indent=2))
     else:
@@ -46,11 +57,19 @@ def cmd_price(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"{entry.name}: {_usd(p.hourly_usd)}/hour ({args.pricing}), utilization {args.utilization:.0%}")
-    rows = [["input", f"{args.input_tps:,.0f}", _usd(p.input_usd_per_m), f"{p.input_kwh_per_m:.4g}",
-             f"{p.co2_kg_per_m('input'):.4g}"]]
+    rows = [
+        ["input", f"{args.input_tps:,.0f}", _usd(p.input_usd_per_m), f"{p.input_kwh_per_m:.4g}", f"{p.co2_kg_per_m('input'):.4g}"]
+    ]
     if args.output_tps is not None:
-        rows.append(["output", f"{args.output_tps:,.0f}", _usd(p.output_usd_per_m), f"{p.output_kwh_per_m:.4g}",
-                     f"{p.co2_kg_per_m('output'):.4g}"])
+        rows.append(
+            [
+                "output",
+                f"{args.output_tps:,.0f}",
+                _usd(p.output_usd_per_m),
+                f"{p.output_kwh_per_m:.4g}",
+                f"{p.co2_kg_per_m('output'):.4g}",
+            ]
+        )
     print(table(rows, ["tokens", "tokens/s", "$ per 1M", "kWh per 1M", "kg CO2 per 1M"]))
     print(f"blended ({share:.0%} input): {_usd(out['blended_usd_per_m'])} per 1M tokens")
     return 0
@@ -64,21 +83,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
         p = cost.accelerators_to_train(args.params, args.train_tokens, args.days, entry, args.mfu, args.dtype)
         out["train"] = asdict(p)
         unit = "GPUs" if entry.kind == "gpu" else "instances"
-        lines.append(f"train {args.params:.3g} params on {args.train_tokens:.3g} tokens in {args.days:g} days: "
-                     f"{p.flops:.3g} FLOPs (6ND) -> {p.devices:,} {unit} of {entry.name} at {args.mfu:.1%} MFU "
-                     f"({p.exact_devices:,.1f} exactly; {p.instances:,} rentals), {_usd(p.total_usd)} at {_usd(entry.hourly_usd())}/hour each")
+        lines.append(
+            f"train {args.params:.3g} params on {args.train_tokens:.3g} tokens in {args.days:g} days: "
+            f"{p.flops:.3g} FLOPs (6ND) -> {p.devices:,} {unit} of {entry.name} at {args.mfu:.1%} MFU "
+            f"({p.exact_devices:,.1f} exactly; {p.instances:,} rentals), {_usd(p.total_usd)} at {_usd(entry.hourly_usd())}/hour each"
+        )
     if args.serve_tokens_per_day:
         fpt = cost.serve_flops_per_token(args.params, args.layers or 0, args.context or 0, args.d_model or 0)
         p = cost.accelerators_to_serve(args.serve_tokens_per_day, fpt, entry, args.mfu, args.dtype)
         out["serve"] = asdict(p) | {"flops_per_token": fpt}
-        lines.append(f"serve {args.serve_tokens_per_day:.3g} tokens/day at {fpt:.3g} FLOPs/token: {p.flops:.3g} FLOP/s "
-                     f"-> {p.devices:,} devices ({p.exact_devices:.2f} exactly; {p.instances:,} rentals of {entry.name}) "
-                     f"at {args.mfu:.1%} MFU, {_usd(p.total_usd)}/day")
+        lines.append(
+            f"serve {args.serve_tokens_per_day:.3g} tokens/day at {fpt:.3g} FLOPs/token: {p.flops:.3g} FLOP/s "
+            f"-> {p.devices:,} devices ({p.exact_devices:.2f} exactly; {p.instances:,} rentals of {entry.name}) "
+            f"at {args.mfu:.1%} MFU, {_usd(p.total_usd)}/day"
+        )
     r = cost.roofline(args.params, entry, args.weight_dtype or args.dtype, args.dtype)
     out["roofline"] = asdict(r)
-    lines.append(f"roofline per device: prefill <= {r.prefill_tokens_per_s:,.0f} tokens/s (compute bound), "
-                 f"batch-1 decode <= {r.decode_tokens_per_s_batch1:,.1f} tokens/s (bandwidth bound, "
-                 f"{r.bytes_per_decode_step / 1e9:.3g} GB read per token)")
+    lines.append(
+        f"roofline per device: prefill <= {r.prefill_tokens_per_s:,.0f} tokens/s (compute bound), "
+        f"batch-1 decode <= {r.decode_tokens_per_s_batch1:,.1f} tokens/s (bandwidth bound, "
+        f"{r.bytes_per_decode_step / 1e9:.3g} GB read per token)"
+    )
     print(json.dumps(out, indent=2) if args.json else "\n".join(lines))
     return 0
 
@@ -93,13 +118,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(f), indent=2))
     else:
         gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
-        print(f"{'fits' if f.fits else 'does NOT fit'} on one device of {entry.name}: weights {gb(f.weights_bytes)} "
-              f"+ KV cache {gb(f.kv_cache_bytes)} + activations {gb(f.activation_bytes)} (+10% runtime) = "
-              f"{gb(f.total_bytes)} of {gb(f.device_bytes)}")
+        print(
+            f"{'fits' if f.fits else 'does NOT fit'} on one device of {entry.name}: weights {gb(f.weights_bytes)} "
+            f"+ KV cache {gb(f.kv_cache_bytes)} + activations {gb(f.activation_bytes)} (+10% runtime) = "
+            f"{gb(f.total_bytes)} of {gb(f.device_bytes)}"
+        )
     if not f.fits:
-        raise cost.CostInputError(f"the model needs {f.total_bytes / 1e9:.1f} GB but one device of {entry.name} has "
-                                  f"{f.device_bytes / 1e9:.1f} GB", "quantize it (int8/int4), shorten the context or "
-                                  "batch, or pick larger hardware")
+        raise cost.CostInputError(
+            f"the model needs {f.total_bytes / 1e9:.1f} GB but one device of {entry.name} has {f.device_bytes / 1e9:.1f} GB",
+            "quantize it (int8/int4), shorten the context or batch, or pick larger hardware",
+        )
     return 0
 
 

@@ -35,8 +35,11 @@ class DataSource(BaseModel):
     source: str = Field(description="stdlib-docs, a file path, or hf:<dataset name>")
     format: Literal["auto", "jsonl", "csv", "txt", "parquet"] = "auto"
     kind: Literal["auto", "text", "pairs", "scored-pairs", "labeled"] = "auto"
-    split: str | None = Field(default=None, description="HF datasets: the split (default train); stdlib-docs: "
-                              "eval, calibration, train or a '+' union (default: the role's own part)")
+    split: str | None = Field(
+        default=None,
+        description="HF datasets: the split (default train); stdlib-docs: "
+        "eval, calibration, train or a '+' union (default: the role's own part)",
+    )
     config: str | None = None
     text_field: str = "text"
     query_field: str = "query"
@@ -77,8 +80,9 @@ class Dataset:
             return self
         idx = sorted(random.Random(seed).sample(range(len(self)), n))
         pick = lambda xs: [xs[i] for i in idx] if xs else None  # noqa: E731
-        return Dataset(self.kind, [self.texts[i] for i in idx], pick(self.texts_b), pick(self.scores),
-                       pick(self.labels), origin=self.origin)
+        return Dataset(
+            self.kind, [self.texts[i] for i in idx], pick(self.texts_b), pick(self.scores), pick(self.labels), origin=self.origin
+        )
 
     def interleaved(self) -> list[str]:
         """texts[0], texts_b[0], texts[1], ...: any prefix mixes short queries and long documents."""
@@ -90,18 +94,110 @@ class Dataset:
 # ----------------------------------------------------------------------------- stdlib-docs
 # Modules with long, well-written docstrings and no import side effects (no GUI, no printing).
 STDLIB_MODULES = (
-    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "bz2", "calendar", "cmd", "codecs",
-    "collections", "collections.abc", "concurrent.futures", "configparser", "contextlib", "copy", "csv",
-    "dataclasses", "datetime", "decimal", "difflib", "dis", "email.message", "email.utils", "enum", "filecmp",
-    "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac",
-    "html", "html.parser", "http.client", "http.cookiejar", "http.server", "imaplib", "inspect", "io",
-    "ipaddress", "itertools", "json", "logging", "logging.handlers", "lzma", "mailbox", "mimetypes",
-    "multiprocessing.pool", "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pkgutil", "platform",
-    "plistlib", "poplib", "pprint", "queue", "random", "re", "sched", "secrets", "selectors", "shelve", "shlex",
-    "shutil", "signal", "smtplib", "socket", "socketserver", "sqlite3", "statistics", "string", "struct",
-    "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "traceback", "types",
-    "typing", "unittest", "unittest.mock", "urllib.parse", "urllib.request", "uuid", "warnings", "weakref",
-    "xml.dom.minidom", "xml.etree.ElementTree", "zipfile", "zoneinfo",
+    "abc",
+    "argparse",
+    "array",
+    "ast",
+    "asyncio",
+    "base64",
+    "bisect",
+    "bz2",
+    "calendar",
+    "cmd",
+    "codecs",
+    "collections",
+    "collections.abc",
+    "concurrent.futures",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "dis",
+    "email.message",
+    "email.utils",
+    "enum",
+    "filecmp",
+    "fnmatch",
+    "fractions",
+    "ftplib",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "html.parser",
+    "http.client",
+    "http.cookiejar",
+    "http.server",
+    "imaplib",
+    "inspect",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "logging",
+    "logging.handlers",
+    "lzma",
+    "mailbox",
+    "mimetypes",
+    "multiprocessing.pool",
+    "numbers",
+    "operator",
+    "optparse",
+    "os",
+    "pathlib",
+    "pickle",
+    "pkgutil",
+    "platform",
+    "plistlib",
+    "poplib",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "sched",
+    "secrets",
+    "selectors",
+    "shelve",
+    "shlex",
+    "shutil",
+    "signal",
+    "smtplib",
+    "socket",
+    "socketserver",
+    "sqlite3",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tokenize",
+    "traceback",
+    "types",
+    "typing",
+    "unittest",
+    "unittest.mock",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "weakref",
+    "xml.dom.minidom",
+    "xml.etree.ElementTree",
+    "zipfile",
+    "zoneinfo",
 )
 # Share of docstrings per role, by hash bucket out of 100.
 SPLIT_BUCKETS: dict[Role, range] = {"eval": range(0, 30), "calibration": range(30, 40), "train": range(40, 100)}
@@ -185,8 +281,9 @@ def _stdlib_parts(split: str | None, role: Role) -> list[Role]:
     parts = [x.strip() for x in split.split("+")]
     for x in parts:
         if x not in SPLIT_BUCKETS:
-            raise UserError(f"stdlib-docs has no split {x!r}",
-                            f"use {', '.join(SPLIT_BUCKETS)} or several joined by '+', e.g. eval+train")
+            raise UserError(
+                f"stdlib-docs has no split {x!r}", f"use {', '.join(SPLIT_BUCKETS)} or several joined by '+', e.g. eval+train"
+            )
     return parts  # type: ignore[return-value]
 
 
@@ -200,8 +297,10 @@ def _stdlib_dataset(kind: Kind, role: Role, split: str | None = None) -> Dataset
         return Dataset("pairs", [e.summary for e in entries], [e.body for e in entries], origin=f"stdlib-docs/{role}")
     if kind == "text":
         return Dataset("text", [e.text for e in entries if len(e.text.split()) >= 8], origin=f"stdlib-docs/{role}")
-    raise UserError(f"stdlib-docs provides text and retrieval pairs, not {kind!r}",
-                    "use kind: text or kind: pairs, or give a file with scores or labels")
+    raise UserError(
+        f"stdlib-docs provides text and retrieval pairs, not {kind!r}",
+        "use kind: text or kind: pairs, or give a file with scores or labels",
+    )
 
 
 # ----------------------------------------------------------------------------- files
@@ -238,9 +337,11 @@ def _read_hf(src: DataSource) -> list[dict[str, Any]]:
     try:
         ds = datasets.load_dataset(name, src.config, split=src.split or "train")
     except Exception as e:  # the datasets library raises many types for "cannot get it"
-        raise UserError(f"could not load dataset {name!r} split {src.split!r}: {str(e).splitlines()[0][:160]}",
-                        "check the name, config and split; where the hub is unreachable, export it to a "
-                        "jsonl/parquet file and point data.*.source at that file") from None
+        raise UserError(
+            f"could not load dataset {name!r} split {src.split!r}: {str(e).splitlines()[0][:160]}",
+            "check the name, config and split; where the hub is unreachable, export it to a "
+            "jsonl/parquet file and point data.*.source at that file",
+        ) from None
     return [dict(r) for r in ds]
 
 
@@ -259,8 +360,10 @@ def _field(rows: list[dict[str, Any]], name: str, origin: str) -> list[Any]:
     missing = next((i for i, r in enumerate(rows) if r.get(name) in (None, "")), None)
     if missing is not None:
         have = ", ".join(sorted(rows[missing]))
-        raise UserError(f"{origin}: record {missing + 1} has no field {name!r} (it has: {have})",
-                        "set the matching *_field option in the recipe's data section")
+        raise UserError(
+            f"{origin}: record {missing + 1} has no field {name!r} (it has: {have})",
+            "set the matching *_field option in the recipe's data section",
+        )
     return [r[name] for r in rows]
 
 
@@ -270,18 +373,31 @@ def _dataset_from_rows(rows: list[dict[str, Any]], kind: Kind, src: DataSource, 
     if kind == "text":
         return Dataset("text", [str(t) for t in _field(rows, src.text_field, origin)], origin=origin)
     if kind == "pairs":
-        return Dataset("pairs", [str(t) for t in _field(rows, src.query_field, origin)],
-                       [str(t) for t in _field(rows, src.document_field, origin)], origin=origin)
+        return Dataset(
+            "pairs",
+            [str(t) for t in _field(rows, src.query_field, origin)],
+            [str(t) for t in _field(rows, src.document_field, origin)],
+            origin=origin,
+        )
     if kind == "scored-pairs":
         scores = _field(rows, src.score_field, origin)
         try:
             scores = [float(s) for s in scores]
         except ValueError:
             raise UserError(f"{origin}: field {src.score_field!r} holds non-numbers", "scores must be numbers") from None
-        return Dataset("scored-pairs", [str(t) for t in _field(rows, src.text_field, origin)],
-                       [str(t) for t in _field(rows, src.text_b_field, origin)], scores=scores, origin=origin)
-    return Dataset("labeled", [str(t) for t in _field(rows, src.text_field, origin)],
-                   labels=_field(rows, src.label_field, origin), origin=origin)
+        return Dataset(
+            "scored-pairs",
+            [str(t) for t in _field(rows, src.text_field, origin)],
+            [str(t) for t in _field(rows, src.text_b_field, origin)],
+            scores=scores,
+            origin=origin,
+        )
+    return Dataset(
+        "labeled",
+        [str(t) for t in _field(rows, src.text_field, origin)],
+        labels=_field(rows, src.label_field, origin),
+        origin=origin,
+    )
 
 
 def load_dataset(src: DataSource, role: Role, task: str, seed: int = 0) -> Dataset:

@@ -36,12 +36,21 @@ def deployment_config(recipe: Recipe, study_name: str, trial: Any, baseline: dic
     c = recipe.search.constraint
     cost, base_cost = a.get("cost") or {}, baseline.get("cost") or {}
     measured: dict[str, Any] = {
-        "quality": a.get("quality"), "baseline_quality": baseline.get("quality"), "drop": a.get("drop"),
-        "constraint": {"metric": c.metric or recipe.primary_metric, "max_drop": c.max_drop, "relative": c.relative,
-                       "confidence": c.confidence},
+        "quality": a.get("quality"),
+        "baseline_quality": baseline.get("quality"),
+        "drop": a.get("drop"),
+        "constraint": {
+            "metric": c.metric or recipe.primary_metric,
+            "max_drop": c.max_drop,
+            "relative": c.relative,
+            "confidence": c.confidence,
+        },
         "tokens_per_s": a.get("speed"),
-        "baseline_tokens_per_s": {k: baseline["speed"][k]["median"] for k in ("input_tokens_per_s", "output_tokens_per_s")
-                                  if k in baseline.get("speed", {})},
+        "baseline_tokens_per_s": {
+            k: baseline["speed"][k]["median"]
+            for k in ("input_tokens_per_s", "output_tokens_per_s")
+            if k in baseline.get("speed", {})
+        },
         "footprint": a.get("footprint"),
     }
     if cost.get("blended_usd_per_m") and base_cost.get("blended_usd_per_m"):
@@ -51,8 +60,11 @@ def deployment_config(recipe: Recipe, study_name: str, trial: Any, baseline: dic
         by_batch = baseline.get("by_batch") or {}
         if len(by_batch) > 1 and recipe.search.objective == "cost":  # the baseline at its own best batch size
             best_b = min(by_batch, key=by_batch.get)
-            measured["baseline_best_batch"] = {"batch_size": int(best_b), "usd_per_m_tokens": by_batch[best_b],
-                                               "cheaper_x": round(by_batch[best_b] / cost["blended_usd_per_m"], 4)}
+            measured["baseline_best_batch"] = {
+                "batch_size": int(best_b),
+                "usd_per_m_tokens": by_batch[best_b],
+                "cheaper_x": round(by_batch[best_b] / cost["blended_usd_per_m"], 4),
+            }
         measured["cost"] = cost
     return {
         "schema": SCHEMA,
@@ -85,10 +97,13 @@ def read_deployment(path: Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]})", "give the deploy.yaml written by `costopt search`") from None
+        raise UserError(
+            f"{path} is not valid YAML ({str(e).splitlines()[0]})", "give the deploy.yaml written by `costopt search`"
+        ) from None
     if not isinstance(config, dict) or config.get("schema") != SCHEMA:
-        raise UserError(f"{path} is not a costopt deployment (schema {SCHEMA} expected)",
-                        "give the deploy.yaml written by `costopt search`")
+        raise UserError(
+            f"{path} is not a costopt deployment (schema {SCHEMA} expected)", "give the deploy.yaml written by `costopt search`"
+        )
     return config
 
 
@@ -170,8 +185,10 @@ class Deployment:
 
     def _expect(self, task: str, method: str) -> None:
         if self.task != task:
-            raise UserError(f"{method}() is for {task} models but this deployment is a {self.task} model",
-                            "call the deployment directly; it picks the task's method")
+            raise UserError(
+                f"{method}() is for {task} models but this deployment is a {self.task} model",
+                "call the deployment directly; it picks the task's method",
+            )
 
 
 def load_deployment(path: str | Path, device: str | None = None) -> Deployment:
@@ -190,8 +207,10 @@ def load_deployment(path: str | Path, device: str | None = None) -> Deployment:
         folder = path
         config = read_deployment(path / DEPLOY_FILE) if (path / DEPLOY_FILE).is_file() else {}
     else:
-        raise UserError(f"{path} is neither a deploy.yaml nor a folder built by `costopt deploy`",
-                        "run `costopt deploy deploy.yaml --out DIR` and load DIR")
+        raise UserError(
+            f"{path} is neither a deploy.yaml nor a folder built by `costopt deploy`",
+            "run `costopt deploy deploy.yaml --out DIR` and load DIR",
+        )
     speed_mod.set_threads(config.get("threads"))
     device = device or (config.get("recipe", {}).get("hardware", {}).get("device") or "cpu")
     cand = reload_saved(folder, "cuda" if device == "cuda" else "cpu")

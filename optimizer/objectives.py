@@ -28,9 +28,9 @@ class ObjectiveKind:
 
 
 OBJECTIVES: dict[str, ObjectiveKind] = {
-    "cost": ObjectiveKind("minimize", "$ per 1M tokens (blended)", True,
-                          lambda speed, cost: float(cost["blended_usd_per_m"])),  # type: ignore[index]
-    "throughput": ObjectiveKind("maximize", "input tokens/s", False,
-                                lambda speed, cost: float(speed["input_tokens_per_s"]["median"])),
+    "cost": ObjectiveKind("minimize", "$ per 1M tokens (blended)", True, lambda speed, cost: float(cost["blended_usd_per_m"])),  # type: ignore[index]
+    "throughput": ObjectiveKind(
+        "maximize", "input tokens/s", False, lambda speed, cost: float(speed["input_tokens_per_s"]["median"])
+    ),
     "latency": ObjectiveKind("minimize", "latency p50 (s)", False, _latency),
 }

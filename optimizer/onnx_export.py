@@ -21,9 +21,16 @@ OPSET = 17
 EXPORT_ATTENTION = "costopt_export"
 
 
-def _export_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                      **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _export_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **_: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoder attention written as onnxruntime's BERT fusion expects: QK^T / sqrt(d) + mask -> softmax -> V.
 
     transformers 5's eager attention scales with a Mul after QK^T, which the fusion mistakes for the mask
@@ -82,8 +89,13 @@ class CausalGraph(torch.nn.Module):
         q = torch.arange(t, device=input_ids.device).view(t, 1) + p
         k = torch.arange(p + t, device=input_ids.device).view(1, p + t)
         keep = attention_mask[:, None, None, :].bool() & (k <= q)[None, None]
-        out = self.m(input_ids=input_ids, attention_mask=_additive(keep, self.m.dtype), position_ids=positions,
-                     past_key_values=cache, use_cache=True)
+        out = self.m(
+            input_ids=input_ids,
+            attention_mask=_additive(keep, self.m.dtype),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
         present: list[torch.Tensor] = []
         for layer in out.past_key_values.layers[: self.layers]:
             present += [layer.keys, layer.values]
@@ -99,8 +111,10 @@ def kv_shape(config: Any) -> tuple[int, int]:
 
 
 def past_names(layers: int) -> tuple[list[str], list[str]]:
-    return ([f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")],
-            [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")])
+    return (
+        [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")],
+        [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")],
+    )
 
 
 def export(module: torch.nn.Module, task: str, path: Path, opset: int = OPSET) -> dict[str, Any]:
@@ -142,11 +156,16 @@ def _export(module: torch.nn.Module, task: str, path: Path, opset: int) -> dict[
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow we replaced
-        torch.onnx.export(graph, args, str(path), dynamo=False, input_names=inputs, output_names=outputs,
-                          dynamic_axes=axes, opset_version=opset)
+        torch.onnx.export(
+            graph, args, str(path), dynamo=False, input_names=inputs, output_names=outputs, dynamic_axes=axes, opset_version=opset
+        )
     cfg = module.config
-    io: dict[str, Any] = {"inputs": inputs, "outputs": outputs, "num_heads": getattr(cfg, "num_attention_heads", 0),
-                          "hidden_size": getattr(cfg, "hidden_size", 0)}
+    io: dict[str, Any] = {
+        "inputs": inputs,
+        "outputs": outputs,
+        "num_heads": getattr(cfg, "num_attention_heads", 0),
+        "hidden_size": getattr(cfg, "hidden_size", 0),
+    }
     if task == "causal-lm":
         io |= {"layers": layers, "kv_heads": kv, "head_dim": hd}
     return io

@@ -57,8 +57,10 @@ def convert(module: torch.nn.Module, task: str, folder: Path) -> dict[str, Any]:
     for port, name in zip(model.outputs, outputs, strict=True):
         port.get_tensor().set_names({name})
     shape = ov.PartialShape([-1, -1])  # any batch, any length (the example's shapes are not baked in)
-    model.reshape({"input_ids": shape, "attention_mask": shape} | (
-        {n: ov.PartialShape([-1, kv, -1, hd]) for n in ins} if task == "causal-lm" else {}))
+    model.reshape(
+        {"input_ids": shape, "attention_mask": shape}
+        | ({n: ov.PartialShape([-1, kv, -1, hd]) for n in ins} if task == "causal-lm" else {})
+    )
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(folder / MODEL_FILE), compress_to_fp16=False)  # weights stay f32; precision is a compile choice
     params, nonzero = _counts(module)

@@ -42,8 +42,10 @@ def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("the recipe asks for hardware.device: cuda but no GPU is visible to torch",
-                        "set hardware.device: cpu (or auto), or run on a machine with a CUDA GPU")
+        raise UserError(
+            "the recipe asks for hardware.device: cuda but no GPU is visible to torch",
+            "set hardware.device: cpu (or auto), or run on a machine with a CUDA GPU",
+        )
     return requested
 
 
@@ -57,8 +59,10 @@ def resolved_passes(recipe: Recipe, chosen: dict[str, Any] | None = None) -> lis
         if key in chosen:  # sampled, or turned off because its runtime was not chosen
             enabled = bool(chosen[key])
         elif not isinstance(enabled, bool):
-            raise UserError(f"passes[{i}] ({spec.name}) is optional (enabled is a search choice)",
-                            "run `costopt search`, or set enabled: true/false for a single run")
+            raise UserError(
+                f"passes[{i}] ({spec.name}) is optional (enabled is a search choice)",
+                "run `costopt search`, or set enabled: true/false for a single run",
+            )
         if not enabled:
             continue
         params = {}
@@ -66,7 +70,9 @@ def resolved_passes(recipe: Recipe, chosen: dict[str, Any] | None = None) -> lis
             if parse_range(v) is not None:
                 key = f"{i}.{spec.name}.{k}"
                 if key not in chosen:
-                    raise UserError(f"passes[{i}].{k} is a search range", "run `costopt search`, or give one value for a single run")
+                    raise UserError(
+                        f"passes[{i}].{k} is a search range", "run `costopt search`, or give one value for a single run"
+                    )
                 params[k] = chosen[key]
             else:
                 params[k] = v
@@ -79,8 +85,13 @@ def footprint(cand: Candidate, directory: Path) -> dict[str, Any]:
     params, nonzero = cand.parameter_counts()
     folder = cand.save(directory)
     weights = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
-    return {"parameters": params, "nonzero_parameters": nonzero, "disk_bytes": folder_size(folder),
-            "weight_bytes": weights, "artifact": str(folder)}
+    return {
+        "parameters": params,
+        "nonzero_parameters": nonzero,
+        "disk_bytes": folder_size(folder),
+        "weight_bytes": weights,
+        "artifact": str(folder),
+    }
 
 
 def measure_speed(cand: Candidate, recipe: Recipe, data: Dataset, batch_size: int | None = None) -> dict[str, Any]:
@@ -107,10 +118,11 @@ def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
     share = recipe.workload.input_share if recipe.workload else (1.0 if out_tps is None else 0.5)
     note = f"this machine's measured tokens/s priced at {entry.name}'s rate"
     if replicas > 1:
-        note += (f"; estimate: {replicas} replicas of {speed['threads']} threads fill its {entry.vcpus} vCPUs, "
-                 "assumed to scale linearly")
-    res = asdict(p) | {"input_share": share, "blended_usd_per_m": p.blended_usd_per_m(share), "replicas": replicas,
-                       "note": note}
+        note += (
+            f"; estimate: {replicas} replicas of {speed['threads']} threads fill its {entry.vcpus} vCPUs, "
+            "assumed to scale linearly"
+        )
+    res = asdict(p) | {"input_share": share, "blended_usd_per_m": p.blended_usd_per_m(share), "replicas": replicas, "note": note}
     if recipe.workload:
         res["monthly_usd"] = cost.monthly_cost(p, recipe.workload)
     return res
@@ -125,8 +137,13 @@ def timed_recipe(recipe: Recipe) -> Recipe:
 
 def speed_model_note(recipe: Recipe) -> str | None:
     m = recipe.speed.model
-    return None if m is None else (f"speed and cost measured on speed.model {m.source} with the same passes; "
-                                   f"quality measured on {recipe.model.source}")
+    return (
+        None
+        if m is None
+        else (
+            f"speed and cost measured on speed.model {m.source} with the same passes; quality measured on {recipe.model.source}"
+        )
+    )
 
 
 def pass_data(recipe: Recipe) -> tuple[Dataset | None, Dataset | None]:
@@ -138,13 +155,26 @@ def pass_data(recipe: Recipe) -> tuple[Dataset | None, Dataset | None]:
 
 
 def pass_context(recipe: Recipe, device: str, work_dir: Path, calib: Dataset | None, train: Dataset | None) -> PassContext:
-    return PassContext(task=recipe.task, device=device, threads=speed_mod.threads(), seed=recipe.data.seed,
-                       work_dir=work_dir, calibration=calib, train=train,
-                       baseline=lambda: load_candidate(recipe.model, recipe.task, device))
+    return PassContext(
+        task=recipe.task,
+        device=device,
+        threads=speed_mod.threads(),
+        seed=recipe.data.seed,
+        work_dir=work_dir,
+        calibration=calib,
+        train=train,
+        baseline=lambda: load_candidate(recipe.model, recipe.task, device),
+    )
 
 
-def apply_chain(recipe: Recipe, passes: list[dict[str, Any]], ctx: PassContext, timings: dict[str, float],
-                save_dir: Path | None = None, cache: ArtifactCache | None = None) -> Candidate:
+def apply_chain(
+    recipe: Recipe,
+    passes: list[dict[str, Any]],
+    ctx: PassContext,
+    timings: dict[str, float],
+    save_dir: Path | None = None,
+    cache: ArtifactCache | None = None,
+) -> Candidate:
     """A fresh copy of the model (the baseline stays intact) through `passes`; intermediates saved on request.
 
     With a cache, the longest already-built prefix of the chain is reloaded and every newly built
@@ -266,12 +296,17 @@ class Bench:
     def load_baseline(self) -> Candidate:
         self.baseline = load_candidate(self.recipe.model, self.recipe.task, self.device)
         speed_model = self.recipe.speed.model
-        self.timed_baseline = (self.baseline if speed_model is None
-                               else load_candidate(speed_model, self.recipe.task, self.device))
+        self.timed_baseline = self.baseline if speed_model is None else load_candidate(speed_model, self.recipe.task, self.device)
         return self.baseline
 
-    def timed(self, cand: Candidate, passes: list[dict[str, Any]], work_dir: Path, timings: dict[str, float],
-              cache: ArtifactCache | None = None) -> Candidate:
+    def timed(
+        self,
+        cand: Candidate,
+        passes: list[dict[str, Any]],
+        work_dir: Path,
+        timings: dict[str, float],
+        cache: ArtifactCache | None = None,
+    ) -> Candidate:
         """The candidate whose speed is measured: `cand` itself, or the same passes applied to speed.model."""
         if self.recipe.speed.model is None:
             return cand
@@ -291,8 +326,9 @@ class Bench:
     def context(self, work_dir: Path) -> PassContext:
         return pass_context(self.recipe, self.device, work_dir, self.calibration, self.train)
 
-    def judge(self, cand: Candidate, confidence: float | None = None,
-              batch_size: int | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    def judge(
+        self, cand: Candidate, confidence: float | None = None, batch_size: int | None = None
+    ) -> tuple[dict[str, float], dict[str, Any]]:
         """A candidate's metric values and each metric's drop from the baseline, with its interval.
 
         `batch_size` evaluates the candidate in the batches it will serve in: dynamic quantization
@@ -301,8 +337,9 @@ class Bench:
             values = self.evaluator.evaluate(cand, reference=self.baseline)
         return _values(values), self._drops(self.quality, values, confidence)
 
-    def screen(self, cand: Candidate, examples: int, confidence: float | None = None,
-               batch_size: int | None = None) -> dict[str, Any] | None:
+    def screen(
+        self, cand: Candidate, examples: int, confidence: float | None = None, batch_size: int | None = None
+    ) -> dict[str, Any] | None:
         """Drops on a seeded subset of the eval set, a cheap first look before the full evaluation.
 
         None when the eval set is under twice that size (the screen would not save time)."""
@@ -310,18 +347,18 @@ class Bench:
             return None
         if self.screen_evaluator is None:
             sub = self.eval_data.subset(examples, self.recipe.data.seed)
-            self.screen_evaluator = QualityEvaluator(self.recipe.task, sub, self.recipe.metrics,
-                                                     self.recipe.quality.batch_size)
+            self.screen_evaluator = QualityEvaluator(self.recipe.task, sub, self.recipe.metrics, self.recipe.quality.batch_size)
             self.screen_quality = self.screen_evaluator.evaluate(self.baseline)
         with _batched(self.screen_evaluator, batch_size):
             values = self.screen_evaluator.evaluate(cand, reference=self.baseline)
         return self._drops(self.screen_quality, values, confidence)
 
-    def _drops(self, base: dict[str, MetricValues], values: dict[str, MetricValues],
-               confidence: float | None) -> dict[str, Any]:
+    def _drops(self, base: dict[str, MetricValues], values: dict[str, MetricValues], confidence: float | None) -> dict[str, Any]:
         q = self.recipe.quality
-        return {m: asdict(paired_bootstrap(base[m], values[m], q.bootstrap, confidence or q.confidence,
-                                           self.recipe.data.seed)) for m in values}
+        return {
+            m: asdict(paired_bootstrap(base[m], values[m], q.bootstrap, confidence or q.confidence, self.recipe.data.seed))
+            for m in values
+        }
 
     def speed_and_cost(self, cand: Candidate, batch_size: int | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
         speed = measure_speed(cand, self.recipe, self.eval_data, batch_size)
@@ -330,8 +367,9 @@ class Bench:
         return speed, price_speed(self.recipe, speed)
 
 
-def run_recipe(recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, Any] | None = None,
-               progress: bool = True) -> tuple[dict[str, Any], Path]:
+def run_recipe(
+    recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, Any] | None = None, progress: bool = True
+) -> tuple[dict[str, Any], Path]:
     """Measure the baseline and, when the recipe has passes, the compressed candidate against it.
 
     The result JSON is written after each finished stage, so a crash or a failing pass keeps the

@@ -64,8 +64,10 @@ class SpeedSpec(Strict):
     warmup: int = Field(default=2, ge=0)
     repeats: int = Field(default=5, ge=1)
     model: ModelSpec | None = Field(
-        default=None, description="time this model instead of model.source (the same passes applied to it): a model of "
-        "the serving shape when quality is measured on a smaller sibling; quality always comes from model.source")
+        default=None,
+        description="time this model instead of model.source (the same passes applied to it): a model of "
+        "the serving shape when quality is measured on a smaller sibling; quality always comes from model.source",
+    )
 
 
 class HardwareSpec(Strict):
@@ -104,8 +106,11 @@ class SearchSpec(Strict):
     batch_size: int | Choice | IntRange | None = Field(default=None, description="speed batch size; a range searches it")
     threads: int | Choice | IntRange | None = Field(default=None, description="CPU threads; a range searches it")
     screen_examples: int | None = Field(
-        default=128, ge=16, description="score quality on this many eval examples first; prune trials clearly "
-        "over budget there (their interval's low end is over it); null turns screening off")
+        default=128,
+        ge=16,
+        description="score quality on this many eval examples first; prune trials clearly "
+        "over budget there (their interval's low end is over it); null turns screening off",
+    )
     cache: bool = Field(default=True, description="keep compressed artifacts by a hash of their configuration")
     heartbeat_seconds: int = Field(default=30, gt=0, description="a worker silent for 3x this is presumed dead")
     objective: str = Field(default="cost", description="a key of optimizer.objectives.OBJECTIVES")
@@ -115,7 +120,6 @@ class SearchSpec(Strict):
     storage: str | None = None
     study_name: str | None = None
     seed: int = 0
-
 
     @field_validator("objective")
     @classmethod
@@ -157,11 +161,15 @@ class Recipe(Strict):
         allowed = TASK_METRICS[self.task]
         for i, m in enumerate(self.quality.metrics or []):
             if m not in allowed:
-                raise _FieldError(f"quality.metrics[{i}]", f"{m!r} is not a {self.task} metric",
-                                  f"use one of {', '.join(allowed)}")
+                raise _FieldError(
+                    f"quality.metrics[{i}]", f"{m!r} is not a {self.task} metric", f"use one of {', '.join(allowed)}"
+                )
         if self.quality.primary and self.quality.primary not in self.metrics:
-            raise _FieldError("quality.primary", f"{self.quality.primary!r} is not among the recipe's metrics",
-                              f"use one of {', '.join(self.metrics)}")
+            raise _FieldError(
+                "quality.primary",
+                f"{self.quality.primary!r} is not among the recipe's metrics",
+                f"use one of {', '.join(self.metrics)}",
+            )
         return self
 
     @model_validator(mode="after")
@@ -204,13 +212,16 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def _expand_env(value: Any) -> Any:
     if isinstance(value, str):
+
         def sub(m: re.Match) -> str:
             if m.group(1) in os.environ:
                 return os.environ[m.group(1)]
             if m.group(2) is not None:
                 return m.group(2)
-            raise UserError(f"environment variable {m.group(1)} is not set",
-                            f"export {m.group(1)}=... or write ${{{m.group(1)}:-default}}")
+            raise UserError(
+                f"environment variable {m.group(1)} is not set", f"export {m.group(1)}=... or write ${{{m.group(1)}:-default}}"
+            )
+
         return _ENV.sub(sub, value)
     if isinstance(value, dict):
         return {k: _expand_env(v) for k, v in value.items()}
@@ -289,8 +300,10 @@ def _parent_fields(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def recipe_from_dict(raw: Any, base_dir: Path, origin: str = "recipe") -> Recipe:
     if not isinstance(raw, dict):
-        raise UserError(f"{origin}: the top level must be a mapping of sections (model, task, data, ...)",
-                        "start from recipes/quickstart.yaml")
+        raise UserError(
+            f"{origin}: the top level must be a mapping of sections (model, task, data, ...)",
+            "start from recipes/quickstart.yaml",
+        )
     raw = _expand_env(raw)
     try:
         recipe = Recipe.model_validate(raw)
@@ -338,8 +351,10 @@ def _resolve_paths(recipe: Recipe, base_dir: Path, origin: str) -> None:
         if src and (_looks_like_path(src) or resolve(src).exists()):
             folder = resolve(src)
             if not folder.is_dir():
-                raise UserError(f"{origin}: {where}.source: folder {str(folder)!r} does not exist",
-                                "point it at a folder with config.json, a Hugging Face id, or an installed model package")
+                raise UserError(
+                    f"{origin}: {where}.source: folder {str(folder)!r} does not exist",
+                    "point it at a folder with config.json, a Hugging Face id, or an installed model package",
+                )
             spec.source = str(folder.resolve())
 
     for split in ("eval", "calibration", "train"):
@@ -348,8 +363,10 @@ def _resolve_paths(recipe: Recipe, base_dir: Path, origin: str) -> None:
             continue
         f = resolve(ds.source)
         if not f.is_file():
-            raise UserError(f"{origin}: data.{split}.source: file {str(f)!r} does not exist",
-                            "give a .jsonl/.csv/.txt/.parquet file, 'stdlib-docs', or 'hf:<dataset>'")
+            raise UserError(
+                f"{origin}: data.{split}.source: file {str(f)!r} does not exist",
+                "give a .jsonl/.csv/.txt/.parquet file, 'stdlib-docs', or 'hf:<dataset>'",
+            )
         ds.source = str(f.resolve())
 
 
@@ -358,8 +375,7 @@ def _validate_passes(recipe: Recipe, origin: str) -> None:
 
     for i, spec in enumerate(recipe.passes):
         if spec.name not in REGISTRY:
-            raise UserError(f"{origin}: passes[{i}].name: unknown pass {spec.name!r}",
-                            nearest(spec.name, list(REGISTRY)))
+            raise UserError(f"{origin}: passes[{i}].name: unknown pass {spec.name!r}", nearest(spec.name, list(REGISTRY)))
         problem = validate_pass_params(spec, recipe.task)
         if problem:
             path, text, fix = problem

@@ -83,8 +83,12 @@ def _storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                                           heartbeat_stale_trial_callback=storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+                return storages.RDBStorage(
+                    url,
+                    heartbeat_interval=heartbeat,
+                    grace_period=3 * heartbeat,
+                    heartbeat_stale_trial_callback=storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
         except (IntegrityError, ProgrammingError):
             # Workers started together on an empty database race to create Optuna's schema (PostgreSQL:
             # "duplicate key" on its enum types); the loser retries and finds the schema there.
@@ -98,16 +102,20 @@ def _grid(recipe: Recipe) -> dict[str, list[Any]]:
     space: dict[str, list[Any]] = {}
     for i, spec in enumerate(recipe.passes):
         if isinstance(spec.enabled, Choice):
-            raise UserError(f"sampler grid cannot search optional passes (passes[{i}] {spec.name})",
-                            "use sampler: tpe or random, or fix enabled: true/false")
+            raise UserError(
+                f"sampler grid cannot search optional passes (passes[{i}] {spec.name})",
+                "use sampler: tpe or random, or fix enabled: true/false",
+            )
         for k, v in spec.params.items():
             rng = parse_range(v)
             if rng is None:
                 continue
             listed = values(rng)
             if listed is None:
-                raise UserError(f"sampler grid needs discrete values but passes[{i}].{k} is a float range",
-                                "write {choice: [...]} or {int: [lo, hi]}, or use sampler: tpe")
+                raise UserError(
+                    f"sampler grid needs discrete values but passes[{i}].{k} is a float range",
+                    "write {choice: [...]} or {int: [lo, hi]}, or use sampler: tpe",
+                )
             space[f"{i}.{spec.name}.{k}"] = listed
     return space
 
@@ -132,20 +140,29 @@ def open_study(recipe: Recipe, storage: str | None = None) -> optuna.Study:
     name = s.study_name or recipe.name
     objective = Objective(s.objective)
     directions = [objective.direction, "minimize"] if s.multi_objective else [objective.direction]
-    return optuna.create_study(study_name=name, storage=_storage(storage or s.storage or default_storage(recipe, name), s.heartbeat_seconds),
-                               sampler=make_sampler(recipe), directions=directions, load_if_exists=True)
+    return optuna.create_study(
+        study_name=name,
+        storage=_storage(storage or s.storage or default_storage(recipe, name), s.heartbeat_seconds),
+        sampler=make_sampler(recipe),
+        directions=directions,
+        load_if_exists=True,
+    )
 
 
 def check_searchable(recipe: Recipe) -> str:
     """The constraint metric; refuses recipes a search cannot price or judge."""
     s = recipe.search
     if OBJECTIVES[s.objective].needs_price and not recipe.hardware.catalog:
-        raise UserError(f"search objective {s.objective!r} needs a price: hardware.catalog is not set",
-                        "set hardware.catalog to an entry of `costopt hardware list`, or search.objective: throughput")
+        raise UserError(
+            f"search objective {s.objective!r} needs a price: hardware.catalog is not set",
+            "set hardware.catalog to an entry of `costopt hardware list`, or search.objective: throughput",
+        )
     metric = s.constraint.metric or recipe.primary_metric
     if metric not in recipe.metrics:
-        raise UserError(f"search.constraint.metric {metric!r} is not among quality.metrics {recipe.metrics}",
-                        f"add it to quality.metrics or use one of {recipe.metrics}")
+        raise UserError(
+            f"search.constraint.metric {metric!r} is not among quality.metrics {recipe.metrics}",
+            f"add it to quality.metrics or use one of {recipe.metrics}",
+        )
     return metric
 
 
@@ -166,8 +183,12 @@ def on_thread_stack(signum: int) -> None:
     import ctypes
 
     class SigAction(ctypes.Structure):  # glibc's struct sigaction on Linux
-        _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
-                    ("restorer", ctypes.c_void_p)]
+        _fields_ = [
+            ("handler", ctypes.c_void_p),
+            ("mask", ctypes.c_ulong * 16),
+            ("flags", ctypes.c_int),
+            ("restorer", ctypes.c_void_p),
+        ]
 
     sa_onstack = 0x08000000
     libc = ctypes.CDLL(None, use_errno=True)
@@ -232,8 +253,14 @@ class TrialRunner:
         baseline = self.bench.load_baseline()
         quality = self.bench.baseline_quality()
         speed, cost = self.bench.speed_and_cost(self.bench.timed_baseline)
-        self.baseline = {"quality": quality, "speed": speed, "cost": cost, "passes": [],
-                         "objective": self.objective.value(speed, cost), "worker": _worker()}
+        self.baseline = {
+            "quality": quality,
+            "speed": speed,
+            "cost": cost,
+            "passes": [],
+            "objective": self.objective.value(speed, cost),
+            "worker": _worker(),
+        }
         self.baseline["by_batch"] = self._baseline_per_batch(self.bench.timed_baseline, speed, cost)
         with tempfile.TemporaryDirectory() as tmp:
             fp = footprint(baseline, Path(tmp) / "baseline")
@@ -276,8 +303,15 @@ class TrialRunner:
         batch = int(chosen.get("batch_size") or self.recipe.speed.batch_size)
         passes = resolved_passes(self.recipe, chosen)
         trial.set_user_attr("worker", _worker())
-        trial.set_user_attr("hardware", {"cpu": self.system["cpu"].get("model"), "gpus": self.system.get("gpus"),
-                                         "device": self.bench.device, "catalog": self.recipe.hardware.catalog})
+        trial.set_user_attr(
+            "hardware",
+            {
+                "cpu": self.system["cpu"].get("model"),
+                "gpus": self.system.get("gpus"),
+                "device": self.bench.device,
+                "catalog": self.recipe.hardware.catalog,
+            },
+        )
         trial.set_user_attr("baseline_objective", self.baseline["objective"])
         trial.set_user_attr("passes", passes)
         trial.set_user_attr("deployment", {"runtime": runtime_of(passes), "batch_size": batch, "threads": threads})
@@ -304,8 +338,10 @@ class TrialRunner:
                         trial.set_user_attr("screen", screen[self.metric])
                         if low > c.max_drop:  # even the optimistic end of the interval is over budget
                             trial.set_constraint(f"{self.metric} drop over budget", low - c.max_drop)
-                            reason = (f"screened on {s.screen_examples} examples: the {self.metric} drop is at "
-                                      f"least {_pct(low, c.relative)} at {c.confidence:.0%}, over the {_pct(c.max_drop, c.relative)} budget")
+                            reason = (
+                                f"screened on {s.screen_examples} examples: the {self.metric} drop is at "
+                                f"least {_pct(low, c.relative)} at {c.confidence:.0%}, over the {_pct(c.max_drop, c.relative)} budget"
+                            )
                             trial.set_user_attr("pruned", reason)
                             raise optuna.TrialPruned(reason)
                 values, drops = self.bench.judge(cand, c.confidence, batch)
@@ -323,7 +359,9 @@ class TrialRunner:
                 if not math.isfinite(value) or value <= 0:
                     raise FloatingPointError(f"the measured {self.objective.kind} is {value}")
                 fp = footprint(cand, work / "artifact")
-            trial.set_user_attr("speed", {k: speed[k]["median"] for k in ("input_tokens_per_s", "output_tokens_per_s") if k in speed})
+            trial.set_user_attr(
+                "speed", {k: speed[k]["median"] for k in ("input_tokens_per_s", "output_tokens_per_s") if k in speed}
+            )
             trial.set_user_attr("speed_detail", speed)
             trial.set_user_attr("cost", cost)
             trial.set_user_attr("footprint", {k: fp[k] for k in FOOTPRINT_KEYS})
@@ -375,8 +413,11 @@ def _sign(study: optuna.Study) -> int:
 
 
 def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    feasible = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.user_attrs.get(CONSTRAINT, [math.inf])[0] <= 0]
+    feasible = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get(CONSTRAINT, [math.inf])[0] <= 0
+    ]
     if not feasible:
         return None
     return min(feasible, key=lambda t: _sign(study) * t.values[0])
@@ -384,8 +425,7 @@ def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 def closest(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The fully measured trial whose drop interval came nearest the budget."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if CONSTRAINT in t.user_attrs]
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if CONSTRAINT in t.user_attrs]
     return min(done, key=lambda t: t.user_attrs[CONSTRAINT][0]) if done else None
 
 
@@ -397,8 +437,14 @@ class Progress:
 
         self.target, self.timeout, self.t0 = target, timeout, time.monotonic()
         self.initial = min(finished(study), target)
-        self.bar = tqdm(total=target, initial=self.initial, unit="trial", disable=not enabled,
-                        desc="search", bar_format="{desc}: trial {n_fmt}/{total_fmt} |{bar:20}| {elapsed}{postfix}")
+        self.bar = tqdm(
+            total=target,
+            initial=self.initial,
+            unit="trial",
+            disable=not enabled,
+            desc="search",
+            bar_format="{desc}: trial {n_fmt}/{total_fmt} |{bar:20}| {elapsed}{postfix}",
+        )
         self.update(study)
 
     def update(self, study: optuna.Study, *_: Any) -> None:
@@ -420,8 +466,7 @@ class Progress:
         self.bar.close()
 
 
-def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = None,
-               progress: bool = False) -> optuna.Study:
+def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = None, progress: bool = False) -> optuna.Study:
     """Run trials until the study holds `trials` finished ones (re-running resumes) or the time budget ends.
 
     Several processes (or machines, through a shared storage URL) can run this at once on one study.
@@ -455,16 +500,19 @@ def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = 
                 break
             random_next = repeats > 0 and recipe.search.sampler in ("tpe", "nsga2")
             study.sampler = optuna.samplers.RandomSampler(seed=recipe.search.seed + len(study.trials)) if random_next else sampler
-            study.optimize(runner, n_trials=1, timeout=left, catch=(Exception,), callbacks=[bar.update],
-                           gc_after_trial=True)
+            study.optimize(runner, n_trials=1, timeout=left, catch=(Exception,), callbacks=[bar.update], gc_after_trial=True)
             last = study.get_trials(deepcopy=False)[runner.last_trial] if runner.last_trial is not None else None
             repeats = repeats + 1 if last is not None and last.user_attrs.get(REPEAT) else 0
     finally:
         study.sampler = sampler
         bar.close()
     if repeats >= MAX_REPEATS_IN_A_ROW:
-        log.warning("stopped after %d proposals in a row that were measured before: every configuration of the space "
-                    "the sampler reaches has been tried (%d measured)", repeats, finished(study))
+        log.warning(
+            "stopped after %d proposals in a row that were measured before: every configuration of the space "
+            "the sampler reaches has been tried (%d measured)",
+            repeats,
+            finished(study),
+        )
     return study
 
 
@@ -479,8 +527,7 @@ def _record_study_context(study: optuna.Study, recipe: Recipe, runner: TrialRunn
     merged = runner.baseline | attrs.get("baseline", {})
     if merged != attrs.get("baseline"):
         study.set_user_attr("baseline", merged)
-    study.set_user_attr(WORKER_PREFIX + _worker(), {"baseline_seconds": runner.baseline["seconds"],
-                                                    "system": runner.system})
+    study.set_user_attr(WORKER_PREFIX + _worker(), {"baseline_seconds": runner.baseline["seconds"], "system": runner.system})
 
 
 def search_dir(recipe: Recipe, study_name: str) -> Path:
@@ -488,8 +535,11 @@ def search_dir(recipe: Recipe, study_name: str) -> Path:
     return Path(recipe.output_dir) / study_name
 
 
-STATE_NAMES = {optuna.trial.TrialState.COMPLETE: "ok", optuna.trial.TrialState.FAIL: "failed",
-               optuna.trial.TrialState.PRUNED: "pruned"}
+STATE_NAMES = {
+    optuna.trial.TrialState.COMPLETE: "ok",
+    optuna.trial.TrialState.FAIL: "failed",
+    optuna.trial.TrialState.PRUNED: "pruned",
+}
 
 
 def leaderboard(study: optuna.Study, top: int | None = 10) -> list[dict[str, Any]]:
@@ -501,13 +551,23 @@ def leaderboard(study: optuna.Study, top: int | None = 10) -> list[dict[str, Any
             continue
         ok = t.state == optuna.trial.TrialState.COMPLETE
         violation = t.user_attrs.get(CONSTRAINT, [math.inf])[0] if ok else None
-        rows.append({"trial": t.number, "state": STATE_NAMES[t.state], "feasible": ok and violation <= 0,
-                     "objective": t.values[0] if ok else None, "violation": violation,
-                     "drop": t.user_attrs.get("drop"), "passes": t.user_attrs.get("passes", []),
-                     "deployment": t.user_attrs.get("deployment", {}),
-                     "reason": t.user_attrs.get("error") or t.user_attrs.get("pruned") or (
-                         f"same configuration as trial {t.user_attrs['same_as']}: its figures" if "same_as" in t.user_attrs else None)})
+        rows.append(
+            {
+                "trial": t.number,
+                "state": STATE_NAMES[t.state],
+                "feasible": ok and violation <= 0,
+                "objective": t.values[0] if ok else None,
+                "violation": violation,
+                "drop": t.user_attrs.get("drop"),
+                "passes": t.user_attrs.get("passes", []),
+                "deployment": t.user_attrs.get("deployment", {}),
+                "reason": t.user_attrs.get("error")
+                or t.user_attrs.get("pruned")
+                or (f"same configuration as trial {t.user_attrs['same_as']}: its figures" if "same_as" in t.user_attrs else None),
+            }
+        )
     order = {"ok": 0, "pruned": 1, "failed": 2}
-    rows.sort(key=lambda r: (order[r["state"]], not r["feasible"],
-                             sign * r["objective"] if r["objective"] is not None else math.inf))
+    rows.sort(
+        key=lambda r: (order[r["state"]], not r["feasible"], sign * r["objective"] if r["objective"] is not None else math.inf)
+    )
     return rows if top is None else rows[:top]

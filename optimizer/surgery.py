@@ -43,8 +43,10 @@ def layer_list(model: nn.Module) -> tuple[nn.Module, str]:
                 return parent, parts[-1]
         except AttributeError:
             continue
-    raise UserError(f"structured pruning does not know the block layout of {type(model).__name__}",
-                    "use a BERT-style encoder or a Llama-style decoder, or use unstructured pruning (prune-magnitude)")
+    raise UserError(
+        f"structured pruning does not know the block layout of {type(model).__name__}",
+        "use a BERT-style encoder or a Llama-style decoder, or use unstructured pruning (prune-magnitude)",
+    )
 
 
 def blocks(model: nn.Module) -> list[Block]:
@@ -53,12 +55,32 @@ def blocks(model: nn.Module) -> list[Block]:
     for layer in getattr(parent, attr):
         if hasattr(layer, "mlp"):  # Llama-style
             a = layer.self_attn
-            out.append(Block(layer, [layer.mlp.gate_proj, layer.mlp.up_proj], layer.mlp.down_proj,
-                             a.q_proj, a.k_proj, a.v_proj, a.o_proj, a))
+            out.append(
+                Block(
+                    layer,
+                    [layer.mlp.gate_proj, layer.mlp.up_proj],
+                    layer.mlp.down_proj,
+                    a.q_proj,
+                    a.k_proj,
+                    a.v_proj,
+                    a.o_proj,
+                    a,
+                )
+            )
         else:  # BERT-style
             s = layer.attention.self
-            out.append(Block(layer, [layer.intermediate.dense], layer.output.dense,
-                             s.query, s.key, s.value, layer.attention.output.dense, s))
+            out.append(
+                Block(
+                    layer,
+                    [layer.intermediate.dense],
+                    layer.output.dense,
+                    s.query,
+                    s.key,
+                    s.value,
+                    layer.attention.output.dense,
+                    s,
+                )
+            )
     return out
 
 
@@ -86,8 +108,10 @@ def keep_layers(model: nn.Module, keep: list[int]) -> None:
     parent, attr = layer_list(model)
     layers = getattr(parent, attr)
     if not keep or any(i < 0 or i >= len(layers) for i in keep):
-        raise UserError(f"keep_layers {keep} is not a non-empty list of layer indices below {len(layers)}",
-                        f"give indices from 0 to {len(layers) - 1}")
+        raise UserError(
+            f"keep_layers {keep} is not a non-empty list of layer indices below {len(layers)}",
+            f"give indices from 0 to {len(layers) - 1}",
+        )
     setattr(parent, attr, nn.ModuleList([layers[i] for i in sorted(set(keep))]))
     cfg = model.config
     kept = sorted(set(keep))
@@ -118,9 +142,11 @@ def head_layout(model: nn.Module) -> tuple[int, int, int]:
     cfg = model.config
     heads = cfg.num_attention_heads
     if not hasattr(cfg, "head_dim") and cfg.model_type not in ("llama", "mistral", "qwen2", "qwen3"):
-        raise UserError(f"{cfg.model_type} derives its head size from hidden_size / num_attention_heads, so a "
-                        "config with fewer heads cannot describe the pruned tensors",
-                        "prune neurons and layers for this model (prune-structured heads: 0)")
+        raise UserError(
+            f"{cfg.model_type} derives its head size from hidden_size / num_attention_heads, so a "
+            "config with fewer heads cannot describe the pruned tensors",
+            "prune neurons and layers for this model (prune-structured heads: 0)",
+        )
     kv = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     return heads, kv, head_dim

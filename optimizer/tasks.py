@@ -26,15 +26,16 @@ class Batch:
         return int(self.attention_mask.sum().item())
 
 
-def make_batches(candidate: Candidate, texts: list[str], batch_size: int, max_length: int | None = None,
-                 sort: bool = True) -> list[Batch]:
+def make_batches(
+    candidate: Candidate, texts: list[str], batch_size: int, max_length: int | None = None, sort: bool = True
+) -> list[Batch]:
     tok = candidate.tokenizer
     max_length = max_length or candidate.info.max_length
     lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i]) if sort else list(range(len(texts)))
     out = []
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         out.append(Batch(idx, enc["input_ids"], enc["attention_mask"]))
     return out
@@ -141,4 +142,4 @@ def token_stream(candidate: Candidate, texts: list[str]) -> torch.Tensor:
 def iter_chunks(stream: torch.Tensor, batch_size: int, length: int) -> Iterator[torch.Tensor]:
     per = batch_size * length
     for s in range(0, len(stream) - per + 1, per):
-        yield stream[s:s + per].view(batch_size, length)
+        yield stream[s : s + per].view(batch_size, length)

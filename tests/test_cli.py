@@ -57,6 +57,7 @@ def test_failed_pass_keeps_baseline_result(tiny_bert_dir, write_recipe, tmp_path
 
     def boom(self, cand, ctx):
         raise UserError("this model cannot be cast", "try another pass")
+
     monkeypatch.setattr(Cast, "apply", boom)
     rec = write_recipe(_recipe(tiny_bert_dir, "embedding", passes=[{"name": "cast"}]))
     assert main(["run", str(rec), "--out", str(tmp_path), "-q"]) == 2
@@ -68,6 +69,7 @@ def test_failed_pass_keeps_baseline_result(tiny_bert_dir, write_recipe, tmp_path
 
 def test_cuda_without_gpu_is_exit_2(tiny_bert_dir, write_recipe, tmp_path, capsys):
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     rec = write_recipe(_recipe(tiny_bert_dir, "embedding", hardware={"device": "cuda"}))
@@ -76,7 +78,9 @@ def test_cuda_without_gpu_is_exit_2(tiny_bert_dir, write_recipe, tmp_path, capsy
 
 
 def test_range_in_single_run_is_exit_2(tiny_bert_dir, write_recipe, tmp_path, capsys):
-    rec = write_recipe(_recipe(tiny_bert_dir, "embedding", passes=[{"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}}]))
+    rec = write_recipe(
+        _recipe(tiny_bert_dir, "embedding", passes=[{"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}}])
+    )
     assert main(["run", str(rec), "--out", str(tmp_path), "-q"]) == 2
     assert "is a search range" in capsys.readouterr().err
 
@@ -93,10 +97,12 @@ def test_console_script_and_hardware():
 def test_chained_recipe_saves_intermediates_that_reload(tiny_llama_dir, write_recipe, tmp_path, capsys):
     from optimizer.runtimes import reload_saved
 
-    chain = [{"name": "distill", "num_layers": 1, "steps": 5, "batch_size": 4, "save": True},
-             {"name": "prune-structured", "neurons": 0.25, "samples": 8, "save": True},
-             {"name": "onnx-export"},
-             {"name": "ort-int8-static", "samples": 8}]
+    chain = [
+        {"name": "distill", "num_layers": 1, "steps": 5, "batch_size": 4, "save": True},
+        {"name": "prune-structured", "neurons": 0.25, "samples": 8, "save": True},
+        {"name": "onnx-export"},
+        {"name": "ort-int8-static", "samples": 8},
+    ]
     rec = write_recipe(_recipe(tiny_llama_dir, "causal-lm", passes=chain))
     assert main(["run", str(rec), "--out", str(tmp_path / "runs"), "-q"]) == 0
     [result] = (tmp_path / "runs").glob("tiny-causal-lm-*/result.json")

@@ -98,14 +98,32 @@ def test_roofline_kv_and_fit(cat):
 
 
 def test_owned_machine_and_user_catalog(tmp_path):
-    user = {"entries": [
-        {"name": "my-4090-box", "kind": "gpu", "provider": "owned", "gpu": "RTX4090", "gpus": 1, "memory_gb": 24,
-         "memory_bandwidth_gbs": 1008, "watts": 450, "peak_tflops": {"bf16": 165},
-         "owned": {"purchase_usd": 2000, "lifetime_years": 3, "electricity_usd_per_kwh": 0.30, "utilization": 0.5}},
-        {"name": "aws-c7a.large", "kind": "cpu", "provider": "aws", "memory_gb": 4, "memory_bandwidth_gbs": 12,
-         "watts": 20, "peak_tflops": {"fp32": 0.23},
-         "price": {"on_demand": 0.05, "source": "https://example.com/negotiated", "as_of": "2026-11"}},
-    ]}
+    user = {
+        "entries": [
+            {
+                "name": "my-4090-box",
+                "kind": "gpu",
+                "provider": "owned",
+                "gpu": "RTX4090",
+                "gpus": 1,
+                "memory_gb": 24,
+                "memory_bandwidth_gbs": 1008,
+                "watts": 450,
+                "peak_tflops": {"bf16": 165},
+                "owned": {"purchase_usd": 2000, "lifetime_years": 3, "electricity_usd_per_kwh": 0.30, "utilization": 0.5},
+            },
+            {
+                "name": "aws-c7a.large",
+                "kind": "cpu",
+                "provider": "aws",
+                "memory_gb": 4,
+                "memory_bandwidth_gbs": 12,
+                "watts": 20,
+                "peak_tflops": {"fp32": 0.23},
+                "price": {"on_demand": 0.05, "source": "https://example.com/negotiated", "as_of": "2026-11"},
+            },
+        ]
+    }
     f = tmp_path / "mine.yaml"
     f.write_text(yaml.safe_dump(user))
     cat = cost.load_catalog(f)
@@ -115,16 +133,27 @@ def test_owned_machine_and_user_catalog(tmp_path):
     assert "lambda-h100-sxm" in cat.entries  # the rest stays
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"price": None}, "exactly one of price"),
-    ({"price": {"on_demand": 1, "source": "https://x", "as_of": "last year"}}, "as_of"),
-    ({"price": {"on_demand": -1, "source": "https://x", "as_of": "2025-01"}}, "on_demand"),
-    ({"watts": 0}, "watts"),
-    ({"colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"price": None}, "exactly one of price"),
+        ({"price": {"on_demand": 1, "source": "https://x", "as_of": "last year"}}, "as_of"),
+        ({"price": {"on_demand": -1, "source": "https://x", "as_of": "2025-01"}}, "on_demand"),
+        ({"watts": 0}, "watts"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
 def test_catalog_validation(tmp_path, bad, message):
-    entry = {"name": "x", "kind": "cpu", "provider": "p", "memory_gb": 1, "memory_bandwidth_gbs": 1, "watts": 1,
-             "peak_tflops": {"fp32": 1}, "price": {"on_demand": 1, "source": "https://x", "as_of": "2025-01"}}
+    entry = {
+        "name": "x",
+        "kind": "cpu",
+        "provider": "p",
+        "memory_gb": 1,
+        "memory_bandwidth_gbs": 1,
+        "watts": 1,
+        "peak_tflops": {"fp32": 1},
+        "price": {"on_demand": 1, "source": "https://x", "as_of": "2025-01"},
+    }
     entry.update(bad)
     entry = {k: v for k, v in entry.items() if v is not None}
     f = tmp_path / "c.yaml"
@@ -150,11 +179,29 @@ def test_bad_inputs_are_one_line_errors(cat):
 
 
 def test_cost_cli(capsys):
-    assert main(["cost", "plan", "--hardware", "lambda-a100-80gb", "--params", "175e9", "--train-tokens", "300e9",
-                 "--days", "30", "--mfu", "0.462"]) == 0
+    assert (
+        main(
+            [
+                "cost",
+                "plan",
+                "--hardware",
+                "lambda-a100-80gb",
+                "--params",
+                "175e9",
+                "--train-tokens",
+                "300e9",
+                "--days",
+                "30",
+                "--mfu",
+                "0.462",
+            ]
+        )
+        == 0
+    )
     assert "844 GPUs" in capsys.readouterr().out
     assert main(["cost", "price", "--hardware", "aws-c7a.large", "--input-tps", "5000", "--json"]) == 0
     import json
+
     out = json.loads(capsys.readouterr().out)
     assert out["input_usd_per_m"] == pytest.approx(0.10264 / (5000 * 3600) * 1e6)
     assert main(["cost", "fit", "--hardware", "aws-g6.xlarge", "--params", "70e9"]) == 2
@@ -169,6 +216,7 @@ def test_cost_cli(capsys):
 def test_cost_package_imports_nothing_from_optimizer():
     import ast
     import pathlib
+
     for f in pathlib.Path(cost.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, (ast.Import, ast.ImportFrom)):

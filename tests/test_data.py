@@ -71,6 +71,7 @@ def test_file_formats(tmp_path, fmt):
     else:
         pa = pytest.importorskip("pyarrow")
         import pyarrow.parquet as pq
+
         pq.write_table(pa.Table.from_pylist(rows), path)
     ds = load_dataset(DataSource(source=str(path)), "eval", "embedding")
     assert ds.kind == "pairs" and ds.texts == [r["query"] for r in rows] and ds.texts_b[2] == "doc 2"
@@ -84,7 +85,9 @@ def test_txt_scored_and_labeled(tmp_path):
     (tmp_path / "s.jsonl").write_text('{"text": "a", "text_b": "b", "score": 0.5}\n')
     assert load_dataset(DataSource(source=str(tmp_path / "s.jsonl")), "eval", "embedding").scores == [0.5]
     (tmp_path / "l.csv").write_text("sentence,y\ngood,pos\nbad,neg\n")
-    ds = load_dataset(DataSource(source=str(tmp_path / "l.csv"), text_field="sentence", label_field="y"), "eval", "classification")
+    ds = load_dataset(
+        DataSource(source=str(tmp_path / "l.csv"), text_field="sentence", label_field="y"), "eval", "classification"
+    )
     assert ds.kind == "labeled" and ds.labels == ["pos", "neg"]
 
 

@@ -16,8 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 # Lowest first. A module may import from its own layer or any layer before it, never after.
 LAYERS: list[tuple[str, ...]] = [
     ("cost",),
-    ("optimizer.errors", "optimizer.ranges", "optimizer.results", "optimizer.cli_format", "optimizer.measure.stats",
-     "optimizer.objectives"),
+    (
+        "optimizer.errors",
+        "optimizer.ranges",
+        "optimizer.results",
+        "optimizer.cli_format",
+        "optimizer.measure.stats",
+        "optimizer.objectives",
+    ),
     ("optimizer.model", "optimizer.data"),
     ("optimizer.runtimes",),
     ("optimizer.tasks", "optimizer.onnx_export", "optimizer.ov_export", "optimizer.surgery", "optimizer.measure"),
@@ -93,7 +99,7 @@ def test_no_import_cycle_within_a_layer():
         state[node] = 1
         for nxt in graph.get(node, ()):
             if state.get(nxt) == 1:
-                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [node, nxt]))
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(nxt) :] + [node, nxt]))
             if nxt in graph and not state.get(nxt):
                 visit(nxt, stack + [node])
         state[node] = 2
@@ -104,9 +110,12 @@ def test_no_import_cycle_within_a_layer():
 
 
 def test_no_private_name_crosses_a_module():
-    private = [f"{p.relative_to(REPO)}:{line} {', '.join(n for n in names if n.startswith('_'))} from {mod}"
-               for p in SOURCES + EXPERIMENTS
-               for mod, names, line in imports(p) if any(n.startswith("_") for n in names)]
+    private = [
+        f"{p.relative_to(REPO)}:{line} {', '.join(n for n in names if n.startswith('_'))} from {mod}"
+        for p in SOURCES + EXPERIMENTS
+        for mod, names, line in imports(p)
+        if any(n.startswith("_") for n in names)
+    ]
     assert not private, "private names imported from another module:\n" + "\n".join(private)
 
 

@@ -27,6 +27,7 @@ def test_installed_package_resolves_to_its_folder():
 
 def test_unreachable_hub_says_use_a_local_folder(monkeypatch):
     import huggingface_hub.constants as c
+
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError) as e:
         load_candidate(ModelSpec(source="costopt-test/definitely-not-cached"), "embedding", "cpu")
@@ -35,6 +36,7 @@ def test_unreachable_hub_says_use_a_local_folder(monkeypatch):
 
 def test_folder_without_weights_is_a_user_error(tmp_path, tiny_bert_dir):
     import shutil
+
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bert_dir, broken)
     (broken / "model.safetensors").unlink()
@@ -48,6 +50,7 @@ def test_trust_remote_code_is_off_by_default():
 
 def test_save_and_reload_keeps_task_pooling_and_outputs(tiny_bert_dir, tmp_path):
     from optimizer import tasks
+
     cand = load_candidate(ModelSpec(source=str(tiny_bert_dir)), "embedding", "cpu")
     cand.applied.append({"name": "example", "params": {}})
     folder = cand.save(tmp_path / "artifact")

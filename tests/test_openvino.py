@@ -89,8 +89,15 @@ def test_missing_openvino_is_a_one_line_install_hint(monkeypatch, write_recipe, 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("openvino", "nncf") else real(name, *a))
     with pytest.raises(UserError, match=r"'ov-export' needs openvino, which is not installed.*pip install 'costopt\[openvino\]'"):
         check_chain([{"name": "ov-export"}, {"name": "ov-int8-static"}])
-    recipe = write_recipe({"name": "ov", "model": {"source": str(tiny_bert_dir)}, "task": "embedding",
-                           "data": {"eval": {"source": "stdlib-docs"}}, "passes": [{"name": "ov-export"}]})
+    recipe = write_recipe(
+        {
+            "name": "ov",
+            "model": {"source": str(tiny_bert_dir)},
+            "task": "embedding",
+            "data": {"eval": {"source": "stdlib-docs"}},
+            "passes": [{"name": "ov-export"}],
+        }
+    )
     assert main(["validate", str(recipe)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'costopt[openvino]'" in err
@@ -129,8 +136,9 @@ def _minilm_shape(folder: Path) -> Path:
 
     from tests.conftest import wordpiece_tokenizer
 
-    BertModel(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
-                         vocab_size=1000)).save_pretrained(folder)
+    BertModel(
+        BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, vocab_size=1000)
+    ).save_pretrained(folder)
     wordpiece_tokenizer().save_pretrained(folder)
     return folder
 

@@ -23,8 +23,9 @@ def _load(folder: Path, task: str) -> Candidate:
 
 
 def _ctx(tmp_path: Path, folder: Path, task: str) -> PassContext:
-    return PassContext(task=task, device="cpu", threads=1, seed=0, work_dir=tmp_path / "work",
-                       baseline=lambda: _load(folder, task))
+    return PassContext(
+        task=task, device="cpu", threads=1, seed=0, work_dir=tmp_path / "work", baseline=lambda: _load(folder, task)
+    )
 
 
 def outputs(cand: Candidate, texts: list[str] = TEXTS) -> torch.Tensor:
@@ -63,8 +64,13 @@ CHAINS = {
     "ov-export": ([("ov-export", {})], 0.9999),
     "ov-int8-static": ([("ov-export", {}), ("ov-int8-static", {"samples": 16})], 0.9),
     "ov-weight-int8": ([("ov-export", {}), ("ov-weight-compress", {"mode": "int8_asym"})], 0.97),
-    "ov-weight-int4-awq": ([("ov-export", {}), ("ov-weight-compress", {"mode": "int4_sym", "group_size": 16, "awq": True,
-                                                                        "scale_estimation": True, "samples": 8})], 0.8),
+    "ov-weight-int4-awq": (
+        [
+            ("ov-export", {}),
+            ("ov-weight-compress", {"mode": "int4_sym", "group_size": 16, "awq": True, "scale_estimation": True, "samples": 8}),
+        ],
+        0.8,
+    ),
     "prune-magnitude": ([("prune-magnitude", {"sparsity": 0.3})], 0.8),
     "prune-magnitude-global": ([("prune-magnitude", {"sparsity": 0.3, "scope": "global"})], 0.8),
     "prune-wanda": ([("prune-wanda", {"sparsity": 0.3, "samples": 16})], 0.8),
@@ -132,7 +138,8 @@ def test_unstructured_pruning_reports_sparsity_and_zeros_note(tiny_llama_dir, tm
 
 def test_nm_pattern_holds(tiny_bert_dir, tmp_path):
     cand = build_pass("prune-nm", {"n": 2, "m": 4, "score": "magnitude"}).apply(
-        _load(tiny_bert_dir, "embedding"), _ctx(tmp_path, tiny_bert_dir, "embedding"))
+        _load(tiny_bert_dir, "embedding"), _ctx(tmp_path, tiny_bert_dir, "embedding")
+    )
     from optimizer.passes.prune import target_linears
 
     for lin in target_linears(cand.module):
@@ -167,14 +174,24 @@ def test_structured_head_pruning_refused_where_config_cannot_express_it(tiny_ber
 
     with pytest.raises(UserError, match="head size"):
         build_pass("prune-structured", {"heads": 0.5, "samples": 8}).apply(
-            _load(tiny_bert_dir, "embedding"), _ctx(tmp_path, tiny_bert_dir, "embedding"))
+            _load(tiny_bert_dir, "embedding"), _ctx(tmp_path, tiny_bert_dir, "embedding")
+        )
 
 
 @pytest.mark.parametrize("task", ["embedding", "causal-lm"])
 def test_distill_shrinks_student_and_lowers_loss(task, request, tmp_path):
     folder = request.getfixturevalue(MODELS[task])
-    params = {"num_layers": 1, "ffn_ratio": 0.5, "steps": 30, "lr": 3e-3, "batch_size": 8, "warmup_steps": 2,
-              "hidden_weight": 0.5 if task == "embedding" else 0.0, "checkpoint_dir": str(tmp_path / "ckpt"), "save_every": 10}
+    params = {
+        "num_layers": 1,
+        "ffn_ratio": 0.5,
+        "steps": 30,
+        "lr": 3e-3,
+        "batch_size": 8,
+        "warmup_steps": 2,
+        "hidden_weight": 0.5 if task == "embedding" else 0.0,
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+        "save_every": 10,
+    }
     cand = build_pass("distill", params).apply(_load(folder, task), _ctx(tmp_path, folder, task))
     assert cand.module.config.num_hidden_layers == 1 and cand.module.config.intermediate_size == 32
     note = next(n for n in cand.notes if n.startswith("distill"))

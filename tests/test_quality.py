@@ -38,6 +38,7 @@ def test_cosine_rows():
 
 def _pairs(n: int = 24) -> Dataset:
     from optimizer.data import stdlib_split
+
     e = [x for x in stdlib_split("eval") if len(x.body.split()) > 12][:n]
     return Dataset("pairs", [x.summary for x in e], [x.body for x in e])
 
@@ -92,6 +93,7 @@ def test_classification_metrics(tiny_classifier_dir):
     cand = load_candidate(ModelSpec(source=str(tiny_classifier_dir)), "classification", "cpu")
     texts = ["good thing", "bad thing", "another text", "more"]
     from optimizer import tasks
+
     pred = tasks.classify(cand, texts, 2).argmax(1)
     labels = ["pos" if p == 1 else "neg" for p in pred]  # labels equal to predictions -> accuracy 1
     ev = QualityEvaluator("classification", Dataset("labeled", texts, labels=labels), ["accuracy", "f1", "agreement"], 2)

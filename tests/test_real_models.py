@@ -46,6 +46,7 @@ def test_stories260k_generates_its_known_story_and_scores_text():
     assert cand.tokenizer.decode(out).startswith("Once upon a time, there was a little girl named Lily")
     from optimizer.data import Dataset
     from optimizer.measure.quality import QualityEvaluator
+
     story = ["Once upon a time, there was a little girl named Lily. She loved to play outside in the park."]
     doc = ["Return a new list containing all items from the iterable in ascending order."]
     ev = lambda t: QualityEvaluator("causal-lm", Dataset("text", t), ["perplexity"], 1).evaluate(cand)["perplexity"].value  # noqa: E731

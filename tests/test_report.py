@@ -22,11 +22,15 @@ WORKLOAD = {"input_tokens_per_day": 5e7, "output_tokens_per_day": 1e7}
 
 def _run_recipe(model_dir: Path, task: str, tmp_path: Path, passes: list, **extra) -> dict:
     return {
-        "name": f"rep-{task}", "model": {"source": str(model_dir)}, "task": task,
+        "name": f"rep-{task}",
+        "model": {"source": str(model_dir)},
+        "task": task,
         "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
         "speed": {"batch_size": 4, "texts": 16, "warmup": 1, "repeats": 3, "prompt_tokens": 16, "new_tokens": 4},
-        "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "quality": {"bootstrap": 200},
-        "output_dir": str(tmp_path / "runs"), "passes": passes,
+        "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+        "quality": {"bootstrap": 200},
+        "output_dir": str(tmp_path / "runs"),
+        "passes": passes,
     } | extra
 
 
@@ -43,8 +47,13 @@ def encoder_run(tiny_bert_dir, tmp_path_factory) -> Path:
     rec = tmp / "r.yaml"
     import yaml
 
-    rec.write_text(yaml.safe_dump(_run_recipe(tiny_bert_dir, "embedding", tmp, [{"name": "cast", "dtype": "bfloat16"}],
-                                              workload={"input_tokens_per_day": 2e8})))
+    rec.write_text(
+        yaml.safe_dump(
+            _run_recipe(
+                tiny_bert_dir, "embedding", tmp, [{"name": "cast", "dtype": "bfloat16"}], workload={"input_tokens_per_day": 2e8}
+            )
+        )
+    )
     assert main(["run", str(rec), "-q"]) == 0
     return next((tmp / "runs").glob("rep-embedding-*"))
 
@@ -77,9 +86,20 @@ def test_encoder_run_report_states_the_measured_money(encoder_run, tmp_path, cap
 
     paths = write_report(report, tmp_path)
     md = paths["md"].read_text()
-    for text in ("## Cost", "## Quality", "## Speed and footprint", "## Deployment", "## The candidate",
-                 "## Hardware and software", "$/1M input", "kg CO2/month", "encode tokens/s", "batch latency p50 / p95 / p99",
-                 "weights on disk", "mrr (budget)"):
+    for text in (
+        "## Cost",
+        "## Quality",
+        "## Speed and footprint",
+        "## Deployment",
+        "## The candidate",
+        "## Hardware and software",
+        "$/1M input",
+        "kg CO2/month",
+        "encode tokens/s",
+        "batch latency p50 / p95 / p99",
+        "weights on disk",
+        "mrr (budget)",
+    ):
         assert text in md, text
     assert "![Cost against quality drop" in md and (tmp_path / "report-cost-vs-drop.svg").read_text().startswith("<svg")
     assert json.loads(paths["json"].read_text())["money"]["saving"]["monthly_usd"] == pytest.approx(s["monthly_usd"])
@@ -92,8 +112,11 @@ def test_encoder_run_report_states_the_measured_money(encoder_run, tmp_path, cap
 
 
 def test_causal_lm_run_report_prices_input_and_output_apart(tiny_llama_dir, write_recipe, tmp_path):
-    run = _run(write_recipe, tmp_path, _run_recipe(tiny_llama_dir, "causal-lm", tmp_path, [{"name": "cast", "dtype": "bfloat16"}],
-                                                   workload=WORKLOAD))
+    run = _run(
+        write_recipe,
+        tmp_path,
+        _run_recipe(tiny_llama_dir, "causal-lm", tmp_path, [{"name": "cast", "dtype": "bfloat16"}], workload=WORKLOAD),
+    )
     report = build_report(open_source(str(run / "result.json")), grid=0.1)
     m = report["money"]
     i, o = (WORKLOAD["input_tokens_per_day"] * DAYS_PER_MONTH, WORKLOAD["output_tokens_per_day"] * DAYS_PER_MONTH)
@@ -102,23 +125,36 @@ def test_causal_lm_run_report_prices_input_and_output_apart(tiny_llama_dir, writ
     assert b["monthly_usd"] == pytest.approx(i / 1e6 * b["input_usd_per_m"] + o / 1e6 * b["output_usd_per_m"])
     assert b["monthly_co2_kg"] == pytest.approx(0.1 * b["monthly_kwh"])
     md = write_report(report, tmp_path / "rep", ["md"])["md"].read_text()
-    for text in ("prefill tokens/s", "decode tokens/s", "time to first token", "per-token latency p50 / p95 / p99",
-                 "perplexity", "$/1M output"):
+    for text in (
+        "prefill tokens/s",
+        "decode tokens/s",
+        "time to first token",
+        "per-token latency p50 / p95 / p99",
+        "perplexity",
+        "$/1M output",
+    ):
         assert text in md, text
     assert not (tmp_path / "rep" / "report.html").exists()  # only the asked-for format
 
 
 def _search_recipe(write_recipe, model_dir, tmp_path, passes, constraint, trials=3, **search):
-    return load_recipe(write_recipe({
-        "name": "rep-search", "model": {"source": str(model_dir)}, "task": "embedding",
-        "data": {"eval": {"source": "stdlib-docs", "limit": 60}},
-        "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
-        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 2},
-        "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "workload": {"input_tokens_per_day": 1e8},
-        "output_dir": str(tmp_path / "runs"),
-        "search": {"trials": trials, "constraint": constraint, "seed": 0, "screen_examples": None} | search,
-        "passes": passes,
-    }))
+    return load_recipe(
+        write_recipe(
+            {
+                "name": "rep-search",
+                "model": {"source": str(model_dir)},
+                "task": "embedding",
+                "data": {"eval": {"source": "stdlib-docs", "limit": 60}},
+                "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
+                "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 2},
+                "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+                "workload": {"input_tokens_per_day": 1e8},
+                "output_dir": str(tmp_path / "runs"),
+                "search": {"trials": trials, "constraint": constraint, "seed": 0, "screen_examples": None} | search,
+                "passes": passes,
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +167,13 @@ def feasible_search(tiny_bert_dir, tmp_path_factory):
         p.write_text(yaml.safe_dump(content))
         return p
 
-    passes = [{"name": "cast", "enabled": {"choice": [True, False]}, "dtype": {"choice": ["bfloat16"]}},
-              {"name": "prune-magnitude", "enabled": {"choice": [True, False]}, "sparsity": {"choice": [0.2, 0.95]}}]
-    recipe = _search_recipe(write, tiny_bert_dir, tmp, passes, {"metric": "fidelity", "max_drop": 0.05}, trials=6,
-                            sampler="random")
+    passes = [
+        {"name": "cast", "enabled": {"choice": [True, False]}, "dtype": {"choice": ["bfloat16"]}},
+        {"name": "prune-magnitude", "enabled": {"choice": [True, False]}, "sparsity": {"choice": [0.2, 0.95]}},
+    ]
+    recipe = _search_recipe(
+        write, tiny_bert_dir, tmp, passes, {"metric": "fidelity", "max_drop": 0.05}, trials=6, sampler="random"
+    )
     run_search(recipe)
     return tmp, recipe
 
@@ -157,8 +196,7 @@ def test_search_report_chooses_the_cheapest_feasible_trial_and_lists_every_trial
     assert report["system"] and report["system"][0]["libraries"]["torch"] and report["workers"]
     assert report["money"]["saving"]["job_hours"] > 0
     # the Pareto front: no flagged configuration is beaten on both drop and cost by another
-    pts = [(e["drop"]["relative"], e["usd_per_m"]) for e in [report["baseline"], *report["trials"]]
-           if e["pareto"]]
+    pts = [(e["drop"]["relative"], e["usd_per_m"]) for e in [report["baseline"], *report["trials"]] if e["pareto"]]
     assert pts and all(not (x2 <= x and y2 <= y and (x2, y2) != (x, y)) for x, y in pts for x2, y2 in pts)
     fams = {f["family"] for f in report["families"]}
     assert fams <= {"quantization", "pruning", "pruning + quantization", "baseline"} and fams
@@ -172,8 +210,9 @@ def test_search_report_chooses_the_cheapest_feasible_trial_and_lists_every_trial
 
 def test_nothing_feasible_report_names_the_closest_and_what_to_try(write_recipe, tiny_bert_dir, tmp_path, capsys):
     passes = [{"name": "prune-magnitude", "sparsity": {"choice": [0.6, 0.8, 0.95]}}]
-    recipe = _search_recipe(write_recipe, tiny_bert_dir, tmp_path, passes, {"metric": "fidelity", "max_drop": 1e-6},
-                            sampler="grid")
+    recipe = _search_recipe(
+        write_recipe, tiny_bert_dir, tmp_path, passes, {"metric": "fidelity", "max_drop": 1e-6}, sampler="grid"
+    )
     run_search(recipe)
     rec_file = tmp_path / "recipe.yaml"
     assert main(["report", str(rec_file), "--out", str(tmp_path / "rep")]) == 0  # the recipe finds its study
@@ -229,14 +268,26 @@ def test_html_report_renders_its_charts_in_headless_chromium(feasible_search, tm
     folder, _ = feasible_search
     html = write_report(build_report(open_source(str(folder / "runs" / "rep-search"))), tmp_path, ["html"])["html"]
     shot = tmp_path / "shot.png"
-    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1200,4000", f"--screenshot={shot}", html.as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,4000",
+            f"--screenshot={shot}",
+            html.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     im = Image.open(shot).convert("RGB")
     pixels = list(im.getdata())
 
     def count(hex_colour: str, tol: int = 12) -> int:
-        r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+        r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
         return sum(1 for p in pixels if abs(p[0] - r) <= tol and abs(p[1] - g) <= tol and abs(p[2] - b) <= tol)
 
     # each chart drew its marks: the chosen star and budget band (chart 1), the family bars (chart 2)

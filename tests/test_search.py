@@ -11,17 +11,25 @@ from optimizer.search import CONSTRAINT, best_feasible, constraint_violation, fi
 
 
 def _recipe(write_recipe, model_dir, tmp_path, **search):
-    return load_recipe(write_recipe({
-        "name": "tiny-search", "model": {"source": str(model_dir)}, "task": "embedding",
-        "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
-        "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
-        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
-        "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
-        "output_dir": str(tmp_path / "runs"),
-        "search": {"trials": 3, "constraint": {"metric": "mrr", "max_drop": 0.05}, "seed": 0} | search,
-        "passes": [{"name": "cast", "enabled": {"choice": [True, False]}, "dtype": {"choice": ["bfloat16", "float16"]}},
-                   {"name": "prune-magnitude", "sparsity": {"float": [0.05, 0.9]}}],
-    }))
+    return load_recipe(
+        write_recipe(
+            {
+                "name": "tiny-search",
+                "model": {"source": str(model_dir)},
+                "task": "embedding",
+                "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+                "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
+                "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+                "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+                "output_dir": str(tmp_path / "runs"),
+                "search": {"trials": 3, "constraint": {"metric": "mrr", "max_drop": 0.05}, "seed": 0} | search,
+                "passes": [
+                    {"name": "cast", "enabled": {"choice": [True, False]}, "dtype": {"choice": ["bfloat16", "float16"]}},
+                    {"name": "prune-magnitude", "sparsity": {"float": [0.05, 0.9]}},
+                ],
+            }
+        )
+    )
 
 
 def test_violation_uses_the_upper_end_of_the_interval():
@@ -76,14 +84,21 @@ def test_cost_objective_needs_a_catalog_entry(write_recipe, tiny_bert_dir, tmp_p
 def test_search_command_prints_a_leaderboard(write_recipe, tiny_bert_dir, tmp_path, capsys):
     from optimizer.cli import main
 
-    recipe_file = write_recipe({
-        "name": "cli-search", "model": {"source": str(tiny_bert_dir)}, "task": "embedding",
-        "data": {"eval": {"source": "stdlib-docs", "limit": 40}}, "quality": {"metrics": ["mrr"], "bootstrap": 200},
-        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
-        "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "output_dir": str(tmp_path / "runs"),
-        "search": {"trials": 2},
-        "passes": [{"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}}],
-    }, "cli.yaml")
+    recipe_file = write_recipe(
+        {
+            "name": "cli-search",
+            "model": {"source": str(tiny_bert_dir)},
+            "task": "embedding",
+            "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+            "quality": {"metrics": ["mrr"], "bootstrap": 200},
+            "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+            "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+            "output_dir": str(tmp_path / "runs"),
+            "search": {"trials": 2},
+            "passes": [{"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}}],
+        },
+        "cli.yaml",
+    )
     assert main(["search", str(recipe_file)]) == 0
     out = capsys.readouterr().out
     assert "study cli-search: 2 finished trials" in out and "cast(dtype=" in out and "feasible" in out
@@ -92,15 +107,22 @@ def test_search_command_prints_a_leaderboard(write_recipe, tiny_bert_dir, tmp_pa
 
 def test_the_all_passes_off_configuration_is_not_measured_again(write_recipe, tiny_bert_dir, tmp_path):
     """Turning every optional pass off gives the baseline: pruned at once, never chosen as the 'best'."""
-    recipe = load_recipe(write_recipe({
-        "name": "tiny-off", "model": {"source": str(tiny_bert_dir)}, "task": "embedding",
-        "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
-        "quality": {"metrics": ["mrr"], "bootstrap": 200},
-        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
-        "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "output_dir": str(tmp_path / "runs"),
-        "search": {"trials": 6, "sampler": "random", "constraint": {"metric": "mrr", "max_drop": 0.5}},
-        "passes": [{"name": "cast", "enabled": {"choice": [True, False]}, "dtype": "bfloat16"}],
-    }))
+    recipe = load_recipe(
+        write_recipe(
+            {
+                "name": "tiny-off",
+                "model": {"source": str(tiny_bert_dir)},
+                "task": "embedding",
+                "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+                "quality": {"metrics": ["mrr"], "bootstrap": 200},
+                "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+                "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+                "output_dir": str(tmp_path / "runs"),
+                "search": {"trials": 6, "sampler": "random", "constraint": {"metric": "mrr", "max_drop": 0.5}},
+                "passes": [{"name": "cast", "enabled": {"choice": [True, False]}, "dtype": "bfloat16"}],
+            }
+        )
+    )
     trials = run_search(recipe).get_trials()
     off = [t for t in trials if not t.user_attrs["passes"]]
     assert off and len(off) < len(trials)  # the seed gives both

@@ -18,14 +18,16 @@ States = optuna.trial.TrialState
 
 def _recipe(write_recipe, model_dir, tmp_path, passes, search=None, **extra):
     content = {
-        "name": "features", "model": {"source": str(model_dir)}, "task": "embedding",
+        "name": "features",
+        "model": {"source": str(model_dir)},
+        "task": "embedding",
         "data": {"eval": {"source": "stdlib-docs", "limit": 80}, "calibration": {"source": "stdlib-docs", "limit": 16}},
         "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
         "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
         "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
         "output_dir": str(tmp_path / "runs"),
-        "search": {"trials": 3, "constraint": {"metric": "mrr", "max_drop": 0.05}, "seed": 0,
-                   "screen_examples": None} | (search or {}),
+        "search": {"trials": 3, "constraint": {"metric": "mrr", "max_drop": 0.05}, "seed": 0, "screen_examples": None}
+        | (search or {}),
         "passes": passes,
     } | extra
     return load_recipe(write_recipe(content))
@@ -37,8 +39,13 @@ def test_screening_prunes_a_clearly_broken_trial_before_the_full_evaluation(writ
     full_evals = []
     original = Bench.judge
     monkeypatch.setattr(Bench, "judge", lambda self, *a, **k: full_evals.append(1) or original(self, *a, **k))
-    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "prune-magnitude", "sparsity": {"choice": [0.97]}}],
-                     {"trials": 1, "screen_examples": 24, "constraint": {"metric": "fidelity", "max_drop": 0.0001}})
+    recipe = _recipe(
+        write_recipe,
+        tiny_bert_dir,
+        tmp_path,
+        [{"name": "prune-magnitude", "sparsity": {"choice": [0.97]}}],
+        {"trials": 1, "screen_examples": 24, "constraint": {"metric": "fidelity", "max_drop": 0.0001}},
+    )
     study = run_search(recipe)
     t = study.trials[0]
     assert t.state == States.PRUNED
@@ -49,10 +56,17 @@ def test_screening_prunes_a_clearly_broken_trial_before_the_full_evaluation(writ
 
 
 def test_screening_lets_a_good_trial_through(write_recipe, tiny_bert_dir, tmp_path):
-    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}],
-                     {"trials": 1, "screen_examples": 24, "constraint": {"metric": "fidelity", "max_drop": 0.05}})
+    recipe = _recipe(
+        write_recipe,
+        tiny_bert_dir,
+        tmp_path,
+        [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}],
+        {"trials": 1, "screen_examples": 24, "constraint": {"metric": "fidelity", "max_drop": 0.05}},
+    )
     t = run_search(recipe).trials[0]
-    assert t.state == States.COMPLETE and t.user_attrs["screen"]["n"] == 2 * 24 and t.user_attrs["drop"]["n"] == 2 * 80  # queries and documents
+    assert (
+        t.state == States.COMPLETE and t.user_attrs["screen"]["n"] == 2 * 24 and t.user_attrs["drop"]["n"] == 2 * 80
+    )  # queries and documents
 
 
 def test_a_configuration_is_built_once_then_reloaded_from_the_cache(write_recipe, tiny_bert_dir, tmp_path):
@@ -71,18 +85,30 @@ def test_a_configuration_is_built_once_then_reloaded_from_the_cache(write_recipe
 
     bench = Bench.load_data(recipe, "cpu")
     timings: dict[str, float] = {}
-    cand = apply_chain(recipe, resolved_passes(recipe, {"1.ort-int8-dynamic.per_channel": True}),
-                       bench.context(tmp_path / "w"), timings, cache=ArtifactCache(tmp_path / "runs" / "features" / "cache"))
+    cand = apply_chain(
+        recipe,
+        resolved_passes(recipe, {"1.ort-int8-dynamic.per_channel": True}),
+        bench.context(tmp_path / "w"),
+        timings,
+        cache=ArtifactCache(tmp_path / "runs" / "features" / "cache"),
+    )
     assert timings == {"cache hit": 2} and [a["name"] for a in cand.applied] == ["onnx-export", "ort-int8-dynamic"]
     entries = [p for p in (tmp_path / "runs" / "features" / "cache").iterdir() if not p.name.startswith(".")]
     assert len(entries) == 2  # the export prefix and the full chain
 
 
 def test_runtime_batch_and_threads_are_part_of_the_space(write_recipe, tiny_bert_dir, tmp_path):
-    passes = [{"name": "onnx-export", "enabled": {"choice": [True, False]}},
-              {"name": "ort-int8-dynamic", "per_channel": {"choice": [True, False]}}]
-    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, passes,
-                     {"trials": 6, "sampler": "random", "seed": 2, "batch_size": {"choice": [4, 16]}, "threads": {"choice": [1, 2]}})
+    passes = [
+        {"name": "onnx-export", "enabled": {"choice": [True, False]}},
+        {"name": "ort-int8-dynamic", "per_channel": {"choice": [True, False]}},
+    ]
+    recipe = _recipe(
+        write_recipe,
+        tiny_bert_dir,
+        tmp_path,
+        passes,
+        {"trials": 6, "sampler": "random", "seed": 2, "batch_size": {"choice": [4, 16]}, "threads": {"choice": [1, 2]}},
+    )
     study = run_search(recipe)
     runtimes = set()
     for t in study.trials:
@@ -105,8 +131,13 @@ def test_a_trial_past_its_time_limit_fails_with_that_reason(write_recipe, tiny_b
     from optimizer.passes.quantize import Cast
 
     monkeypatch.setattr(Cast, "apply", lambda self, cand, ctx: time.sleep(30))
-    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}],
-                     {"trials": 1, "trial_timeout_minutes": 0.02})
+    recipe = _recipe(
+        write_recipe,
+        tiny_bert_dir,
+        tmp_path,
+        [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}],
+        {"trials": 1, "trial_timeout_minutes": 0.02},
+    )
     t0 = time.monotonic()
     t = run_search(recipe).trials[0]
     assert time.monotonic() - t0 < 25
@@ -124,8 +155,7 @@ def test_nan_outputs_fail_the_trial_with_that_reason(write_recipe, tiny_bert_dir
         return cand
 
     monkeypatch.setattr(Cast, "apply", poison)
-    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}],
-                     {"trials": 2})
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}], {"trials": 2})
     study = run_search(recipe)
     assert [t.state for t in study.trials] == [States.FAIL, States.FAIL]
     assert all("NaN" in t.user_attrs["error"] for t in study.trials)
@@ -144,14 +174,21 @@ def test_search_writes_deploy_yaml_that_rebuilds_and_loads(runtime, write_recipe
     from optimizer.data import stdlib_split
     from optimizer.runtimes import reload_saved
 
-    recipe_file = write_recipe({
-        "name": "deployme", "model": {"source": str(tiny_bert_dir)}, "task": "embedding",
-        "data": {"eval": {"source": "stdlib-docs", "limit": 40}}, "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
-        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
-        "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "output_dir": str(tmp_path / "runs"),
-        "search": {"trials": 2, "constraint": {"metric": "fidelity", "max_drop": 0.5}, "screen_examples": None},
-        "passes": DEPLOYABLE[runtime],
-    }, "deployme.yaml")
+    recipe_file = write_recipe(
+        {
+            "name": "deployme",
+            "model": {"source": str(tiny_bert_dir)},
+            "task": "embedding",
+            "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+            "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
+            "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+            "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+            "output_dir": str(tmp_path / "runs"),
+            "search": {"trials": 2, "constraint": {"metric": "fidelity", "max_drop": 0.5}, "screen_examples": None},
+            "passes": DEPLOYABLE[runtime],
+        },
+        "deployme.yaml",
+    )
     assert main(["search", str(recipe_file), "-q"]) == 0
     out = capsys.readouterr().out
     deploy_file = tmp_path / "runs" / "deployme" / "deploy.yaml"
@@ -174,6 +211,7 @@ def test_search_writes_deploy_yaml_that_rebuilds_and_loads(runtime, write_recipe
     # the rebuilt artifact is the searched one: same outputs as the cached chain
     cached = [p for p in (tmp_path / "runs" / "deployme" / "cache").iterdir() if not p.name.startswith(".")]
     from optimizer import tasks
+
     refs = [tasks.embed(reload_saved(c / "artifact"), texts, 8) for c in cached]
     assert any(np.allclose(emb, r, atol=1e-5) for r in refs)
     # a deploy.yaml loads directly too: built next to it on first use
@@ -194,14 +232,21 @@ def test_deploy_command_rejects_a_file_that_is_not_a_deployment(tmp_path, capsys
 def test_nothing_feasible_names_the_closest_trial(write_recipe, tiny_bert_dir, tmp_path, capsys):
     from optimizer.cli import main
 
-    recipe_file = write_recipe({
-        "name": "tooStrict", "model": {"source": str(tiny_bert_dir)}, "task": "embedding",
-        "data": {"eval": {"source": "stdlib-docs", "limit": 40}}, "quality": {"metrics": ["fidelity"], "bootstrap": 200},
-        "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
-        "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "output_dir": str(tmp_path / "runs"),
-        "search": {"trials": 2, "sampler": "random", "constraint": {"max_drop": 0.0}, "screen_examples": None},
-        "passes": [{"name": "prune-magnitude", "sparsity": {"float": [0.3, 0.6]}}],
-    }, "strict.yaml")
+    recipe_file = write_recipe(
+        {
+            "name": "tooStrict",
+            "model": {"source": str(tiny_bert_dir)},
+            "task": "embedding",
+            "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+            "quality": {"metrics": ["fidelity"], "bootstrap": 200},
+            "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+            "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+            "output_dir": str(tmp_path / "runs"),
+            "search": {"trials": 2, "sampler": "random", "constraint": {"max_drop": 0.0}, "screen_examples": None},
+            "passes": [{"name": "prune-magnitude", "sparsity": {"float": [0.3, 0.6]}}],
+        },
+        "strict.yaml",
+    )
     assert main(["search", str(recipe_file), "-q"]) == 0
     out = capsys.readouterr().out
     recipe = load_recipe(recipe_file)

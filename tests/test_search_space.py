@@ -14,17 +14,27 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 @pytest.fixture
 def recipe(write_recipe, tiny_bert_dir):
-    return load_recipe(write_recipe({
-        "name": "space", "model": {"source": str(tiny_bert_dir)}, "task": "embedding",
-        "data": {"eval": {"source": "stdlib-docs"}},
-        "passes": [
-            {"name": "prune-structured", "enabled": {"choice": [True, False]}, "neurons": {"float": [0.1, 0.5]}},
-            {"name": "onnx-export"},
-            {"name": "ort-int8-dynamic", "enabled": {"choice": [True, False]}, "per_channel": {"choice": [True, False]},
-             "op_types": {"choice": [["MatMul"], ["MatMul", "Attention"]]}},
-            {"name": "ort-int4", "enabled": False, "block_size": {"int": [16, 64], "step": 16}},
-        ],
-    }))
+    return load_recipe(
+        write_recipe(
+            {
+                "name": "space",
+                "model": {"source": str(tiny_bert_dir)},
+                "task": "embedding",
+                "data": {"eval": {"source": "stdlib-docs"}},
+                "passes": [
+                    {"name": "prune-structured", "enabled": {"choice": [True, False]}, "neurons": {"float": [0.1, 0.5]}},
+                    {"name": "onnx-export"},
+                    {
+                        "name": "ort-int8-dynamic",
+                        "enabled": {"choice": [True, False]},
+                        "per_channel": {"choice": [True, False]},
+                        "op_types": {"choice": [["MatMul"], ["MatMul", "Attention"]]},
+                    },
+                    {"name": "ort-int4", "enabled": False, "block_size": {"int": [16, 64], "step": 16}},
+                ],
+            }
+        )
+    )
 
 
 def test_disabled_pass_parameters_are_never_sampled(recipe):
@@ -50,9 +60,19 @@ def test_disabled_pass_parameters_are_never_sampled(recipe):
 
 def test_space_size_counts_conditional_choices(recipe, write_recipe, tiny_bert_dir):
     assert space_size(recipe) is None  # a float range: continuous
-    discrete = load_recipe(write_recipe({
-        "name": "d", "model": {"source": str(tiny_bert_dir)}, "task": "embedding", "data": {"eval": {"source": "stdlib-docs"}},
-        "passes": [{"name": "cast", "enabled": {"choice": [True, False]}, "dtype": {"choice": ["bfloat16", "float16"]}},
-                   {"name": "prune-magnitude", "sparsity": 0.5, "scope": {"choice": ["layer", "global"]}}],
-    }, "d.yaml"))
+    discrete = load_recipe(
+        write_recipe(
+            {
+                "name": "d",
+                "model": {"source": str(tiny_bert_dir)},
+                "task": "embedding",
+                "data": {"eval": {"source": "stdlib-docs"}},
+                "passes": [
+                    {"name": "cast", "enabled": {"choice": [True, False]}, "dtype": {"choice": ["bfloat16", "float16"]}},
+                    {"name": "prune-magnitude", "sparsity": 0.5, "scope": {"choice": ["layer", "global"]}},
+                ],
+            },
+            "d.yaml",
+        )
+    )
     assert space_size(discrete) == (2 + 1) * 2

@@ -21,22 +21,39 @@ PG_URL = os.environ.get("COSTOPT_TEST_POSTGRES")
 
 
 def _recipe_file(write_recipe, model_dir: Path, tmp_path: Path, name: str, trials: int) -> Path:
-    return write_recipe({
-        "name": name, "model": {"source": str(model_dir)}, "task": "embedding",
-        "data": {"eval": {"source": "stdlib-docs", "limit": 60}},
-        "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
-        "speed": {"batch_size": 8, "texts": 32, "warmup": 1, "repeats": 3},
-        "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "output_dir": str(tmp_path / "runs"),
-        "search": {"trials": trials, "sampler": "random", "heartbeat_seconds": 1, "screen_examples": None,
-                   "constraint": {"metric": "fidelity", "max_drop": 0.5}},
-        "passes": [{"name": "prune-magnitude", "sparsity": {"float": [0.1, 0.5]}},
-                   {"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}}],
-    }, f"{name}.yaml")
+    return write_recipe(
+        {
+            "name": name,
+            "model": {"source": str(model_dir)},
+            "task": "embedding",
+            "data": {"eval": {"source": "stdlib-docs", "limit": 60}},
+            "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
+            "speed": {"batch_size": 8, "texts": 32, "warmup": 1, "repeats": 3},
+            "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+            "output_dir": str(tmp_path / "runs"),
+            "search": {
+                "trials": trials,
+                "sampler": "random",
+                "heartbeat_seconds": 1,
+                "screen_examples": None,
+                "constraint": {"metric": "fidelity", "max_drop": 0.5},
+            },
+            "passes": [
+                {"name": "prune-magnitude", "sparsity": {"float": [0.1, 0.5]}},
+                {"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}},
+            ],
+        },
+        f"{name}.yaml",
+    )
 
 
 def _search(recipe: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "optimizer.cli", "search", str(recipe), "-q", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "optimizer.cli", "search", str(recipe), "-q", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _complete(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:

@@ -40,6 +40,7 @@ def test_encoder_bench_counts_real_tokens(tiny_bert_dir):
 def test_causal_bench_prefill_and_decode(tiny_llama_dir):
     cand = load_candidate(ModelSpec(source=str(tiny_llama_dir)), "causal-lm", "cpu")
     from optimizer.data import stdlib_split
+
     texts = [e.text for e in stdlib_split("eval")[:40]]
     r = speed.bench_causal_lm(cand, texts, batch_size=2, prompt_tokens=16, new_tokens=8, warmup=1, repeats=3)
     assert r["input_tokens_per_s"]["median"] > 0 and r["output_tokens_per_s"]["median"] > 0
@@ -60,6 +61,7 @@ def test_decode_with_cache_matches_full_forward(tiny_llama_dir):
 
 def test_causal_bench_rejects_impossible_shapes(tiny_llama_dir):
     from optimizer.errors import UserError
+
     cand = load_candidate(ModelSpec(source=str(tiny_llama_dir)), "causal-lm", "cpu")
     with pytest.raises(UserError, match="fewer than"):
         speed.bench_causal_lm(cand, ["tiny"], 4, 64, 8, 0, 1)

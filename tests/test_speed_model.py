@@ -14,13 +14,17 @@ from optimizer.search import run_search
 
 
 def _recipe(tiny: str, wide: str, tmp_path, passes: list, **extra) -> dict:
-    return {"name": "speed-model", "model": {"source": tiny}, "task": "causal-lm",
-            "data": {"eval": {"source": "stdlib-docs", "limit": 24}},
-            "quality": {"metrics": ["perplexity", "kl"], "bootstrap": 200},
-            "speed": {"batch_size": 2, "prompt_tokens": 16, "new_tokens": 4, "warmup": 0, "repeats": 1,
-                      "model": {"source": wide}},
-            "hardware": {"threads": 1, "catalog": "aws-c7a.large"}, "output_dir": str(tmp_path / "runs"),
-            "passes": passes} | extra
+    return {
+        "name": "speed-model",
+        "model": {"source": tiny},
+        "task": "causal-lm",
+        "data": {"eval": {"source": "stdlib-docs", "limit": 24}},
+        "quality": {"metrics": ["perplexity", "kl"], "bootstrap": 200},
+        "speed": {"batch_size": 2, "prompt_tokens": 16, "new_tokens": 4, "warmup": 0, "repeats": 1, "model": {"source": wide}},
+        "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+        "output_dir": str(tmp_path / "runs"),
+        "passes": passes,
+    } | extra
 
 
 def _params(folder) -> int:
@@ -28,8 +32,9 @@ def _params(folder) -> int:
 
 
 def test_run_times_the_speed_model_and_judges_model_source(write_recipe, tiny_llama_dir, wide_llama_dir, tmp_path):
-    rec = load_recipe(write_recipe(_recipe(str(tiny_llama_dir), str(wide_llama_dir), tmp_path,
-                                           [{"name": "cast", "dtype": "bfloat16"}])))
+    rec = load_recipe(
+        write_recipe(_recipe(str(tiny_llama_dir), str(wide_llama_dir), tmp_path, [{"name": "cast", "dtype": "bfloat16"}]))
+    )
     res, _ = run_recipe(rec, progress=False)
     wide, tiny = _params(wide_llama_dir), _params(tiny_llama_dir)
     assert wide > 2 * tiny
@@ -42,10 +47,17 @@ def test_run_times_the_speed_model_and_judges_model_source(write_recipe, tiny_ll
 
 
 def test_search_prices_the_speed_model(write_recipe, tiny_llama_dir, wide_llama_dir, tmp_path):
-    rec = load_recipe(write_recipe(_recipe(
-        str(tiny_llama_dir), str(wide_llama_dir), tmp_path,
-        [{"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}}],
-        search={"trials": 2, "sampler": "grid", "constraint": {"metric": "perplexity", "max_drop": 0.5}})))
+    rec = load_recipe(
+        write_recipe(
+            _recipe(
+                str(tiny_llama_dir),
+                str(wide_llama_dir),
+                tmp_path,
+                [{"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}}],
+                search={"trials": 2, "sampler": "grid", "constraint": {"metric": "perplexity", "max_drop": 0.5}},
+            )
+        )
+    )
     study = run_search(rec)
     wide = _params(wide_llama_dir)
     assert study.user_attrs["baseline"]["speed"]["model"]["parameters"] == wide

@@ -63,8 +63,9 @@ def _passes_module() -> Any:
 
 def costopt(*args: str) -> None:
     """The CLI as a user runs it (the same interpreter, so it also works where no console script is installed)."""
-    subprocess.run([sys.executable, "-c", "import sys; from optimizer.cli import main; sys.exit(main())", *args],
-                   check=True, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-c", "import sys; from optimizer.cli import main; sys.exit(main())", *args], check=True, cwd=REPO
+    )
 
 
 def search(recipe: Path, overrides: list[str], runs: Path) -> Path:
@@ -139,8 +140,15 @@ def main(argv: list[str] | None = None) -> int:
             values, drops = bench.judge(cand, c.confidence, batch)
             violation = constraint_violation(drops[metric], c.max_drop, c.relative)
             timed[label] = bench.timed(cand, chain, work / (label.replace(" ", "_") + "-speed"), timings)
-            rows[label] = {"passes": chain, "runtime": cand.runtime, "quality": values, "drops": drops,
-                           "within_budget": violation <= 0, "notes": cand.notes, "timings": timings}
+            rows[label] = {
+                "passes": chain,
+                "runtime": cand.runtime,
+                "quality": values,
+                "drops": drops,
+                "within_budget": violation <= 0,
+                "notes": cand.notes,
+                "timings": timings,
+            }
             del cand
         except Exception as e:  # a refused or broken configuration is reported, not fatal
             rows[label] = {"passes": chain, "error": f"{type(e).__name__}: {e}"[:300]}
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         one(n)
         one(n)
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             res = one(n)
             samples[n]["prefill"].append(res["input_tokens_per_s"]["median"])
@@ -171,9 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         pre, dec = Stat.of(samples[n]["prefill"]), Stat.of(samples[n]["decode"])
         price = cost.token_price(entry, pre.median, dec.median, recipe.hardware.utilization)
-        rows[n] |= {"prefill_tokens_per_s": asdict(pre), "decode_tokens_per_s": asdict(dec),
-                    "usd_per_m_input": price.input_usd_per_m, "usd_per_m_output": price.output_usd_per_m,
-                    "usd_per_m_blended": price.blended_usd_per_m(share)}
+        rows[n] |= {
+            "prefill_tokens_per_s": asdict(pre),
+            "decode_tokens_per_s": asdict(dec),
+            "usd_per_m_input": price.input_usd_per_m,
+            "usd_per_m_output": price.output_usd_per_m,
+            "usd_per_m_blended": price.blended_usd_per_m(share),
+        }
     singles = [n for n in SINGLES[bench.device] if rows[n].get("within_budget") and "usd_per_m_blended" in rows[n]]
     best_single = min(singles, key=lambda n: rows[n]["usd_per_m_blended"]) if singles else None
     chosen_usd = rows[CHOSEN].get("usd_per_m_blended")
@@ -181,16 +193,31 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": f"python {Path(sys.argv[0]).resolve().relative_to(REPO)}" + (f" --deploy {args.deploy}" if args.deploy else ""),
-        "device": bench.device, "machine": fingerprint(), "threads": threads, "recipe": str(recipe_path.relative_to(REPO)),
-        "quality_model": recipe.model.source, "speed_model": str(shape), "speed_model_shape": shapes.SMOLLM_SHAPE,
-        "batch_size": batch, "prompt_tokens": s.prompt_tokens, "new_tokens": s.new_tokens, "rounds": args.rounds,
+        "command": f"python {Path(sys.argv[0]).resolve().relative_to(REPO)}"
+        + (f" --deploy {args.deploy}" if args.deploy else ""),
+        "device": bench.device,
+        "machine": fingerprint(),
+        "threads": threads,
+        "recipe": str(recipe_path.relative_to(REPO)),
+        "quality_model": recipe.model.source,
+        "speed_model": str(shape),
+        "speed_model_shape": shapes.SMOLLM_SHAPE,
+        "batch_size": batch,
+        "prompt_tokens": s.prompt_tokens,
+        "new_tokens": s.new_tokens,
+        "rounds": args.rounds,
         "eval": {"source": recipe.data.eval.source, "examples": len(bench.eval_data)},
         "budget": {"metric": metric, "max_drop": c.max_drop, "relative": c.relative, "confidence": c.confidence},
-        "catalog": entry.name, "hourly_usd": entry.hourly_usd(), "utilization": recipe.hardware.utilization,
-        "input_share": share, "search_seconds": search_seconds, "study": _shown(deploy.parent),
+        "catalog": entry.name,
+        "hourly_usd": entry.hourly_usd(),
+        "utilization": recipe.hardware.utilization,
+        "input_share": share,
+        "search_seconds": search_seconds,
+        "study": _shown(deploy.parent),
         "chosen": {"trial": config.get("trial"), "passes": config["passes"], "deploy": str(deploy)},
-        "best_single": best_single, "ratios_vs_chosen": ratios, "results": rows,
+        "best_single": best_single,
+        "ratios_vs_chosen": ratios,
+        "results": rows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +274,8 @@ def render(r: dict[str, Any]) -> str:
         + (f" (the search took {r['search_seconds'] / 60:.1f} min; its study: {r['study']})." if r["search_seconds"] else "."),
         "",
         f"- Machine: {m['cpu'].get('model')}, {m['cpu'].get('logical_cores')} logical cores"
-        + (f"; GPU: {gpus}" if gpus else "") + f"; {r['threads']} CPU threads for every runtime.",
+        + (f"; GPU: {gpus}" if gpus else "")
+        + f"; {r['threads']} CPU threads for every runtime.",
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in m.get("libraries", {}).items()) + ".",
         f"- Quality: stories260K (real weights) on {r['eval']['examples']} stdlib docstrings, against fp32 on the same "
         "batches. Perplexity change: positive = worse, paired bootstrap 95% interval.",
@@ -276,19 +304,29 @@ def render(r: dict[str, Any]) -> str:
             f"| {label} | {_drop(row, b['metric'])} | {q.get('kl', 0):.4f} | {q.get('top1-agreement', 1):.3f} | {budget} | "
             f"{_stat(row.get('prefill_tokens_per_s'))} | {_stat(row.get('decode_tokens_per_s'), 1)} | "
             f"${row.get('usd_per_m_input', 0):.4f} | ${row.get('usd_per_m_output', 0):.4f} | ${usd:.4f} | "
-            f"{base / usd:.2f}x |")
+            f"{base / usd:.2f}x |"
+        )
     ch = r["chosen"]
-    chain = " → ".join(p["name"] + (" " + ", ".join(f"{k}={v}" for k, v in p["params"].items()) if p["params"] else "")
-                       for p in ch["passes"]) or "no passes (the baseline)"
+    chain = (
+        " → ".join(
+            p["name"] + (" " + ", ".join(f"{k}={v}" for k, v in p["params"].items()) if p["params"] else "") for p in ch["passes"]
+        )
+        or "no passes (the baseline)"
+    )
     lines += ["", f"costopt's choice (trial {ch['trial']}): {chain}.", ""]
     best = r["best_single"]
     twins = [n for n, row in r["results"].items() if n not in (CHOSEN, BASELINE) and _same_chain(row.get("passes"), ch["passes"])]
     if twins:
-        lines += [f"The search's choice is the same configuration as {twins[0]}: the two rows are two builds of one "
-                  "configuration, timed in the same rounds, so the gap between them is this run's noise.", ""]
+        lines += [
+            f"The search's choice is the same configuration as {twins[0]}: the two rows are two builds of one "
+            "configuration, timed in the same rounds, so the gap between them is this run's noise.",
+            "",
+        ]
     if best and best in r["ratios_vs_chosen"]:
-        lines.append(f"**costopt's choice against the best single technique ({best}): {_times(r['ratios_vs_chosen'][best])} "
-                     f"per 1M blended tokens; against the fp32 baseline: {_times(r['ratios_vs_chosen'][BASELINE])}.**")
+        lines.append(
+            f"**costopt's choice against the best single technique ({best}): {_times(r['ratios_vs_chosen'][best])} "
+            f"per 1M blended tokens; against the fp32 baseline: {_times(r['ratios_vs_chosen'][BASELINE])}.**"
+        )
     elif not best:
         lines.append("No single technique met the budget in this run.")
     lines.append("")

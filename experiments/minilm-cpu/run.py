@@ -98,11 +98,28 @@ def main() -> None:
         calib_file = Path(tmp) / "calibration.json"
         calib_file.write_text(json.dumps(calib.all_texts()))
         py = Path(args.peer_python) if args.peer_python else peer_python()
-        peer = subprocess.Popen([str(py), str(HERE / "peer.py"), "--model", str(model_dir), "--texts", str(texts_file),
-                                 "--batch-size", str(batch), "--threads", str(args.threads), "--work", tmp,
-                                 "--calibration", str(calib_file)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                env=os.environ | {"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"})
+        peer = subprocess.Popen(
+            [
+                str(py),
+                str(HERE / "peer.py"),
+                "--model",
+                str(model_dir),
+                "--texts",
+                str(texts_file),
+                "--batch-size",
+                str(batch),
+                "--threads",
+                str(args.threads),
+                "--work",
+                tmp,
+                "--calibration",
+                str(calib_file),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=os.environ | {"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"},
+        )
         hello = json.loads(peer.stdout.readline())
         names = hello["ready"] + ["costopt"]
         emb = {n: np.load(Path(tmp) / f"{n}.npy") for n in hello["ready"]}
@@ -124,7 +141,7 @@ def main() -> None:
             timed(n)
         seconds: dict[str, list[float]] = {n: [] for n in names}
         for r in range(args.repeats):  # alternate runtimes; rotate the order so none always goes first
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for n in order:
                 seconds[n].append(timed(n))
         peer.stdin.write("quit\n")
@@ -139,24 +156,44 @@ def main() -> None:
     rows = {}
     for name in names:
         q = retrieval_values(emb[name][:n], emb[name][n:])
-        drops = {m: paired_bootstrap(MetricValues(m, base_q[m], "mean", True), MetricValues(m, q[m], "mean", True),
-                                     2000, 0.95, 0).__dict__ for m in ("mrr", "recall@1")}
+        drops = {
+            m: paired_bootstrap(
+                MetricValues(m, base_q[m], "mean", True), MetricValues(m, q[m], "mean", True), 2000, 0.95, 0
+            ).__dict__
+            for m in ("mrr", "recall@1")
+        }
         tps = [tokens / s for s in seconds[name]]
         price = cost.token_price(entry, statistics.median(tps), None, UTILIZATION)
-        rows[name] = {"mrr": float(q["mrr"].mean()), "recall@1": float(q["recall@1"].mean()), "drops": drops,
-                      "tokens_per_s": asdict(Stat.of(tps)), "usd_per_m": price.input_usd_per_m,
-                      # cost is proportional to time: costopt's saving against this runtime, round by round
-                      "costopt_cheaper_x": ratio_interval(seconds[name], seconds["costopt"])}
+        rows[name] = {
+            "mrr": float(q["mrr"].mean()),
+            "recall@1": float(q["recall@1"].mean()),
+            "drops": drops,
+            "tokens_per_s": asdict(Stat.of(tps)),
+            "usd_per_m": price.input_usd_per_m,
+            # cost is proportional to time: costopt's saving against this runtime, round by round
+            "costopt_cheaper_x": ratio_interval(seconds[name], seconds["costopt"]),
+        }
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python experiments/minilm-cpu/run.py" + ("" if args.deploy.endswith("runs/minilm-cpu-search/deploy.yaml")
-                                                              else f" --deploy {args.deploy}"),
-        "machine": machine, "peer_versions": hello["versions"], "peer_notes": hello["notes"],
-        "threads": args.threads, "batch_size": batch, "speed_texts": len(speed_texts), "real_tokens": tokens,
-        "max_length": max_len, "eval_pairs": n, "eval_source": data.origin, "repeats": args.repeats,
-        "catalog": catalog, "hourly_usd": entry.hourly_usd(), "utilization": UTILIZATION,
+        "command": "python experiments/minilm-cpu/run.py"
+        + ("" if args.deploy.endswith("runs/minilm-cpu-search/deploy.yaml") else f" --deploy {args.deploy}"),
+        "machine": machine,
+        "peer_versions": hello["versions"],
+        "peer_notes": hello["notes"],
+        "threads": args.threads,
+        "batch_size": batch,
+        "speed_texts": len(speed_texts),
+        "real_tokens": tokens,
+        "max_length": max_len,
+        "eval_pairs": n,
+        "eval_source": data.origin,
+        "repeats": args.repeats,
+        "catalog": catalog,
+        "hourly_usd": entry.hourly_usd(),
+        "utilization": UTILIZATION,
         "chosen": {"trial": config.get("trial"), "passes": config["passes"], "runtime": config.get("runtime")},
-        "results": rows, "python": platform.python_version(),
+        "results": rows,
+        "python": platform.python_version(),
     }
     (HERE / "results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     (HERE / "RESULTS.md").write_text(render(result))
@@ -168,17 +205,23 @@ def ratio_interval(peer: list[float], ours: list[float], resamples: int = 5000) 
     rng = np.random.default_rng(0)
     ratios = np.array(peer) / np.array(ours)
     boot = np.median(rng.choice(ratios, (resamples, len(ratios))), axis=1)
-    return {"median": float(np.median(ratios)), "low": float(np.quantile(boot, 0.025)),
-            "high": float(np.quantile(boot, 0.975)), "rounds": len(ratios)}
+    return {
+        "median": float(np.median(ratios)),
+        "low": float(np.quantile(boot, 0.025)),
+        "high": float(np.quantile(boot, 0.975)),
+        "rounds": len(ratios),
+    }
 
 
-LABELS = {"st-torch-fp32": "sentence-transformers, torch fp32 (baseline)",
-          "st-torch-bf16": "sentence-transformers, torch bf16",
-          "st-onnx-fp32": "sentence-transformers, ONNX backend",
-          "st-onnx-int8": "sentence-transformers, ONNX dynamic int8 (export_dynamic_quantized_onnx_model)",
-          "st-openvino": "sentence-transformers, OpenVINO backend (default settings)",
-          "st-openvino-int8": "sentence-transformers, OpenVINO static int8 (NNCF via optimum-intel)",
-          "costopt": "costopt search's choice"}
+LABELS = {
+    "st-torch-fp32": "sentence-transformers, torch fp32 (baseline)",
+    "st-torch-bf16": "sentence-transformers, torch bf16",
+    "st-onnx-fp32": "sentence-transformers, ONNX backend",
+    "st-onnx-int8": "sentence-transformers, ONNX dynamic int8 (export_dynamic_quantized_onnx_model)",
+    "st-openvino": "sentence-transformers, OpenVINO backend (default settings)",
+    "st-openvino-int8": "sentence-transformers, OpenVINO static int8 (NNCF via optimum-intel)",
+    "costopt": "costopt search's choice",
+}
 
 
 def _pct(d: dict) -> str:
@@ -201,8 +244,12 @@ def render(r: dict) -> str:
         f"Measured {r['date']} with `{r['command']}`, in one run.",
         f"Machine: {cpu['model']} ({', '.join(cpu['isa'])}), {cpu['logical_cores']} logical cores, "
         f"{r['machine']['memory_bytes'] / 2**30:.0f} GiB; Python {r['python']}, costopt's environment: "
-        + ", ".join(f"{k} {v}" for k, v in r["machine"]["libraries"].items() if v and k in ("torch", "transformers", "onnxruntime"))
-        + "; peers' environment: " + ", ".join(f"{k} {v}" for k, v in r["peer_versions"].items()) + ".",
+        + ", ".join(
+            f"{k} {v}" for k, v in r["machine"]["libraries"].items() if v and k in ("torch", "transformers", "onnxruntime")
+        )
+        + "; peers' environment: "
+        + ", ".join(f"{k} {v}" for k, v in r["peer_versions"].items())
+        + ".",
         f"Same for everyone: {r['threads']} threads, batch size {r['batch_size']}, the same {r['speed_texts']} texts "
         f"({r['real_tokens']:,} real tokens at max length {r['max_length']}) encoded end to end with `encode()`; "
         f"one warm-up round, then {r['repeats']} rounds alternating the runtimes (median, min–max, cv).",
@@ -217,11 +264,16 @@ def render(r: dict) -> str:
     for k, v in rows.items():
         t = v["tokens_per_s"]
         x = v.get("costopt_cheaper_x")
-        ratio = "—" if k == "costopt" else (f"{x['median']:.2f}x [{x['low']:.2f}, {x['high']:.2f}]" if x
-                                             else f"{v['usd_per_m'] / c['usd_per_m']:.2f}x")
-        lines.append(f"| {LABELS[k]} | {v['mrr']:.4f} | {_pct(v['drops']['mrr'])} | {v['recall@1']:.4f} | "
-                     f"{_pct(v['drops']['recall@1'])} | {t['median']:,.0f} ({t['min']:,.0f}–{t['max']:,.0f}, cv "
-                     f"{100 * t['cv']:.1f}%) | ${v['usd_per_m']:.5f} | {ratio} |")
+        ratio = (
+            "—"
+            if k == "costopt"
+            else (f"{x['median']:.2f}x [{x['low']:.2f}, {x['high']:.2f}]" if x else f"{v['usd_per_m'] / c['usd_per_m']:.2f}x")
+        )
+        lines.append(
+            f"| {LABELS[k]} | {v['mrr']:.4f} | {_pct(v['drops']['mrr'])} | {v['recall@1']:.4f} | "
+            f"{_pct(v['drops']['recall@1'])} | {t['median']:,.0f} ({t['min']:,.0f}–{t['max']:,.0f}, cv "
+            f"{100 * t['cv']:.1f}%) | ${v['usd_per_m']:.5f} | {ratio} |"
+        )
     from optimizer.cli_format import chain_text
 
     chain = chain_text(r["chosen"]["passes"])
@@ -234,8 +286,8 @@ def render(r: dict) -> str:
         "",
         f"**Against the best peer within a 1% MRR drop ({LABELS[best]}): {x['median']:.2f}x{interval} cheaper per "
         f"1M tokens** (target 1.5x; MRR drop {_pct(c['drops']['mrr'])} for costopt, {_pct(rows[best]['drops']['mrr'])} "
-        "for the peer)." + (f" Against torch fp32: {base['median']:.2f}x [{base['low']:.2f}, {base['high']:.2f}] "
-                            "(target 5x)." if base else ""),
+        "for the peer)."
+        + (f" Against torch fp32: {base['median']:.2f}x [{base['low']:.2f}, {base['high']:.2f}] (target 5x)." if base else ""),
         "",
     ] + [f"- {n}" for n in r["peer_notes"]]
     return "\n".join(lines) + "\n"

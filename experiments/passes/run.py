@@ -46,20 +46,41 @@ QUANT_CHAINS: dict[str, list[dict[str, Any]]] = {
     "ORT int4 (block 32)": EXPORT + [{"name": "ort-int4", "block_size": 32}],
 }
 MINILM_EXTRA = {
-    "distill to 3 layers": [{"name": "distill", "num_layers": 3, "steps": 400, "batch_size": 32, "lr": 1e-4,
-                             "max_length": 128, "hidden_weight": 1.0, "max_seconds": 420}],
+    "distill to 3 layers": [
+        {
+            "name": "distill",
+            "num_layers": 3,
+            "steps": 400,
+            "batch_size": 32,
+            "lr": 1e-4,
+            "max_length": 128,
+            "hidden_weight": 1.0,
+            "max_seconds": 420,
+        }
+    ],
     "prune-structured FFN 50%": [{"name": "prune-structured", "neurons": 0.5, "samples": 128}],
-    "prune-structured FFN 50% + distill": [{"name": "prune-structured", "neurons": 0.5, "samples": 128},
-                                           {"name": "distill", "steps": 150, "batch_size": 32, "lr": 1e-4,
-                                            "max_length": 128, "max_seconds": 180}],
+    "prune-structured FFN 50% + distill": [
+        {"name": "prune-structured", "neurons": 0.5, "samples": 128},
+        {"name": "distill", "steps": 150, "batch_size": 32, "lr": 1e-4, "max_length": 128, "max_seconds": 180},
+    ],
 }
 PRUNE_CHAINS = {
     "prune-wanda 50%": [{"name": "prune-wanda", "sparsity": 0.5, "samples": 128}],
     "prune-magnitude 50%": [{"name": "prune-magnitude", "sparsity": 0.5}],
 }
-SMOLLM_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                    num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=2048,
-                    rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+SMOLLM_SHAPE = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    vocab_size=49152,
+    max_position_embeddings=2048,
+    rope_theta=100000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+)
 
 
 def resolved(chain: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -81,8 +102,9 @@ def build_smollm_shape(folder: Path, tokenizer_from: Path) -> Path:
     return folder
 
 
-def measure_part(recipe_path: Path, chains: dict[str, list[dict[str, Any]]], quality: bool, overrides: list[str],
-                 log: logging.Logger) -> dict[str, Any]:
+def measure_part(
+    recipe_path: Path, chains: dict[str, list[dict[str, Any]]], quality: bool, overrides: list[str], log: logging.Logger
+) -> dict[str, Any]:
     from optimizer.errors import UserError
     from optimizer.measure import speed as speed_mod
     from optimizer.pipeline import Bench, apply_chain, footprint, resolve_device
@@ -127,9 +149,16 @@ def measure_part(recipe_path: Path, chains: dict[str, list[dict[str, Any]]], qua
         shutil.rmtree(work / "passes", ignore_errors=True)
     rows["torch fp32 (baseline, again at the end)"] = {"speed": bench.speed_and_cost(baseline)[0]}
     shutil.rmtree(work, ignore_errors=True)
-    return {"recipe": str(recipe_path.relative_to(REPO)), "overrides": overrides, "task": recipe.task,
-            "model": recipe.model.source, "speed_settings": recipe.speed.model_dump(),
-            "catalog": recipe.hardware.catalog, "seconds": round(time.time() - t0, 1), "rows": rows}
+    return {
+        "recipe": str(recipe_path.relative_to(REPO)),
+        "overrides": overrides,
+        "task": recipe.task,
+        "model": recipe.model.source,
+        "speed_settings": recipe.speed.model_dump(),
+        "catalog": recipe.hardware.catalog,
+        "seconds": round(time.time() - t0, 1),
+        "rows": rows,
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -150,8 +179,10 @@ def _mib(row: dict[str, Any]) -> str:
 def table_minilm(part: dict[str, Any]) -> list[str]:
     rows = part["rows"]
     base_tps = rows["torch fp32 (baseline)"]["speed"]["input_tokens_per_s"]["median"]
-    out = ["| configuration | MRR | MRR drop (95% CI) | Recall@1 drop (95% CI) | encode tok/s (min-max) | speedup | $/1M tokens | weights MiB | non-zero params |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| configuration | MRR | MRR drop (95% CI) | Recall@1 drop (95% CI) | encode tok/s (min-max) | speedup | $/1M tokens | weights MiB | non-zero params |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, r in rows.items():
         if "error" in r:
             out.append(f"| {label} | refused: {r['error']} | | | | | | | |")
@@ -162,15 +193,19 @@ def table_minilm(part: dict[str, Any]) -> list[str]:
             out.append(f"| {label} | | | | {speed} | | | |")
             continue
         q, drops, cost = r.get("quality", {}), r.get("drops", {}), r.get("cost") or {}
-        out.append(f"| {label} | {q.get('mrr', float('nan')):.4f} | {_fmt_drop(drops.get('mrr'))} | "
-                   f"{_fmt_drop(drops.get('recall@1'))} | {speed} | {cost.get('input_usd_per_m', float('nan')):.4f} | "
-                   f"{_mib(r)} | {r['footprint']['nonzero_parameters']:,} |")
+        out.append(
+            f"| {label} | {q.get('mrr', float('nan')):.4f} | {_fmt_drop(drops.get('mrr'))} | "
+            f"{_fmt_drop(drops.get('recall@1'))} | {speed} | {cost.get('input_usd_per_m', float('nan')):.4f} | "
+            f"{_mib(r)} | {r['footprint']['nonzero_parameters']:,} |"
+        )
     return out
 
 
 def table_stories(part: dict[str, Any]) -> list[str]:
-    out = ["| configuration | perplexity | perplexity change (95% CI) | KL vs fp32 | top-1 agreement | weights MiB |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "| configuration | perplexity | perplexity change (95% CI) | KL vs fp32 | top-1 agreement | weights MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, r in part["rows"].items():
         if "error" in r:
             out.append(f"| {label} | refused: {r['error']} | | | | |")
@@ -178,24 +213,30 @@ def table_stories(part: dict[str, Any]) -> list[str]:
         if "quality" not in r:
             continue
         q = r["quality"]
-        out.append(f"| {label} | {q['perplexity']:.2f} | {_fmt_drop(r.get('drops', {}).get('perplexity'))} | "
-                   f"{q.get('kl', 0):.4f} | {q.get('top1-agreement', 1):.3f} | {_mib(r)} |")
+        out.append(
+            f"| {label} | {q['perplexity']:.2f} | {_fmt_drop(r.get('drops', {}).get('perplexity'))} | "
+            f"{q.get('kl', 0):.4f} | {q.get('top1-agreement', 1):.3f} | {_mib(r)} |"
+        )
     return out
 
 
 def table_smollm(part: dict[str, Any]) -> list[str]:
     rows = part["rows"]
     b = rows["torch fp32 (baseline)"]["speed"]
-    out = ["| configuration | prefill tok/s (min-max) | prefill speedup | decode tok/s (min-max) | decode speedup | weights MiB |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "| configuration | prefill tok/s (min-max) | prefill speedup | decode tok/s (min-max) | decode speedup | weights MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, r in rows.items():
         if "error" in r:
             out.append(f"| {label} | refused: {r['error']} | | | | |")
             continue
         p, d = r["speed"]["input_tokens_per_s"], r["speed"]["output_tokens_per_s"]
-        out.append(f"| {label} | {p['median']:,.0f} ({p['min']:,.0f}-{p['max']:,.0f}) | "
-                   f"{p['median'] / b['input_tokens_per_s']['median']:.2f}x | {d['median']:,.1f} ({d['min']:,.1f}-{d['max']:,.1f}) | "
-                   f"{d['median'] / b['output_tokens_per_s']['median']:.2f}x | {_mib(r)} |")
+        out.append(
+            f"| {label} | {p['median']:,.0f} ({p['min']:,.0f}-{p['max']:,.0f}) | "
+            f"{p['median'] / b['input_tokens_per_s']['median']:.2f}x | {d['median']:,.1f} ({d['min']:,.1f}-{d['max']:,.1f}) | "
+            f"{d['median'] / b['output_tokens_per_s']['median']:.2f}x | {_mib(r)} |"
+        )
     return out
 
 
@@ -214,35 +255,56 @@ def _reproduce(part: dict[str, Any]) -> str:
 def write_report(results: dict[str, Any], path: Path) -> None:
     sysinfo = results["system"]
     cpu = sysinfo["cpu"]
-    lines = ["# Compression passes, measured", "",
-             "Each part was recorded separately (one process each) with the command under its heading; "
-             "`python experiments/passes/run.py --report` rewrites this file from results.json.", "",
-             f"Machine: {cpu['model']}, {cpu.get('logical_cores')} logical cores, flags {', '.join(cpu.get('isa', []) or [])}; "
-             f"threads used: 2 for every runtime. Libraries: "
-             + ", ".join(f"{k} {v}" for k, v in sysinfo["libraries"].items() if v) + ".", ""]
+    lines = [
+        "# Compression passes, measured",
+        "",
+        "Each part was recorded separately (one process each) with the command under its heading; "
+        "`python experiments/passes/run.py --report` rewrites this file from results.json.",
+        "",
+        f"Machine: {cpu['model']}, {cpu.get('logical_cores')} logical cores, flags {', '.join(cpu.get('isa', []) or [])}; "
+        f"threads used: 2 for every runtime. Libraries: "
+        + ", ".join(f"{k} {v}" for k, v in sysinfo["libraries"].items() if v)
+        + ".",
+        "",
+    ]
     parts = results["parts"]
     if "minilm" in parts:
         p = parts["minilm"]
         sp = p["speed_settings"]
-        lines += ["## all-MiniLM-L6-v2 (real weights), stdlib-docs retrieval", "", _reproduce(p),
-                  f"Quality on the eval split (summary line -> docstring body); speed: {sp['texts']} texts, batch {sp['batch_size']}, "
-                  f"{sp['warmup']} warm-up + {sp['repeats']} timed passes, real (unpadded) tokens. Drops: positive = worse, "
-                  f"paired bootstrap. $/1M: this machine's speed priced at {p['catalog']}. ", ""]
+        lines += [
+            "## all-MiniLM-L6-v2 (real weights), stdlib-docs retrieval",
+            "",
+            _reproduce(p),
+            f"Quality on the eval split (summary line -> docstring body); speed: {sp['texts']} texts, batch {sp['batch_size']}, "
+            f"{sp['warmup']} warm-up + {sp['repeats']} timed passes, real (unpadded) tokens. Drops: positive = worse, "
+            f"paired bootstrap. $/1M: this machine's speed priced at {p['catalog']}. ",
+            "",
+        ]
         lines += table_minilm(p) + [""] + notes(p) + [""]
     if "stories" in parts:
         p = parts["stories"]
-        lines += ["## stories260K (real weights), next-token quality on stdlib docstrings", "", _reproduce(p),
-                  "KL(fp32 || candidate) per token and top-1 agreement with fp32, on the same batches. "
-                  "Perplexity change: positive = worse.", ""]
+        lines += [
+            "## stories260K (real weights), next-token quality on stdlib docstrings",
+            "",
+            _reproduce(p),
+            "KL(fp32 || candidate) per token and top-1 agreement with fp32, on the same batches. "
+            "Perplexity change: positive = worse.",
+            "",
+        ]
         lines += table_stories(p) + [""] + notes(p) + [""]
     if "smollm" in parts:
         p = parts["smollm"]
         sp = p["speed_settings"]
-        lines += ["## SmolLM2-135M shape (random weights): speed only", "", _reproduce(p),
-                  f"Llama with SmolLM2-135M's dimensions ({SMOLLM_SHAPE['num_hidden_layers']} layers, hidden {SMOLLM_SHAPE['hidden_size']}, "
-                  f"vocab {SMOLLM_SHAPE['vocab_size']}), random init: its speed is real, its quality is meaningless. Batch {sp['batch_size']}, "
-                  f"{sp['prompt_tokens']}-token prompts of real text, {sp['new_tokens']} decoded tokens with the KV cache, "
-                  f"{sp['warmup']} warm-up + {sp['repeats']} timed.", ""]
+        lines += [
+            "## SmolLM2-135M shape (random weights): speed only",
+            "",
+            _reproduce(p),
+            f"Llama with SmolLM2-135M's dimensions ({SMOLLM_SHAPE['num_hidden_layers']} layers, hidden {SMOLLM_SHAPE['hidden_size']}, "
+            f"vocab {SMOLLM_SHAPE['vocab_size']}), random init: its speed is real, its quality is meaningless. Batch {sp['batch_size']}, "
+            f"{sp['prompt_tokens']}-token prompts of real text, {sp['new_tokens']} decoded tokens with the KV cache, "
+            f"{sp['warmup']} warm-up + {sp['repeats']} timed.",
+            "",
+        ]
         lines += table_smollm(p) + [""] + notes(p) + [""]
     path.write_text("\n".join(lines))
 
@@ -272,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             folder = build_smollm_shape(out / ".cache" / "smollm2-135m-shape", Path(args.stories))
             res = measure_part(HERE / "smollm-shape.yaml", QUANT_CHAINS | PRUNE_CHAINS, False, [f"model.source={folder}"], log)
-        res |= {"finished": datetime.now(UTC).isoformat(timespec="seconds"),
-                "command": f"python experiments/passes/run.py --only {part}"}
+        res |= {
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": f"python experiments/passes/run.py --only {part}",
+        }
         results["parts"][part] = res
         results["system"] = fingerprint()
         results_file.write_text(json.dumps(results, indent=1))  # after each part: a crash keeps finished parts

@@ -35,14 +35,18 @@ def main() -> None:
         cand = reload_saved(build(Path(args.deploy_file), Path(tmp) / "artifact"))
         rows: dict[str, list[float]] = {}
         for _ in range(args.rounds):
-            for label, c, b in ((f"torch fp32, batch {recipe.speed.batch_size}", baseline, recipe.speed.batch_size),
-                                (f"torch fp32, batch {config['batch_size']}", baseline, config["batch_size"]),
-                                (f"chosen ({cand.runtime}), batch {config['batch_size']}", cand, config["batch_size"])):
+            for label, c, b in (
+                (f"torch fp32, batch {recipe.speed.batch_size}", baseline, recipe.speed.batch_size),
+                (f"torch fp32, batch {config['batch_size']}", baseline, config["batch_size"]),
+                (f"chosen ({cand.runtime}), batch {config['batch_size']}", cand, config["batch_size"]),
+            ):
                 rows.setdefault(label, []).append(bench.speed_and_cost(c, b)[0]["input_tokens_per_s"]["median"])
     base = statistics.median(next(iter(rows.values())))
     for label, v in rows.items():
-        print(f"{label:40s} tokens/s per round: {', '.join(f'{x:,.0f}' for x in v)}; median {statistics.median(v):,.0f} "
-              f"({statistics.median(v) / base:.2f}x the first row)")
+        print(
+            f"{label:40s} tokens/s per round: {', '.join(f'{x:,.0f}' for x in v)}; median {statistics.median(v):,.0f} "
+            f"({statistics.median(v) / base:.2f}x the first row)"
+        )
 
 
 if __name__ == "__main__":

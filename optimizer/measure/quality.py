@@ -15,8 +15,14 @@ from optimizer.measure.stats import MetricValues
 from optimizer.runtimes import Candidate
 
 # Which metrics need which kind of eval data.
-NEEDS_KIND = {"mrr": "pairs", "recall@1": "pairs", "ndcg@10": "pairs", "spearman": "scored-pairs",
-              "accuracy": "labeled", "f1": "labeled"}
+NEEDS_KIND = {
+    "mrr": "pairs",
+    "recall@1": "pairs",
+    "ndcg@10": "pairs",
+    "spearman": "scored-pairs",
+    "accuracy": "labeled",
+    "f1": "labeled",
+}
 
 
 def retrieval_values(queries: np.ndarray, docs: np.ndarray) -> dict[str, np.ndarray]:
@@ -49,8 +55,10 @@ def check_data(metrics: list[str], data: Dataset) -> None:
     for m in metrics:
         need = NEEDS_KIND.get(m)
         if need and data.kind != need:
-            raise UserError(f"metric {m!r} needs {need} eval data, but data.eval gives {data.kind}",
-                            f"give {need} data (set data.eval.kind) or drop {m!r} from quality.metrics")
+            raise UserError(
+                f"metric {m!r} needs {need} eval data, but data.eval gives {data.kind}",
+                f"give {need} data (set data.eval.kind) or drop {m!r} from quality.metrics",
+            )
 
 
 class QualityEvaluator:
@@ -99,8 +107,7 @@ class QualityEvaluator:
     def _causal_lm(self, cand: Candidate, reference: Candidate | None) -> dict[str, MetricValues]:
         s = tasks.lm_stats(cand, self.data.texts, self.batch_size, reference)
         if s.tokens.sum() == 0:
-            raise UserError("the eval texts give no predicted tokens (each needs at least two tokens)",
-                            "give longer eval texts")
+            raise UserError("the eval texts give no predicted tokens (each needs at least two tokens)", "give longer eval texts")
         if reference is None:
             s.agree = s.tokens.copy()  # the baseline agrees with itself on every token, KL 0
         out = {
@@ -131,6 +138,8 @@ class QualityEvaluator:
             elif lab in label2id:
                 out.append(int(label2id[lab]))
             else:
-                raise UserError(f"label {lab!r} is not one of the model's labels ({', '.join(map(str, label2id))})",
-                                "use the model's label names or integer class ids in the eval data")
+                raise UserError(
+                    f"label {lab!r} is not one of the model's labels ({', '.join(map(str, label2id))})",
+                    "use the model's label names or integer class ids in the eval data",
+                )
         return np.asarray(out)

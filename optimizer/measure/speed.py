@@ -120,8 +120,9 @@ def bench_encoder(cand: Candidate, texts: list[str], batch_size: int, warmup: in
     }
 
 
-def bench_causal_lm(cand: Candidate, texts: list[str], batch_size: int, prompt_tokens: int, new_tokens: int,
-                    warmup: int, repeats: int) -> dict:
+def bench_causal_lm(
+    cand: Candidate, texts: list[str], batch_size: int, prompt_tokens: int, new_tokens: int, warmup: int, repeats: int
+) -> dict:
     """Prefill (input) and greedy KV-cache decode (output) speed on prompts cut from real text.
 
     Every prompt is exactly `prompt_tokens` real tokens (no padding); decoding runs `new_tokens` steps
@@ -130,12 +131,18 @@ def bench_causal_lm(cand: Candidate, texts: list[str], batch_size: int, prompt_t
     stream = tasks.token_stream(cand, texts)
     chunks = list(tasks.iter_chunks(stream, batch_size, prompt_tokens))
     if not chunks:
-        raise UserError(f"the eval texts hold {len(stream)} tokens, fewer than speed.batch_size x "
-                        f"speed.prompt_tokens = {batch_size * prompt_tokens}", "lower them or give more eval text")
+        raise UserError(
+            f"the eval texts hold {len(stream)} tokens, fewer than speed.batch_size x "
+            f"speed.prompt_tokens = {batch_size * prompt_tokens}",
+            "lower them or give more eval text",
+        )
     limit = cand.info.max_length
     if prompt_tokens + new_tokens > limit:
-        raise UserError(f"speed.prompt_tokens + speed.new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
-                        f"context of {limit} tokens", "lower them")
+        raise UserError(
+            f"speed.prompt_tokens + speed.new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
+            f"context of {limit} tokens",
+            "lower them",
+        )
 
     def one_run(prompt: torch.Tensor) -> tuple[float, list[float]]:
         mask = torch.ones_like(prompt)

@@ -39,7 +39,7 @@ def _rank(x: np.ndarray) -> np.ndarray:
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = _rank(a), _rank(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    denom = np.sqrt((ra**2).sum() * (rb**2).sum())
     return float((ra * rb).sum() / denom) if denom > 0 else 0.0
 
 
@@ -82,8 +82,9 @@ class Drop:
     n: int
 
 
-def paired_bootstrap(base: MetricValues, cand: MetricValues, resamples: int = 1000, confidence: float = 0.95,
-                     seed: int = 0) -> Drop:
+def paired_bootstrap(
+    base: MetricValues, cand: MetricValues, resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> Drop:
     """Resample examples with replacement, the same indices for both, and take percentiles of the drop."""
     n = len(base.values)
     if len(cand.values) != n:

@@ -11,12 +11,36 @@ from typing import Any
 
 import psutil
 
-KEY_LIBRARIES = ("costopt", "torch", "transformers", "tokenizers", "safetensors", "onnx", "onnxruntime",
-                 "bitsandbytes", "optuna", "numpy", "pydantic", "sentence-transformers", "datasets")
+KEY_LIBRARIES = (
+    "costopt",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "onnx",
+    "onnxruntime",
+    "bitsandbytes",
+    "optuna",
+    "numpy",
+    "pydantic",
+    "sentence-transformers",
+    "datasets",
+)
 # cpuinfo flag -> what we call it; these decide which int8/bf16 kernels a runtime can use.
-ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
-             "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8", "fma": "FMA",
-             "asimd": "NEON", "sve": "SVE", "i8mm": "I8MM", "bf16": "BF16"}
+ISA_FLAGS = {
+    "avx2": "AVX2",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "AVX-512 BF16",
+    "amx_bf16": "AMX-BF16",
+    "amx_int8": "AMX-INT8",
+    "fma": "FMA",
+    "asimd": "NEON",
+    "sve": "SVE",
+    "i8mm": "I8MM",
+    "bf16": "BF16",
+}
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -58,8 +82,14 @@ def gpu_info() -> list[dict[str, Any]]:
     gpus = []
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
-        gpus.append({"name": p.name, "memory_bytes": int(p.total_memory),
-                     "capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda})
+        gpus.append(
+            {
+                "name": p.name,
+                "memory_bytes": int(p.total_memory),
+                "capability": f"{p.major}.{p.minor}",
+                "cuda": torch.version.cuda,
+            }
+        )
     try:  # the driver version is only reachable through NVML
         import pynvml  # type: ignore[import-not-found]
 
@@ -109,8 +139,10 @@ def describe(fp: dict[str, Any]) -> str:
     ]
     if fp["gpus"]:
         for g in fp["gpus"]:
-            lines.append(f"GPU       {g['name']}, {g['memory_bytes'] / 2**30:.1f} GiB, compute {g['capability']}, "
-                         f"CUDA {g['cuda']}, driver {g.get('driver', 'unknown')}")
+            lines.append(
+                f"GPU       {g['name']}, {g['memory_bytes'] / 2**30:.1f} GiB, compute {g['capability']}, "
+                f"CUDA {g['cuda']}, driver {g.get('driver', 'unknown')}"
+            )
     else:
         lines.append("GPU       none visible")
     lines.append(f"OS        {fp['os']}, Python {fp['python']}")

@@ -19,19 +19,26 @@ def validate_pass_params(spec: Any, task: str) -> tuple[str, str, str] | None:
 
     cls = REGISTRY[spec.name]
     if task not in cls.tasks:
-        return ("name", f"pass {spec.name!r} does not apply to task {task!r}",
-                f"use it with {', '.join(sorted(cls.tasks))}, or remove it")
+        return (
+            "name",
+            f"pass {spec.name!r} does not apply to task {task!r}",
+            f"use it with {', '.join(sorted(cls.tasks))}, or remove it",
+        )
     fields = cls.Config.model_fields
     fixed: dict[str, Any] = {}
     for key, value in spec.params.items():
         if key not in fields:
             from optimizer.errors import nearest
+
             return (key, f"unknown parameter of pass {spec.name!r}", f"remove it ({nearest(key, list(fields))})")
         try:
             rng = parse_range(value)
         except ValidationError as e:
-            return (key, e.errors()[0]["msg"].removeprefix("Value error, "),
-                    "write {choice: [...]}, {int: [lo, hi]} or {float: [lo, hi], log: true}")
+            return (
+                key,
+                e.errors()[0]["msg"].removeprefix("Value error, "),
+                "write {choice: [...]}, {int: [lo, hi]} or {float: [lo, hi], log: true}",
+            )
         if rng is None:
             fixed[key] = value
             continue
@@ -67,11 +74,15 @@ def check_pass_can_run(name: str, device: str | None = None) -> None:
     cls = REGISTRY[name]
     missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"pass {name!r} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                        "not installed", f"pip install 'costopt[{cls.extra}]'" if cls.extra else f"pip install {' '.join(missing)}")
+        raise UserError(
+            f"pass {name!r} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed",
+            f"pip install 'costopt[{cls.extra}]'" if cls.extra else f"pip install {' '.join(missing)}",
+        )
     if device is not None and device not in cls.devices:
-        raise UserError(f"pass {name!r} runs on {' or '.join(sorted(cls.devices))}, not on {device}",
-                        f"set hardware.device: {sorted(cls.devices)[0]}, or remove the pass")
+        raise UserError(
+            f"pass {name!r} runs on {' or '.join(sorted(cls.devices))}, not on {device}",
+            f"set hardware.device: {sorted(cls.devices)[0]}, or remove the pass",
+        )
 
 
 def check_chain(passes: list[dict[str, Any]], device: str | None = None) -> str:
@@ -84,9 +95,11 @@ def check_chain(passes: list[dict[str, Any]], device: str | None = None) -> str:
         cls = REGISTRY[p["name"]]
         check_pass_can_run(p["name"], device)
         if runtime not in cls.runtimes_in:
-            raise UserError(f"pass {p['name']!r} (position {i + 1}) needs a {' or '.join(sorted(cls.runtimes_in))} "
-                            f"model but the passes before it produce {runtime}",
-                            "reorder the passes: torch passes (distill, prune, cast) before export, runtime passes after it")
+            raise UserError(
+                f"pass {p['name']!r} (position {i + 1}) needs a {' or '.join(sorted(cls.runtimes_in))} "
+                f"model but the passes before it produce {runtime}",
+                "reorder the passes: torch passes (distill, prune, cast) before export, runtime passes after it",
+            )
         runtime = cls.runtime_out or runtime
     return runtime
 
@@ -115,11 +128,12 @@ def check_space(passes: list[tuple[str, bool]], device: str | None = None) -> No
     for i, (name, _) in enumerate(passes):
         if i not in reachable:
             cls = REGISTRY[name]
-            raise UserError(f"pass {name!r} (position {i + 1}) can never run: it needs a "
-                            f"{' or '.join(sorted(cls.runtimes_in))} model and no choice of the optional passes "
-                            "before it produces one",
-                            "reorder the passes (torch passes, an export, then that runtime's passes), "
-                            "or make the export before it optional")
+            raise UserError(
+                f"pass {name!r} (position {i + 1}) can never run: it needs a "
+                f"{' or '.join(sorted(cls.runtimes_in))} model and no choice of the optional passes "
+                "before it produces one",
+                "reorder the passes (torch passes, an export, then that runtime's passes), or make the export before it optional",
+            )
 
 
 def runtime_of(passes: list[dict[str, Any]]) -> str:
@@ -142,4 +156,15 @@ def _import_techniques() -> None:
 
 _import_techniques()
 
-__all__ = ["REGISTRY", "Pass", "PassConfig", "PassContext", "build_pass", "check_chain", "check_pass_can_run", "check_space", "runtime_of", "validate_pass_params"]
+__all__ = [
+    "REGISTRY",
+    "Pass",
+    "PassConfig",
+    "PassContext",
+    "build_pass",
+    "check_chain",
+    "check_pass_can_run",
+    "check_space",
+    "runtime_of",
+    "validate_pass_params",
+]

@@ -24,8 +24,9 @@ def sample_texts(ctx: PassContext, n: int) -> list[str]:
     return texts[:n]
 
 
-def batches(cand: TorchCandidate, ctx: PassContext, samples: int, batch_size: int = 8,
-            max_length: int = 256) -> list[tasks.Batch]:
+def batches(
+    cand: TorchCandidate, ctx: PassContext, samples: int, batch_size: int = 8, max_length: int = 256
+) -> list[tasks.Batch]:
     return tasks.make_batches(cand, sample_texts(ctx, samples), batch_size, max_length=min(max_length, cand.info.max_length))
 
 
@@ -46,6 +47,7 @@ def input_norms(cand: TorchCandidate, linears: list[nn.Linear], data: list[tasks
             m = mask[0].to(x.device).bool()
             rows = x[m] if x.dim() == 3 and x.shape[:2] == m.shape else x.reshape(-1, x.shape[-1])  # real tokens
             sums[i] += (rows.double() ** 2).sum(0).cpu()
+
         return fn
 
     handles = [lin.register_forward_pre_hook(hook(i)) for i, lin in enumerate(linears)]
@@ -73,6 +75,7 @@ def block_influence(cand: TorchCandidate, layers: list[nn.Module], data: list[ta
             k = keep[0].to(x.device)
             cos = torch.nn.functional.cosine_similarity(x[k].float(), y[k].float(), dim=-1)
             total[i] += float((1 - cos).sum())
+
         return fn
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]

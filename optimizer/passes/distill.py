@@ -87,8 +87,10 @@ class Distill(Pass):
             width = bl[0].ffn_out.in_features
             keep_n = max(8, int(width * c.ffn_ratio) // 8 * 8)
             norms = input_norms(student, [b.ffn_out for b in bl], batches(student, ctx, 64))
-            surgery.shrink_ffn(student.module, [(n * b.ffn_out.weight.float().norm(dim=0).cpu()).topk(keep_n).indices
-                                                for b, n in zip(bl, norms, strict=False)])
+            surgery.shrink_ffn(
+                student.module,
+                [(n * b.ffn_out.weight.float().norm(dim=0).cpu()).topk(keep_n).indices for b, n in zip(bl, norms, strict=False)],
+            )
         if c.keep_layers is not None or c.num_layers is not None:
             kept = sorted(set(c.keep_layers)) if c.keep_layers is not None else spaced_layers(total, c.num_layers or total)
             surgery.keep_layers(student.module, kept)
@@ -112,15 +114,18 @@ class Distill(Pass):
             if want_hidden:
                 keep = mask.bool()
                 pairs = [(s_out.hidden_states[i + 1], t_out.hidden_states[k + 1]) for i, k in enumerate(kept)]
-                loss = loss + c.hidden_weight * sum(torch.nn.functional.mse_loss(sh[keep], th[keep]) for sh, th in pairs) / len(pairs)
+                loss = loss + c.hidden_weight * sum(torch.nn.functional.mse_loss(sh[keep], th[keep]) for sh, th in pairs) / len(
+                    pairs
+                )
             return loss
         T = c.temperature
         s_logits, t_logits = s_out.logits.float(), t_out.logits.float()
         if student.task == "causal-lm":
             keep = mask.bool()
             s_logits, t_logits = s_logits[keep], t_logits[keep]
-        kl = torch.nn.functional.kl_div(torch.log_softmax(s_logits / T, -1), torch.log_softmax(t_logits / T, -1),
-                                        log_target=True, reduction="batchmean")
+        kl = torch.nn.functional.kl_div(
+            torch.log_softmax(s_logits / T, -1), torch.log_softmax(t_logits / T, -1), log_target=True, reduction="batchmean"
+        )
         return kl * T * T
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
@@ -139,18 +144,23 @@ class Distill(Pass):
         total = len(surgery.blocks(teacher.module))
         texts = train_texts(ctx)
         if len(texts) < c.batch_size:
-            raise UserError(f"distill has {len(texts)} training texts, fewer than one batch of {c.batch_size}",
-                            "give data.train more text, or lower batch_size")
+            raise UserError(
+                f"distill has {len(texts)} training texts, fewer than one batch of {c.batch_size}",
+                "give data.train more text, or lower batch_size",
+            )
         opt = torch.optim.AdamW([p for p in student.module.parameters() if p.requires_grad], lr=c.lr, weight_decay=0.01)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / max(1, c.warmup_steps)) * max(0.0, 1 - s / c.steps))
+            opt, lambda s: min(1.0, (s + 1) / max(1, c.warmup_steps)) * max(0.0, 1 - s / c.steps)
+        )
         step = 0
         ckpt = Path(c.checkpoint_dir) / CHECKPOINT if c.checkpoint_dir else None
         if ckpt is not None and ckpt.is_file():
             state = torch.load(ckpt, weights_only=False)
             if state["kept"] != kept or state["config"] != c.model_dump():
-                raise UserError(f"checkpoint {ckpt} was written with other distill settings",
-                                "use a new checkpoint_dir, or the settings it was written with")
+                raise UserError(
+                    f"checkpoint {ckpt} was written with other distill settings",
+                    "use a new checkpoint_dir, or the settings it was written with",
+                )
             student.module.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -183,9 +193,18 @@ class Distill(Pass):
                 if ckpt is not None and (step % c.save_every == 0 or step == c.steps):
                     ckpt.parent.mkdir(parents=True, exist_ok=True)
                     tmp = ckpt.with_suffix(".tmp")
-                    torch.save({"step": step, "kept": kept, "config": c.model_dump(), "model": student.module.state_dict(),
-                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                "rng": torch.get_rng_state()}, tmp)
+                    torch.save(
+                        {
+                            "step": step,
+                            "kept": kept,
+                            "config": c.model_dump(),
+                            "model": student.module.state_dict(),
+                            "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(),
+                            "rng": torch.get_rng_state(),
+                        },
+                        tmp,
+                    )
                     tmp.replace(ckpt)
         finally:
             bar.close()
@@ -193,7 +212,9 @@ class Distill(Pass):
         del teacher
         first = np.mean(losses[:10]) if losses else float("nan")
         last = np.mean(losses[-10:]) if losses else float("nan")
-        student.notes.append(f"distill: {len(kept)} of {total} blocks kept "
-                             f"({kept}), {step} steps, loss {first:.4f} -> {last:.4f}"
-                             + (f"; stopped at the {c.max_seconds:g} s budget" if stopped_early else ""))
+        student.notes.append(
+            f"distill: {len(kept)} of {total} blocks kept "
+            f"({kept}), {step} steps, loss {first:.4f} -> {last:.4f}"
+            + (f"; stopped at the {c.max_seconds:g} s budget" if stopped_early else "")
+        )
         return student

@@ -39,8 +39,9 @@ ORT = frozenset({"onnxruntime"})
 
 
 def _derive(cand: OrtCandidate, folder: Path) -> OrtCandidate:
-    return OrtCandidate(info=cand.info, device=cand.device, applied=list(cand.applied), notes=list(cand.notes),
-                        folder=folder, io=dict(cand.io))
+    return OrtCandidate(
+        info=cand.info, device=cand.device, applied=list(cand.applied), notes=list(cand.notes), folder=folder, io=dict(cand.io)
+    )
 
 
 # ---------------------------------------------------------------- export
@@ -67,10 +68,19 @@ class OnnxExport(Pass):
         module = candidate.module.float().cpu()  # the exported graph is fp32; parity is against this module
         reference = TorchCandidate(info=candidate.info, module=module, device="cpu")
         io = export(module, candidate.task, folder / MODEL_FILE, self.config.opset)
-        ort_cand = OrtCandidate(info=candidate.info, device=ctx.device, applied=list(candidate.applied),
-                                notes=list(candidate.notes), folder=folder, io=io)
-        ort_cand.notes.append(check_parity(self.name, "ONNX Runtime", reference, ort_cand,
-                                           sample_texts(ctx, self.config.parity_texts), self.config.tolerance))
+        ort_cand = OrtCandidate(
+            info=candidate.info,
+            device=ctx.device,
+            applied=list(candidate.applied),
+            notes=list(candidate.notes),
+            folder=folder,
+            io=io,
+        )
+        ort_cand.notes.append(
+            check_parity(
+                self.name, "ONNX Runtime", reference, ort_cand, sample_texts(ctx, self.config.parity_texts), self.config.tolerance
+            )
+        )
         candidate.module = None  # the torch weights are no longer needed
         return ort_cand
 
@@ -80,7 +90,8 @@ class OnnxExport(Pass):
 
 class OptimizeConfig(PassConfig):
     level: Literal["basic", "extended"] = Field(
-        default="extended", description="ORT's offline level; 'all' is applied at load time, as it is hardware-specific")
+        default="extended", description="ORT's offline level; 'all' is applied at load time, as it is hardware-specific"
+    )
     fusions: bool = Field(default=True, description="transformer fusions (attention, layer norm, GELU) for encoders")
 
 
@@ -106,16 +117,23 @@ class OrtOptimize(Pass):
             from onnxruntime.transformers.optimizer import optimize_model
 
             # Head count and width from the exported config: the graph's reshapes say -1 for heads.
-            optimized = optimize_model(str(source), model_type="bert", opt_level=0,
-                                       num_heads=candidate.io.get("num_heads", 0), hidden_size=candidate.io.get("hidden_size", 0))
+            optimized = optimize_model(
+                str(source),
+                model_type="bert",
+                opt_level=0,
+                num_heads=candidate.io.get("num_heads", 0),
+                hidden_size=candidate.io.get("hidden_size", 0),
+            )
             fused = optimized.get_fused_operator_statistics()
             optimized.save_model_to_file(str(folder / "fused.onnx"))
             source = folder / "fused.onnx"
             counts = ", ".join(f"{k} {v}" for k, v in sorted(fused.items()) if v)
             candidate.notes.append(f"ort-optimize fusions: {counts or 'none matched'}")
         so = session_options(ctx.threads)
-        so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[self.config.level]
+        so.graph_optimization_level = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        }[self.config.level]
         so.optimized_model_filepath = str(target)
         ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
         if source != candidate.model_path:
@@ -165,11 +183,16 @@ class OrtInt8Dynamic(Pass):
         folder = next_folder(ctx, self.name)
         c = self.config
         ops, excluded = _node_choice(candidate.model_path, c.op_types, c.exclude)
-        quantize_dynamic(candidate.model_path, folder / MODEL_FILE, per_channel=c.per_channel,
-                         reduce_range=c.reduce_range, op_types_to_quantize=ops,
-                         weight_type=QuantType.QInt8 if c.weight_type == "int8" else QuantType.QUInt8,
-                         nodes_to_exclude=excluded,
-                         extra_options=_QUANT_OPTIONS)
+        quantize_dynamic(
+            candidate.model_path,
+            folder / MODEL_FILE,
+            per_channel=c.per_channel,
+            reduce_range=c.reduce_range,
+            op_types_to_quantize=ops,
+            weight_type=QuantType.QInt8 if c.weight_type == "int8" else QuantType.QUInt8,
+            nodes_to_exclude=excluded,
+            extra_options=_QUANT_OPTIONS,
+        )
         return _derive(candidate, folder)
 
 
@@ -222,18 +245,28 @@ class OrtInt8Static(Pass):
         c = self.config
         folder = next_folder(ctx, self.name)
         reader = type("Reader", (_Reader, CalibrationDataReader), {})(candidate, sample_texts(ctx, c.samples), c.batch_size)
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[c.method]
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[c.method]
         extra = _QUANT_OPTIONS | {"CalibTensorRangeSymmetric": c.activation_type == "int8"}
         if c.method == "percentile":
             extra["CalibPercentile"] = c.percentile
         ops, excluded = _node_choice(candidate.model_path, c.op_types, c.exclude)
-        quantize_static(candidate.model_path, folder / MODEL_FILE, reader,
-                        quant_format=QuantFormat.QDQ if c.format == "qdq" else QuantFormat.QOperator,
-                        op_types_to_quantize=ops, per_channel=c.per_channel,
-                        activation_type=QuantType.QUInt8 if c.activation_type == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                        calibrate_method=method, extra_options=extra)
+        quantize_static(
+            candidate.model_path,
+            folder / MODEL_FILE,
+            reader,
+            quant_format=QuantFormat.QDQ if c.format == "qdq" else QuantFormat.QOperator,
+            op_types_to_quantize=ops,
+            per_channel=c.per_channel,
+            activation_type=QuantType.QUInt8 if c.activation_type == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            calibrate_method=method,
+            extra_options=extra,
+        )
         for f in folder.glob("*.onnx-augmented*"):
             f.unlink()  # the calibration tool's temporary graph
         candidate.notes.append(f"ort-int8-static calibrated on {min(c.samples, len(reader.texts))} texts ({c.method})")
@@ -247,9 +280,13 @@ class Int4Config(PassConfig):
     block_size: int = Field(default=32, ge=16, le=256)
     symmetric: bool = True
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
-        default=4, description="compute type on CPU: 4 = int8 activations (fast), 0 = unset (fp32)")
-    exclude: list[str] = Field(default=[], description="regexes on ONNX node names to keep out of int4 "
-                               "(a later ort-int8-dynamic pass can take them to int8: mixed precision)")
+        default=4, description="compute type on CPU: 4 = int8 activations (fast), 0 = unset (fp32)"
+    )
+    exclude: list[str] = Field(
+        default=[],
+        description="regexes on ONNX node names to keep out of int4 "
+        "(a later ort-int8-dynamic pass can take them to int8: mixed precision)",
+    )
 
 
 class OrtInt4(Pass):
@@ -271,9 +308,14 @@ class OrtInt4(Pass):
             raise UserError(f"ort-int4 block_size {c.block_size} is not a power of two", "use 16, 32, 64, 128 or 256")
         folder = next_folder(ctx, self.name)
         _, excluded = _node_choice(candidate.model_path, [], c.exclude)
-        q = MatMulNBitsQuantizer(onnx.load(str(candidate.model_path)), bits=4, block_size=c.block_size,
-                                 is_symmetric=c.symmetric, accuracy_level=c.accuracy_level or None,
-                                 nodes_to_exclude=excluded)
+        q = MatMulNBitsQuantizer(
+            onnx.load(str(candidate.model_path)),
+            bits=4,
+            block_size=c.block_size,
+            is_symmetric=c.symmetric,
+            accuracy_level=c.accuracy_level or None,
+            nodes_to_exclude=excluded,
+        )
         q.process()
         if c.exclude:
             candidate.notes.append(f"ort-int4 kept {len(excluded)} nodes matching ({', '.join(c.exclude)}) out of int4")

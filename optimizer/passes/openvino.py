@@ -41,9 +41,11 @@ class OvPass(Pass):
 
 class OvExportConfig(PassConfig):
     inference_precision: Precision = Field(
-        default="f32", description="CPU plugin precision for the float parts: f32, or bf16/f16 where the CPU has them")
-    tolerance: float = Field(default=1e-3, gt=0, description="max |torch - openvino| on real tokens (at f32), "
-                             "relative to max |torch|")
+        default="f32", description="CPU plugin precision for the float parts: f32, or bf16/f16 where the CPU has them"
+    )
+    tolerance: float = Field(
+        default=1e-3, gt=0, description="max |torch - openvino| on real tokens (at f32), relative to max |torch|"
+    )
     parity_texts: int = Field(default=16, ge=2)
 
 
@@ -65,8 +67,14 @@ class OvExport(OvPass):
         module = candidate.module.float().cpu()
         reference = TorchCandidate(info=candidate.info, module=module, device="cpu")
         io = convert(module, candidate.task, folder)
-        f32 = OvCandidate(info=candidate.info, applied=list(candidate.applied), notes=list(candidate.notes),
-                          folder=folder, io=io, precision="f32")
+        f32 = OvCandidate(
+            info=candidate.info,
+            applied=list(candidate.applied),
+            notes=list(candidate.notes),
+            folder=folder,
+            io=io,
+            precision="f32",
+        )
         # parity is a property of the conversion, so it is checked at f32; a lower precision is a choice whose
         # effect the quality measurement shows
         note = check_parity(self.name, "OpenVINO", reference, f32, sample_texts(ctx, c.parity_texts), c.tolerance)
@@ -81,9 +89,11 @@ def _supported(precision: str) -> str:
     caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     wanted = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}[precision]
     if wanted not in caps:
-        raise UserError(f"ov-export inference_precision {precision}: this CPU does not offer {wanted} "
-                        f"(it offers {', '.join(sorted(caps & {'FP32', 'BF16', 'FP16'}))})",
-                        "use inference_precision: f32 here, or run on a CPU with AVX-512 BF16 / AMX")
+        raise UserError(
+            f"ov-export inference_precision {precision}: this CPU does not offer {wanted} "
+            f"(it offers {', '.join(sorted(caps & {'FP32', 'BF16', 'FP16'}))})",
+            "use inference_precision: f32 here, or run on a CPU with AVX-512 BF16 / AMX",
+        )
     return precision
 
 
@@ -140,11 +150,13 @@ def _write(model: Any, candidate: OvCandidate, ctx: PassContext, name: str) -> O
 
 class OvInt8StaticConfig(PassConfig):
     preset: Literal["mixed", "performance"] = Field(
-        default="mixed", description="mixed: symmetric weights, asymmetric activations (NNCF's choice for transformers)")
+        default="mixed", description="mixed: symmetric weights, asymmetric activations (NNCF's choice for transformers)"
+    )
     samples: int = Field(default=300, ge=1, description="calibration texts (NNCF subset_size)")
     fast_bias_correction: bool = True
-    smooth_quant_alpha: float = Field(default=0.95, ge=-1, le=1, description="SmoothQuant migration strength for "
-                                      "MatMuls; -1 turns SmoothQuant off")
+    smooth_quant_alpha: float = Field(
+        default=0.95, ge=-1, le=1, description="SmoothQuant migration strength for MatMuls; -1 turns SmoothQuant off"
+    )
     exclude: list[str] = Field(default=[], description="regexes on OpenVINO node names to keep in float")
 
 
@@ -165,13 +177,21 @@ class OvInt8Static(OvPass):
         feeds = _feeds(candidate, sample_texts(ctx, c.samples))
         advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=c.smooth_quant_alpha))
         with _quiet():
-            model = nncf.quantize(_read(candidate), nncf.Dataset(feeds), preset=nncf.QuantizationPreset(c.preset),
-                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
-                                  fast_bias_correction=c.fast_bias_correction, ignored_scope=_ignored(c.exclude),
-                                  advanced_parameters=advanced)
+            model = nncf.quantize(
+                _read(candidate),
+                nncf.Dataset(feeds),
+                preset=nncf.QuantizationPreset(c.preset),
+                model_type=nncf.ModelType.TRANSFORMER,
+                subset_size=len(feeds),
+                fast_bias_correction=c.fast_bias_correction,
+                ignored_scope=_ignored(c.exclude),
+                advanced_parameters=advanced,
+            )
         out = _write(model, candidate, ctx, self.name)
-        out.notes.append(f"ov-int8-static calibrated on {len(feeds)} texts ({c.preset} preset, SmoothQuant "
-                         f"{'off' if c.smooth_quant_alpha < 0 else c.smooth_quant_alpha})")
+        out.notes.append(
+            f"ov-int8-static calibrated on {len(feeds)} texts ({c.preset} preset, SmoothQuant "
+            f"{'off' if c.smooth_quant_alpha < 0 else c.smooth_quant_alpha})"
+        )
         return out
 
 
@@ -181,14 +201,17 @@ class OvInt8Static(OvPass):
 class OvWeightConfig(PassConfig):
     mode: Literal["int8_sym", "int8_asym", "int4_sym", "int4_asym"] = "int4_asym"
     group_size: int = Field(default=64, ge=-1, description="int4: weights per scale (-1: one per output channel)")
-    ratio: float = Field(default=1.0, gt=0, le=1, description="int4: share of layers in int4, the rest int8 "
-                         "(NNCF ranks them by sensitivity)")
+    ratio: float = Field(
+        default=1.0, gt=0, le=1, description="int4: share of layers in int4, the rest int8 (NNCF ranks them by sensitivity)"
+    )
     awq: bool = Field(default=False, description="int4: activation-aware scales (needs calibration texts)")
     scale_estimation: bool = Field(default=False, description="int4: scales fitted to calibration activations")
     gptq: bool = Field(default=False, description="int4: GPTQ error-compensating rounding")
     group_fallback: Literal["adjust", "ignore", "error"] = Field(
-        default="adjust", description="int4: a layer whose width the group size does not divide gets the nearest "
-        "group size that does (adjust), stays uncompressed (ignore), or stops the pass (error)")
+        default="adjust",
+        description="int4: a layer whose width the group size does not divide gets the nearest "
+        "group size that does (adjust), stays uncompressed (ignore), or stops the pass (error)",
+    )
     samples: int = Field(default=64, ge=1, description="calibration texts for the data-aware options")
     exclude: list[str] = Field(default=[], description="regexes on OpenVINO node names to keep uncompressed")
 
@@ -208,23 +231,36 @@ class OvWeightCompress(OvPass):
         int4 = c.mode.startswith("int4")
         data_aware = int4 and (c.awq or c.scale_estimation or c.gptq)
         if not int4 and (c.awq or c.scale_estimation or c.gptq):
-            raise UserError(f"ov-weight-compress: awq / scale_estimation / gptq apply to int4 modes, not {c.mode}",
-                            "use mode int4_sym or int4_asym, or turn those options off")
+            raise UserError(
+                f"ov-weight-compress: awq / scale_estimation / gptq apply to int4 modes, not {c.mode}",
+                "use mode int4_sym or int4_asym, or turn those options off",
+            )
         kwargs: dict[str, Any] = {}
         if int4:
             from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-            kwargs |= {"group_size": c.group_size, "ratio": c.ratio, "awq": c.awq, "scale_estimation": c.scale_estimation,
-                       "gptq": c.gptq, "advanced_parameters": AdvancedCompressionParameters(
-                           group_size_fallback_mode=GroupSizeFallbackMode(c.group_fallback))}
+            kwargs |= {
+                "group_size": c.group_size,
+                "ratio": c.ratio,
+                "awq": c.awq,
+                "scale_estimation": c.scale_estimation,
+                "gptq": c.gptq,
+                "advanced_parameters": AdvancedCompressionParameters(
+                    group_size_fallback_mode=GroupSizeFallbackMode(c.group_fallback)
+                ),
+            }
         if data_aware:
             feeds = _feeds(candidate, sample_texts(ctx, c.samples))
             kwargs |= {"dataset": nncf.Dataset(feeds), "subset_size": len(feeds)}
         with _quiet():
-            model = nncf.compress_weights(_read(candidate), mode=nncf.CompressWeightsMode(c.mode),
-                                          ignored_scope=_ignored(c.exclude), **kwargs)
+            model = nncf.compress_weights(
+                _read(candidate), mode=nncf.CompressWeightsMode(c.mode), ignored_scope=_ignored(c.exclude), **kwargs
+            )
         out = _write(model, candidate, ctx, self.name)
         how = [k for k in ("awq", "scale_estimation", "gptq") if getattr(c, k)]
-        out.notes.append(f"ov-weight-compress {c.mode}" + (f", group {c.group_size}, ratio {c.ratio}" if int4 else "")
-                         + (f", {' + '.join(how)} on {kwargs['subset_size']} texts" if data_aware else ""))
+        out.notes.append(
+            f"ov-weight-compress {c.mode}"
+            + (f", group {c.group_size}, ratio {c.ratio}" if int4 else "")
+            + (f", {' + '.join(how)} on {kwargs['subset_size']} texts" if data_aware else "")
+        )
         return out

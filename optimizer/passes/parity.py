@@ -24,13 +24,16 @@ def parity(reference: TorchCandidate, exported: Candidate, texts: list[str]) -> 
     return worst, min_cos
 
 
-def check_parity(pass_name: str, runtime: str, reference: TorchCandidate, exported: Candidate, texts: list[str],
-                 tolerance: float) -> str:
+def check_parity(
+    pass_name: str, runtime: str, reference: TorchCandidate, exported: Candidate, texts: list[str], tolerance: float
+) -> str:
     """Raise a one-line error when `exported` disagrees with torch beyond `tolerance`; else the note to keep."""
     diff, cos = parity(reference, exported, texts)
     if diff > tolerance:
-        raise UserError(f"{pass_name} parity check failed: {runtime} differs from torch by {diff:.2e} "
-                        f"(relative max |diff| on real tokens; min cosine {cos:.5f}; tolerance {tolerance:g})",
-                        f"this architecture does not export cleanly with our wrappers: keep it in torch "
-                        f"(drop {pass_name} and the passes after it) or report the model type")
+        raise UserError(
+            f"{pass_name} parity check failed: {runtime} differs from torch by {diff:.2e} "
+            f"(relative max |diff| on real tokens; min cosine {cos:.5f}; tolerance {tolerance:g})",
+            f"this architecture does not export cleanly with our wrappers: keep it in torch "
+            f"(drop {pass_name} and the passes after it) or report the model type",
+        )
     return f"{pass_name} parity: relative max |diff| {diff:.1e}, min cosine {cos:.6f} on padded batches"

@@ -35,8 +35,10 @@ def target_linears(model: nn.Module) -> list[nn.Linear]:
 def _zeros_note(cand: Candidate, name: str, linears: list[nn.Linear]) -> None:
     zeros = sum(int((lin.weight == 0).sum()) for lin in linears)
     total = sum(lin.weight.numel() for lin in linears)
-    cand.notes.append(f"{name} writes zeros only ({zeros / total:.0%} of block weights): dense kernels run at the "
-                      "same speed and the saved file is not smaller; expect no speedup from this pass alone")
+    cand.notes.append(
+        f"{name} writes zeros only ({zeros / total:.0%} of block weights): dense kernels run at the "
+        "same speed and the saved file is not smaller; expect no speedup from this pass alone"
+    )
 
 
 class SparsityConfig(PassConfig):
@@ -129,9 +131,14 @@ class PruneNM(Pass):
         linears = target_linears(candidate.module)
         bad = [lin.in_features for lin in linears if lin.in_features % c.m]
         if bad:
-            raise UserError(f"prune-nm m={c.m} does not divide input width {bad[0]}", "choose m dividing the layer widths (4 or 8)")
-        scores = (wanda_scores(candidate, linears, ctx, c.samples) if c.score == "wanda"
-                  else [lin.weight.detach().abs().float() for lin in linears])
+            raise UserError(
+                f"prune-nm m={c.m} does not divide input width {bad[0]}", "choose m dividing the layer widths (4 or 8)"
+            )
+        scores = (
+            wanda_scores(candidate, linears, ctx, c.samples)
+            if c.score == "wanda"
+            else [lin.weight.detach().abs().float() for lin in linears]
+        )
         for lin, score in zip(linears, scores, strict=False):
             groups = score.view(lin.out_features, -1, c.m)
             drop = groups.topk(c.m - c.n, dim=-1, largest=False).indices
@@ -189,8 +196,9 @@ class PruneStructured(Pass):
             raise UserError("prune-structured has nothing to remove", "set heads, neurons (fractions) or layers (a count)")
         bl = surgery.blocks(model)
         if c.layers >= len(bl):
-            raise UserError(f"prune-structured layers={c.layers} would remove all {len(bl)} blocks",
-                            f"remove at most {len(bl) - 1}")
+            raise UserError(
+                f"prune-structured layers={c.layers} would remove all {len(bl)} blocks", f"remove at most {len(bl) - 1}"
+            )
         data = batches(candidate, ctx, c.samples)
         before = candidate.parameter_counts()[0]
         if c.heads:
@@ -207,8 +215,10 @@ class PruneStructured(Pass):
             width = bl[0].ffn_out.in_features
             keep_n = max(c.multiple_of, int(round(width * (1 - c.neurons) / c.multiple_of)) * c.multiple_of)
             norms = input_norms(candidate, [b.ffn_out for b in bl], data)
-            keep = [_top((n.to(b.ffn_out.weight.device) * b.ffn_out.weight.float().norm(dim=0)).cpu(), min(keep_n, width))
-                    for b, n in zip(bl, norms, strict=False)]
+            keep = [
+                _top((n.to(b.ffn_out.weight.device) * b.ffn_out.weight.float().norm(dim=0)).cpu(), min(keep_n, width))
+                for b, n in zip(bl, norms, strict=False)
+            ]
             surgery.shrink_ffn(model, keep)
             bl = surgery.blocks(model)
         if c.layers:

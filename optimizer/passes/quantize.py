@@ -64,10 +64,14 @@ def _bnb_reload(candidate: TorchCandidate, ctx: PassContext, quantization_config
     as transformers does, and makes the result save and reload with its quantization config.
     """
     if getattr(candidate.module, "hf_quantizer", None) is not None:
-        raise UserError(f"{tag}: the model is already quantized by bitsandbytes",
-                        "use one bitsandbytes pass per chain (bnb-int8 or bnb-4bit)")
+        raise UserError(
+            f"{tag}: the model is already quantized by bitsandbytes", "use one bitsandbytes pass per chain (bnb-int8 or bnb-4bit)"
+        )
     if candidate.task == "classification":  # the class head stays in float, as lm_head does
-        quantization_config.llm_int8_skip_modules = list(quantization_config.llm_int8_skip_modules or []) + ["classifier", "score"]
+        quantization_config.llm_int8_skip_modules = list(quantization_config.llm_int8_skip_modules or []) + [
+            "classifier",
+            "score",
+        ]
     folder = Path(ctx.work_dir) / f"{tag}-input"
     # The layers left in float keep the incoming dtype: a cast before this pass is the dtype users pass
     # to from_pretrained next to the quantization config (fp32 CPU layers stay fp32).
@@ -76,8 +80,9 @@ def _bnb_reload(candidate: TorchCandidate, ctx: PassContext, quantization_config
     candidate.module = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = auto_class(candidate.task).from_pretrained(folder, quantization_config=quantization_config,
-                                                             device_map={"": ctx.device}, dtype=dtype)
+        module = auto_class(candidate.task).from_pretrained(
+            folder, quantization_config=quantization_config, device_map={"": ctx.device}, dtype=dtype
+        )
     candidate.module = module.eval()
     candidate.device = ctx.device
     return candidate
@@ -102,10 +107,13 @@ class BnbInt8(Pass):
         if ctx.device == "cpu" and torch.cuda.is_available():
             # Seen with bitsandbytes 0.50 on an H100 machine: CPU tensors reach its CUDA int8 kernel
             # ("invalid argument to getCurrentStream").
-            raise UserError("bnb-int8 on the CPU fails on a machine with a CUDA GPU: bitsandbytes sends the "
-                            "int8 matmul to its CUDA kernel", "set hardware.device: cuda (or auto) to run bnb-int8 on the GPU")
-        cfg = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=self.config.threshold,
-                                 llm_int8_skip_modules=self.config.skip_modules or None)
+            raise UserError(
+                "bnb-int8 on the CPU fails on a machine with a CUDA GPU: bitsandbytes sends the int8 matmul to its CUDA kernel",
+                "set hardware.device: cuda (or auto) to run bnb-int8 on the GPU",
+            )
+        cfg = BitsAndBytesConfig(
+            load_in_8bit=True, llm_int8_threshold=self.config.threshold, llm_int8_skip_modules=self.config.skip_modules or None
+        )
         return _bnb_reload(candidate, ctx, cfg, self.name)
 
 
@@ -129,12 +137,23 @@ class Bnb4bit(Pass):
         assert isinstance(candidate, TorchCandidate)
         c = self.config
         if ctx.device == "cpu":
-            narrow = sorted({m.in_features for n, m in candidate.module.named_modules()
-                             if isinstance(m, torch.nn.Linear) and m.in_features % 64 and "lm_head" not in n})
+            narrow = sorted(
+                {
+                    m.in_features
+                    for n, m in candidate.module.named_modules()
+                    if isinstance(m, torch.nn.Linear) and m.in_features % 64 and "lm_head" not in n
+                }
+            )
             if narrow:
-                raise UserError(f"bnb-4bit on the CPU needs layer input widths that are multiples of 64 "
-                                f"(bitsandbytes' block size); this model has {narrow[:3]}",
-                                "run bnb-4bit on a GPU, or use ort-int4 (block_size 16 or 32) for this model")
-        cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=c.quant_type,
-                                 bnb_4bit_use_double_quant=c.double_quant, bnb_4bit_compute_dtype=torch_dtype(c.compute_dtype))
+                raise UserError(
+                    f"bnb-4bit on the CPU needs layer input widths that are multiples of 64 "
+                    f"(bitsandbytes' block size); this model has {narrow[:3]}",
+                    "run bnb-4bit on a GPU, or use ort-int4 (block_size 16 or 32) for this model",
+                )
+        cfg = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=c.quant_type,
+            bnb_4bit_use_double_quant=c.double_quant,
+            bnb_4bit_compute_dtype=torch_dtype(c.compute_dtype),
+        )
         return _bnb_reload(candidate, ctx, cfg, self.name)

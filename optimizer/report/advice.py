@@ -14,8 +14,9 @@ def _pts(x: float, relative: bool) -> str:
     return f"{x:+.2f}%" if relative else f"{x:+.4g}"
 
 
-def looser_budgets(entries: list[dict[str, Any]], baseline_objective: float | None, relative: bool,
-                   sign: int = 1, limit: int = 3) -> list[dict[str, Any]]:
+def looser_budgets(
+    entries: list[dict[str, Any]], baseline_objective: float | None, relative: bool, sign: int = 1, limit: int = 3
+) -> list[dict[str, Any]]:
     """What each looser budget would buy: the cheapest configuration whose interval's upper end fits it,
     for the smallest budgets that admit something better than the baseline."""
     done = [e for e in entries if e["state"] == "ok" and e["objective"] is not None and e["drop"]]
@@ -26,13 +27,28 @@ def looser_budgets(entries: list[dict[str, Any]], baseline_objective: float | No
     for e in done:  # walk budgets upward; keep each one that buys a cheaper configuration
         if sign * e["objective"] < best:
             best = sign * e["objective"]
-            out.append({"budget": drop_x(e["drop"], relative)[2], "label": e["label"], "trial": e["trial"],
-                        "objective": e["objective"], "usd_per_m": e["usd_per_m"], "chain": e["chain"]})
+            out.append(
+                {
+                    "budget": drop_x(e["drop"], relative)[2],
+                    "label": e["label"],
+                    "trial": e["trial"],
+                    "objective": e["objective"],
+                    "usd_per_m": e["usd_per_m"],
+                    "chain": e["chain"],
+                }
+            )
     return out[:limit]
 
 
-def suggestions(entries: list[dict[str, Any]], budget: dict[str, Any], task: str, space_size: int | None,
-                baseline_objective: float | None, eval_examples: int | None, sign: int = 1) -> dict[str, Any]:
+def suggestions(
+    entries: list[dict[str, Any]],
+    budget: dict[str, Any],
+    task: str,
+    space_size: int | None,
+    baseline_objective: float | None,
+    eval_examples: int | None,
+    sign: int = 1,
+) -> dict[str, Any]:
     relative = budget["relative"]
     done = [e for e in entries if e["state"] == "ok" and e["violation"] is not None]
     closest = min(done, key=lambda e: e["violation"]) if done else None
@@ -40,28 +56,41 @@ def suggestions(entries: list[dict[str, Any]], budget: dict[str, Any], task: str
     if closest is not None:
         point, low, high = drop_x(closest["drop"], relative)
         over = 100 * closest["violation"] if relative else closest["violation"]
-        lines.append(f"Closest: {closest['label']} ({closest['chain']}) lost {_pts(point, relative)} "
-                     f"[{_pts(low, relative)}, {_pts(high, relative)}] {budget['metric']}, over the budget by "
-                     f"{over:.2f} {'points' if relative else ''}".rstrip() + ".")
+        lines.append(
+            f"Closest: {closest['label']} ({closest['chain']}) lost {_pts(point, relative)} "
+            f"[{_pts(low, relative)}, {_pts(high, relative)}] {budget['metric']}, over the budget by "
+            f"{over:.2f} {'points' if relative else ''}".rstrip()
+            + "."
+        )
         if point <= budget["max_drop_display"] < high:
             half = (high - low) / 2
-            lines.append(f"Its point estimate is inside the budget; only the interval (±{half:.2f}"
-                         f"{' points' if relative else ''}) is not. A larger eval set narrows it: about 4x the "
-                         f"{eval_examples or 'current'} examples halves it.")
+            lines.append(
+                f"Its point estimate is inside the budget; only the interval (±{half:.2f}"
+                f"{' points' if relative else ''}) is not. A larger eval set narrows it: about 4x the "
+                f"{eval_examples or 'current'} examples halves it."
+            )
     for lb in looser_budgets(entries, baseline_objective, relative, sign):
         price = f"${lb['usd_per_m']:.5g} per 1M tokens" if lb["usd_per_m"] is not None else f"objective {lb['objective']:.5g}"
-        gain = (f", {baseline_objective / lb['objective']:.2f}x cheaper than the baseline"
-                if baseline_objective and lb["usd_per_m"] is not None and sign == 1 else "")
-        lines.append(f"A looser budget: max_drop {_pts(lb['budget'], relative).lstrip('+')} would accept "
-                     f"{lb['label']} at {price}{gain}.")
+        gain = (
+            f", {baseline_objective / lb['objective']:.2f}x cheaper than the baseline"
+            if baseline_objective and lb["usd_per_m"] is not None and sign == 1
+            else ""
+        )
+        lines.append(
+            f"A looser budget: max_drop {_pts(lb['budget'], relative).lstrip('+')} would accept {lb['label']} at {price}{gain}."
+        )
     tried = {e["chain"] + f"|{e['batch_size']}|{e['threads']}" for e in entries if e["trial"] is not None}
     if space_size is not None and tried:
         if len(tried) < space_size:
-            lines.append(f"More trials: {len(tried)} of the space's {space_size} configurations were tried "
-                         "(raise --trials; a re-run resumes the study).")
+            lines.append(
+                f"More trials: {len(tried)} of the space's {space_size} configurations were tried "
+                "(raise --trials; a re-run resumes the study)."
+            )
         else:
-            lines.append(f"All {space_size} configurations of the space were tried: more trials cannot help; "
-                         "widen the ranges toward milder settings or add a technique.")
+            lines.append(
+                f"All {space_size} configurations of the space were tried: more trials cannot help; "
+                "widen the ranges toward milder settings or add a technique."
+            )
     states = collections.Counter(e["state"] for e in entries if e["trial"] is not None)
     for state in ("pruned", "failed"):
         if states[state]:
@@ -73,16 +102,24 @@ def suggestions(entries: list[dict[str, Any]], budget: dict[str, Any], task: str
         by_family[e["family"]].append(e)
     for fam, group in sorted(by_family.items()):
         best = min(group, key=lambda e: drop_x(e["drop"], relative)[2])
-        lines.append(f"{fam}: {len(group)} measured, smallest upper bound {_pts(drop_x(best['drop'], relative)[2], relative)} "
-                     f"({best['label']}).")
+        lines.append(
+            f"{fam}: {len(group)} measured, smallest upper bound {_pts(drop_x(best['drop'], relative)[2], relative)} "
+            f"({best['label']})."
+        )
     used = {p["name"] for e in entries for p in e["passes"]}
     untried = collections.defaultdict(list)
     for name, cls in REGISTRY.items():
         if task in cls.tasks and name not in used and cls.family in FAMILY_ORDER:
             untried[cls.family].append(name)
     if untried:
-        lines.append("Not tried: " + "; ".join(f"{fam} ({', '.join(sorted(untried[fam]))})"
-                                               for fam in FAMILY_ORDER if fam in untried) + ".")
-    return {"closest": None if closest is None else {k: closest[k] for k in ("label", "trial", "chain", "drop", "violation",
-                                                                            "usd_per_m", "objective")},
-            "suggestions": lines}
+        lines.append(
+            "Not tried: "
+            + "; ".join(f"{fam} ({', '.join(sorted(untried[fam]))})" for fam in FAMILY_ORDER if fam in untried)
+            + "."
+        )
+    return {
+        "closest": None
+        if closest is None
+        else {k: closest[k] for k in ("label", "trial", "chain", "drop", "violation", "usd_per_m", "objective")},
+        "suggestions": lines,
+    }

@@ -26,9 +26,15 @@ def _budget(recipe: Recipe) -> dict[str, Any]:
     c = recipe.search.constraint
     metric = c.metric or recipe.primary_metric
     shown = 100 * c.max_drop if c.relative else c.max_drop
-    text = (f"{metric} drop ≤ {shown:.3g}% (relative)" if c.relative else f"{metric} drop ≤ {shown:g}")
-    return {"metric": metric, "max_drop": c.max_drop, "max_drop_display": shown, "relative": c.relative,
-            "confidence": c.confidence, "text": f"{text}, at the upper end of the {c.confidence:.0%} interval"}
+    text = f"{metric} drop ≤ {shown:.3g}% (relative)" if c.relative else f"{metric} drop ≤ {shown:g}"
+    return {
+        "metric": metric,
+        "max_drop": c.max_drop,
+        "max_drop_display": shown,
+        "relative": c.relative,
+        "confidence": c.confidence,
+        "text": f"{text}, at the upper end of the {c.confidence:.0%} interval",
+    }
 
 
 def _violation(drop: dict[str, Any] | None, budget: dict[str, Any]) -> float | None:
@@ -43,9 +49,18 @@ def _baseline_entry(b: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]
     m = budget["metric"]
     zero = {"metric": m, "drop": 0.0, "low": 0.0, "high": 0.0, "relative": 0.0, "relative_low": 0.0, "relative_high": 0.0}
     cost = b.get("cost")
-    return make_entry("baseline", [], quality=b.get("quality"), drops={m: zero}, metric=m, violation=-budget["max_drop"],
-                      cost=cost, speed=b.get("speed"), footprint=b.get("footprint"),
-                      objective=b.get("objective", (cost or {}).get("blended_usd_per_m")))
+    return make_entry(
+        "baseline",
+        [],
+        quality=b.get("quality"),
+        drops={m: zero},
+        metric=m,
+        violation=-budget["max_drop"],
+        cost=cost,
+        speed=b.get("speed"),
+        footprint=b.get("footprint"),
+        objective=b.get("objective", (cost or {}).get("blended_usd_per_m")),
+    )
 
 
 def _run_seconds(r: dict[str, Any]) -> float | None:
@@ -67,18 +82,40 @@ def _from_run(src: RunSource, budget: dict[str, Any]) -> dict[str, Any]:
     c = r.get("candidate")
     if r.get("passes"):
         if c and c.get("speed"):
-            entries.append(make_entry("candidate", r["passes"], trial=None, quality=c.get("quality"), drops=r.get("drops"),
-                                      metric=budget["metric"], violation=_violation(r.get("drops", {}).get(budget["metric"]), budget),
-                                      cost=c.get("cost"), objective=(c.get("cost") or {}).get("blended_usd_per_m"),
-                                      speed=c.get("speed"), footprint=c.get("footprint"), deployment={"runtime": c.get("runtime")}))
+            entries.append(
+                make_entry(
+                    "candidate",
+                    r["passes"],
+                    trial=None,
+                    quality=c.get("quality"),
+                    drops=r.get("drops"),
+                    metric=budget["metric"],
+                    violation=_violation(r.get("drops", {}).get(budget["metric"]), budget),
+                    cost=c.get("cost"),
+                    objective=(c.get("cost") or {}).get("blended_usd_per_m"),
+                    speed=c.get("speed"),
+                    footprint=c.get("footprint"),
+                    deployment={"runtime": c.get("runtime")},
+                )
+            )
         else:
             entries.append(make_entry("candidate", r["passes"], state="failed", reason=r.get("error") or "did not finish"))
     return {
-        "kind": "run", "name": r["recipe"], "source": str(src.path), "baseline": base, "entries": entries,
-        "system": [r.get("system")], "job_seconds": _run_seconds(r),
+        "kind": "run",
+        "name": r["recipe"],
+        "source": str(src.path),
+        "baseline": base,
+        "entries": entries,
+        "system": [r.get("system")],
+        "job_seconds": _run_seconds(r),
         "job_note": "the run's stages: loading, measuring the baseline and the candidate, applying the passes, saving",
-        "eval": r.get("data", {}).get("eval", {}), "notes": list(r.get("notes", [])), "objective_kind": "cost",
-        "by_batch": {}, "sign": 1, "started": r.get("started"), "finished": r.get("finished"),
+        "eval": r.get("data", {}).get("eval", {}),
+        "notes": list(r.get("notes", [])),
+        "objective_kind": "cost",
+        "by_batch": {},
+        "sign": 1,
+        "started": r.get("started"),
+        "finished": r.get("finished"),
     }
 
 
@@ -103,13 +140,28 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
         job += wall or 0.0
         ok = t.state == States.COMPLETE
         reason = a.get("error") or a.get("pruned") or (f"same configuration as trial {a['same_as']}" if "same_as" in a else None)
-        entries.append(make_entry(
-            f"trial {t.number}", a.get("passes", []), trial=t.number, state=state_names[t.state],
-            quality=a.get("quality"), drops=a.get("drops"), metric=budget["metric"],
-            violation=a.get(CONSTRAINT, [None])[0] if ok else None, cost=a.get("cost"),
-            objective=t.values[0] if ok and t.values else None, speed=a.get("speed_detail"), footprint=a.get("footprint"),
-            deployment=a.get("deployment"), reason=reason, seconds=wall, screen=a.get("screen"), same_as=a.get("same_as")))
-    workers = {k[len(WORKER_PREFIX):]: v for k, v in attrs.items() if k.startswith(WORKER_PREFIX)}
+        entries.append(
+            make_entry(
+                f"trial {t.number}",
+                a.get("passes", []),
+                trial=t.number,
+                state=state_names[t.state],
+                quality=a.get("quality"),
+                drops=a.get("drops"),
+                metric=budget["metric"],
+                violation=a.get(CONSTRAINT, [None])[0] if ok else None,
+                cost=a.get("cost"),
+                objective=t.values[0] if ok and t.values else None,
+                speed=a.get("speed_detail"),
+                footprint=a.get("footprint"),
+                deployment=a.get("deployment"),
+                reason=reason,
+                seconds=wall,
+                screen=a.get("screen"),
+                same_as=a.get("same_as"),
+            )
+        )
+    workers = {k[len(WORKER_PREFIX) :]: v for k, v in attrs.items() if k.startswith(WORKER_PREFIX)}
     baseline_seconds = sum(w.get("baseline_seconds", 0.0) for w in workers.values()) or b.get("seconds")
     note = f"{len(trials)} trials' wall time"
     if baseline_seconds:
@@ -119,17 +171,29 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
         note += " (the baseline's measurement time was not recorded by this study's costopt version)"
     systems = [w["system"] for w in workers.values() if w.get("system")]
     if not systems and trials:  # older studies: what each trial recorded about its machine
-        systems = [{"cpu": {"model": t.user_attrs.get("hardware", {}).get("cpu")}, "gpus": t.user_attrs.get("hardware", {}).get("gpus")}
-                   for t in trials[:1]]
+        systems = [
+            {"cpu": {"model": t.user_attrs.get("hardware", {}).get("cpu")}, "gpus": t.user_attrs.get("hardware", {}).get("gpus")}
+            for t in trials[:1]
+        ]
     direction = study.directions[0]
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     return {
-        "kind": "search", "name": study.study_name, "source": src.location, "baseline": base, "entries": entries,
-        "system": systems, "job_seconds": job or None, "job_note": note, "eval": {},
-        "notes": [n for n in [speed_model_note(src.recipe)] if n], "objective_kind": src.recipe.search.objective, "by_batch": b.get("by_batch") or {},
+        "kind": "search",
+        "name": study.study_name,
+        "source": src.location,
+        "baseline": base,
+        "entries": entries,
+        "system": systems,
+        "job_seconds": job or None,
+        "job_note": note,
+        "eval": {},
+        "notes": [n for n in [speed_model_note(src.recipe)] if n],
+        "objective_kind": src.recipe.search.objective,
+        "by_batch": b.get("by_batch") or {},
         "sign": -1 if direction == optuna.study.StudyDirection.MAXIMIZE else 1,
-        "workers": sorted(workers), "started": min(starts).isoformat(timespec="seconds") if starts else None,
+        "workers": sorted(workers),
+        "started": min(starts).isoformat(timespec="seconds") if starts else None,
         "finished": max(ends).isoformat(timespec="seconds") if ends else None,
     }
 
@@ -145,27 +209,45 @@ def _choose(d: dict[str, Any]) -> dict[str, Any] | None:
 def _deployment(chosen: dict[str, Any] | None, recipe: Recipe, d: dict[str, Any], src: Any) -> dict[str, Any] | None:
     if chosen is None:
         return None
-    out = {"runtime": chosen["runtime"], "batch_size": chosen["batch_size"], "threads": chosen["threads"],
-           "device": recipe.hardware.device, "passes": chosen["passes"]}
+    out = {
+        "runtime": chosen["runtime"],
+        "batch_size": chosen["batch_size"],
+        "threads": chosen["threads"],
+        "device": recipe.hardware.device,
+        "passes": chosen["passes"],
+    }
     if d["kind"] == "search":
         folder = getattr(src, "folder", None)
         out["deploy_file"] = str(folder / "deploy.yaml") if folder and (folder / "deploy.yaml").is_file() else None
-        out["rebuild"] = (f"costopt deploy {out['deploy_file']} --out DIR" if out["deploy_file"]
-                          else f"costopt search {recipe.name}.yaml writes deploy.yaml; then costopt deploy deploy.yaml --out DIR")
+        out["rebuild"] = (
+            f"costopt deploy {out['deploy_file']} --out DIR"
+            if out["deploy_file"]
+            else f"costopt search {recipe.name}.yaml writes deploy.yaml; then costopt deploy deploy.yaml --out DIR"
+        )
     else:
         out["artifact"] = (chosen.get("footprint") or {}).get("artifact")
     return out
 
 
-def _money(base: dict[str, Any], chosen: dict[str, Any] | None, closest: dict[str, Any] | None, recipe: Recipe,
-           d: dict[str, Any], workload: Workload | None, grid: float | None,
-           job_usd_per_hour: float | None) -> dict[str, Any] | None:
+def _money(
+    base: dict[str, Any],
+    chosen: dict[str, Any] | None,
+    closest: dict[str, Any] | None,
+    recipe: Recipe,
+    d: dict[str, Any],
+    workload: Workload | None,
+    grid: float | None,
+    job_usd_per_hour: float | None,
+) -> dict[str, Any] | None:
     if not base.get("cost"):
         return None
     encoder = recipe.task != "causal-lm"
     wl, origin, notes = money.resolve_workload(recipe.workload, workload, base["cost"].get("input_share", 1.0), encoder)
-    out: dict[str, Any] = {"workload": money.workload_summary(wl, origin), "notes": notes,
-                           "baseline": money.monthly(base["cost"], wl, grid)}
+    out: dict[str, Any] = {
+        "workload": money.workload_summary(wl, origin),
+        "notes": notes,
+        "baseline": money.monthly(base["cost"], wl, grid),
+    }
     other = chosen if chosen is not None else closest
     if other is not None and other.get("cost"):
         out["chosen" if chosen is not None else "closest"] = money.monthly(other["cost"], wl, grid)
@@ -174,18 +256,30 @@ def _money(base: dict[str, Any], chosen: dict[str, Any] | None, closest: dict[st
         rate = job_usd_per_hour if job_usd_per_hour is not None else base["cost"]["hourly_usd"]
         out["saving"] = money.saving_of(base["cost"], chosen["cost"], wl, hours, rate)
         out["saving"]["job_note"] = d["job_note"] + (
-            f", priced at ${rate:g}/hour" + ("" if job_usd_per_hour is not None else
-                                             f" ({base['cost']['hardware']}'s rate, the machine the figures were priced on)"))
+            f", priced at ${rate:g}/hour"
+            + (
+                ""
+                if job_usd_per_hour is not None
+                else f" ({base['cost']['hardware']}'s rate, the machine the figures were priced on)"
+            )
+        )
     by_batch = d.get("by_batch") or {}
     if chosen is not None and len(by_batch) > 1 and d["objective_kind"] == "cost" and chosen.get("usd_per_m"):
         best_b = min(by_batch, key=by_batch.get)
-        out["baseline_best_batch"] = {"batch_size": int(best_b), "usd_per_m": by_batch[best_b],
-                                      "cheaper_x": by_batch[best_b] / chosen["usd_per_m"]}
+        out["baseline_best_batch"] = {
+            "batch_size": int(best_b),
+            "usd_per_m": by_batch[best_b],
+            "cheaper_x": by_batch[best_b] / chosen["usd_per_m"],
+        }
     return out
 
 
-def build_report(src: RunSource | StudySource, workload: Workload | None = None, grid: float | None = None,
-                 job_usd_per_hour: float | None = None) -> dict[str, Any]:
+def build_report(
+    src: RunSource | StudySource,
+    workload: Workload | None = None,
+    grid: float | None = None,
+    job_usd_per_hour: float | None = None,
+) -> dict[str, Any]:
     from optimizer.search_space import space_size
 
     recipe = src.recipe
@@ -197,16 +291,30 @@ def build_report(src: RunSource | StudySource, workload: Workload | None = None,
     met = chosen is not None and bool(chosen["feasible"])
     advice = None
     if not met:
-        advice = suggestions(entries, budget, recipe.task, space_size(recipe) if d["kind"] == "search" else None,
-                             base["objective"], d["eval"].get("examples"), d["sign"])
+        advice = suggestions(
+            entries,
+            budget,
+            recipe.task,
+            space_size(recipe) if d["kind"] == "search" else None,
+            base["objective"],
+            d["eval"].get("examples"),
+            d["sign"],
+        )
     closest = None
     if advice and advice["closest"]:
         closest = next(e for e in entries if e["label"] == advice["closest"]["label"])
     quality = []
     for m, v in base["quality"].items():
         shown = chosen or closest
-        quality.append({"metric": m, "baseline": v, "chosen": (shown or {}).get("quality", {}).get(m),
-                        "drop": (shown or {}).get("drops", {}).get(m), "constrained": m == budget["metric"]})
+        quality.append(
+            {
+                "metric": m,
+                "baseline": v,
+                "chosen": (shown or {}).get("quality", {}).get(m),
+                "drop": (shown or {}).get("drops", {}).get(m),
+                "constrained": m == budget["metric"],
+            }
+        )
     try:
         version = metadata.version("costopt")
     except metadata.PackageNotFoundError:
@@ -218,19 +326,36 @@ def build_report(src: RunSource | StudySource, workload: Workload | None = None,
     else:
         verdict = "over the budget"
     return {
-        "schema": SCHEMA, "version": VERSION, "costopt_version": version,
+        "schema": SCHEMA,
+        "version": VERSION,
+        "costopt_version": version,
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
-        "kind": d["kind"], "name": d["name"], "source": d["source"], "started": d["started"], "finished": d["finished"],
-        "model": recipe.model.source, "task": recipe.task, "eval": d["eval"] or {"source": recipe.data.eval.source},
-        "objective": d["objective_kind"], "budget": budget, "verdict": verdict, "met": met,
-        "baseline": base, "chosen": chosen, "closest": closest,
+        "kind": d["kind"],
+        "name": d["name"],
+        "source": d["source"],
+        "started": d["started"],
+        "finished": d["finished"],
+        "model": recipe.model.source,
+        "task": recipe.task,
+        "eval": d["eval"] or {"source": recipe.data.eval.source},
+        "objective": d["objective_kind"],
+        "budget": budget,
+        "verdict": verdict,
+        "met": met,
+        "baseline": base,
+        "chosen": chosen,
+        "closest": closest,
         "money": _money(base, chosen, closest, recipe, d, workload, grid, job_usd_per_hour),
         "quality": quality,
-        "trials": entries, "families": family_best(entries, d["sign"]),
+        "trials": entries,
+        "families": family_best(entries, d["sign"]),
         "deployment": _deployment(chosen, recipe, d, src),
-        "advice": advice, "system": d["system"], "workers": d.get("workers", []),
-        "pricing": None if not base.get("cost") else {
-            k: base["cost"].get(k) for k in ("hardware", "hourly_usd", "utilization", "input_share", "replicas", "note")}
-            | {"pricing": recipe.hardware.pricing},
+        "advice": advice,
+        "system": d["system"],
+        "workers": d.get("workers", []),
+        "pricing": None
+        if not base.get("cost")
+        else {k: base["cost"].get(k) for k in ("hardware", "hourly_usd", "utilization", "input_share", "replicas", "note")}
+        | {"pricing": recipe.hardware.pricing},
         "notes": d["notes"],
     }

@@ -120,34 +120,45 @@ def _headline(r: dict[str, Any]) -> list[str]:
         where = f"{c['runtime']}, batch {c['batch_size']}, {c['threads']} threads"
         status = "within" if r["met"] else "**over**"
         if c["usd_per_m"] is not None and b["usd_per_m"]:
-            lines.append(f"**{c['label']}** (`{c['chain']}`; {where}) serves at **{usd(c['usd_per_m'])}** per 1M tokens "
-                         f"against the baseline's {usd(b['usd_per_m'])}: **{b['usd_per_m'] / c['usd_per_m']:.2f}x cheaper**.")
+            lines.append(
+                f"**{c['label']}** (`{c['chain']}`; {where}) serves at **{usd(c['usd_per_m'])}** per 1M tokens "
+                f"against the baseline's {usd(b['usd_per_m'])}: **{b['usd_per_m'] / c['usd_per_m']:.2f}x cheaper**."
+            )
         elif c["objective"] is not None and b["objective"]:
-            lines.append(f"**{c['label']}** (`{c['chain']}`; {where}): {r['objective']} {num(c['objective'])} "
-                         f"against the baseline's {num(b['objective'])}.")
+            lines.append(
+                f"**{c['label']}** (`{c['chain']}`; {where}): {r['objective']} {num(c['objective'])} "
+                f"against the baseline's {num(b['objective'])}."
+            )
         else:  # no price and no objective (a run without hardware.catalog): speed says it
-            key, what = (("output_tokens_per_s", "decodes") if r["task"] == "causal-lm" else ("input_tokens_per_s", "encodes"))
+            key, what = ("output_tokens_per_s", "decodes") if r["task"] == "causal-lm" else ("input_tokens_per_s", "encodes")
             cs, bs = tokens_per_s(c, key), tokens_per_s(b, key)
-            lines.append(f"**{c['label']}** (`{c['chain']}`; {where}) {what} {num(cs)} tokens/s against the baseline's "
-                         f"{num(bs)}" + (f": **{cs / bs:.2f}x**." if cs and bs else ".") + " No price: the recipe sets no "
-                         "`hardware.catalog`.")
-        lines.append(f"Quality: {budget['metric']} drop {drop_text(c['drop'], rel)}, {status} the budget "
-                     f"({budget['text']}).")
+            lines.append(
+                f"**{c['label']}** (`{c['chain']}`; {where}) {what} {num(cs)} tokens/s against the baseline's "
+                f"{num(bs)}" + (f": **{cs / bs:.2f}x**." if cs and bs else ".") + " No price: the recipe sets no "
+                "`hardware.catalog`."
+            )
+        lines.append(f"Quality: {budget['metric']} drop {drop_text(c['drop'], rel)}, {status} the budget ({budget['text']}).")
         s = m.get("saving")
         if s:
             wl = m["workload"]
-            lines.append(f"At {count(wl['input_tokens_per_month'] + wl['output_tokens_per_month'])} tokens a month "
-                         f"({wl['origin']} workload) that saves "
-                         f"**{usd(s['monthly_usd'])} a month** ({usd(s['yearly_usd'])} a year); the optimization job "
-                         f"({s['job_hours']:.2f} h, {usd(s['job_usd'])}) pays for itself in {days(s['break_even_days'])}.")
+            lines.append(
+                f"At {count(wl['input_tokens_per_month'] + wl['output_tokens_per_month'])} tokens a month "
+                f"({wl['origin']} workload) that saves "
+                f"**{usd(s['monthly_usd'])} a month** ({usd(s['yearly_usd'])} a year); the optimization job "
+                f"({s['job_hours']:.2f} h, {usd(s['job_usd'])}) pays for itself in {days(s['break_even_days'])}."
+            )
         if "baseline_best_batch" in m:
             bb = m["baseline_best_batch"]
-            lines.append(f"Against the baseline at its own best batch size ({bb['batch_size']}, {usd(bb['usd_per_m'])}): "
-                         f"{bb['cheaper_x']:.2f}x cheaper.")
+            lines.append(
+                f"Against the baseline at its own best batch size ({bb['batch_size']}, {usd(bb['usd_per_m'])}): "
+                f"{bb['cheaper_x']:.2f}x cheaper."
+            )
     elif r["closest"] is not None:
         cl = r["closest"]
-        lines.append(f"**No configuration met the budget** ({budget['text']}). Closest: {cl['label']} (`{cl['chain']}`), "
-                     f"drop {drop_text(cl['drop'], rel)}. What to try is below, under *What to try*.")
+        lines.append(
+            f"**No configuration met the budget** ({budget['text']}). Closest: {cl['label']} (`{cl['chain']}`), "
+            f"drop {drop_text(cl['drop'], rel)}. What to try is below, under *What to try*."
+        )
     else:
         lines.append("**No configuration was fully measured**: every trial was pruned or failed (reasons in the trial table).")
     return lines
@@ -157,33 +168,56 @@ def _cost_section(r: dict[str, Any]) -> Section:
     sec = Section("Cost")
     m = r["money"]
     if m is None:
-        sec.blocks.append(Para("No prices: the recipe sets no `hardware.catalog`, so only speed is reported. "
-                               "Set one (see `costopt hardware list`) to price the measured speed."))
+        sec.blocks.append(
+            Para(
+                "No prices: the recipe sets no `hardware.catalog`, so only speed is reported. "
+                "Set one (see `costopt hardware list`) to price the measured speed."
+            )
+        )
         return sec
     p = r["pricing"]
     rows = []
-    for key, label in (("baseline", "baseline"), ("chosen", f"chosen ({(r['chosen'] or {}).get('label')})"),
-                       ("closest", f"closest, over budget ({(r['closest'] or {}).get('label')})")):
+    for key, label in (
+        ("baseline", "baseline"),
+        ("chosen", f"chosen ({(r['chosen'] or {}).get('label')})"),
+        ("closest", f"closest, over budget ({(r['closest'] or {}).get('label')})"),
+    ):
         if key in m:
             x = m[key]
-            rows.append([label, usd(x["input_usd_per_m"]), usd(x["output_usd_per_m"]), usd(x["blended_usd_per_m"]),
-                         usd(x["monthly_usd"]), f"{x['monthly_kwh']:,.2f}", f"{x['monthly_co2_kg']:,.2f}"])
-    sec.blocks.append(Table(["configuration", "$/1M input", "$/1M output", "$/1M blended", "per month", "kWh/month",
-                             "kg CO2/month"], rows))
+            rows.append(
+                [
+                    label,
+                    usd(x["input_usd_per_m"]),
+                    usd(x["output_usd_per_m"]),
+                    usd(x["blended_usd_per_m"]),
+                    usd(x["monthly_usd"]),
+                    f"{x['monthly_kwh']:,.2f}",
+                    f"{x['monthly_co2_kg']:,.2f}",
+                ]
+            )
+    sec.blocks.append(
+        Table(["configuration", "$/1M input", "$/1M output", "$/1M blended", "per month", "kWh/month", "kg CO2/month"], rows)
+    )
     wl = m["workload"]
-    items = [f"Workload ({wl['origin']}): {count(wl['input_tokens_per_month'])} input and "
-             f"{count(wl['output_tokens_per_month'])} output tokens a month.",
-             f"Prices: this machine's measured tokens/s at {p['hardware']}'s {p['pricing'].replace('_', '-')} rate of "
-             f"${p['hourly_usd']:g}/hour, busy {p['utilization']:.0%} of paid hours; blended at "
-             f"{p['input_share']:.0%} input tokens" + (f" ({p['note'].split('; ', 1)[1]})" if "; " in p["note"] else "") + ".",
-             f"Energy: the catalog entry's power while busy; CO2 at {m['baseline']['grid_kg_per_kwh']:g} kg/kWh "
-             "(set --grid-kg-per-kwh for your region)."]
+    items = [
+        f"Workload ({wl['origin']}): {count(wl['input_tokens_per_month'])} input and "
+        f"{count(wl['output_tokens_per_month'])} output tokens a month.",
+        f"Prices: this machine's measured tokens/s at {p['hardware']}'s {p['pricing'].replace('_', '-')} rate of "
+        f"${p['hourly_usd']:g}/hour, busy {p['utilization']:.0%} of paid hours; blended at "
+        f"{p['input_share']:.0%} input tokens" + (f" ({p['note'].split('; ', 1)[1]})" if "; " in p["note"] else "") + ".",
+        f"Energy: the catalog entry's power while busy; CO2 at {m['baseline']['grid_kg_per_kwh']:g} kg/kWh "
+        "(set --grid-kg-per-kwh for your region).",
+    ]
     s = m.get("saving")
     if s:
-        items.insert(0, f"Saving: **{usd(s['monthly_usd'])} a month, {usd(s['yearly_usd'])} a year** "
-                        f"({s['cheaper_x']:.2f}x cheaper).")
-        items.insert(1, f"Break-even: the optimization job cost {usd(s['job_usd'])} ({s['job_hours']:.2f} h: "
-                        f"{s['job_note']}); it pays for itself in {days(s['break_even_days'])}.")
+        items.insert(
+            0, f"Saving: **{usd(s['monthly_usd'])} a month, {usd(s['yearly_usd'])} a year** ({s['cheaper_x']:.2f}x cheaper)."
+        )
+        items.insert(
+            1,
+            f"Break-even: the optimization job cost {usd(s['job_usd'])} ({s['job_hours']:.2f} h: "
+            f"{s['job_note']}); it pays for itself in {days(s['break_even_days'])}.",
+        )
     items += m["notes"]
     sec.blocks.append(Bullets(items))
     return sec
@@ -195,15 +229,27 @@ def _quality_section(r: dict[str, Any]) -> Section:
     name = "chosen" if r["chosen"] else "closest"
     rows = []
     for q in r["quality"]:
-        rows.append([q["metric"] + (" (budget)" if q["constrained"] else ""), f"{q['baseline']:.4g}",
-                     f"{q['chosen']:.4g}" if q["chosen"] is not None else "–", drop_text(q["drop"], rel)])
-    sec = Section("Quality", [Table(["metric", "baseline", name if shown else "candidate",
-                                     f"drop ({r['budget']['confidence']:.0%} interval)"], rows)])
+        rows.append(
+            [
+                q["metric"] + (" (budget)" if q["constrained"] else ""),
+                f"{q['baseline']:.4g}",
+                f"{q['chosen']:.4g}" if q["chosen"] is not None else "–",
+                drop_text(q["drop"], rel),
+            ]
+        )
+    sec = Section(
+        "Quality",
+        [Table(["metric", "baseline", name if shown else "candidate", f"drop ({r['budget']['confidence']:.0%} interval)"], rows)],
+    )
     ev = r["eval"]
     scored = ((shown or {}).get("drop") or {}).get("n")
     size = f", {ev['examples']} examples" if ev.get("examples") else (f", {scored} scored items" if scored else "")
-    sec.blocks.append(Para(f"Budget: {r['budget']['text']}. Drops are paired-bootstrap intervals over the eval set "
-                           f"({ev.get('origin') or ev.get('source')}{size}); a positive drop is a loss."))
+    sec.blocks.append(
+        Para(
+            f"Budget: {r['budget']['text']}. Drops are paired-bootstrap intervals over the eval set "
+            f"({ev.get('origin') or ev.get('source')}{size}); a positive drop is a loss."
+        )
+    )
     return sec
 
 
@@ -223,13 +269,15 @@ def _speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
         out["time to first token (s)"] = stat("time_to_first_token_s")
         lat = s.get("token_latency_s", {})
         out["per-token latency p50 / p95 / p99"] = " / ".join(
-            "–" if lat.get(q) is None else f"{1e3 * lat[q]:.2f} ms" for q in ("p50", "p95", "p99"))
+            "–" if lat.get(q) is None else f"{1e3 * lat[q]:.2f} ms" for q in ("p50", "p95", "p99")
+        )
     else:
         out["encode tokens/s"] = stat("input_tokens_per_s")
         out["sequences/s"] = stat("sequences_per_s")
         lat = s.get("batch_latency_s", {})
         out["batch latency p50 / p95 / p99"] = " / ".join(
-            "–" if lat.get(q) is None else f"{1e3 * lat[q]:.1f} ms" for q in ("p50", "p95", "p99"))
+            "–" if lat.get(q) is None else f"{1e3 * lat[q]:.1f} ms" for q in ("p50", "p95", "p99")
+        )
     out["peak memory (process RSS)"] = mib(s.get("peak_rss_bytes"))
     if s.get("peak_cuda_bytes"):
         out["peak GPU memory"] = mib(s["peak_cuda_bytes"])
@@ -246,8 +294,12 @@ def _speed_section(r: dict[str, Any]) -> Section:
     header = ["", "baseline"] + ([shown["label"]] if other else [])
     rows = [[k, v] + ([other.get(k, "–")] if other else []) for k, v in base.items()]
     sec = Section("Speed and footprint", [Table(header, rows)])
-    sec.blocks.append(Para("Medians over the benchmark's repeats with their range and coefficient of variation; "
-                           "tokens are real (unpadded) tokens; both measured on the machine below with the same threads."))
+    sec.blocks.append(
+        Para(
+            "Medians over the benchmark's repeats with their range and coefficient of variation; "
+            "tokens are real (unpadded) tokens; both measured on the machine below with the same threads."
+        )
+    )
     return sec
 
 
@@ -260,16 +312,28 @@ def _charts_section(r: dict[str, Any], charts: dict[str, str]) -> Section | None
     unplotted = {s: sum(1 for e in r["trials"] if e["state"] == s) for s in ("pruned", "failed")}
     missing = ", ".join(f"{n} {s}" for s, n in unplotted.items() if n)
     if "cost-vs-drop" in charts:
-        sec.blocks.append(Chart("cost-vs-drop", charts["cost-vs-drop"], "Cost against quality drop for every trial",
-                                f"{plotted} measured configuration(s) and the baseline"
-                                + (f" ({repeats} repeated configuration(s) shown once)" if repeats else "")
-                                + "; bars are each drop's interval; "
-                                "the star is the chosen configuration; the shaded band is the budget"
-                                + (f". Not plotted (no cost measured): {missing} trial(s), listed below." if missing else ".")))
+        sec.blocks.append(
+            Chart(
+                "cost-vs-drop",
+                charts["cost-vs-drop"],
+                "Cost against quality drop for every trial",
+                f"{plotted} measured configuration(s) and the baseline"
+                + (f" ({repeats} repeated configuration(s) shown once)" if repeats else "")
+                + "; bars are each drop's interval; "
+                "the star is the chosen configuration; the shaded band is the budget"
+                + (f". Not plotted (no cost measured): {missing} trial(s), listed below." if missing else "."),
+            )
+        )
     if "cost-by-family" in charts:
-        sec.blocks.append(Chart("cost-by-family", charts["cost-by-family"], "Cost of the baseline and each family's best",
-                                "The cheapest configuration within budget of each technique family "
-                                "(hatched: no configuration of that family met the budget; the one nearest it is shown)."))
+        sec.blocks.append(
+            Chart(
+                "cost-by-family",
+                charts["cost-by-family"],
+                "Cost of the baseline and each family's best",
+                "The cheapest configuration within budget of each technique family "
+                "(hatched: no configuration of that family met the budget; the one nearest it is shown).",
+            )
+        )
     return sec
 
 
@@ -277,11 +341,15 @@ def _deployment_section(r: dict[str, Any]) -> Section | None:
     d = r["deployment"]
     if d is None:
         return None
-    items = [f"Passes: `{r['chosen']['chain']}`", f"Runtime: {d['runtime']} on {d['device']}, batch {d['batch_size']}, "
-             f"{d['threads']} threads"]
+    items = [
+        f"Passes: `{r['chosen']['chain']}`",
+        f"Runtime: {d['runtime']} on {d['device']}, batch {d['batch_size']}, {d['threads']} threads",
+    ]
     if d.get("deploy_file"):
-        items += [f"Deployment file: `{d['deploy_file']}`", f"Rebuild: `{d['rebuild']}`, then "
-                  "`optimizer.load_deployment(DIR)` in Python"]
+        items += [
+            f"Deployment file: `{d['deploy_file']}`",
+            f"Rebuild: `{d['rebuild']}`, then `optimizer.load_deployment(DIR)` in Python",
+        ]
     elif d.get("rebuild"):
         items.append(f"Rebuild: {d['rebuild']}")
     if d.get("artifact"):
@@ -296,22 +364,47 @@ def _trials_section(r: dict[str, Any]) -> Section:
     for e in r["trials"]:
         value = usd(e["usd_per_m"]) if money else num(e["objective"])
         feas = {True: "yes", False: "no", None: "–"}[e["feasible"]]
-        drop = drop_text(e["drop"], rel) if e["drop"] else (
-            "screen " + drop_text(e["screen"], rel) if e.get("screen") else "–")
+        drop = drop_text(e["drop"], rel) if e["drop"] else ("screen " + drop_text(e["screen"], rel) if e.get("screen") else "–")
         speed = num(tokens_per_s(e))
         if r["task"] == "causal-lm":
             speed += " / " + num(tokens_per_s(e, "output_tokens_per_s"))
-        rows.append([e["label"], e["state"], e["family"], f"`{e['chain']}`", f"{e['batch_size'] or '–'}/{e['threads'] or '–'}",
-                     value if e["objective"] is not None else "–", speed, drop, feas + (" · front" if e["pareto"] else ""),
-                     f"{e['seconds']:.1f} s" if e["seconds"] is not None else "–", e["reason"] or ""])
-    header = ["configuration", "state", "family", "passes", "batch/threads", "$/1M" if money else r["objective"],
-              "prefill / decode tokens/s" if r["task"] == "causal-lm" else "tokens/s",
-              "drop (interval)", "within budget", "time", "reason"]
+        rows.append(
+            [
+                e["label"],
+                e["state"],
+                e["family"],
+                f"`{e['chain']}`",
+                f"{e['batch_size'] or '–'}/{e['threads'] or '–'}",
+                value if e["objective"] is not None else "–",
+                speed,
+                drop,
+                feas + (" · front" if e["pareto"] else ""),
+                f"{e['seconds']:.1f} s" if e["seconds"] is not None else "–",
+                e["reason"] or "",
+            ]
+        )
+    header = [
+        "configuration",
+        "state",
+        "family",
+        "passes",
+        "batch/threads",
+        "$/1M" if money else r["objective"],
+        "prefill / decode tokens/s" if r["task"] == "causal-lm" else "tokens/s",
+        "drop (interval)",
+        "within budget",
+        "time",
+        "reason",
+    ]
     sec = Section("Every trial" if r["kind"] == "search" else "The candidate", [Table(header, rows)])
     if r["kind"] == "search":
-        sec.blocks.append(Para("Ordered as run. *front*: on the Pareto front of cost against drop. Pruned trials were "
-                               "stopped after a screen on a subset of the eval set (their screen drop is shown); "
-                               "failed ones carry their error."))
+        sec.blocks.append(
+            Para(
+                "Ordered as run. *front*: on the Pareto front of cost against drop. Pruned trials were "
+                "stopped after a screen on a subset of the eval set (their screen drop is shown); "
+                "failed ones carry their error."
+            )
+        )
     return sec
 
 
@@ -329,14 +422,22 @@ def _system_section(r: dict[str, Any]) -> Section:
         cpu = s.get("cpu", {})
         line = f"CPU: {cpu.get('model')}"
         if cpu.get("logical_cores"):
-            line += (f" ({cpu.get('arch')}), {cpu['logical_cores']} logical cores, {cpu.get('usable_cores')} usable; "
-                     f"ISA {', '.join(cpu.get('isa') or []) or 'baseline'}")
+            line += (
+                f" ({cpu.get('arch')}), {cpu['logical_cores']} logical cores, {cpu.get('usable_cores')} usable; "
+                f"ISA {', '.join(cpu.get('isa') or []) or 'baseline'}"
+            )
         items.append(line)
         if s.get("memory_bytes"):
             items.append(f"Memory: {s['memory_bytes'] / 2**30:.1f} GiB")
         gpus = s.get("gpus") or []
-        items.append("GPU: " + ("; ".join(f"{g['name']} ({g['memory_bytes'] / 2**30:.0f} GiB, CUDA {g.get('cuda')})" for g in gpus)
-                                if gpus else "none"))
+        items.append(
+            "GPU: "
+            + (
+                "; ".join(f"{g['name']} ({g['memory_bytes'] / 2**30:.0f} GiB, CUDA {g.get('cuda')})" for g in gpus)
+                if gpus
+                else "none"
+            )
+        )
         if s.get("os"):
             items.append(f"OS: {s['os']}, Python {s.get('python')}")
         libs = s.get("libraries") or {}
@@ -350,11 +451,21 @@ def _system_section(r: dict[str, Any]) -> Section:
 def build_document(r: dict[str, Any], charts: dict[str, str]) -> Document:
     kind = "search" if r["kind"] == "search" else "run"
     title = f"Cost report: {r['name']} ({r['model']}, {r['task']} {kind})"
-    sections = [_cost_section(r), _quality_section(r), _speed_section(r), _charts_section(r, charts),
-                _advice_section(r), _deployment_section(r), _trials_section(r), _system_section(r)]
+    sections = [
+        _cost_section(r),
+        _quality_section(r),
+        _speed_section(r),
+        _charts_section(r, charts),
+        _advice_section(r),
+        _deployment_section(r),
+        _trials_section(r),
+        _system_section(r),
+    ]
     if r["notes"]:
         sections.append(Section("Notes", [Bullets(r["notes"])]))
     when = f"measured {r['started']} – {r['finished']}" if r.get("started") else ""
-    footer = (f"Generated {r['generated']} by costopt {r['costopt_version'] or ''} from `{r['source']}`; {when}. "
-              f"Machine-readable: report.json ({r['schema']}).")
+    footer = (
+        f"Generated {r['generated']} by costopt {r['costopt_version'] or ''} from `{r['source']}`; {when}. "
+        f"Machine-readable: report.json ({r['schema']})."
+    )
     return Document(title, _headline(r), [s for s in sections if s is not None], footer)

@@ -37,25 +37,52 @@ def drop_x(drop: dict[str, Any] | None, relative: bool) -> tuple[float, float, f
     return drop["drop"], drop["low"], drop["high"]
 
 
-def make_entry(label: str, passes: list[dict[str, Any]], *, trial: int | None = None, state: str = "ok",
-               quality: dict[str, float] | None = None, drops: dict[str, Any] | None = None, metric: str = "",
-               violation: float | None = None, cost: dict[str, Any] | None = None, objective: float | None = None,
-               speed: dict[str, Any] | None = None, footprint: dict[str, Any] | None = None,
-               deployment: dict[str, Any] | None = None, reason: str | None = None,
-               seconds: float | None = None, screen: dict[str, Any] | None = None,
-               same_as: int | None = None) -> dict[str, Any]:
+def make_entry(
+    label: str,
+    passes: list[dict[str, Any]],
+    *,
+    trial: int | None = None,
+    state: str = "ok",
+    quality: dict[str, float] | None = None,
+    drops: dict[str, Any] | None = None,
+    metric: str = "",
+    violation: float | None = None,
+    cost: dict[str, Any] | None = None,
+    objective: float | None = None,
+    speed: dict[str, Any] | None = None,
+    footprint: dict[str, Any] | None = None,
+    deployment: dict[str, Any] | None = None,
+    reason: str | None = None,
+    seconds: float | None = None,
+    screen: dict[str, Any] | None = None,
+    same_as: int | None = None,
+) -> dict[str, Any]:
     deployment = deployment or {}
     return {
-        "label": label, "trial": trial, "state": state, "family": family_of(passes), "chain": chain_text(passes),
+        "label": label,
+        "trial": trial,
+        "state": state,
+        "family": family_of(passes),
+        "chain": chain_text(passes),
         "passes": [{"name": p["name"], "params": p.get("params", {})} for p in passes],
         "runtime": deployment.get("runtime") or runtime_of(passes),
         "batch_size": deployment.get("batch_size") or (speed or {}).get("batch_size"),
         "threads": deployment.get("threads") or (speed or {}).get("threads"),
-        "quality": quality or {}, "drops": drops or {}, "drop": (drops or {}).get(metric),
-        "violation": violation, "feasible": None if violation is None else bool(violation <= 0),
-        "cost": cost, "usd_per_m": (cost or {}).get("blended_usd_per_m"), "objective": objective,
-        "speed": speed, "footprint": footprint, "reason": reason, "seconds": seconds, "screen": screen,
-        "same_as": same_as, "pareto": False,  # same_as: a repeat of that trial's configuration, its figures reused
+        "quality": quality or {},
+        "drops": drops or {},
+        "drop": (drops or {}).get(metric),
+        "violation": violation,
+        "feasible": None if violation is None else bool(violation <= 0),
+        "cost": cost,
+        "usd_per_m": (cost or {}).get("blended_usd_per_m"),
+        "objective": objective,
+        "speed": speed,
+        "footprint": footprint,
+        "reason": reason,
+        "seconds": seconds,
+        "screen": screen,
+        "same_as": same_as,
+        "pareto": False,  # same_as: a repeat of that trial's configuration, its figures reused
     }
 
 
@@ -73,9 +100,23 @@ def family_best(entries: list[dict[str, Any]], sign: int = 1) -> list[dict[str, 
     for fam in sorted({e["family"] for e in entries if e["state"] == "ok" and e["objective"] is not None}):
         group = [e for e in entries if e["family"] == fam and e["state"] == "ok" and e["objective"] is not None]
         feasible = [e for e in group if e["feasible"]]
-        best = (min(feasible, key=lambda e: sign * e["objective"]) if feasible
-                else min(group, key=lambda e: e["violation"] if e["violation"] is not None else math.inf))
-        out.append({"family": fam, "label": best["label"], "trial": best["trial"], "chain": best["chain"],
-                    "runtime": best["runtime"], "usd_per_m": best["usd_per_m"], "objective": best["objective"],
-                    "feasible": best["feasible"], "drop": best["drop"], "trials": len(group)})
+        best = (
+            min(feasible, key=lambda e: sign * e["objective"])
+            if feasible
+            else min(group, key=lambda e: e["violation"] if e["violation"] is not None else math.inf)
+        )
+        out.append(
+            {
+                "family": fam,
+                "label": best["label"],
+                "trial": best["trial"],
+                "chain": best["chain"],
+                "runtime": best["runtime"],
+                "usd_per_m": best["usd_per_m"],
+                "objective": best["objective"],
+                "feasible": best["feasible"],
+                "drop": best["drop"],
+                "trials": len(group),
+            }
+        )
     return out

@@ -37,7 +37,7 @@ def _svg(fig: Any, salt: str) -> str:
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
         fig.savefig(buf, format="svg", bbox_inches="tight")
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # inline-able: no XML prolog or doctype
+    return text[text.index("<svg") :]  # inline-able: no XML prolog or doctype
 
 
 def _figure(width: float, height: float) -> Any:
@@ -55,9 +55,11 @@ def cost_vs_drop(report: dict[str, Any]) -> str | None:
     rel = budget["relative"]
     base = report["baseline"]
     money = base["usd_per_m"] is not None
-    points = [e for e in [base, *report["trials"]]
-              if e["state"] == "ok" and e["same_as"] is None and drop_x(e["drop"], rel) is not None
-              and _value(e, money) is not None]
+    points = [
+        e
+        for e in [base, *report["trials"]]
+        if e["state"] == "ok" and e["same_as"] is None and drop_x(e["drop"], rel) is not None and _value(e, money) is not None
+    ]
     if len(points) < 2:
         return None
     fig = _figure(7.5, 4.6)
@@ -66,33 +68,70 @@ def cost_vs_drop(report: dict[str, Any]) -> str | None:
     lo = min(min(x[1] for x in xs), 0.0)
     hi = max(max(x[2] for x in xs), budget["max_drop_display"])
     pad = 0.08 * (hi - lo or 1.0)
-    ax.axvspan(lo - pad, budget["max_drop_display"], color=BUDGET_FILL, zorder=0,
-               label=f"within budget (≤ {budget['max_drop_display']:g}{'%' if rel else ''})")
+    ax.axvspan(
+        lo - pad,
+        budget["max_drop_display"],
+        color=BUDGET_FILL,
+        zorder=0,
+        label=f"within budget (≤ {budget['max_drop_display']:g}{'%' if rel else ''})",
+    )
     ax.axvline(budget["max_drop_display"], color=FEASIBLE, lw=1, ls="--", zorder=1)
     chosen = report.get("chosen")
     for feasible, colour, label in ((True, FEASIBLE, "meets the budget (whole interval)"), (False, OVER, "over the budget")):
         group = [(e, x) for e, x in zip(points, xs, strict=False) if e is not base and bool(e["feasible"]) == feasible]
         if not group:
             continue
-        ax.errorbar([x[0] for _, x in group], [_value(e, money) for e, _ in group],
-                    xerr=[[x[0] - x[1] for _, x in group], [x[2] - x[0] for _, x in group]],
-                    fmt="o", color=colour, ecolor=colour, elinewidth=1, capsize=2, ms=6, alpha=0.9, zorder=3, label=label)
+        ax.errorbar(
+            [x[0] for _, x in group],
+            [_value(e, money) for e, _ in group],
+            xerr=[[x[0] - x[1] for _, x in group], [x[2] - x[0] for _, x in group]],
+            fmt="o",
+            color=colour,
+            ecolor=colour,
+            elinewidth=1,
+            capsize=2,
+            ms=6,
+            alpha=0.9,
+            zorder=3,
+            label=label,
+        )
     front = sorted(((x[0], _value(e, money)) for e, x in zip(points, xs, strict=False) if e["pareto"]))
     if front:  # ringed points joined by the staircase no other configuration beats on both axes
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=FRONT, lw=1.5, zorder=2)
-        ax.plot([p[0] for p in front], [p[1] for p in front], ls="none", marker="o", ms=13, mfc="none", mec=FRONT,
-                mew=1.8, zorder=4, label="Pareto front")
+        ax.plot(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            ls="none",
+            marker="o",
+            ms=13,
+            mfc="none",
+            mec=FRONT,
+            mew=1.8,
+            zorder=4,
+            label="Pareto front",
+        )
     ax.plot([0], [_value(base, money)], marker="D", ms=8, color=BASELINE, ls="none", zorder=4, label="baseline")
     if chosen is not None and _value(chosen, money) is not None and chosen["drop"]:
         cx = drop_x(chosen["drop"], rel)[0]
-        ax.plot([cx], [_value(chosen, money)], marker="*", ms=20, color=CHOSEN, mec="black", mew=0.6, ls="none", zorder=5,
-                label=f"chosen: {chosen['label']}")
+        ax.plot(
+            [cx],
+            [_value(chosen, money)],
+            marker="*",
+            ms=20,
+            color=CHOSEN,
+            mec="black",
+            mew=0.6,
+            ls="none",
+            zorder=5,
+            label=f"chosen: {chosen['label']}",
+        )
     values = [_value(e, money) for e in points]
     if min(values) > 0 and max(values) / min(values) > 8:
         ax.set_yscale("log")
     ax.set_xlim(lo - pad, hi + pad)
-    ax.set_xlabel(f"{budget['metric']} drop{' (%)' if rel else ''}, point and {budget['confidence']:.0%} interval; "
-                  "right is worse")
+    ax.set_xlabel(
+        f"{budget['metric']} drop{' (%)' if rel else ''}, point and {budget['confidence']:.0%} interval; right is worse"
+    )
     ax.set_ylabel(_axis_label(report, money))
     ax.set_title("Cost against quality drop, every measured configuration", fontsize=11)
     ax.grid(alpha=0.3, zorder=0)
@@ -123,7 +162,9 @@ def cost_by_family(report: dict[str, Any]) -> str | None:
         ratio = f"  ({values[0] / v:.2f}x)" if money and v > 0 and v != values[0] else ""
         ax.text(v + 0.01 * top, y, (f"${v:.4g}" if money else f"{v:.4g}") + ratio, va="center", fontsize=8)
     ax.set_xlim(0, top * 1.3)
-    ax.set_xlabel(_axis_label(report, money) + ("; hatched: over the quality budget" if any(not f["feasible"] for f in fams) else ""))
+    ax.set_xlabel(
+        _axis_label(report, money) + ("; hatched: over the quality budget" if any(not f["feasible"] for f in fams) else "")
+    )
     ax.set_title("Baseline against the best of each technique family", fontsize=11)
     ax.grid(axis="x", alpha=0.3, zorder=0)
     return _svg(fig, "cost-by-family")

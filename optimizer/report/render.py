@@ -67,25 +67,34 @@ footer{margin-top:2em;font-size:12px;color:#666;border-top:1px solid #ddd;paddin
 
 
 def to_html(doc: Document, met: bool) -> str:
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{html.escape(doc.title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{html.escape(doc.title)}</h1>",
-             f'<div class="summary{"" if met else " miss"}">' + "".join(f"<p>{_inline(x)}</p>" for x in doc.summary) + "</div>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(doc.title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(doc.title)}</h1>",
+        f'<div class="summary{"" if met else " miss"}">' + "".join(f"<p>{_inline(x)}</p>" for x in doc.summary) + "</div>",
+    ]
     for sec in doc.sections:
         parts.append(f"<section><h2>{html.escape(sec.title)}</h2>")
         for b in sec.blocks:
             if isinstance(b, Table):
-                parts.append("<table><thead><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in b.header) + "</tr></thead><tbody>"
-                             + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
-                             + "</tbody></table>")
+                parts.append(
+                    "<table><thead><tr>"
+                    + "".join(f"<th>{_inline(h)}</th>" for h in b.header)
+                    + "</tr></thead><tbody>"
+                    + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+                    + "</tbody></table>"
+                )
             elif isinstance(b, Para):
                 parts.append(f"<p>{_inline(b.text)}</p>")
             elif isinstance(b, Bullets):
                 parts.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.items) + "</ul>")
             elif isinstance(b, Chart):
-                parts.append(f'<figure class="chart" id="chart-{b.name}" role="img" aria-label="{html.escape(b.alt)}">'
-                             f"{b.svg}<figcaption>{_inline(b.caption)}</figcaption></figure>")
+                parts.append(
+                    f'<figure class="chart" id="chart-{b.name}" role="img" aria-label="{html.escape(b.alt)}">'
+                    f"{b.svg}<figcaption>{_inline(b.caption)}</figcaption></figure>"
+                )
         parts.append("</section>")
     parts.append(f"<footer>{_inline(doc.footer)}</footer></body></html>")
     return "\n".join(parts)

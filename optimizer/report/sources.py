@@ -12,8 +12,10 @@ from pydantic import ValidationError
 from optimizer.errors import UserError
 from optimizer.recipe import Recipe, load_recipe
 
-_WHAT = ("a run folder or its result.json (from `costopt run`), a search folder runs/<study>/ or its study.db, "
-         "an Optuna storage URL with --study, or the recipe the search ran")
+_WHAT = (
+    "a run folder or its result.json (from `costopt run`), a search folder runs/<study>/ or its study.db, "
+    "an Optuna storage URL with --study, or the recipe the search ran"
+)
 
 
 @dataclass
@@ -37,9 +39,10 @@ def _recipe_from(config: dict[str, Any], where: str) -> Recipe:
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(x) for x in err["loc"])
-        raise UserError(f"the recipe stored in {where} no longer validates ({field}: {err['msg']}; "
-                        "an older costopt wrote it)",
-                        "pass the recipe it ran with: --recipe FILE") from None
+        raise UserError(
+            f"the recipe stored in {where} no longer validates ({field}: {err['msg']}; an older costopt wrote it)",
+            "pass the recipe it ran with: --recipe FILE",
+        ) from None
 
 
 def _load_run(path: Path, recipe_file: str | None) -> RunSource:
@@ -50,8 +53,10 @@ def _load_run(path: Path, recipe_file: str | None) -> RunSource:
     if not isinstance(result, dict) or result.get("schema") != "costopt.trial/1":
         raise UserError(f"{path} is not a costopt run result (schema costopt.trial/1)", f"give {_WHAT}")
     if "config" not in result or not result.get("baseline"):
-        raise UserError(f"{path} holds no finished baseline (the run stopped early: {result.get('error')})",
-                        "re-run the recipe with `costopt run`")
+        raise UserError(
+            f"{path} holds no finished baseline (the run stopped early: {result.get('error')})",
+            "re-run the recipe with `costopt run`",
+        )
     recipe = load_recipe(recipe_file) if recipe_file else _recipe_from(result["config"], str(path))
     return RunSource(path, result, recipe)
 
@@ -62,20 +67,19 @@ def _study_names(storage: str) -> list[str]:
     return optuna.study.get_all_study_names(storage)
 
 
-def _load_study(storage: str, name: str | None, location: str, folder: Path | None,
-                recipe_file: str | None) -> StudySource:
+def _load_study(storage: str, name: str | None, location: str, folder: Path | None, recipe_file: str | None) -> StudySource:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         names = _study_names(storage)
     except Exception as e:  # a wrong URL, an unreachable server, a file that is not a database
-        raise UserError(f"cannot open the Optuna storage {location} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
-                        f"give {_WHAT}") from None
+        raise UserError(
+            f"cannot open the Optuna storage {location} ({type(e).__name__}: {str(e).splitlines()[0][:160]})", f"give {_WHAT}"
+        ) from None
     if name is None:
         if len(names) != 1:
-            raise UserError(f"{location} holds {len(names)} studies ({', '.join(names) or 'none'})",
-                            "name one with --study NAME")
+            raise UserError(f"{location} holds {len(names)} studies ({', '.join(names) or 'none'})", "name one with --study NAME")
         name = names[0]
     elif name not in names:
         raise UserError(f"no study named {name!r} in {location}", f"use one of: {', '.join(names) or '(none)'}")
@@ -85,8 +89,10 @@ def _load_study(storage: str, name: str | None, location: str, folder: Path | No
     elif "recipe" in study.user_attrs:
         recipe = _recipe_from(study.user_attrs["recipe"], f"study {name}")
     else:
-        raise UserError(f"study {name!r} was made by an older costopt that did not store its recipe",
-                        "pass the recipe it ran with: --recipe FILE")
+        raise UserError(
+            f"study {name!r} was made by an older costopt that did not store its recipe",
+            "pass the recipe it ran with: --recipe FILE",
+        )
     return StudySource(location, folder, study, recipe)
 
 
@@ -116,8 +122,10 @@ def open_source(target: str, study: str | None = None, recipe_file: str | None =
         storage = recipe.search.storage
         if storage is None:
             if not (folder / "study.db").is_file():
-                raise UserError(f"recipe {target} has no search results yet ({folder / 'study.db'} is missing)",
-                                f"run `costopt search {target}` first")
+                raise UserError(
+                    f"recipe {target} has no search results yet ({folder / 'study.db'} is missing)",
+                    f"run `costopt search {target}` first",
+                )
             storage = default_storage(recipe, name)
         return _load_study(storage, name, target, folder, recipe_file or str(path))
     raise UserError(f"{target} is not something costopt can report on", f"give {_WHAT}")

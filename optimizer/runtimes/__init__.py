@@ -16,8 +16,7 @@ from optimizer.runtimes.base import META_FILE, Candidate, folder_size
 from optimizer.runtimes.pytorch import TorchCandidate, load_candidate
 
 # runtime name -> module holding its Candidate and load_artifact (imported when an artifact needs it)
-MODULES = {"torch": "optimizer.runtimes.pytorch", "onnxruntime": "optimizer.runtimes.ort",
-           "openvino": "optimizer.runtimes.ov"}
+MODULES = {"torch": "optimizer.runtimes.pytorch", "onnxruntime": "optimizer.runtimes.ort", "openvino": "optimizer.runtimes.ov"}
 
 
 def reload_saved(directory: Path, device: str = "cpu") -> Candidate:
@@ -25,13 +24,17 @@ def reload_saved(directory: Path, device: str = "cpu") -> Candidate:
     directory = Path(directory)
     meta_file = directory / META_FILE
     if not meta_file.is_file():
-        raise UserError(f"{directory} is not a costopt artifact (no {META_FILE})",
-                        "give a folder written by `costopt run` (runs/<name>-<time>/artifact)")
+        raise UserError(
+            f"{directory} is not a costopt artifact (no {META_FILE})",
+            "give a folder written by `costopt run` (runs/<name>-<time>/artifact)",
+        )
     meta = json.loads(meta_file.read_text())
     runtime = meta.get("runtime", "torch")
     if runtime not in MODULES:
-        raise UserError(f"{directory} holds a {runtime!r} artifact, which this costopt does not know",
-                        f"rebuild it with this version (runtimes: {', '.join(MODULES)})")
+        raise UserError(
+            f"{directory} holds a {runtime!r} artifact, which this costopt does not know",
+            f"rebuild it with this version (runtimes: {', '.join(MODULES)})",
+        )
     cand = importlib.import_module(MODULES[runtime]).load_artifact(directory, meta, device)
     cand.applied = meta.get("applied", [])
     return cand

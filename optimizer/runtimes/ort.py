@@ -59,8 +59,9 @@ class OrtCandidate(Candidate):
         if self._session is None:
             import onnxruntime as ort
 
-            self._session = ort.InferenceSession(str(self.model_path), session_options(threads()),
-                                                 providers=providers(self.device))
+            self._session = ort.InferenceSession(
+                str(self.model_path), session_options(threads()), providers=providers(self.device)
+            )
         return self._session
 
     def empty_past(self, batch: int) -> dict[str, np.ndarray]:

@@ -39,8 +39,12 @@ def compile_config(precision: str, n_threads: int) -> dict[str, Any]:
     """CPU plugin properties: the thread count every runtime gets, one stream, the precision asked for."""
     if precision not in PRECISIONS:
         raise UserError(f"OpenVINO inference precision {precision!r} is not known", f"use one of {', '.join(PRECISIONS)}")
-    return {"INFERENCE_NUM_THREADS": n_threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": precision}
+    return {
+        "INFERENCE_NUM_THREADS": n_threads,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": precision,
+    }
 
 
 @dataclass
@@ -95,8 +99,15 @@ class OvCandidate(Candidate):
 
     def derive(self, folder: Path, precision: str | None = None) -> OvCandidate:
         """The same model description over another IR folder (what each OpenVINO pass returns)."""
-        return OvCandidate(info=self.info, device=self.device, applied=list(self.applied), notes=list(self.notes),
-                           folder=folder, io=dict(self.io), precision=precision or self.precision)
+        return OvCandidate(
+            info=self.info,
+            device=self.device,
+            applied=list(self.applied),
+            notes=list(self.notes),
+            folder=folder,
+            io=dict(self.io),
+            precision=precision or self.precision,
+        )
 
     def save(self, directory: Path) -> Path:
         directory = fresh_folder(directory)

@@ -53,8 +53,7 @@ class TorchCandidate(Candidate):
     @torch.inference_mode()
     def decode(self, next_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         mask = torch.cat([state["mask"], state["mask"].new_ones((state["mask"].shape[0], 1))], dim=1)
-        out = self.module(input_ids=self._to(next_ids), attention_mask=mask,
-                          past_key_values=state["cache"], use_cache=True)
+        out = self.module(input_ids=self._to(next_ids), attention_mask=mask, past_key_values=state["cache"], use_cache=True)
         return out.logits[:, -1, :].float().cpu(), {"cache": out.past_key_values, "mask": mask}
 
     @property
