@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--calibration", required=True, help="JSON list of calibration texts (the recipe's calibration split)")
     ap.add_argument("--family", choices=["onnx", "openvino"], required=True)
     args = ap.parse_args()
+    # stdout carries the protocol alone: libraries' progress bars (NNCF draws on stdout) go to stderr
+    protocol, sys.stdout = sys.stdout, sys.stderr
 
     import torch
 
@@ -63,7 +65,7 @@ def main() -> None:
         )
         if _installed(p)
     }
-    print(json.dumps({"ready": list(models), "versions": versions, "notes": notes}), flush=True)
+    print(json.dumps({"ready": list(models), "versions": versions, "notes": notes}), file=protocol, flush=True)
 
     for line in sys.stdin:
         cmd = line.split()
@@ -72,7 +74,7 @@ def main() -> None:
         name = cmd[1]
         t0 = time.perf_counter()
         models[name].encode(texts["speed"], batch_size=args.batch_size, convert_to_numpy=True)
-        print(json.dumps({"name": name, "seconds": time.perf_counter() - t0}), flush=True)
+        print(json.dumps({"name": name, "seconds": time.perf_counter() - t0}), file=protocol, flush=True)
 
 
 def _torch_and_onnx_peers(args: argparse.Namespace, work: Path) -> tuple[dict, list[str]]:
@@ -120,12 +122,16 @@ def _openvino_peers(args: argparse.Namespace, work: Path, calibration: list[str]
         f"{_ov_precision(models['st-openvino'])}"
     )
     ov_file = _static_int8_openvino(models["st-openvino"], ov_dir, calibration)
+    # OVQuantizer quantizes the model object it is given in place: load the fp32 IR again for the default row
+    models["st-openvino"] = SentenceTransformer(
+        str(ov_dir), device="cpu", backend="openvino", model_kwargs=ov_kwargs | {"file_name": "openvino/openvino_model.xml"}
+    )
     models["st-openvino-int8"] = SentenceTransformer(
         str(ov_dir), device="cpu", backend="openvino", model_kwargs=ov_kwargs | {"file_name": ov_file}
     )
     notes.append(
         "st-openvino-int8: NNCF static int8 through optimum-intel's OVQuantizer, as "
-        "export_static_quantized_openvino_model does (default OVQuantizationConfig, 300 texts padded to "
+        "export_static_quantized_openvino_model does (default OVQuantizationConfig and sample count, texts padded to "
         "384 tokens), calibrated on the recipe's calibration texts because its default set needs the network"
         f" -> {ov_file}"
     )
@@ -133,7 +139,7 @@ def _openvino_peers(args: argparse.Namespace, work: Path, calibration: list[str]
 
 
 def _ov_precision(model) -> str:  # noqa: ANN001
-    compiled = model.transformers_model.request.get_compiled_model()
+    compiled = model.transformers_model.request  # optimum-intel keeps the CompiledModel here
     return compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
 
@@ -144,19 +150,20 @@ def _static_int8_openvino(model, folder: Path, texts: list[str]) -> str:  # noqa
     default OVQuantizationConfig, its 300 samples, the same tokenization (padded to 384 tokens), and the
     same file name it writes.
     """
-    from datasets import Dataset
     from optimum.intel.openvino import OVConfig, OVQuantizationConfig, OVQuantizer
 
     config = OVConfig(quantization_config=OVQuantizationConfig())
     n = config.quantization_config.num_samples or 300
     tokens = model.tokenizer(texts[:n], padding="max_length", max_length=384, truncation=True)
+    samples = [{k: v[i] for k, v in tokens.items()} for i in range(len(tokens["input_ids"]))]
     quantizer = OVQuantizer.from_pretrained(model.transformers_model)
     out = folder / "openvino-int8-tmp"
-    quantizer.quantize(Dataset.from_dict(dict(tokens)), save_directory=str(out), ov_config=config)
+    quantizer.quantize(samples, save_directory=str(out), ov_config=config)
     target = "openvino/openvino_model_qint8_quantized.xml"
     (folder / "openvino").mkdir(exist_ok=True)
     for ext in ("xml", "bin"):
-        (out / f"openvino_model.{ext}").rename(folder / target.replace(".xml", f".{ext}"))
+        written = next(out.rglob(f"openvino_model.{ext}"))  # optimum-intel 2.2 writes it under openvino/
+        written.rename(folder / target.replace(".xml", f".{ext}"))
     return target
 
 

