@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from optimizer.model import load_model_info, saved_spec
-from optimizer.runtimes.base import Candidate, copy_files, fresh_folder
+from optimizer.runtimes.base import copy_files, fresh_folder
+from optimizer.runtimes.graph import GraphCandidate
 from optimizer.runtimes.threads import threads
 
 MODEL_FILE = "model.onnx"
@@ -43,16 +43,10 @@ def providers(device: str) -> list[str]:
 
 
 @dataclass
-class OrtCandidate(Candidate):
-    folder: Path | None = None  # holds model.onnx (+ external data)
-    io: dict[str, Any] = field(default_factory=dict)  # from onnx_export.export
+class OrtCandidate(GraphCandidate):
+    MODEL_FILE: ClassVar[str] = MODEL_FILE
     runtime: str = "onnxruntime"
     _session: Any = field(default=None, repr=False)
-
-    @property
-    def model_path(self) -> Path:
-        assert self.folder is not None
-        return self.folder / MODEL_FILE
 
     @property
     def session(self) -> Any:
@@ -64,30 +58,8 @@ class OrtCandidate(Candidate):
             )
         return self._session
 
-    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
-        shape = (batch, self.io["kv_heads"], 0, self.io["head_dim"])
-        return {n: np.zeros(shape, np.float32) for n in self.io["inputs"][2:]}
-
-    def _run(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> list[np.ndarray]:
-        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
-        if self.task == "causal-lm":
-            feeds |= past if past is not None else self.empty_past(ids.shape[0])
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, feeds)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self._run(input_ids.numpy(), attention_mask.numpy(), None)[0]).float()
-
-    def _step(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> tuple[torch.Tensor, Any]:
-        out = self._run(ids, mask, past)
-        present = dict(zip(self.io["inputs"][2:], out[1:], strict=False))
-        return torch.from_numpy(out[0][:, -1, :]).float(), {"past": present, "mask": mask}
-
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        return self._step(input_ids.numpy(), attention_mask.numpy(), None)
-
-    def decode(self, next_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        mask = np.concatenate([state["mask"], np.ones((state["mask"].shape[0], 1), state["mask"].dtype)], axis=1)
-        return self._step(next_ids.numpy(), mask, state["past"])
 
     def save(self, directory: Path) -> Path:
         directory = fresh_folder(directory)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from optimizer.errors import UserError
 from optimizer.model import load_model_info, saved_spec
-from optimizer.runtimes.base import Candidate, copy_files, fresh_folder
+from optimizer.runtimes.base import copy_files, fresh_folder
+from optimizer.runtimes.graph import GraphCandidate
 from optimizer.runtimes.threads import threads
 
 MODEL_FILE = "model.xml"
@@ -48,18 +48,12 @@ def compile_config(precision: str, n_threads: int) -> dict[str, Any]:
 
 
 @dataclass
-class OvCandidate(Candidate):
-    folder: Path | None = None  # holds model.xml + model.bin
-    io: dict[str, Any] = field(default_factory=dict)  # input/output names, KV shape, parameter counts
+class OvCandidate(GraphCandidate):
+    MODEL_FILE: ClassVar[str] = MODEL_FILE
     precision: str = "f32"  # the CPU plugin's inference precision
     runtime: str = "openvino"
     _request: Any = field(default=None, repr=False)
     _compiled: Any = field(default=None, repr=False)
-
-    @property
-    def model_path(self) -> Path:
-        assert self.folder is not None
-        return self.folder / MODEL_FILE
 
     @property
     def compiled(self) -> Any:
@@ -69,33 +63,11 @@ class OvCandidate(Candidate):
             self._request = self._compiled.create_infer_request()
         return self._compiled
 
-    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
-        shape = (batch, self.io["kv_heads"], 0, self.io["head_dim"])
-        return {n: np.zeros(shape, np.float32) for n in self.io["inputs"][2:]}
-
-    def _run(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> list[np.ndarray]:
-        self.compiled  # noqa: B018 - compiles on first use
-        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
-        if self.task == "causal-lm":
-            feeds |= past if past is not None else self.empty_past(ids.shape[0])
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        compiled = self.compiled
         result = self._request.infer(feeds)
         # copies: the request's output buffers are reused by the next call
-        return [np.array(result[out]) for out in self._compiled.outputs]
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self._run(input_ids.numpy(), attention_mask.numpy(), None)[0]).float()
-
-    def _step(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> tuple[torch.Tensor, Any]:
-        out = self._run(ids, mask, past)
-        present = dict(zip(self.io["inputs"][2:], out[1:], strict=True))
-        return torch.from_numpy(out[0][:, -1, :]).float(), {"past": present, "mask": mask}
-
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        return self._step(input_ids.numpy(), attention_mask.numpy(), None)
-
-    def decode(self, next_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        mask = np.concatenate([state["mask"], np.ones((state["mask"].shape[0], 1), state["mask"].dtype)], axis=1)
-        return self._step(next_ids.numpy(), mask, state["past"])
+        return [np.array(result[out]) for out in compiled.outputs]
 
     def derive(self, folder: Path, precision: str | None = None) -> OvCandidate:
         """The same model description over another IR folder (what each OpenVINO pass returns)."""

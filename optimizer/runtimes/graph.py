@@ -1,0 +1,59 @@
+"""What the exported-graph runtimes (ONNX Runtime, OpenVINO) share: a model file in a folder, fed
+NumPy arrays, with the KV cache of causal LMs as explicit past.{i}.key -> present.{i}.key tensors.
+
+A runtime supplies `infer(feeds) -> outputs` (in the graph's output order); prefill, decode and the
+batch forward are written once here.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from optimizer.runtimes.base import Candidate
+
+
+@dataclass
+class GraphCandidate(Candidate):
+    MODEL_FILE: ClassVar[str]
+    folder: Path | None = None  # holds the model file (+ its weights)
+    io: dict[str, Any] = field(default_factory=dict)  # input/output names and KV shape, from the export
+
+    @property
+    def model_path(self) -> Path:
+        assert self.folder is not None
+        return self.folder / self.MODEL_FILE
+
+    @abstractmethod
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the graph; outputs in the graph's order, owned by the caller."""
+
+    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        shape = (batch, self.io["kv_heads"], 0, self.io["head_dim"])
+        return {n: np.zeros(shape, np.float32) for n in self.io["inputs"][2:]}
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> list[np.ndarray]:
+        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        if self.task == "causal-lm":
+            feeds |= past if past is not None else self.empty_past(ids.shape[0])
+        return self.infer(feeds)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run(input_ids.numpy(), attention_mask.numpy(), None)[0]).float()
+
+    def _step(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> tuple[torch.Tensor, Any]:
+        out = self._run(ids, mask, past)
+        present = dict(zip(self.io["inputs"][2:], out[1:], strict=True))
+        return torch.from_numpy(out[0][:, -1, :]).float(), {"past": present, "mask": mask}
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return self._step(input_ids.numpy(), attention_mask.numpy(), None)
+
+    def decode(self, next_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        mask = np.concatenate([state["mask"], np.ones((state["mask"].shape[0], 1), state["mask"].dtype)], axis=1)
+        return self._step(next_ids.numpy(), mask, state["past"])
