@@ -111,8 +111,8 @@ def test_two_workers_share_one_postgres_study_without_losing_or_duplicating_tria
         numbers = [t.number for t in trials]
         assert sorted(numbers) == list(range(len(trials)))  # one record per trial, no gaps, no duplicates
         assert len({t._trial_id for t in trials}) == len(trials)
-        counted = sum(counted(t) for t in trials)
-        assert target <= counted <= target + 1  # both may start a last trial at the same moment
+        n_counted = sum(counted(t) for t in trials)
+        assert target <= n_counted <= target + 1  # both may start a last trial at the same moment
         by_worker: dict[str, int] = {}
         for t in trials:
             by_worker[t.user_attrs["worker"]] = by_worker.get(t.user_attrs["worker"], 0) + 1
