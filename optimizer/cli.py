@@ -303,9 +303,21 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("costopt")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        from optimizer.measure.system import source_version
+
+        return f"{source_version()} (source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="costopt", description="Measure and minimize the cost per token of open models.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"costopt {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def recipe_cmd(name: str, help_: str) -> argparse.ArgumentParser:

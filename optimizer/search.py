@@ -140,13 +140,21 @@ def open_study(recipe: Recipe, storage: str | None = None) -> optuna.Study:
     name = s.study_name or recipe.name
     objective = Objective(s.objective)
     directions = [objective.direction, "minimize"] if s.multi_objective else [objective.direction]
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name,
         storage=_storage(storage or s.storage or default_storage(recipe, name), s.heartbeat_seconds),
         sampler=make_sampler(recipe),
         directions=directions,
         load_if_exists=True,
     )
+    # named objectives: optuna-dashboard and study.trials_dataframe() show these instead of values_0 / values_1
+    metric = s.constraint.metric or recipe.primary_metric
+    names = [OBJECTIVES[s.objective].label] + ([f"{metric} drop"] if s.multi_objective else [])
+    if study.metric_names != names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since Optuna 3.2
+            study.set_metric_names(names)
+    return study
 
 
 def check_searchable(recipe: Recipe) -> str:

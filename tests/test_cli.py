@@ -125,3 +125,11 @@ def test_incompatible_order_fails_before_any_work(tiny_bert_dir, write_recipe, t
     assert "prune-wanda" in err and "reorder the passes" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
     assert main(["validate", str(rec)]) == 2
+
+
+def test_version_flag_prints_the_installed_version(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"costopt {metadata.version('costopt')}"

@@ -43,6 +43,7 @@ def test_search_records_trials_and_resumes_without_redoing_them(write_recipe, ti
     study = run_search(recipe)
     trials = study.get_trials()
     assert len(trials) == 3 and finished(study) == 3
+    assert study.metric_names == ["$ per 1M tokens (blended)"]  # what optuna-dashboard shows
     for t in trials:
         assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("error")
         assert len(t.user_attrs[CONSTRAINT]) == 1 and t.user_attrs["deployment"]["threads"] == 1
