@@ -92,7 +92,9 @@ def test_search_killed_with_sigkill_resumes_without_losing_or_redoing_trials(wri
     for t in trials:  # the trial running at the kill was failed by the heartbeat check and run again
         if t.state == States.FAIL and "error" not in t.user_attrs:
             retried = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
-            assert len(retried) == 1 and retried[0].params == t.params
+            # a kill between two suggestions leaves a partial configuration: the retry keeps what was
+            # sampled and samples the rest (seen once: killed after the pruning parameter, before the cast's)
+            assert len(retried) == 1 and t.params.items() <= retried[0].params.items()
 
 
 @pytest.mark.slow
