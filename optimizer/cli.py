@@ -13,6 +13,10 @@ from typing import Any
 from cost.errors import CostInputError
 from optimizer.cli_format import chain_text, table
 from optimizer.errors import UserError
+from optimizer.formatting import drop_text, ratio_text
+
+EXIT_USER_ERROR = 2  # bad input: a one-line message names the problem and the fix
+EXIT_NOTHING_MET = 3  # ran fine, but no configuration met the budget (or fits): nothing to deploy
 
 
 def _fmt_num(x: float | None, digits: int = 4) -> str:
@@ -25,16 +29,6 @@ def _fmt_num(x: float | None, digits: int = 4) -> str:
     if 0.999 < x < 1:  # fidelity-like values: show how far from 1
         return f"{x:.6f}"
     return f"{x:.{digits}f}"
-
-
-def _fmt_drop(d: dict[str, Any]) -> str:
-    if d.get("relative") is not None:
-        return (
-            f"{100 * d['relative']:+.2f}% [{100 * d['relative_low']:+.2f}, {100 * d['relative_high']:+.2f}]"
-            if d.get("relative_low") is not None
-            else f"{100 * d['relative']:+.2f}%"
-        )
-    return f"{d['drop']:+.4g} [{d['low']:+.4g}, {d['high']:+.4g}]"
 
 
 def _speed_rows(label: str, s: dict[str, Any]) -> list[list[str]]:
@@ -85,7 +79,7 @@ def render_result(r: dict[str, Any]) -> str:
     for m, v in r["baseline"]["quality"].items():
         row = [m, _fmt_num(v)]
         if cand:
-            row += [_fmt_num(cand["quality"].get(m)), _fmt_drop(r["drops"][m]) if m in r["drops"] else "-"]
+            row += [_fmt_num(cand["quality"].get(m)), drop_text(r["drops"][m]) if m in r["drops"] else "-"]
         q_rows.append(row)
     header = ["metric", "baseline"] + (["candidate", "drop (95% CI)"] if cand else [])
     out += [table(q_rows, header), ""]
@@ -179,16 +173,15 @@ def cmd_search(args: argparse.Namespace) -> int:
                 r["state"],
                 "yes" if r["feasible"] else "no",
                 _fmt_num(r["objective"], 6) if r["objective"] is not None else "",
-                _fmt_drop(d) if d else "",
+                drop_text(d) if d else "",
                 f"{dep.get('batch_size', '')}/{dep.get('threads', '')}",
                 chain_text(r["passes"]) + (f": {r['reason']}" if r["reason"] else ""),
             ]
         )
     print(table(rows, ["trial", "state", "feasible", kind, "drop (CI)", "batch/threads", "passes"]))
     c = recipe.search.constraint
-    metric = c.metric or recipe.primary_metric
-    budget = f"{metric} drop <= {100 * c.max_drop:.2f}%" if c.relative else f"{metric} drop <= {c.max_drop:g}"
-    budget += f" at the {c.confidence:.0%} upper bound"
+    b = recipe.budget
+    metric, budget = b.metric, b.text
     best = best_feasible(study)
     if best is None:
         near = closest(study)
@@ -201,26 +194,48 @@ def cmd_search(args: argparse.Namespace) -> int:
             over = near.user_attrs["constraint"][0]
             print(
                 f"\nno configuration met {budget}. Closest: trial {near.number} ({chain_text(near.user_attrs['passes'])}), "
-                f"drop {_fmt_drop(near.user_attrs['drop'])}, over budget by "
+                f"drop {drop_text(near.user_attrs['drop'])}, over budget by "
                 f"{100 * over:.2f} points" + ("" if c.relative else f" ({over:.4g})") + ". "
                 "Try a looser max_drop, more trials, milder settings, or a larger eval set for a narrower interval."
             )
-        return 0
-    config = deployment_config(recipe, study.study_name, best, baseline)
+        return EXIT_NOTHING_MET
+    confirmation = None
+    if recipe.search.confirm.share > 0:
+        from optimizer.confirm import STUDY_ATTR, confirm_search, summary_lines
+
+        confirmation = confirm_search(recipe, study)
+        study.set_user_attr(STUDY_ATTR, confirmation.as_dict())
+        print("\n" + "\n".join(summary_lines(confirmation)))
+        if confirmation.chosen is None:
+            tried = ", ".join(f"trial {a.trial} ({drop_text(a.drop) if a.drop else a.error})" for a in confirmation.attempts)
+            print(
+                f"\nno configuration was confirmed: the {len(confirmation.attempts)} cheapest within budget on the "
+                f"selection part were over {budget} on the held-out part: {tried}. Nothing is written to deploy.yaml. "
+                "Try a larger eval set (narrower intervals), a looser max_drop, or milder settings."
+            )
+            return EXIT_NOTHING_MET
+        best = study.trials[confirmation.chosen]
+    config = deployment_config(recipe, study.study_name, best, baseline, confirmation)
     path = write_deployment(Path(args.deploy) if args.deploy else search_dir(recipe, study.study_name) / "deploy.yaml", config)
     m = config["measured"]
     saving = ""
-    if "cheaper_x" in m:
+    if confirmation is not None and confirmation.headline is not None:
+        h = confirmation.headline
+        saving = f", {ratio_text(h.ratio)} better than the {h.against} (confirmed, {h.why.split(':')[0]})"
+    elif "cheaper_x" in m:
         x, was = m["cheaper_x"], f"the baseline's ${m['baseline_usd_per_m_tokens']:.5f}"
         saving = f", {x:.2f}x cheaper than {was}" if x >= 1 else f", {1 / x:.2f}x the cost of {was} (no saving)"
     if not config["passes"]:
         saving += "; the cheapest choice within budget is the model without compression, at this batch size and thread count"
     print(
         f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, batch {config['batch_size']}, "
-        f"{config['threads']} threads\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {_fmt_drop(m['drop'])} "
-        f"within {budget}\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR"
+        f"{config['threads']} threads\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {drop_text(m['drop'])} "
+        f"({m.get('drop_measured_on', 'on the eval set')}) within {budget}\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR"
     )
-    if "baseline_best_batch" in m:
+    if confirmation is not None:
+        for s in confirmation.savings[1:]:
+            print(f"  against the {s.against}: {ratio_text(s.ratio) if s.ratio else '–'}; {s.why}")
+    elif "baseline_best_batch" in m:
         bb = m["baseline_best_batch"]
         print(
             f"  against the baseline at its own best batch size ({bb['batch_size']}, ${bb['usd_per_m_tokens']:.5f}): "
@@ -389,10 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except UserError as e:
         print(f"costopt: error: {e.one_line()}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except CostInputError as e:
         print(f"costopt: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("costopt: interrupted; finished results are on disk", file=sys.stderr)
         return 130

@@ -78,11 +78,21 @@ class Dataset:
         """A seeded, deterministic sample of n examples, in their original order."""
         if n >= len(self):
             return self
-        idx = sorted(random.Random(seed).sample(range(len(self)), n))
+        return self._pick(sorted(random.Random(seed).sample(range(len(self)), n)))
+
+    def _pick(self, idx: list[int]) -> Dataset:
         pick = lambda xs: [xs[i] for i in idx] if xs else None  # noqa: E731
         return Dataset(
             self.kind, [self.texts[i] for i in idx], pick(self.texts_b), pick(self.scores), pick(self.labels), origin=self.origin
         )
+
+    def split(self, share: float, seed: int) -> tuple[Dataset, Dataset]:
+        """(the rest, a held-out part of about `share`), each in the original order.
+
+        An example's part is decided by a hash of its own text and the seed, so it stays in the same
+        part when the set is reordered, grows or is filtered."""
+        held = [_share_of(f"{seed}\0{t}") < share for t in self.texts]
+        return self._pick([i for i, h in enumerate(held) if not h]), self._pick([i for i, h in enumerate(held) if h])
 
     def interleaved(self) -> list[str]:
         """texts[0], texts_b[0], texts[1], ...: any prefix mixes short queries and long documents."""
@@ -267,6 +277,11 @@ def stdlib_docs() -> tuple[DocEntry, ...]:
 
 def _bucket(qualname: str) -> int:
     return int.from_bytes(hashlib.sha1(qualname.encode()).digest()[:4], "big") % 100
+
+
+def _share_of(key: str) -> float:
+    """A stable number in [0, 1) for `key`."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
 
 
 def stdlib_split(role: Role) -> list[DocEntry]:

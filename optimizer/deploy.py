@@ -30,21 +30,23 @@ DEPLOY_FILE = "deploy.yaml"
 _REBUILD_SECTIONS = ("name", "model", "task", "data", "quality", "speed", "hardware", "workload", "output_dir")
 
 
-def deployment_config(recipe: Recipe, study_name: str, trial: Any, baseline: dict[str, Any]) -> dict[str, Any]:
-    """deploy.yaml content for one finished Optuna trial (a FrozenTrial) of `study_name`."""
+def deployment_config(
+    recipe: Recipe, study_name: str, trial: Any, baseline: dict[str, Any], confirmation: Any = None
+) -> dict[str, Any]:
+    """deploy.yaml content for one finished Optuna trial (a FrozenTrial) of `study_name`.
+
+    With a `confirm.Confirmation`, the drop is the one measured on the held-out part and the saving
+    the one timed in alternating rounds; the search's own figures are kept beside them."""
     a = trial.user_attrs
-    c = recipe.search.constraint
+    b = recipe.budget
     cost, base_cost = a.get("cost") or {}, baseline.get("cost") or {}
     measured: dict[str, Any] = {
         "quality": a.get("quality"),
         "baseline_quality": baseline.get("quality"),
         "drop": a.get("drop"),
-        "constraint": {
-            "metric": c.metric or recipe.primary_metric,
-            "max_drop": c.max_drop,
-            "relative": c.relative,
-            "confidence": c.confidence,
-        },
+        "drop_measured_on": "the eval set the search selected on (not confirmed on held-out data)",
+        "quality_batches": a.get("quality_batches"),
+        "constraint": {"metric": b.metric, "max_drop": b.max_drop, "relative": b.relative, "confidence": b.confidence},
         "tokens_per_s": a.get("speed"),
         "baseline_tokens_per_s": {
             k: baseline["speed"][k]["median"]
@@ -66,6 +68,20 @@ def deployment_config(recipe: Recipe, study_name: str, trial: Any, baseline: dic
                 "cheaper_x": round(by_batch[best_b] / cost["blended_usd_per_m"], 4),
             }
         measured["cost"] = cost
+    attempt = confirmation.attempt if confirmation is not None else None
+    if attempt is not None:
+        measured["selection_drop"] = measured["drop"]
+        measured["drop"] = attempt.drop
+        measured["quality"] = attempt.quality
+        measured["quality_batches"] = attempt.quality_batches
+        measured["drop_measured_on"] = (
+            f"{confirmation.confirmation_examples} held-out examples the search never saw, at "
+            f"{confirmation.confidence_each:.1%} confidence ({len(confirmation.attempts)} candidate(s) tested)"
+        )
+        measured["saving"] = [
+            {"against": s.against, "times_better": s.ratio, "established": s.established, "why": s.why}
+            for s in confirmation.savings
+        ]
     return {
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -24,6 +24,7 @@ from optimizer.cache import ArtifactCache, chain_key
 from optimizer.data import Dataset, load_dataset
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
+from optimizer.measure.contention import Watch
 from optimizer.measure.quality import QualityEvaluator
 from optimizer.measure.stats import MetricValues, paired_bootstrap
 from optimizer.measure.system import fingerprint
@@ -94,13 +95,27 @@ def footprint(cand: Candidate, directory: Path) -> dict[str, Any]:
     }
 
 
-def measure_speed(cand: Candidate, recipe: Recipe, data: Dataset, batch_size: int | None = None) -> dict[str, Any]:
+def measure_speed(
+    cand: Candidate,
+    recipe: Recipe,
+    data: Dataset,
+    batch_size: int | None = None,
+    warmup: int | None = None,
+    repeats: int | None = None,
+) -> dict[str, Any]:
+    """The recipe's speed benchmark, with what else used the CPU meanwhile (`contention`)."""
     s = recipe.speed
     batch = batch_size or s.batch_size
+    warmup = s.warmup if warmup is None else warmup
+    repeats = repeats or s.repeats
     texts = data.interleaved()
-    if recipe.task == "causal-lm":
-        return speed_mod.bench_causal_lm(cand, texts, batch, s.prompt_tokens, s.new_tokens, s.warmup, s.repeats)
-    return speed_mod.bench_encoder(cand, texts[: s.texts], batch, s.warmup, s.repeats)
+    with Watch() as watch:
+        if recipe.task == "causal-lm":
+            out = speed_mod.bench_causal_lm(cand, texts, batch, s.prompt_tokens, s.new_tokens, warmup, repeats)
+        else:
+            out = speed_mod.bench_encoder(cand, texts[: s.texts], batch, warmup, repeats)
+    out["contention"] = watch.result.as_dict()
+    return out
 
 
 def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
@@ -144,6 +159,19 @@ def speed_model_note(recipe: Recipe) -> str | None:
             f"speed and cost measured on speed.model {m.source} with the same passes; quality measured on {recipe.model.source}"
         )
     )
+
+
+EvalPart = Literal["all", "select", "confirm"]
+
+
+def eval_part(recipe: Recipe, part: EvalPart = "all") -> Dataset:
+    """The eval set, or one of its two disjoint parts: a search selects on one and confirms on the other."""
+    data = load_dataset(recipe.data.eval, "eval", recipe.task, recipe.data.seed)
+    share = recipe.search.confirm.share
+    if part == "all" or share == 0:
+        return data
+    select, confirm = data.split(share, recipe.data.seed)
+    return select if part == "select" else confirm
 
 
 def pass_data(recipe: Recipe) -> tuple[Dataset | None, Dataset | None]:
@@ -203,13 +231,20 @@ def apply_chain(
 
 
 @contextlib.contextmanager
-def _batched(evaluator: QualityEvaluator, batch_size: int | None) -> Iterator[None]:
-    saved = evaluator.batch_size
-    evaluator.batch_size = batch_size or saved
+def _batched(evaluator: QualityEvaluator, batch_size: int | None, sort: bool = True) -> Iterator[None]:
+    saved = evaluator.batch_size, evaluator.sort
+    evaluator.batch_size, evaluator.sort = batch_size or saved[0], sort
     try:
         yield
     finally:
-        evaluator.batch_size = saved
+        evaluator.batch_size, evaluator.sort = saved
+
+
+def batches_text(batch_size: int, sort: bool) -> str:
+    """How quality was measured, for results: the batches matter to batch-dependent outputs."""
+    if sort:
+        return f"length-sorted batches of {batch_size}"
+    return f"serving batches: {batch_size} at a time in arrival order (the outputs depend on the batch)"
 
 
 def _values(metrics: dict[str, MetricValues]) -> dict[str, float]:
@@ -287,8 +322,9 @@ class Bench:
     screen_quality: dict[str, MetricValues] = field(default_factory=dict)
 
     @classmethod
-    def load_data(cls, recipe: Recipe, device: str) -> Bench:
-        eval_data = load_dataset(recipe.data.eval, "eval", recipe.task, recipe.data.seed)
+    def load_data(cls, recipe: Recipe, device: str, part: EvalPart = "all") -> Bench:
+        """`part`: the whole eval set, or the search's share of it ("select") or the held-out rest ("confirm")."""
+        eval_data = eval_part(recipe, part)
         calib, train = pass_data(recipe)
         evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, recipe.quality.batch_size)
         return cls(recipe, device, eval_data, calib, train, evaluator)
@@ -327,18 +363,18 @@ class Bench:
         return pass_context(self.recipe, self.device, work_dir, self.calibration, self.train)
 
     def judge(
-        self, cand: Candidate, confidence: float | None = None, batch_size: int | None = None
+        self, cand: Candidate, confidence: float | None = None, batch_size: int | None = None, sort: bool = True
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """A candidate's metric values and each metric's drop from the baseline, with its interval.
 
-        `batch_size` evaluates the candidate in the batches it will serve in: dynamic quantization
-        scales activations per batch, so its outputs depend on the batch."""
-        with _batched(self.evaluator, batch_size):
+        `batch_size` and `sort=False` evaluate the candidate in the batches it will serve in: dynamic
+        quantization scales activations per batch, so its outputs depend on the batch."""
+        with _batched(self.evaluator, batch_size, sort):
             values = self.evaluator.evaluate(cand, reference=self.baseline)
         return _values(values), self._drops(self.quality, values, confidence)
 
     def screen(
-        self, cand: Candidate, examples: int, confidence: float | None = None, batch_size: int | None = None
+        self, cand: Candidate, examples: int, confidence: float | None = None, batch_size: int | None = None, sort: bool = True
     ) -> dict[str, Any] | None:
         """Drops on a seeded subset of the eval set, a cheap first look before the full evaluation.
 
@@ -349,7 +385,7 @@ class Bench:
             sub = self.eval_data.subset(examples, self.recipe.data.seed)
             self.screen_evaluator = QualityEvaluator(self.recipe.task, sub, self.recipe.metrics, self.recipe.quality.batch_size)
             self.screen_quality = self.screen_evaluator.evaluate(self.baseline)
-        with _batched(self.screen_evaluator, batch_size):
+        with _batched(self.screen_evaluator, batch_size, sort):
             values = self.screen_evaluator.evaluate(cand, reference=self.baseline)
         return self._drops(self.screen_quality, values, confidence)
 
@@ -360,8 +396,10 @@ class Bench:
             for m in values
         }
 
-    def speed_and_cost(self, cand: Candidate, batch_size: int | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        speed = measure_speed(cand, self.recipe, self.eval_data, batch_size)
+    def speed_and_cost(
+        self, cand: Candidate, batch_size: int | None = None, warmup: int | None = None, repeats: int | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        speed = measure_speed(cand, self.recipe, self.eval_data, batch_size, warmup, repeats)
         if self.recipe.speed.model is not None:  # say which model these figures belong to
             speed["model"] = {"source": self.recipe.speed.model.source, "parameters": cand.parameter_counts()[0]}
         return speed, price_speed(self.recipe, speed)

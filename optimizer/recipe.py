@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cost.workload import Workload
+from optimizer.budget import Budget
 from optimizer.data import DataSource
 from optimizer.errors import UserError, nearest
 from optimizer.model import ModelSpec
@@ -99,6 +100,23 @@ class Constraint(Strict):
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
 
+class ConfirmSpec(Strict):
+    share: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="share of data.eval held out from the search and used only to confirm its choice "
+        "(disjoint, chosen by a hash of each example); 0 turns confirmation off",
+    )
+    candidates: int = Field(
+        default=3,
+        ge=1,
+        description="the cheapest within-budget trials tried in cost order until one is confirmed; each is "
+        "tested at confidence 1-(1-c)/candidates, so all of them together keep the budget's confidence c",
+    )
+    rounds: int = Field(default=9, ge=3, description="alternating speed rounds of baseline and choice for the saving's interval")
+
+
 class SearchSpec(Strict):
     trials: int = Field(default=20, gt=0)
     timeout_minutes: float | None = Field(default=None, gt=0, description="stop starting trials after this")
@@ -115,6 +133,7 @@ class SearchSpec(Strict):
     heartbeat_seconds: int = Field(default=30, gt=0, description="a worker silent for 3x this is presumed dead")
     objective: str = Field(default="cost", description="a key of optimizer.objectives.OBJECTIVES")
     constraint: Constraint = Constraint()
+    confirm: ConfirmSpec = ConfirmSpec()
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     multi_objective: bool = False
     storage: str | None = None
@@ -190,6 +209,11 @@ class Recipe(Strict):
     @property
     def primary_metric(self) -> str:
         return self.quality.primary or self.metrics[0]
+
+    @property
+    def budget(self) -> Budget:
+        c = self.search.constraint
+        return Budget(c.metric or self.primary_metric, c.max_drop, c.relative, c.confidence)
 
     def has_ranges(self) -> bool:
         for p in self.passes:

@@ -32,10 +32,11 @@ import optuna
 from optimizer.cache import ArtifactCache
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
+from optimizer.measure.contention import registered
 from optimizer.measure.system import fingerprint
 from optimizer.objectives import OBJECTIVES
-from optimizer.passes import check_chain, runtime_of
-from optimizer.pipeline import Bench, apply_chain, footprint, resolve_device, resolved_passes
+from optimizer.passes import batch_dependent, check_chain, runtime_of
+from optimizer.pipeline import Bench, apply_chain, batches_text, footprint, resolve_device, resolved_passes
 from optimizer.ranges import Choice, parse_range, values
 from optimizer.recipe import Recipe
 from optimizer.search_space import seed_single_techniques, suggest
@@ -60,12 +61,6 @@ class Objective:
 
     def value(self, speed: dict[str, Any], cost: dict[str, Any] | None) -> float:
         return OBJECTIVES[self.kind].read(speed, cost)
-
-
-def constraint_violation(drop: dict[str, Any], max_drop: float, relative: bool) -> float:
-    """Upper end of the drop's interval minus the budget: <= 0 means feasible."""
-    high = drop["relative_high"] if relative and drop.get("relative_high") is not None else drop["high"]
-    return float(high) - max_drop
 
 
 def default_storage(recipe: Recipe, study_name: str) -> str:
@@ -239,11 +234,6 @@ def failure_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _over_budget_low(drop: dict[str, Any], relative: bool) -> float:
-    low = drop["relative_low"] if relative and drop.get("relative_low") is not None else drop["low"]
-    return float(low)
-
-
 def _worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -254,10 +244,12 @@ class TrialRunner:
     def __init__(self, recipe: Recipe, work_dir: Path) -> None:
         self.recipe = recipe
         self.metric = check_searchable(recipe)
+        self.budget = recipe.budget
         self.objective = Objective(recipe.search.objective)
         self.threads = speed_mod.set_threads(recipe.hardware.threads)
         t0 = time.perf_counter()
-        self.bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
+        # trials are judged on the selection part; the held-out part is kept for confirming the choice
+        self.bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device), "select")
         baseline = self.bench.load_baseline()
         quality = self.bench.baseline_quality()
         speed, cost = self.bench.speed_and_cost(self.bench.timed_baseline)
@@ -293,7 +285,7 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         s = self.recipe.search
-        c = s.constraint
+        c, budget = s.constraint, self.budget
         self.last_trial = trial.number
         chosen = suggest(trial, self.recipe)
         twin = _measured_twin(trial)
@@ -339,21 +331,23 @@ class TrialRunner:
                 timings: dict[str, float] = {}
                 cand = apply_chain(self.recipe, passes, self.bench.context(work / "work"), timings, cache=self.cache)
                 trial.set_user_attr("timings", timings)
+                serving = batch_dependent(passes)  # quality in the batches serving forms, when outputs depend on them
+                trial.set_user_attr("quality_batches", batches_text(batch, sort=not serving))
                 if s.screen_examples:
-                    screen = self.bench.screen(cand, s.screen_examples, c.confidence, batch)
+                    screen = self.bench.screen(cand, s.screen_examples, c.confidence, batch, sort=not serving)
                     if screen is not None:
-                        low = _over_budget_low(screen[self.metric], c.relative)
                         trial.set_user_attr("screen", screen[self.metric])
-                        if low > c.max_drop:  # even the optimistic end of the interval is over budget
+                        if budget.surely_over(screen[self.metric]):
+                            low = budget.low(screen[self.metric])
                             trial.set_constraint(f"{self.metric} drop over budget", low - c.max_drop)
                             reason = (
                                 f"screened on {s.screen_examples} examples: the {self.metric} drop is at "
-                                f"least {_pct(low, c.relative)} at {c.confidence:.0%}, over the {_pct(c.max_drop, c.relative)} budget"
+                                f"least {budget.amount(low)} at {c.confidence:.0%}, over the {budget.amount(c.max_drop)} budget"
                             )
                             trial.set_user_attr("pruned", reason)
                             raise optuna.TrialPruned(reason)
-                values, drops = self.bench.judge(cand, c.confidence, batch)
-                violation = constraint_violation(drops[self.metric], c.max_drop, c.relative)
+                values, drops = self.bench.judge(cand, c.confidence, batch, sort=not serving)
+                violation = budget.violation(drops[self.metric])
                 trial.set_user_attr("quality", values)
                 trial.set_user_attr("drop", drops[self.metric])
                 trial.set_user_attr("drops", drops)
@@ -396,10 +390,6 @@ def _measured_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
         if t.params == params and t.number != trial.number and CONSTRAINT in t.user_attrs and "same_as" not in t.user_attrs:
             return t
     return None
-
-
-def _pct(x: float, relative: bool) -> str:
-    return f"{100 * x:+.2f}%" if relative else f"{x:+.4g}"
 
 
 def counted(t: optuna.trial.FrozenTrial) -> bool:
@@ -488,6 +478,12 @@ def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = 
     todo = target - finished(study)
     if todo <= 0:
         return study
+    with registered():  # other workers on this host see this one and mark timings it may disturb
+        _run_trials(recipe, study, target, progress)
+    return study
+
+
+def _run_trials(recipe: Recipe, study: optuna.Study, target: int, progress: bool) -> None:
     runner = TrialRunner(recipe, search_dir(recipe, study.study_name))
     _record_study_context(study, recipe, runner)
     timeout = recipe.search.timeout_minutes * 60 if recipe.search.timeout_minutes else None
@@ -521,7 +517,6 @@ def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = 
             repeats,
             finished(study),
         )
-    return study
 
 
 def _record_study_context(study: optuna.Study, recipe: Recipe, runner: TrialRunner) -> None:

@@ -89,12 +89,24 @@ def space_size(recipe: Recipe) -> int | None:
     return total
 
 
+def _first_choices(i: int, spec: Any) -> dict[str, Any]:
+    out = {}
+    for k, v in spec.params.items():
+        rng = parse_range(v)
+        if isinstance(rng, Choice):
+            first = rng.choice[0]
+            primitive = all(isinstance(x, _PRIMITIVE) for x in rng.choice)  # as _suggest stores it
+            out[f"{i}.{spec.name}.{k}"] = first if primitive else json.dumps(first, sort_keys=True)
+    return out
+
+
 def seed_single_techniques(study: optuna.Study, recipe: Recipe) -> int:
     """Queue each optional pass on its own (with the export it needs) as a new study's first trials.
 
     Every technique in the space is then measured alone before the sampler combines them, so a search
-    never ends without having tried the single techniques a user would try first. Their other
-    parameters are left to the sampler. Returns how many trials were queued.
+    never ends without having tried the single techniques a user would try first. The passes switched
+    on take the first value of each of their `choice` lists (a recipe lists its preferred setting
+    first); other parameters are left to the sampler. Returns how many trials were queued.
     """
     from optimizer.passes import REGISTRY
 
@@ -110,6 +122,10 @@ def seed_single_techniques(study: optuna.Study, recipe: Recipe) -> int:
             if not providers:
                 continue
             params[f"{providers[-1]}.{recipe.passes[providers[-1]].name}.enabled"] = True
+        for key, on in list(params.items()):
+            j = int(key.split(".")[0])
+            if on and (j == i or j in optional):
+                params |= _first_choices(j, recipe.passes[j])
         study.enqueue_trial(params, skip_if_exists=True)
         queued += 1
     return queued

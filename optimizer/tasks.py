@@ -77,10 +77,13 @@ def pool_numpy(states: np.ndarray, mask: np.ndarray, mode: str, normalize: bool)
     return e.astype(np.float32, copy=False)
 
 
-def embed(candidate: Candidate, texts: list[str], batch_size: int) -> np.ndarray:
-    """Sentence embeddings with the model's own pooling and normalization."""
+def embed(candidate: Candidate, texts: list[str], batch_size: int, sort: bool = True) -> np.ndarray:
+    """Sentence embeddings with the model's own pooling and normalization.
+
+    `sort` forms length-sorted batches (as sentence-transformers' encode does); without it, batches
+    take the texts in the order given, as a server takes requests."""
     out: np.ndarray | None = None
-    for b in make_batches(candidate, texts, batch_size):
+    for b in make_batches(candidate, texts, batch_size, sort=sort):
         states = candidate.forward(b.input_ids, b.attention_mask).float().numpy()
         e = pool_numpy(states, b.attention_mask.numpy(), candidate.info.pooling, candidate.info.normalize)
         if out is None:
@@ -90,10 +93,10 @@ def embed(candidate: Candidate, texts: list[str], batch_size: int) -> np.ndarray
     return out
 
 
-def classify(candidate: Candidate, texts: list[str], batch_size: int) -> np.ndarray:
-    """Class logits [n, C]."""
+def classify(candidate: Candidate, texts: list[str], batch_size: int, sort: bool = True) -> np.ndarray:
+    """Class logits [n, C]; `sort` as in embed."""
     rows: dict[int, np.ndarray] = {}
-    for b in make_batches(candidate, texts, batch_size):
+    for b in make_batches(candidate, texts, batch_size, sort=sort):
         logits = candidate.forward(b.input_ids, b.attention_mask)
         for i, row in zip(b.index, logits.numpy(), strict=False):
             rows[i] = row
@@ -111,14 +114,14 @@ class LMStats:
 
 
 @torch.inference_mode()
-def lm_stats(candidate: Candidate, texts: list[str], batch_size: int, reference: Candidate | None) -> LMStats:
+def lm_stats(candidate: Candidate, texts: list[str], batch_size: int, reference: Candidate | None, sort: bool = True) -> LMStats:
     """Next-token statistics; with a reference, KL(reference || candidate) and top-1 agreement per token.
 
     The reference runs on the same batches in lockstep, so no vocabulary-sized tensors are stored.
     """
     n = len(texts)
     nll, toks, kl, agree = (np.zeros(n) for _ in range(4))
-    for b in make_batches(candidate, texts, batch_size):
+    for b in make_batches(candidate, texts, batch_size, sort=sort):
         logp = torch.log_softmax(candidate.forward(b.input_ids, b.attention_mask)[:, :-1], dim=-1)
         target = b.input_ids[:, 1:]
         valid = (b.attention_mask[:, 1:] * b.attention_mask[:, :-1]).bool()

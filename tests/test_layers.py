@@ -23,6 +23,8 @@ LAYERS: list[tuple[str, ...]] = [
         "optimizer.cli_format",
         "optimizer.measure.stats",
         "optimizer.objectives",
+        "optimizer.formatting",
+        "optimizer.budget",
     ),
     ("optimizer.model", "optimizer.data"),
     ("optimizer.runtimes",),
@@ -31,6 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("optimizer.recipe",),
     ("optimizer.cache", "optimizer.pipeline", "optimizer.search_space"),
     ("optimizer.search", "optimizer.deploy"),
+    ("optimizer.confirm",),
     ("optimizer.report",),
     ("optimizer.cli", "optimizer.cost_cli", "optimizer"),
 ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from optimizer.budget import Budget
 from optimizer.errors import UserError
 from optimizer.recipe import load_recipe
-from optimizer.search import CONSTRAINT, best_feasible, constraint_violation, finished, run_search
+from optimizer.search import CONSTRAINT, best_feasible, finished, run_search
 
 
 def _recipe(write_recipe, model_dir, tmp_path, **search):
@@ -34,8 +35,15 @@ def _recipe(write_recipe, model_dir, tmp_path, **search):
 
 def test_violation_uses_the_upper_end_of_the_interval():
     drop = {"drop": 0.004, "high": 0.02, "relative": 0.006, "relative_high": 0.012}
-    assert constraint_violation(drop, 0.01, relative=True) == pytest.approx(0.002)
-    assert constraint_violation(drop, 0.01, relative=False) == pytest.approx(0.01)
+    assert Budget("mrr", 0.01, relative=True).violation(drop) == pytest.approx(0.002)
+    assert Budget("mrr", 0.01, relative=False).violation(drop) == pytest.approx(0.01)
+    assert Budget("mrr", 0.01).within({**drop, "relative_high": 0.01}) and not Budget("mrr", 0.01).within(drop)
+
+
+def test_budget_surely_over_reads_the_low_end():
+    drop = {"drop": 0.03, "low": 0.02, "high": 0.04, "relative": 0.03, "relative_low": 0.015, "relative_high": 0.05}
+    assert Budget("mrr", 0.01).surely_over(drop) and not Budget("mrr", 0.02).surely_over(drop)
+    assert Budget("mrr", 0.01).text == "mrr drop <= 1% (relative), at the upper end of the 95% interval"
 
 
 def test_search_records_trials_and_resumes_without_redoing_them(write_recipe, tiny_bert_dir, tmp_path):

@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from optimizer.formatting import drop_text
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SHAPE_DIR = REPO / ".cache" / "smollm2-135m-shape"
@@ -101,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     from optimizer.measure.system import fingerprint
     from optimizer.pipeline import Bench, apply_chain, resolve_device
     from optimizer.recipe import load_recipe
-    from optimizer.search import constraint_violation
 
     recipe_path = Path(args.recipe or REPO / "recipes" / f"llm-{'gpu' if args.device == 'cuda' else 'cpu'}-search.yaml")
     stories = Path(os.environ.get("STORIES260K_DIR", REPO / "models" / "stories260K"))
@@ -114,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     config = read_deployment(deploy)
 
     recipe = load_recipe(recipe_path, overrides)
-    c = recipe.search.constraint
-    metric = c.metric or recipe.primary_metric
+    budget = recipe.budget
+    metric = budget.metric
     threads = speed_mod.set_threads(recipe.hardware.threads)
     bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
     bench.load_baseline()
@@ -137,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         timings: dict[str, float] = {}
         try:
             cand = apply_chain(recipe, chain, bench.context(work / label.replace(" ", "_")), timings)
-            values, drops = bench.judge(cand, c.confidence, batch)
-            violation = constraint_violation(drops[metric], c.max_drop, c.relative)
+            values, drops = bench.judge(cand, budget.confidence, batch)
+            violation = budget.violation(drops[metric])
             timed[label] = bench.timed(cand, chain, work / (label.replace(" ", "_") + "-speed"), timings)
             rows[label] = {
                 "passes": chain,
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "new_tokens": s.new_tokens,
         "rounds": args.rounds,
         "eval": {"source": recipe.data.eval.source, "examples": len(bench.eval_data)},
-        "budget": {"metric": metric, "max_drop": c.max_drop, "relative": c.relative, "confidence": c.confidence},
+        "budget": {"metric": metric, "max_drop": budget.max_drop, "relative": budget.relative, "confidence": budget.confidence},
         "catalog": entry.name,
         "hourly_usd": entry.hourly_usd(),
         "utilization": recipe.hardware.utilization,
@@ -254,7 +255,7 @@ def _drop(row: dict[str, Any], metric: str) -> str:
     d = row.get("drops", {}).get(metric)
     if not d:
         return "—"
-    return f"{d['relative'] * 100:+.2f}% [{d['relative_low'] * 100:+.2f}, {d['relative_high'] * 100:+.2f}]"
+    return drop_text(d)
 
 
 def _stat(st: dict[str, Any] | None, digits: int = 0) -> str:

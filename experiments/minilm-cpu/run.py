@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from optimizer.formatting import drop_text
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 # One environment per peer family: optimum-onnx and optimum-intel pin optimum and transformers apart. Each
@@ -97,7 +99,7 @@ def main() -> None:
     from optimizer.measure import speed as speed_mod
     from optimizer.measure.quality import retrieval_values
     from optimizer.measure.speed import Stat
-    from optimizer.measure.stats import MetricValues, paired_bootstrap
+    from optimizer.measure.stats import MetricValues, paired_bootstrap, ratio_interval
     from optimizer.measure.system import fingerprint
     from optimizer.recipe import load_recipe
 
@@ -216,19 +218,6 @@ def main() -> None:
     print(render(result))
 
 
-def ratio_interval(peer: list[float], ours: list[float], resamples: int = 5000) -> dict[str, float]:
-    """Median of the per-round time ratios peer/ours, with a 95% bootstrap interval over rounds."""
-    rng = np.random.default_rng(0)
-    ratios = np.array(peer) / np.array(ours)
-    boot = np.median(rng.choice(ratios, (resamples, len(ratios))), axis=1)
-    return {
-        "median": float(np.median(ratios)),
-        "low": float(np.quantile(boot, 0.025)),
-        "high": float(np.quantile(boot, 0.975)),
-        "rounds": len(ratios),
-    }
-
-
 LABELS = {
     "st-torch-fp32": "sentence-transformers, torch fp32 (baseline)",
     "st-torch-bf16": "sentence-transformers, torch bf16",
@@ -238,13 +227,6 @@ LABELS = {
     "st-openvino-int8": "sentence-transformers, OpenVINO static int8 (NNCF via optimum-intel)",
     "costopt": "costopt search's choice",
 }
-
-
-def _pct(d: dict) -> str:
-    if d.get("relative") is None:
-        return f"{d['drop']:+.4f}"
-    lo = "" if d.get("relative_low") is None else f" [{100 * d['relative_low']:+.2f}, {100 * d['relative_high']:+.2f}]"
-    return f"{100 * d['relative']:+.2f}%{lo}"
 
 
 def render(r: dict) -> str:
@@ -286,8 +268,8 @@ def render(r: dict) -> str:
             else (f"{x['median']:.2f}x [{x['low']:.2f}, {x['high']:.2f}]" if x else f"{v['usd_per_m'] / c['usd_per_m']:.2f}x")
         )
         lines.append(
-            f"| {LABELS[k]} | {v['mrr']:.4f} | {_pct(v['drops']['mrr'])} | {v['recall@1']:.4f} | "
-            f"{_pct(v['drops']['recall@1'])} | {t['median']:,.0f} ({t['min']:,.0f}–{t['max']:,.0f}, cv "
+            f"| {LABELS[k]} | {v['mrr']:.4f} | {drop_text(v['drops']['mrr'])} | {v['recall@1']:.4f} | "
+            f"{drop_text(v['drops']['recall@1'])} | {t['median']:,.0f} ({t['min']:,.0f}–{t['max']:,.0f}, cv "
             f"{100 * t['cv']:.1f}%) | ${v['usd_per_m']:.5f} | {ratio} |"
         )
     from optimizer.cli_format import chain_text
@@ -301,7 +283,7 @@ def render(r: dict) -> str:
         f"costopt's choice: trial {r['chosen']['trial']} of the search, `{chain}` on {r['chosen']['runtime']}.",
         "",
         f"**Against the best peer within a 1% MRR drop ({LABELS[best]}): {x['median']:.2f}x{interval} cheaper per "
-        f"1M tokens** (target 1.5x; MRR drop {_pct(c['drops']['mrr'])} for costopt, {_pct(rows[best]['drops']['mrr'])} "
+        f"1M tokens** (target 1.5x; MRR drop {drop_text(c['drops']['mrr'])} for costopt, {drop_text(rows[best]['drops']['mrr'])} "
         "for the peer)."
         + (f" Against torch fp32: {base['median']:.2f}x [{base['low']:.2f}, {base['high']:.2f}] (target 5x)." if base else ""),
         "",

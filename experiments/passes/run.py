@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from optimizer.formatting import drop_text
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
@@ -184,9 +186,7 @@ def measure_part(
 def _fmt_drop(d: dict[str, Any] | None) -> str:
     if not d:
         return ""
-    if d.get("relative") is not None:
-        return f"{100 * d['relative']:+.2f}% [{100 * d['relative_low']:+.2f}, {100 * d['relative_high']:+.2f}]"
-    return f"{d['drop']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+    return drop_text(d)
 
 
 def _mib(row: dict[str, Any]) -> str:

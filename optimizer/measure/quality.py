@@ -67,12 +67,13 @@ class QualityEvaluator:
     def __init__(self, task: str, data: Dataset, metrics: list[str], batch_size: int) -> None:
         check_data(metrics, data)
         self.task, self.data, self.metrics, self.batch_size = task, data, metrics, batch_size
+        self.sort = True  # length-sorted batches; False: the data's own order, as serving batches requests
         self._reference_outputs: dict[int, np.ndarray] = {}
 
     def _outputs(self, cand: Candidate) -> np.ndarray:
         if self.task == "embedding":
-            return tasks.embed(cand, self.data.all_texts(), self.batch_size)
-        return tasks.classify(cand, self.data.texts, self.batch_size)
+            return tasks.embed(cand, self.data.all_texts(), self.batch_size, self.sort)
+        return tasks.classify(cand, self.data.texts, self.batch_size, self.sort)
 
     def _reference(self, reference: Candidate) -> np.ndarray:
         if id(reference) not in self._reference_outputs:
@@ -105,7 +106,7 @@ class QualityEvaluator:
         return out
 
     def _causal_lm(self, cand: Candidate, reference: Candidate | None) -> dict[str, MetricValues]:
-        s = tasks.lm_stats(cand, self.data.texts, self.batch_size, reference)
+        s = tasks.lm_stats(cand, self.data.texts, self.batch_size, reference, self.sort)
         if s.tokens.sum() == 0:
             raise UserError("the eval texts give no predicted tokens (each needs at least two tokens)", "give longer eval texts")
         if reference is None:

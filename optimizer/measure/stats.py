@@ -107,3 +107,22 @@ def paired_bootstrap(
     if rel is not None and np.isfinite(r_all).all():
         rel_lo, rel_hi = (float(x) for x in np.quantile(r_all, [alpha, 1 - alpha]))
     return Drop(base.name, b0, c0, sign * (b0 - c0), float(lo), float(hi), rel, rel_lo, rel_hi, confidence, n)
+
+
+def ratio_interval(
+    numerator: list[float], denominator: list[float], confidence: float = 0.95, resamples: int = 5000, seed: int = 0
+) -> dict[str, float]:
+    """Median of the per-round ratios numerator/denominator, with a bootstrap interval over rounds.
+
+    Rounds are paired (both sides timed in the same round, in alternation), so a slow moment of the
+    machine moves both and mostly cancels in the ratio."""
+    ratios = np.asarray(numerator, dtype=float) / np.asarray(denominator, dtype=float)
+    boot = np.median(np.random.default_rng(seed).choice(ratios, (resamples, len(ratios))), axis=1)
+    alpha = (1 - confidence) / 2
+    return {
+        "median": float(np.median(ratios)),
+        "low": float(np.quantile(boot, alpha)),
+        "high": float(np.quantile(boot, 1 - alpha)),
+        "rounds": len(ratios),
+        "confidence": confidence,
+    }

@@ -136,6 +136,11 @@ def check_space(passes: list[tuple[str, bool]], device: str | None = None) -> No
             )
 
 
+def batch_dependent(passes: list[dict[str, Any]]) -> bool:
+    """Whether the chain's outputs for one input depend on the rest of its batch."""
+    return any(REGISTRY[p["name"]].batch_dependent for p in passes if p["name"] in REGISTRY)
+
+
 def runtime_of(passes: list[dict[str, Any]]) -> str:
     """The runtime a chain ends in: torch unless a pass hands the model to another runtime."""
     runtime = "torch"

@@ -52,6 +52,9 @@ class Pass(ABC):
     devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
     requires: ClassVar[tuple[str, ...]] = ()  # modules it imports that are not core dependencies
     extra: ClassVar[str | None] = None  # the pip extra that installs them
+    # Its outputs for one input depend on the other inputs of the batch (activation scales computed
+    # per batch at run time): quality is then measured in the batches serving forms.
+    batch_dependent: ClassVar[bool] = False
     Config: ClassVar[type[PassConfig]] = PassConfig
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

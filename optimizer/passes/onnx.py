@@ -172,6 +172,7 @@ class OrtInt8Dynamic(Pass):
 
     name = "ort-int8-dynamic"
     family = "quantization"
+    batch_dependent = True  # one activation scale per tensor of the batch
     runtimes_in = ORT
     runtime_out = "onnxruntime"
     Config = DynamicInt8Config

@@ -45,6 +45,7 @@ class TorchDynamicInt8(Pass):
 
     name = "torch-dynamic-int8"
     family = "quantization"
+    batch_dependent = True  # one activation scale per tensor of the batch
     devices = frozenset({"cpu"})
     Config = DynamicInt8Config
 
@@ -97,6 +98,7 @@ class BnbInt8(Pass):
     """bitsandbytes LLM.int8: int8 weights, outlier feature columns in fp16."""
 
     name = "bnb-int8"
+    batch_dependent = True  # LLM.int8 picks outlier columns from the whole batch
     family = "quantization"
     Config = BnbInt8Config
 

@@ -6,12 +6,9 @@ import collections
 import math
 from typing import Any
 
+from optimizer.formatting import drop_x, shown_amount
 from optimizer.passes import REGISTRY
-from optimizer.report.entries import FAMILY_ORDER, drop_x
-
-
-def _pts(x: float, relative: bool) -> str:
-    return f"{x:+.2f}%" if relative else f"{x:+.4g}"
+from optimizer.report.entries import FAMILY_ORDER
 
 
 def looser_budgets(
@@ -57,8 +54,8 @@ def suggestions(
         point, low, high = drop_x(closest["drop"], relative)
         over = 100 * closest["violation"] if relative else closest["violation"]
         lines.append(
-            f"Closest: {closest['label']} ({closest['chain']}) lost {_pts(point, relative)} "
-            f"[{_pts(low, relative)}, {_pts(high, relative)}] {budget['metric']}, over the budget by "
+            f"Closest: {closest['label']} ({closest['chain']}) lost {shown_amount(point, relative)} "
+            f"[{shown_amount(low, relative)}, {shown_amount(high, relative)}] {budget['metric']}, over the budget by "
             f"{over:.2f} {'points' if relative else ''}".rstrip()
             + "."
         )
@@ -77,7 +74,7 @@ def suggestions(
             else ""
         )
         lines.append(
-            f"A looser budget: max_drop {_pts(lb['budget'], relative).lstrip('+')} would accept {lb['label']} at {price}{gain}."
+            f"A looser budget: max_drop {shown_amount(lb['budget'], relative).lstrip('+')} would accept {lb['label']} at {price}{gain}."
         )
     tried = {e["chain"] + f"|{e['batch_size']}|{e['threads']}" for e in entries if e["trial"] is not None}
     if space_size is not None and tried:
@@ -103,7 +100,7 @@ def suggestions(
     for fam, group in sorted(by_family.items()):
         best = min(group, key=lambda e: drop_x(e["drop"], relative)[2])
         lines.append(
-            f"{fam}: {len(group)} measured, smallest upper bound {_pts(drop_x(best['drop'], relative)[2], relative)} "
+            f"{fam}: {len(group)} measured, smallest upper bound {shown_amount(drop_x(best['drop'], relative)[2], relative)} "
             f"({best['label']})."
         )
     used = {p["name"] for e in entries for p in e["passes"]}

@@ -11,6 +11,7 @@ from importlib import metadata
 from typing import Any
 
 from cost.workload import Workload
+from optimizer.budget import Budget
 from optimizer.pipeline import speed_model_note
 from optimizer.recipe import Recipe
 from optimizer.report import money
@@ -22,26 +23,10 @@ SCHEMA = "costopt.report/1"
 VERSION = 1
 
 
-def _budget(recipe: Recipe) -> dict[str, Any]:
-    c = recipe.search.constraint
-    metric = c.metric or recipe.primary_metric
-    shown = 100 * c.max_drop if c.relative else c.max_drop
-    text = f"{metric} drop ≤ {shown:.3g}% (relative)" if c.relative else f"{metric} drop ≤ {shown:g}"
-    return {
-        "metric": metric,
-        "max_drop": c.max_drop,
-        "max_drop_display": shown,
-        "relative": c.relative,
-        "confidence": c.confidence,
-        "text": f"{text}, at the upper end of the {c.confidence:.0%} interval",
-    }
-
-
 def _violation(drop: dict[str, Any] | None, budget: dict[str, Any]) -> float | None:
     if not drop:
         return None
-    high = drop["relative_high"] if budget["relative"] and drop.get("relative_high") is not None else drop["high"]
-    return float(high) - budget["max_drop"]
+    return Budget(budget["metric"], budget["max_drop"], budget["relative"], budget["confidence"]).violation(drop)
 
 
 def _baseline_entry(b: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
@@ -193,6 +178,7 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
         "by_batch": b.get("by_batch") or {},
         "sign": -1 if direction == optuna.study.StudyDirection.MAXIMIZE else 1,
         "workers": sorted(workers),
+        "confirmation": attrs.get("confirmation"),  # written by `costopt search` after its trials
         "started": min(starts).isoformat(timespec="seconds") if starts else None,
         "finished": max(ends).isoformat(timespec="seconds") if ends else None,
     }
@@ -203,6 +189,9 @@ def _choose(d: dict[str, Any]) -> dict[str, Any] | None:
     ok = [e for e in d["entries"] if e["state"] == "ok" and e["feasible"] and e["objective"] is not None]
     if d["kind"] == "run":  # a run has one candidate: it is the answer, whether or not it met the budget
         return next((e for e in d["entries"] if e["state"] == "ok"), None)
+    conf = d.get("confirmation")
+    if conf is not None:  # the answer is the configuration confirmed on held-out data, if any
+        return next((e for e in ok if e["trial"] == conf["chosen"]), None)
     return min(ok, key=lambda e: d["sign"] * e["objective"]) if ok else None
 
 
@@ -283,7 +272,7 @@ def build_report(
     from optimizer.search_space import space_size
 
     recipe = src.recipe
-    budget = _budget(recipe)
+    budget = recipe.budget.as_dict()
     d = _from_run(src, budget) if isinstance(src, RunSource) else _from_study(src, budget)
     base, entries = d["baseline"], d["entries"]
     mark_pareto([base] + [e for e in entries if e["state"] == "ok" and e["same_as"] is None], budget["relative"], d["sign"])
@@ -319,7 +308,9 @@ def build_report(
         version = metadata.version("costopt")
     except metadata.PackageNotFoundError:
         version = None
-    if chosen is None:
+    if chosen is None and d.get("confirmation") and d["confirmation"]["attempts"]:
+        verdict = "nothing was confirmed on held-out data"
+    elif chosen is None:
         verdict = "nothing met the budget" if entries else "no configuration was measured"
     elif met:
         verdict = "met the budget"
@@ -353,6 +344,7 @@ def build_report(
         "advice": advice,
         "system": d["system"],
         "workers": d.get("workers", []),
+        "confirmation": d.get("confirmation"),
         "pricing": None
         if not base.get("cost")
         else {k: base["cost"].get(k) for k in ("hardware", "hourly_usd", "utilization", "input_share", "replicas", "note")}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from optimizer.report.entries import drop_x, shown_relative
+from optimizer.formatting import drop_text, ratio_text, usd
 
 
 @dataclass
@@ -51,16 +51,6 @@ class Document:
 
 
 # ----------------------------------------------------------------------------- number formats
-def usd(x: float | None) -> str:
-    if x is None:
-        return "–"
-    if abs(x) >= 100:
-        return f"${x:,.0f}"
-    if abs(x) >= 1:
-        return f"${x:,.2f}"
-    return f"${x:.4g}"
-
-
 def num(x: float | None, unit: str = "") -> str:
     if x is None:
         return "–"
@@ -71,15 +61,6 @@ def num(x: float | None, unit: str = "") -> str:
     else:
         s = f"{x:.3g}"
     return s + unit
-
-
-def drop_text(drop: dict[str, Any] | None, relative: bool) -> str:
-    x = drop_x(drop, relative)
-    if x is None:
-        return "–"
-    if shown_relative(drop, relative):
-        return f"{x[0]:+.2f}% [{x[1]:+.2f}, {x[2]:+.2f}]"
-    return f"{x[0]:+.4g} [{x[1]:+.4g}, {x[2]:+.4g}]"
 
 
 def count(x: float) -> str:
@@ -122,7 +103,8 @@ def _headline(r: dict[str, Any]) -> list[str]:
         if c["usd_per_m"] is not None and b["usd_per_m"]:
             lines.append(
                 f"**{c['label']}** (`{c['chain']}`; {where}) serves at **{usd(c['usd_per_m'])}** per 1M tokens "
-                f"against the baseline's {usd(b['usd_per_m'])}: **{b['usd_per_m'] / c['usd_per_m']:.2f}x cheaper**."
+                f"against the baseline's {usd(b['usd_per_m'])}: **{b['usd_per_m'] / c['usd_per_m']:.2f}x cheaper**"
+                + (" in the search's own measurement (confirmed figures below)." if r.get("confirmation") else ".")
             )
         elif c["objective"] is not None and b["objective"]:
             lines.append(
@@ -138,6 +120,7 @@ def _headline(r: dict[str, Any]) -> list[str]:
                 "`hardware.catalog`."
             )
         lines.append(f"Quality: {budget['metric']} drop {drop_text(c['drop'], rel)}, {status} the budget ({budget['text']}).")
+        lines += _confirmation_lines(r)
         s = m.get("saving")
         if s:
             wl = m["workload"]
@@ -162,6 +145,29 @@ def _headline(r: dict[str, Any]) -> list[str]:
     else:
         lines.append("**No configuration was fully measured**: every trial was pruned or failed (reasons in the trial table).")
     return lines
+
+
+def _confirmation_lines(r: dict[str, Any]) -> list[str]:
+    """What the held-out confirmation measured: the drop there and the saving timed in alternating rounds."""
+    conf = r.get("confirmation")
+    if not conf:
+        if r["kind"] == "search":
+            return ["Not confirmed on held-out data (search.confirm.share is 0): the drop is the search's own figure."]
+        return []
+    rel = r["budget"]["relative"]
+    a = next((x for x in conf["attempts"] if x["trial"] == conf["chosen"]), None)
+    out = []
+    if a is not None:
+        out.append(
+            f"Confirmed on {conf['confirmation_examples']} held-out examples the search never saw: "
+            f"{r['budget']['metric']} drop {drop_text(a['drop'], rel)} at {conf['confidence_each']:.1%} confidence "
+            f"({a['quality_batches']}); on the {conf['selection_examples']} examples it was selected on: "
+            f"{drop_text(a['selection_drop'], rel)}. {len(conf['attempts'])} candidate(s) tested in cost order."
+        )
+    for s in conf["savings"]:
+        fig = ratio_text(s["ratio"]) if s["ratio"] else "–"
+        out.append(f"Saving against the {s['against']}: **{fig}**, {s['why']}.")
+    return out
 
 
 def _cost_section(r: dict[str, Any]) -> Section:

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from optimizer.cli_format import chain_text
+from optimizer.formatting import drop_x
 from optimizer.passes import REGISTRY, runtime_of
 
 FAMILY_ORDER = ("distillation", "pruning", "quantization")
@@ -18,23 +19,6 @@ def family_of(passes: list[dict[str, Any]]) -> str:
     if core:
         return " + ".join(core)
     return "runtime change" if fams else "baseline"
-
-
-def shown_relative(drop: dict[str, Any], relative: bool) -> bool:
-    """Relative drops where asked for and defined (a baseline of 0, as KL has, has none)."""
-    return relative and drop.get("relative") is not None and drop.get("baseline") != 0
-
-
-def drop_x(drop: dict[str, Any] | None, relative: bool) -> tuple[float, float, float] | None:
-    """(point, low, high) of a drop in the budget's unit: percent when relative, the metric's own otherwise."""
-    if not drop:
-        return None
-    if shown_relative(drop, relative):
-        point = 100 * drop["relative"]
-        if drop.get("relative_low") is None:  # no spread (every resample gave the same drop)
-            return point, point, point
-        return point, 100 * drop["relative_low"], 100 * drop["relative_high"]
-    return drop["drop"], drop["low"], drop["high"]
 
 
 def make_entry(

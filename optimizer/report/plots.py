@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from optimizer.report.entries import drop_x
+from optimizer.formatting import drop_x
 
 # Fixed colours: the HTML test finds each chart on the rendered page by these.
 FEASIBLE = "#1b9e77"

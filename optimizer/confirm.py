@@ -1,0 +1,287 @@
+"""Select, then confirm: the search's choice re-measured on data and runs it was not chosen on.
+
+A search judges its trials on one part of the eval set (the selection part). Among many noisy
+configurations it picks the cheapest whose interval happened to fit the budget, so its drop on that
+part is the luckiest draw, not an estimate (the winner's curse). Here the cheapest within-budget
+trials, in cost order, are rebuilt and measured on the held-out part (`search.confirm.share` of
+data.eval, disjoint by hash), in the batches serving forms when their outputs depend on the batch.
+The first that fits the budget is the answer. Each is tested at confidence 1-(1-c)/k for k
+candidates (Bonferroni), so the chance that an accepted configuration is over budget stays within
+1-c however many were tried.
+
+The saving is then timed in alternating rounds of baseline and choice in this process (same
+threads, warm), rounds in which something else used the cores are set aside, and the cost ratio
+gets a bootstrap interval over rounds.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import optuna
+
+from optimizer.budget import Budget
+from optimizer.cache import ArtifactCache
+from optimizer.formatting import drop_text, ratio_text
+from optimizer.measure import speed as speed_mod
+from optimizer.measure.stats import ratio_interval
+from optimizer.objectives import OBJECTIVES
+from optimizer.passes import batch_dependent
+from optimizer.pipeline import Bench, apply_chain, batches_text, eval_part, resolve_device
+from optimizer.recipe import Recipe
+from optimizer.search import CONSTRAINT, search_dir
+
+log = logging.getLogger(__name__)
+SCHEMA = "costopt.confirmation/1"
+STUDY_ATTR = "confirmation"
+MAX_SPREAD = 0.25  # an interval wider than this share of its median: the saving is not established
+IDLE_BETWEEN_ARMS_S = 0.5  # runtime worker threads spin for a while after their last task
+T = TypeVar("T")
+
+
+@dataclass
+class Attempt:
+    """One candidate re-measured on the confirmation part."""
+
+    trial: int
+    passes: list[dict[str, Any]]
+    deployment: dict[str, Any]
+    selection_drop: dict[str, Any]
+    drop: dict[str, Any] | None = None
+    drops: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+    quality_batches: str = ""
+    confirmed: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Saving:
+    """How many times better than one baseline arm the choice is, over alternating rounds."""
+
+    against: str
+    ratio: dict[str, float]
+    baseline_value: float
+    choice_value: float
+    established: bool
+    why: str
+
+
+@dataclass
+class Confirmation:
+    budget: dict[str, Any]
+    objective: str
+    selection_examples: int
+    confirmation_examples: int
+    confidence_each: float
+    attempts: list[Attempt] = field(default_factory=list)
+    chosen: int | None = None  # the confirmed trial's number
+    savings: list[Saving] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # per timed round: each arm's value and contention
+    rounds_set_aside: int = 0
+    schema: str = SCHEMA
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def attempt(self) -> Attempt | None:
+        return next((a for a in self.attempts if a.trial == self.chosen), None)
+
+    @property
+    def headline(self) -> Saving | None:
+        return self.savings[0] if self.savings else None
+
+
+def first_confirmed(candidates: Sequence[T], test: Callable[[T], bool]) -> tuple[T | None, int]:
+    """The first candidate (in the order given: cheapest first) that passes `test`, and how many were tested."""
+    for i, c in enumerate(candidates):
+        if test(c):
+            return c, i + 1
+    return None, len(candidates)
+
+
+def ranked_candidates(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    """The k best within-budget trials on the selection part, one per distinct configuration."""
+    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get(CONSTRAINT, [1.0])[0] <= 0 and "same_as" not in t.user_attrs
+    ]
+    out, seen = [], set()
+    for t in sorted(done, key=lambda t: sign * t.values[0]):
+        key = json.dumps([t.user_attrs.get("passes"), t.user_attrs.get("deployment")], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out[:k]
+
+
+def confirmation_confidence(budget: Budget, candidates: int) -> float:
+    return 1 - (1 - budget.confidence) / max(1, candidates)
+
+
+@dataclass
+class _Arm:
+    name: str
+    cand: Any
+    batch: int
+    threads: int
+    values: list[float] = field(default_factory=list)
+
+
+def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
+    """Re-measure the search's best candidates on the held-out part; time the confirmed one against the baseline."""
+    spec = recipe.search.confirm
+    budget = recipe.budget
+    objective = OBJECTIVES[recipe.search.objective]
+    conf_each = confirmation_confidence(budget, spec.candidates)
+    device = resolve_device(recipe.hardware.device)
+    base_threads = speed_mod.set_threads(recipe.hardware.threads)
+    bench = Bench.load_data(recipe, device, "confirm")
+    selection = len(eval_part(recipe, "select"))
+    result = Confirmation(budget.as_dict(), recipe.search.objective, selection, len(bench.eval_data), conf_each)
+    candidates = ranked_candidates(study, spec.candidates)
+    if not candidates:
+        return result
+    bench.load_baseline()
+    bench.baseline_quality()
+    folder = search_dir(recipe, study.study_name)
+    cache = ArtifactCache(folder / "cache") if recipe.search.cache else None
+    work = folder / "confirm"
+    built: dict[int, Any] = {}
+
+    def test(t: optuna.trial.FrozenTrial) -> bool:
+        a = t.user_attrs
+        dep = a.get("deployment", {})
+        attempt = Attempt(t.number, a.get("passes", []), dep, a.get("drop") or {})
+        result.attempts.append(attempt)
+        speed_mod.set_threads(int(dep.get("threads") or base_threads))
+        try:
+            cand = apply_chain(recipe, attempt.passes, bench.context(work / f"trial-{t.number}"), {}, cache=cache)
+            serving = batch_dependent(attempt.passes)
+            batch = int(dep.get("batch_size") or recipe.speed.batch_size) if serving else recipe.quality.batch_size
+            attempt.quality_batches = batches_text(batch, sort=not serving)
+            attempt.quality, attempt.drops = bench.judge(cand, conf_each, batch, sort=not serving)
+        except Exception as e:  # a candidate that cannot be rebuilt here is not confirmed; the next one is tried
+            attempt.error = f"{type(e).__name__}: {e}"[:300]
+            log.warning("trial %d could not be re-measured: %s", t.number, attempt.error)
+            return False
+        finally:
+            speed_mod.set_threads(base_threads)
+        attempt.drop = attempt.drops[budget.metric]
+        attempt.confirmed = budget.within(attempt.drop)
+        if attempt.confirmed:
+            built[t.number] = cand
+        else:
+            del cand
+            gc.collect()
+        return attempt.confirmed
+
+    try:
+        chosen, _ = first_confirmed(candidates, test)
+        if chosen is not None:
+            result.chosen = chosen.number
+            _time_saving(recipe, bench, chosen, built[chosen.number], study, result, base_threads, objective.direction)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _time_saving(
+    recipe: Recipe,
+    bench: Bench,
+    chosen: optuna.trial.FrozenTrial,
+    cand: Any,
+    study: optuna.Study,
+    result: Confirmation,
+    base_threads: int,
+    direction: str,
+) -> None:
+    spec = recipe.search.confirm
+    dep = chosen.user_attrs.get("deployment", {})
+    base_batch = recipe.speed.batch_size
+    arms = [_Arm(f"baseline at batch {base_batch}", bench.timed_baseline, base_batch, base_threads)]
+    by_batch = (study.user_attrs.get("baseline") or {}).get("by_batch") or {}
+    if len(by_batch) > 1:
+        pick = min if direction == "minimize" else max
+        best = int(pick(by_batch, key=by_batch.get))
+        if best != base_batch:
+            arms.append(_Arm(f"baseline at its best batch ({best})", bench.timed_baseline, best, base_threads))
+    timed = bench.timed(cand, chosen.user_attrs.get("passes", []), search_dir(recipe, study.study_name) / "confirm-speed", {})
+    arms.append(_Arm("choice", timed, int(dep.get("batch_size") or base_batch), int(dep.get("threads") or base_threads)))
+    objective = OBJECTIVES[recipe.search.objective]
+
+    def run(arm: _Arm, warmup: int) -> tuple[float, dict[str, Any]]:
+        speed_mod.set_threads(arm.threads)
+        try:
+            time.sleep(IDLE_BETWEEN_ARMS_S)
+            speed, cost = bench.speed_and_cost(arm.cand, arm.batch, warmup=warmup, repeats=1)
+        finally:
+            speed_mod.set_threads(base_threads)
+        return objective.read(speed, cost), speed["contention"]
+
+    for arm in arms:  # warm-up: first calls compile kernels and fill caches
+        run(arm, warmup=1)
+    attempts = 0
+    while min(len(a.values) for a in arms) < spec.rounds and attempts < 2 * spec.rounds:
+        order = arms[attempts % len(arms) :] + arms[: attempts % len(arms)]  # none always goes first
+        attempts += 1
+        measured = {a.name: run(a, warmup=0) for a in order}
+        busy = [n for n, (_, c) in measured.items() if c["busy"]]
+        result.rounds.append({n: {"value": v, "contention": c} for n, (v, c) in measured.items()} | {"set_aside": bool(busy)})
+        if busy:  # timings under different contention do not compare: this round does not count
+            result.rounds_set_aside += 1
+            continue
+        for a in arms:
+            a.values.append(measured[a.name][0])
+    choice = arms[-1]
+    for arm in arms[:-1]:
+        n = min(len(arm.values), len(choice.values))
+        if n < 3:
+            result.savings.append(
+                Saving(arm.name, {}, float("nan"), float("nan"), False, f"only {n} rounds without contention: no figure")
+            )
+            continue
+        # times better: baseline/choice for what is minimized (cost, latency), choice/baseline for throughput
+        num, den = (arm.values[:n], choice.values[:n]) if direction == "minimize" else (choice.values[:n], arm.values[:n])
+        r = ratio_interval(num, den, recipe.search.constraint.confidence)
+        spread = (r["high"] - r["low"]) / r["median"]
+        if r["low"] <= 1.0:
+            why = f"not established: the interval {ratio_text(r)} includes 1.0x"
+        elif spread > MAX_SPREAD:
+            why = f"not established: the interval {ratio_text(r)} is wide (spread {spread:.0%} of the median)"
+        else:
+            why = f"established over {n} alternating rounds"
+        if result.rounds_set_aside:
+            why += f"; {result.rounds_set_aside} round(s) set aside because other processes used the cores"
+        med = lambda xs: float(sorted(xs)[len(xs) // 2])  # noqa: E731
+        result.savings.append(Saving(arm.name, r, med(arm.values), med(choice.values), why.startswith("established"), why))
+
+
+def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:
+    """The confirmation in a few lines, for the command line and reports."""
+    b = c.budget
+    rel = b["relative"]
+    lines = [
+        f"confirmation on {c.confirmation_examples} held-out examples (the search selected on {c.selection_examples}); "
+        f"each candidate tested at {c.confidence_each:.1%} confidence ({len(c.attempts)} tried)"
+    ]
+    for a in c.attempts:
+        status = "confirmed" if a.confirmed else ("could not be rebuilt: " + a.error if a.error else "over budget here")
+        lines.append(
+            f"  trial {a.trial}: {b['metric']} drop on selection {drop_text(a.selection_drop, rel)}, "
+            f"on held-out {drop_text(a.drop, rel) if a.drop else '–'} ({a.quality_batches or 'not measured'}): {status}"
+        )
+    for s in c.savings:
+        fig = ratio_text(s.ratio) if s.ratio else "–"
+        lines.append(f"  {label} vs {s.against}: {fig}; {s.why}")
+    return lines

@@ -1,0 +1,62 @@
+"""How figures are written everywhere (CLI, reports, deploy notes, experiments): drops, money, ratios.
+
+A drop is the dict of `measure.stats.Drop`; a ratio is the dict of `measure.stats.RatioInterval`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def shown_relative(drop: dict[str, Any], relative: bool) -> bool:
+    """Relative drops where asked for and defined (a baseline of 0, as KL has, has none)."""
+    return relative and drop.get("relative") is not None and drop.get("baseline") != 0
+
+
+def drop_x(drop: dict[str, Any] | None, relative: bool) -> tuple[float, float, float] | None:
+    """(point, low, high) of a drop in the budget's unit: percent when relative, the metric's own otherwise."""
+    if not drop:
+        return None
+    if shown_relative(drop, relative):
+        point = 100 * drop["relative"]
+        if drop.get("relative_low") is None:  # no spread (every resample gave the same drop)
+            return point, point, point
+        return point, 100 * drop["relative_low"], 100 * drop["relative_high"]
+    return drop["drop"], drop["low"], drop["high"]
+
+
+def drop_text(drop: dict[str, Any] | None, relative: bool = True) -> str:
+    """'+0.42% [-0.61, +1.38]' (relative) or '+0.0123 [+0.004, +0.02]' (the metric's own unit)."""
+    x = drop_x(drop, relative)
+    if x is None:
+        return "–"
+    if shown_relative(drop, relative):  # type: ignore[arg-type]
+        return f"{x[0]:+.2f}% [{x[1]:+.2f}, {x[2]:+.2f}]"
+    return f"{x[0]:+.4g} [{x[1]:+.4g}, {x[2]:+.4g}]"
+
+
+def amount(x: float, relative: bool) -> str:
+    """A drop or budget amount given as a fraction: '+1.00%' when relative, '+0.01' otherwise."""
+    return shown_amount(100 * x if relative else x, relative)
+
+
+def shown_amount(x: float, relative: bool) -> str:
+    """The same for an amount already in the shown unit (percent when relative), as drop_x gives."""
+    return f"{x:+.2f}%" if relative else f"{x:+.4g}"
+
+
+def usd(x: float | None) -> str:
+    if x is None:
+        return "–"
+    if abs(x) >= 100:
+        return f"${x:,.0f}"
+    if abs(x) >= 1:
+        return f"${x:,.2f}"
+    return f"${x:.4g}"
+
+
+def ratio_text(r: dict[str, Any] | None) -> str:
+    """'3.12x [3.09, 3.18]': how many times cheaper, with its interval."""
+    if not r:
+        return "–"
+    return f"{r['median']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
