@@ -39,7 +39,7 @@ from optimizer.passes import batch_dependent, check_chain, runtime_of
 from optimizer.pipeline import Bench, apply_chain, batches_text, footprint, resolve_device, resolved_passes
 from optimizer.ranges import Choice, parse_range, values
 from optimizer.recipe import Recipe
-from optimizer.search_space import seed_single_techniques, suggest
+from optimizer.search_space import seed_single_techniques, space_size, suggest
 
 log = logging.getLogger(__name__)
 CONSTRAINT = "constraint"  # user attribute read by constraints_func: [violation]; <= 0 is feasible
@@ -493,12 +493,16 @@ def _run_trials(recipe: Recipe, study: optuna.Study, target: int, progress: bool
     elif recipe.search.sampler != "grid":
         study.sampler = make_sampler(recipe, resumed_at=len(study.trials))
     sampler, repeats = study.sampler, 0
+    # Repeats cost nothing; in a small discrete space a few random draws in a row can miss the last
+    # unmeasured configurations, so patience grows with the space.
+    size = space_size(recipe)
+    patience = max(MAX_REPEATS_IN_A_ROW, 4 * size) if size else MAX_REPEATS_IN_A_ROW
     bar = Progress(study, target, timeout, progress)
     try:
         # One trial at a time: a proposal measured before (or the baseline itself) is answered from its
         # figures and does not count; after one, the next trial is drawn at random, since TPE that keeps
         # proposing a configuration it already has (as it does when few trials are feasible) learns nothing.
-        while finished(study) < target and repeats < MAX_REPEATS_IN_A_ROW:
+        while finished(study) < target and repeats < patience:
             left = deadline - time.monotonic() if deadline else None
             if left is not None and left <= 0:
                 break
@@ -510,7 +514,7 @@ def _run_trials(recipe: Recipe, study: optuna.Study, target: int, progress: bool
     finally:
         study.sampler = sampler
         bar.close()
-    if repeats >= MAX_REPEATS_IN_A_ROW:
+    if repeats >= patience:
         log.warning(
             "stopped after %d proposals in a row that were measured before: every configuration of the space "
             "the sampler reaches has been tried (%d measured)",
