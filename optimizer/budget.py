@@ -30,6 +30,13 @@ class Budget:
     def within(self, drop: dict[str, Any]) -> bool:
         return self.violation(drop) <= 0
 
+    def worst(self, drops_by_set: dict[str, dict[str, Any]]) -> tuple[str, float]:
+        """With several eval sets the budget must hold on each: the set furthest over it, and its violation.
+
+        `drops_by_set` maps a set's name to its drops by metric."""
+        name = max(drops_by_set, key=lambda n: self.violation(drops_by_set[n][self.metric]))
+        return name, self.violation(drops_by_set[name][self.metric])
+
     def surely_over(self, drop: dict[str, Any]) -> bool:
         """Even the optimistic (low) end of the interval is over budget."""
         return self._end(drop, "low") > self.max_drop

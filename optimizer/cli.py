@@ -83,6 +83,10 @@ def render_result(r: dict[str, Any]) -> str:
         q_rows.append(row)
     header = ["metric", "baseline"] + (["candidate", "drop (95% CI)"] if cand else [])
     out += [table(q_rows, header), ""]
+    by_set = r.get("drops_by_set") or {}
+    if len(by_set) > 1:  # data.extra_eval: the drop on each set
+        rows = [[name, m, drop_text(d)] for name, drops in by_set.items() for m, d in drops.items()]
+        out += [table(rows, ["eval set", "metric", "drop (95% CI)"]), ""]
     s_rows = _speed_rows("baseline", sp)
     if cand:
         s_rows += _speed_rows("candidate", cand["speed"])

@@ -35,7 +35,7 @@ from optimizer.measure.stats import ratio_interval
 from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent
 from optimizer.pipeline import Bench, apply_chain, batches_text, eval_part, resolve_device
-from optimizer.recipe import Recipe
+from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.search import CONSTRAINT, search_dir
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class Attempt:
     selection_drop: dict[str, Any]
     drop: dict[str, Any] | None = None
     drops: dict[str, Any] = field(default_factory=dict)
+    drops_by_set: dict[str, Any] = field(default_factory=dict)  # with data.extra_eval: the budget metric's drop per set
     quality: dict[str, float] = field(default_factory=dict)
     quality_batches: str = ""
     confirmed: bool = False
@@ -171,6 +172,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
             batch = int(dep.get("batch_size") or recipe.speed.batch_size) if serving else recipe.quality.batch_size
             attempt.quality_batches = batches_text(batch, sort=not serving)
             attempt.quality, attempt.drops = bench.judge(cand, conf_each, batch, sort=not serving)
+            by_set = {MAIN_EVAL: attempt.drops} | bench.judge_extra(cand, conf_each, batch, sort=not serving)
         except Exception as e:  # a candidate that cannot be rebuilt here is not confirmed; the next one is tried
             attempt.error = f"{type(e).__name__}: {e}"[:300]
             log.warning("trial %d could not be re-measured: %s", t.number, attempt.error)
@@ -178,7 +180,9 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
         finally:
             speed_mod.set_threads(base_threads)
         attempt.drop = attempt.drops[budget.metric]
-        attempt.confirmed = budget.within(attempt.drop)
+        if len(by_set) > 1:
+            attempt.drops_by_set = {n: d[budget.metric] for n, d in by_set.items()}
+        attempt.confirmed = budget.worst(by_set)[1] <= 0  # within budget on every eval set
         if attempt.confirmed:
             built[t.number] = cand
         else:
@@ -281,6 +285,9 @@ def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:
             f"  trial {a.trial}: {b['metric']} drop on selection {drop_text(a.selection_drop, rel)}, "
             f"on held-out {drop_text(a.drop, rel) if a.drop else '–'} ({a.quality_batches or 'not measured'}): {status}"
         )
+        for name, d in a.drops_by_set.items():
+            if name != MAIN_EVAL:
+                lines.append(f"    eval set {name}: held-out drop {drop_text(d, rel)}")
     for s in c.savings:
         fig = ratio_text(s.ratio) if s.ratio else "–"
         lines.append(f"  {label} vs {s.against}: {fig}; {s.why}")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from optimizer.cache import ArtifactCache, chain_key
-from optimizer.data import Dataset, load_dataset
+from optimizer.data import Dataset, DataSource, load_dataset
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.contention import Watch
@@ -30,7 +30,7 @@ from optimizer.measure.stats import MetricValues, paired_bootstrap
 from optimizer.measure.system import fingerprint
 from optimizer.passes import PassContext, build_pass, check_chain
 from optimizer.ranges import parse_range
-from optimizer.recipe import Recipe
+from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.results import write_json_atomic
 from optimizer.runtimes import Candidate, folder_size, load_candidate
 
@@ -164,9 +164,10 @@ def speed_model_note(recipe: Recipe) -> str | None:
 EvalPart = Literal["all", "select", "confirm"]
 
 
-def eval_part(recipe: Recipe, part: EvalPart = "all") -> Dataset:
-    """The eval set, or one of its two disjoint parts: a search selects on one and confirms on the other."""
-    data = load_dataset(recipe.data.eval, "eval", recipe.task, recipe.data.seed)
+def eval_part(recipe: Recipe, part: EvalPart = "all", source: DataSource | None = None) -> Dataset:
+    """An eval set (data.eval unless `source` is given), or one of its two disjoint parts: a search
+    selects on one and confirms on the other."""
+    data = load_dataset(source or recipe.data.eval, "eval", recipe.task, recipe.data.seed)
     share = recipe.search.confirm.share
     if part == "all" or share == 0:
         return data
@@ -318,6 +319,8 @@ class Bench:
     baseline: Candidate | None = None
     timed_baseline: Candidate | None = None  # the baseline whose speed is measured: speed.model's, else `baseline`
     quality: dict[str, MetricValues] = field(default_factory=dict)  # per example, for paired bootstraps
+    # data.extra_eval's sets: evaluator and the baseline's per-example values, by name
+    extra: dict[str, tuple[QualityEvaluator, dict[str, MetricValues]]] = field(default_factory=dict)
     screen_evaluator: QualityEvaluator | None = None
     screen_quality: dict[str, MetricValues] = field(default_factory=dict)
 
@@ -326,8 +329,13 @@ class Bench:
         """`part`: the whole eval set, or the search's share of it ("select") or the held-out rest ("confirm")."""
         eval_data = eval_part(recipe, part)
         calib, train = pass_data(recipe)
-        evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, recipe.quality.batch_size)
-        return cls(recipe, device, eval_data, calib, train, evaluator)
+        q = recipe.quality
+        evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, q.batch_size)
+        bench = cls(recipe, device, eval_data, calib, train, evaluator)
+        for name, src in recipe.data.extra_eval.items():
+            data = eval_part(recipe, part, src)
+            bench.extra[name] = (QualityEvaluator(recipe.task, data, recipe.metrics, q.batch_size), {})
+        return bench
 
     def load_baseline(self) -> Candidate:
         self.baseline = load_candidate(self.recipe.model, self.recipe.task, self.device)
@@ -357,7 +365,20 @@ class Bench:
     def baseline_quality(self) -> dict[str, float]:
         assert self.baseline is not None
         self.quality = self.evaluator.evaluate(self.baseline)
+        for name, (ev, _) in self.extra.items():
+            self.extra[name] = (ev, ev.evaluate(self.baseline))
         return _values(self.quality)
+
+    def judge_extra(
+        self, cand: Candidate, confidence: float | None = None, batch_size: int | None = None, sort: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        """Each of data.extra_eval's sets: the candidate's drops there, by metric (as `judge` gives them)."""
+        out = {}
+        for name, (ev, base) in self.extra.items():
+            with _batched(ev, batch_size, sort):
+                values = ev.evaluate(cand, reference=self.baseline)
+            out[name] = self._drops(base, values, confidence)
+        return out
 
     def context(self, work_dir: Path) -> PassContext:
         return pass_context(self.recipe, self.device, work_dir, self.calibration, self.train)
@@ -452,6 +473,9 @@ def run_recipe(
                 trial.notes.extend(cand.notes)
             with _Stage(trial, "candidate quality", bar):
                 values, trial.drops = bench.judge(cand)
+                if bench.extra:  # data.extra_eval: each set's drops; the budget must hold on each
+                    by_set = {MAIN_EVAL: trial.drops} | bench.judge_extra(cand)
+                    trial.extra["drops_by_set"] = by_set
                 trial.candidate = {"runtime": cand.runtime, "quality": values}
             with _Stage(trial, "candidate speed", bar):
                 timed = bench.timed(cand, passes, run_dir / "work" / "speed-model", trial.timings)

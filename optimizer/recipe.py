@@ -42,11 +42,26 @@ class Strict(BaseModel):
 
 
 # ----------------------------------------------------------------------------- sections
+MAIN_EVAL = "eval"  # the name data.eval goes by next to data.extra_eval's sets
+
+
 class DataSpec(Strict):
     eval: DataSource
+    extra_eval: dict[str, DataSource] = Field(
+        default_factory=dict,
+        description="further eval sets by name (one per traffic type, say): the quality budget must hold on "
+        "each, and reports show each drop; speed is timed on data.eval",
+    )
     calibration: DataSource | None = None
     train: DataSource | None = None
     seed: int = 0
+
+    @field_validator("extra_eval")
+    @classmethod
+    def _not_named_eval(cls, v: dict[str, DataSource]) -> dict[str, DataSource]:
+        if MAIN_EVAL in v:
+            raise ValueError(f"{MAIN_EVAL!r} is data.eval's own name: give this set another name")
+        return v
 
 
 class QualitySpec(Strict):

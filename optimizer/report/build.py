@@ -29,6 +29,13 @@ def _violation(drop: dict[str, Any] | None, budget: dict[str, Any]) -> float | N
     return Budget(budget["metric"], budget["max_drop"], budget["relative"], budget["confidence"]).violation(drop)
 
 
+def _worst_violation(r: dict[str, Any], budget: dict[str, Any]) -> float | None:
+    """A run's violation: on its worst eval set when it has several (the budget must hold on each)."""
+    sets = r.get("drops_by_set") or {"eval": r.get("drops") or {}}
+    found = [v for d in sets.values() if (v := _violation(d.get(budget["metric"]), budget)) is not None]
+    return max(found) if found else None
+
+
 def _baseline_entry(b: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
     """The uncompressed model, placed at zero drop (it is its own reference)."""
     m = budget["metric"]
@@ -75,7 +82,8 @@ def _from_run(src: RunSource, budget: dict[str, Any]) -> dict[str, Any]:
                     quality=c.get("quality"),
                     drops=r.get("drops"),
                     metric=budget["metric"],
-                    violation=_violation(r.get("drops", {}).get(budget["metric"]), budget),
+                    violation=_worst_violation(r, budget),
+                    drops_by_set={n: d.get(budget["metric"]) for n, d in (r.get("drops_by_set") or {}).items()},
                     cost=c.get("cost"),
                     objective=(c.get("cost") or {}).get("blended_usd_per_m"),
                     speed=c.get("speed"),
@@ -144,6 +152,7 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
                 seconds=wall,
                 screen=a.get("screen"),
                 same_as=a.get("same_as"),
+                drops_by_set=a.get("drops_by_set"),
             )
         )
     workers = {k[len(WORKER_PREFIX) :]: v for k, v in attrs.items() if k.startswith(WORKER_PREFIX)}

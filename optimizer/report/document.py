@@ -120,6 +120,9 @@ def _headline(r: dict[str, Any]) -> list[str]:
                 "`hardware.catalog`."
             )
         lines.append(f"Quality: {budget['metric']} drop {drop_text(c['drop'], rel)}, {status} the budget ({budget['text']}).")
+        if c.get("drops_by_set"):
+            each = "; ".join(f"{n} {drop_text(d, rel)}" for n, d in c["drops_by_set"].items())
+            lines.append(f"On each eval set (the budget must hold on every one): {each}.")
         lines += _confirmation_lines(r)
         s = m.get("saving")
         if s:
@@ -164,6 +167,9 @@ def _confirmation_lines(r: dict[str, Any]) -> list[str]:
             f"({a['quality_batches']}); on the {conf['selection_examples']} examples it was selected on: "
             f"{drop_text(a['selection_drop'], rel)}. {len(conf['attempts'])} candidate(s) tested in cost order."
         )
+        if a.get("drops_by_set"):
+            each = "; ".join(f"{n} {drop_text(d, rel)}" for n, d in a["drops_by_set"].items())
+            out.append(f"Held-out drop on each eval set: {each}.")
     for s in conf["savings"]:
         fig = ratio_text(s["ratio"]) if s["ratio"] else "–"
         out.append(f"Saving against the {s['against']}: **{fig}**, {s['why']}.")

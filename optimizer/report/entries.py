@@ -40,6 +40,7 @@ def make_entry(
     seconds: float | None = None,
     screen: dict[str, Any] | None = None,
     same_as: int | None = None,
+    drops_by_set: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     deployment = deployment or {}
     return {
@@ -55,6 +56,7 @@ def make_entry(
         "quality": quality or {},
         "drops": drops or {},
         "drop": (drops or {}).get(metric),
+        "drops_by_set": drops_by_set or {},  # with several eval sets: the budget metric's drop on each
         "violation": violation,
         "feasible": None if violation is None else bool(violation <= 0),
         "cost": cost,
