@@ -156,11 +156,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from optimizer.deploy import deployment_config, write_deployment
     from optimizer.recipe import load_recipe
-    from optimizer.search import best_feasible, closest, leaderboard, run_search, search_dir
+    from optimizer.search import WORKER_PREFIX, best_feasible, closest, leaderboard, run_search, search_dir, worker_id
 
     recipe = load_recipe(args.recipe, args.set)
     study = run_search(recipe, args.storage, args.trials, progress=not args.quiet)
     baseline = study.user_attrs.get("baseline", {})
+    here = study.user_attrs.get(WORKER_PREFIX + worker_id(), {})
+    if here.get("baseline"):  # this worker measured its baseline, or reused the study's (a restart)
+        print(f"baseline speed: {here['baseline']}")
     kind = recipe.search.objective
     by_batch = baseline.get("by_batch") or {}
     print(

@@ -146,6 +146,12 @@ class SearchSpec(Strict):
     )
     cache: bool = Field(default=True, description="keep compressed artifacts by a hash of their configuration")
     heartbeat_seconds: int = Field(default=30, gt=0, description="a worker silent for 3x this is presumed dead")
+    baseline_reuse_minutes: float = Field(
+        default=60,
+        ge=0,
+        description="a restarted worker on the same machine reuses the study's baseline speed when it is younger "
+        "than this and the CPU is quiet (preempted workers then make progress); 0 always re-measures",
+    )
     objective: str = Field(default="cost", description="a key of optimizer.objectives.OBJECTIVES")
     constraint: Constraint = Constraint()
     confirm: ConfirmSpec = ConfirmSpec()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
+import json
 import logging
 import math
 import os
@@ -32,7 +34,7 @@ import optuna
 from optimizer.cache import ArtifactCache
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
-from optimizer.measure.contention import registered
+from optimizer.measure.contention import Watch, registered
 from optimizer.measure.system import fingerprint
 from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent, check_chain, runtime_of
@@ -234,39 +236,85 @@ def failure_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _worker() -> str:
+def worker_id() -> str:
+    """This process as a worker of a study: host and pid."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def machine_key(system: dict[str, Any], threads: int) -> str:
+    """What a speed measurement depends on besides the recipe: the CPU, GPUs, libraries and threads."""
+    what = {k: system.get(k) for k in ("cpu", "gpus", "libraries", "memory_bytes")} | {"threads": threads}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def measured_key(recipe: Recipe) -> str:
+    """The recipe sections a baseline's speed depends on."""
+    r = recipe.model_dump(mode="json")
+    what = {k: r[k] for k in ("model", "task", "speed", "hardware")} | {
+        "eval": r["data"]["eval"],
+        "seed": r["data"]["seed"],
+        "share": r["search"]["confirm"]["share"],
+        "batch_size": r["search"]["batch_size"],
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reusable_baseline(previous: dict[str, Any] | None, recipe: Recipe, machine: str) -> tuple[dict[str, Any] | None, str]:
+    """The study's baseline speed figures when a restarted worker may reuse them, and why (or why not)."""
+    limit = recipe.search.baseline_reuse_minutes
+    if not previous or not limit:
+        return None, "measured (no earlier baseline to reuse)" if limit else "measured (baseline_reuse_minutes is 0)"
+    if previous.get("machine") != machine or previous.get("measured_key") != measured_key(recipe):
+        return None, "measured (the study's baseline is from another machine, library set or recipe)"
+    age = (time.time() - previous.get("measured_at", 0)) / 60
+    if age > limit:
+        return None, f"measured (the study's baseline is {age:.0f} min old, over baseline_reuse_minutes {limit:g})"
+    if previous.get("speed", {}).get("contention", {}).get("busy"):
+        return None, "measured (the study's baseline was timed under contention)"
+    with Watch() as watch:
+        time.sleep(1.0)
+    if watch.result.busy:
+        return None, f"measured (the CPU is not quiet now: {watch.result.text})"
+    return previous, f"reused the speed measured {age:.1f} min ago on this machine (quality re-measured)"
 
 
 class TrialRunner:
     """One worker: its Bench (baseline measured once), artifact cache and the objective Optuna calls."""
 
-    def __init__(self, recipe: Recipe, work_dir: Path) -> None:
+    def __init__(self, recipe: Recipe, work_dir: Path, previous: dict[str, Any] | None = None) -> None:
         self.recipe = recipe
         self.metric = check_searchable(recipe)
         self.budget = recipe.budget
         self.objective = Objective(recipe.search.objective)
         self.threads = speed_mod.set_threads(recipe.hardware.threads)
+        self.system = fingerprint()
+        machine = machine_key(self.system, self.threads)
         t0 = time.perf_counter()
         # trials are judged on the selection part; the held-out part is kept for confirming the choice
         self.bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device), "select")
         baseline = self.bench.load_baseline()
-        quality = self.bench.baseline_quality()
-        speed, cost = self.bench.speed_and_cost(self.bench.timed_baseline)
-        self.baseline = {
-            "quality": quality,
-            "speed": speed,
-            "cost": cost,
-            "passes": [],
-            "objective": self.objective.value(speed, cost),
-            "worker": _worker(),
-        }
-        self.baseline["by_batch"] = self._baseline_per_batch(self.bench.timed_baseline, speed, cost)
-        with tempfile.TemporaryDirectory() as tmp:
-            fp = footprint(baseline, Path(tmp) / "baseline")
-        self.baseline["footprint"] = {k: fp[k] for k in FOOTPRINT_KEYS}
+        quality = self.bench.baseline_quality()  # always: trials are paired with its per-example values
+        reuse, self.baseline_origin = reusable_baseline(previous, recipe, machine)
+        if reuse is not None:  # a restarted worker: the timings are the expensive part, and still hold
+            self.baseline = {k: reuse[k] for k in ("speed", "cost", "objective", "by_batch", "footprint", "measured_at")}
+            self.baseline |= {"quality": quality, "passes": [], "worker": worker_id()}
+        else:
+            speed, cost = self.bench.speed_and_cost(self.bench.timed_baseline)
+            self.baseline = {
+                "quality": quality,
+                "speed": speed,
+                "cost": cost,
+                "passes": [],
+                "objective": self.objective.value(speed, cost),
+                "worker": worker_id(),
+                "measured_at": time.time(),
+            }
+            self.baseline["by_batch"] = self._baseline_per_batch(self.bench.timed_baseline, speed, cost)
+            with tempfile.TemporaryDirectory() as tmp:
+                fp = footprint(baseline, Path(tmp) / "baseline")
+            self.baseline["footprint"] = {k: fp[k] for k in FOOTPRINT_KEYS}
+        self.baseline |= {"machine": machine, "measured_key": measured_key(recipe)}
         self.baseline["seconds"] = round(time.perf_counter() - t0, 1)  # part of the job's cost (break-even)
-        self.system = fingerprint()
         self.trials_dir = work_dir / "trials"
         self.cache = ArtifactCache(work_dir / "cache") if recipe.search.cache else None
         self.last_trial: int | None = None
@@ -287,6 +335,7 @@ class TrialRunner:
         s = self.recipe.search
         c, budget = s.constraint, self.budget
         self.last_trial = trial.number
+        trial.set_user_attr("worker", worker_id())  # first: a trial this worker leaves behind can be traced to it
         chosen = suggest(trial, self.recipe)
         twin = _measured_twin(trial)
         if twin is not None:  # the sampler proposed a configuration already measured: reuse, do not rebuild
@@ -296,13 +345,13 @@ class TrialRunner:
             trial.set_user_attr("same_as", twin.number)
             trial.set_user_attr(REPEAT, True)
             trial.set_user_attr("seconds", 0.0)
-            trial.set_user_attr("worker", _worker())
+            trial.set_user_attr("worker", worker_id())
             trial.set_constraint(f"{self.metric} drop over budget", twin.user_attrs[CONSTRAINT][0])
             return tuple(twin.values) if s.multi_objective else twin.values[0]
         threads = int(chosen.get("threads") or self.threads)
         batch = int(chosen.get("batch_size") or self.recipe.speed.batch_size)
         passes = resolved_passes(self.recipe, chosen)
-        trial.set_user_attr("worker", _worker())
+        trial.set_user_attr("worker", worker_id())
         trial.set_user_attr(
             "hardware",
             {
@@ -483,11 +532,45 @@ def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = 
         return study
     with registered():  # other workers on this host see this one and mark timings it may disturb
         _run_trials(recipe, study, target, progress)
+    fail_orphans(study)
     return study
 
 
+def fail_orphans(study: optuna.Study) -> list[int]:
+    """Fail the trials left RUNNING by workers of this host that are no longer alive, so a finished
+    search holds no RUNNING trial; the reason goes to the study's `orphans` attribute. (Workers on
+    other hosts are found by the heartbeat check when the next worker starts.)"""
+    host, failed = socket.gethostname(), []
+    reasons = dict(study.user_attrs.get("orphans", {}))
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if h != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        # told outside optimize(): the recipe's sampler must not react (the grid sampler would call stop())
+        sampler, study.sampler = study.sampler, optuna.samplers.RandomSampler()
+        try:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        finally:
+            study.sampler = sampler
+        reasons[str(t.number)] = f"its worker {h}:{pid} died while running it; failed when a search on this host ended"
+        failed.append(t.number)
+    if failed:
+        study.set_user_attr("orphans", reasons)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _run_trials(recipe: Recipe, study: optuna.Study, target: int, progress: bool) -> None:
-    runner = TrialRunner(recipe, search_dir(recipe, study.study_name))
+    runner = TrialRunner(recipe, search_dir(recipe, study.study_name), study.user_attrs.get("baseline"))
     _record_study_context(study, recipe, runner)
     timeout = recipe.search.timeout_minutes * 60 if recipe.search.timeout_minutes else None
     deadline = time.monotonic() + timeout if timeout else None
@@ -537,7 +620,10 @@ def _record_study_context(study: optuna.Study, recipe: Recipe, runner: TrialRunn
     merged = runner.baseline | attrs.get("baseline", {})
     if merged != attrs.get("baseline"):
         study.set_user_attr("baseline", merged)
-    study.set_user_attr(WORKER_PREFIX + _worker(), {"baseline_seconds": runner.baseline["seconds"], "system": runner.system})
+    study.set_user_attr(
+        WORKER_PREFIX + worker_id(),
+        {"baseline_seconds": runner.baseline["seconds"], "baseline": runner.baseline_origin, "system": runner.system},
+    )
 
 
 def search_dir(recipe: Recipe, study_name: str) -> Path:

@@ -292,3 +292,46 @@ def test_a_worker_that_loses_the_schema_creation_race_retries(monkeypatch, tmp_p
     monkeypatch.setattr(search.time, "sleep", lambda s: None)
     storage = search._storage(f"sqlite:///{tmp_path / 's.db'}", 30)
     assert len(calls) == 2 and isinstance(storage, real)
+
+
+def test_a_restarted_worker_reuses_a_recent_baseline_on_the_same_machine(write_recipe, tiny_bert_dir, tmp_path):
+    from optimizer.search import WORKER_PREFIX, worker_id
+
+    passes = [{"name": "prune-magnitude", "sparsity": {"choice": [0.1, 0.2, 0.3]}}]
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, passes, {"trials": 1, "sampler": "grid"})
+    study = run_search(recipe)
+    first = study.user_attrs["baseline"]
+    assert study.user_attrs[WORKER_PREFIX + worker_id()]["baseline"].startswith("measured")
+    study = run_search(recipe, trials=2)  # a restart: one more trial
+    note = study.user_attrs[WORKER_PREFIX + worker_id()]["baseline"]
+    assert note.startswith("reused the speed measured"), note
+    assert study.user_attrs["baseline"]["speed"] == first["speed"] and finished(study) == 2
+    # the restart's trial was priced against the same baseline figure
+    assert study.trials[-1].user_attrs["baseline_objective"] == first["objective"]
+    # turned off: measured again
+    off = _recipe(write_recipe, tiny_bert_dir, tmp_path, passes, {"trials": 3, "sampler": "grid", "baseline_reuse_minutes": 0})
+    study = run_search(off)
+    assert study.user_attrs[WORKER_PREFIX + worker_id()]["baseline"] == "measured (baseline_reuse_minutes is 0)"
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason_when_a_search_ends(
+    write_recipe, tiny_bert_dir, tmp_path
+):
+    import socket
+    import subprocess
+    import sys
+
+    from optimizer.search import open_study
+
+    passes = [{"name": "prune-magnitude", "sparsity": {"choice": [0.1, 0.2]}}]
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, passes, {"trials": 1, "sampler": "grid"})
+    study = open_study(recipe)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = study.ask()  # a worker took this trial and died (SIGKILL) before its heartbeat was written
+    orphan.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    study = run_search(recipe)
+    states = {t.number: t.state for t in study.trials}
+    assert states[orphan.number] == States.FAIL and States.RUNNING not in states.values()
+    assert "died while running it" in study.user_attrs["orphans"][str(orphan.number)]
+    assert finished(study) == 1  # the orphan does not count as a finished trial
