@@ -119,7 +119,10 @@ def _headline(r: dict[str, Any]) -> list[str]:
                 f"{num(bs)}" + (f": **{cs / bs:.2f}x**." if cs and bs else ".") + " No price: the recipe sets no "
                 "`hardware.catalog`."
             )
-        lines.append(f"Quality: {budget['metric']} drop {drop_text(c['drop'], rel)}, {status} the budget ({budget['text']}).")
+        where = " on the examples the search selected on" if r.get("confirmation") else ""
+        lines.append(
+            f"Quality{where}: {budget['metric']} drop {drop_text(c['drop'], rel)}, {status} the budget ({budget['text']})."
+        )
         if c.get("drops_by_set"):
             each = "; ".join(f"{n} {drop_text(d, rel)}" for n, d in c["drops_by_set"].items())
             lines.append(f"On each eval set (the budget must hold on every one): {each}.")
