@@ -20,6 +20,7 @@ import gc
 import json
 import logging
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,9 +35,9 @@ from optimizer.measure import speed as speed_mod
 from optimizer.measure.stats import ratio_interval
 from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent
-from optimizer.pipeline import Bench, apply_chain, batches_text, eval_part, resolve_device
+from optimizer.pipeline import Bench, apply_chain, batches_text, resolve_device
 from optimizer.recipe import MAIN_EVAL, Recipe
-from optimizer.search import CONSTRAINT, search_dir
+from optimizer.search import CONSTRAINT, objective_sign, search_dir
 
 log = logging.getLogger(__name__)
 SCHEMA = "costopt.confirmation/1"
@@ -111,7 +112,7 @@ def first_confirmed(candidates: Sequence[T], test: Callable[[T], bool]) -> tuple
 
 def ranked_candidates(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     """The k best within-budget trials on the selection part, one per distinct configuration."""
-    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    sign = objective_sign(study)
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -148,8 +149,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
     device = resolve_device(recipe.hardware.device)
     base_threads = speed_mod.set_threads(recipe.hardware.threads)
     bench = Bench.load_data(recipe, device, "confirm")
-    selection = len(eval_part(recipe, "select"))
-    result = Confirmation(budget.as_dict(), recipe.search.objective, selection, len(bench.eval_data), conf_each)
+    result = Confirmation(budget.as_dict(), recipe.search.objective, bench.other_part, len(bench.eval_data), conf_each)
     candidates = ranked_candidates(study, spec.candidates)
     if not candidates:
         return result
@@ -267,8 +267,10 @@ def _time_saving(
             why = f"established over {n} alternating rounds"
         if result.rounds_set_aside:
             why += f"; {result.rounds_set_aside} round(s) set aside because other processes used the cores"
-        med = lambda xs: float(sorted(xs)[len(xs) // 2])  # noqa: E731
-        result.savings.append(Saving(arm.name, r, med(arm.values), med(choice.values), why.startswith("established"), why))
+        established = why.startswith("established")
+        result.savings.append(
+            Saving(arm.name, r, statistics.median(arm.values), statistics.median(choice.values), established, why)
+        )
 
 
 def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:

@@ -167,12 +167,17 @@ EvalPart = Literal["all", "select", "confirm"]
 def eval_part(recipe: Recipe, part: EvalPart = "all", source: DataSource | None = None) -> Dataset:
     """An eval set (data.eval unless `source` is given), or one of its two disjoint parts: a search
     selects on one and confirms on the other."""
+    return _eval_parts(recipe, part, source)[0]
+
+
+def _eval_parts(recipe: Recipe, part: EvalPart, source: DataSource | None = None) -> tuple[Dataset, int]:
+    """The part asked for, and the size of the other part (0 for the whole set)."""
     data = load_dataset(source or recipe.data.eval, "eval", recipe.task, recipe.data.seed)
     share = recipe.search.confirm.share
     if part == "all" or share == 0:
-        return data
+        return data, 0
     select, confirm = data.split(share, recipe.data.seed)
-    return select if part == "select" else confirm
+    return (select, len(confirm)) if part == "select" else (confirm, len(select))
 
 
 def pass_data(recipe: Recipe) -> tuple[Dataset | None, Dataset | None]:
@@ -319,6 +324,7 @@ class Bench:
     baseline: Candidate | None = None
     timed_baseline: Candidate | None = None  # the baseline whose speed is measured: speed.model's, else `baseline`
     quality: dict[str, MetricValues] = field(default_factory=dict)  # per example, for paired bootstraps
+    other_part: int = 0  # examples in the eval set's other part (selection <-> confirmation)
     # data.extra_eval's sets: evaluator and the baseline's per-example values, by name
     extra: dict[str, tuple[QualityEvaluator, dict[str, MetricValues]]] = field(default_factory=dict)
     screen_evaluator: QualityEvaluator | None = None
@@ -327,11 +333,11 @@ class Bench:
     @classmethod
     def load_data(cls, recipe: Recipe, device: str, part: EvalPart = "all") -> Bench:
         """`part`: the whole eval set, or the search's share of it ("select") or the held-out rest ("confirm")."""
-        eval_data = eval_part(recipe, part)
+        eval_data, other = _eval_parts(recipe, part)
         calib, train = pass_data(recipe)
         q = recipe.quality
         evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, q.batch_size)
-        bench = cls(recipe, device, eval_data, calib, train, evaluator)
+        bench = cls(recipe, device, eval_data, calib, train, evaluator, other_part=other)
         for name, src in recipe.data.extra_eval.items():
             data = eval_part(recipe, part, src)
             bench.extra[name] = (QualityEvaluator(recipe.task, data, recipe.metrics, q.batch_size), {})

@@ -34,7 +34,7 @@ import optuna
 from optimizer.cache import ArtifactCache
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
-from optimizer.measure.contention import Watch, registered
+from optimizer.measure.contention import Watch, alive, registered
 from optimizer.measure.system import fingerprint
 from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent, check_chain, runtime_of
@@ -458,7 +458,8 @@ def finished(study: optuna.Study) -> int:
     return sum(counted(t) for t in study.get_trials(deepcopy=False))
 
 
-def _sign(study: optuna.Study) -> int:
+def objective_sign(study: optuna.Study) -> int:
+    """1 when the study minimizes, -1 when it maximizes: sign * value is smaller-is-better."""
     return -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
 
 
@@ -470,7 +471,7 @@ def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     ]
     if not feasible:
         return None
-    return min(feasible, key=lambda t: _sign(study) * t.values[0])
+    return min(feasible, key=lambda t: objective_sign(study) * t.values[0])
 
 
 def closest(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -544,7 +545,7 @@ def fail_orphans(study: optuna.Study) -> list[int]:
     reasons = dict(study.user_attrs.get("orphans", {}))
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if h != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if h != host or not pid.isdigit() or int(pid) == os.getpid() or alive(int(pid)):
             continue
         # told outside optimize(): the recipe's sampler must not react (the grid sampler would call stop())
         sampler, study.sampler = study.sampler, optuna.samplers.RandomSampler()
@@ -557,16 +558,6 @@ def fail_orphans(study: optuna.Study) -> list[int]:
     if failed:
         study.set_user_attr("orphans", reasons)
     return failed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run_trials(recipe: Recipe, study: optuna.Study, target: int, progress: bool) -> None:
@@ -640,7 +631,7 @@ STATE_NAMES = {
 
 def leaderboard(study: optuna.Study, top: int | None = 10) -> list[dict[str, Any]]:
     """Finished trials: feasible first, best objective first; then infeasible, pruned and failed ones with their reason."""
-    sign = _sign(study)
+    sign = objective_sign(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
         if not counted(t):

@@ -101,15 +101,22 @@ def other_workers() -> list[int]:
     for f in WORKERS_DIR.iterdir():
         if not f.name.isdigit() or int(f.name) == os.getpid():
             continue
-        try:
-            os.kill(int(f.name), 0)
-        except ProcessLookupError:
+        if not alive(int(f.name)):
             f.unlink(missing_ok=True)  # left by a worker that died
             continue
-        except PermissionError:
-            pass  # alive, another user's
         out.append(int(f.name))
     return sorted(out)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

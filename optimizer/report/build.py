@@ -116,7 +116,7 @@ def _from_run(src: RunSource, budget: dict[str, Any]) -> dict[str, Any]:
 def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
     import optuna
 
-    from optimizer.search import CONSTRAINT, REPEAT, WORKER_PREFIX, counted
+    from optimizer.search import CONSTRAINT, REPEAT, WORKER_PREFIX, counted, objective_sign
 
     study = src.study
     States = optuna.trial.TrialState
@@ -169,7 +169,6 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
             {"cpu": {"model": t.user_attrs.get("hardware", {}).get("cpu")}, "gpus": t.user_attrs.get("hardware", {}).get("gpus")}
             for t in trials[:1]
         ]
-    direction = study.directions[0]
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     return {
@@ -185,7 +184,7 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
         "notes": [n for n in [speed_model_note(src.recipe)] if n],
         "objective_kind": src.recipe.search.objective,
         "by_batch": b.get("by_batch") or {},
-        "sign": -1 if direction == optuna.study.StudyDirection.MAXIMIZE else 1,
+        "sign": objective_sign(study),
         "workers": sorted(workers),
         "confirmation": attrs.get("confirmation"),  # written by `costopt search` after its trials
         "started": min(starts).isoformat(timespec="seconds") if starts else None,
