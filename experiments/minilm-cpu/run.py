@@ -252,7 +252,9 @@ def render(r: dict) -> str:
         f"({r['real_tokens']:,} real tokens at max length {r['max_length']}) encoded end to end with `encode()`; "
         f"one warm-up round, then {r['repeats']} rounds alternating the runtimes (median, min–max, cv).",
         f"Quality: {r['eval_pairs']} retrieval pairs ({r['eval_source']}), drops against the fp32 baseline "
-        "with paired-bootstrap 95% intervals.",
+        "with paired-bootstrap 95% intervals. Part of these pairs is the search's selection part, so costopt's "
+        "drop here is not a held-out figure; the drop measured on the pairs the search never saw is in "
+        "`deploy.yaml` and experiments/search/RESULTS.md.",
         f"Price: {r['catalog']} (${r['hourly_usd']:g}/hour, the catalog entry closest to this machine) at "
         f"{r['utilization']:.0%} utilization.",
         "",
