@@ -137,6 +137,7 @@ class _Arm:
     cand: Any
     batch: int
     threads: int
+    streams: int = 1
     values: list[float] = field(default_factory=list)
 
 
@@ -213,22 +214,32 @@ def _time_saving(
     spec = recipe.search.confirm
     dep = chosen.user_attrs.get("deployment", {})
     base_batch = recipe.speed.batch_size
-    arms = [_Arm(f"baseline at batch {base_batch}", bench.timed_baseline, base_batch, base_threads)]
+    arms = [_Arm(f"baseline at batch {base_batch}", bench.timed_baseline, base_batch, base_threads, recipe.speed.streams)]
     by_batch = (study.user_attrs.get("baseline") or {}).get("by_batch") or {}
     if len(by_batch) > 1:
         pick = min if direction == "minimize" else max
         best = int(pick(by_batch, key=by_batch.get))
         if best != base_batch:
-            arms.append(_Arm(f"baseline at its best batch ({best})", bench.timed_baseline, best, base_threads))
+            arms.append(
+                _Arm(f"baseline at its best batch ({best})", bench.timed_baseline, best, base_threads, recipe.speed.streams)
+            )
     timed = bench.timed(cand, chosen.user_attrs.get("passes", []), search_dir(recipe, study.study_name) / "confirm-speed", {})
-    arms.append(_Arm("choice", timed, int(dep.get("batch_size") or base_batch), int(dep.get("threads") or base_threads)))
+    arms.append(
+        _Arm(
+            "choice",
+            timed,
+            int(dep.get("batch_size") or base_batch),
+            int(dep.get("threads") or base_threads),
+            int(dep.get("streams") or recipe.speed.streams),
+        )
+    )
     objective = OBJECTIVES[recipe.search.objective]
 
     def run(arm: _Arm, warmup: int) -> tuple[float, dict[str, Any]]:
         speed_mod.set_threads(arm.threads)
         try:
             time.sleep(IDLE_BETWEEN_ARMS_S)
-            speed, cost = bench.speed_and_cost(arm.cand, arm.batch, warmup=warmup, repeats=1)
+            speed, cost = bench.speed_and_cost(arm.cand, arm.batch, warmup=warmup, repeats=1, streams=arm.streams)
         finally:
             speed_mod.set_threads(base_threads)
         return objective.read(speed, cost), speed["contention"]

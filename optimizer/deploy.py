@@ -1,7 +1,7 @@
 """Deployment configuration: what a search chose, written down, rebuilt and loaded ready to call.
 
 `deploy.yaml` holds everything needed to rebuild the chosen artifact on another machine (the model,
-task, data the passes read, resolved passes, runtime, batch size, threads) and what was measured
+task, data the passes read, resolved passes, runtime, batch size, threads, streams) and what was measured
 for it (quality and drop with its interval, speed, cost, hardware), so the decision stays auditable.
 """
 
@@ -164,19 +164,23 @@ class Deployment:
     def batch_size(self) -> int:
         return int(self.config.get("batch_size") or 32)
 
+    @property
+    def streams(self) -> int:
+        return int(self.config.get("streams") or 1)
+
     def encode(self, texts: list[str] | str) -> np.ndarray:
         from optimizer import tasks
 
         self._expect("embedding", "encode")
         single = isinstance(texts, str)
-        out = tasks.embed(self.candidate, [texts] if single else list(texts), self.batch_size)
+        out = tasks.embed(self.candidate, [texts] if single else list(texts), self.batch_size, streams=self.streams)
         return out[0] if single else out
 
     def classify(self, texts: list[str]) -> list[str]:
         from optimizer import tasks
 
         self._expect("classification", "classify")
-        logits = tasks.classify(self.candidate, list(texts), self.batch_size)
+        logits = tasks.classify(self.candidate, list(texts), self.batch_size, streams=self.streams)
         id2label = getattr(getattr(getattr(self.candidate, "module", None), "config", None), "id2label", None) or {}
         return [str(id2label.get(int(i), int(i))) for i in logits.argmax(1)]
 

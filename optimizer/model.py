@@ -53,11 +53,17 @@ class ModelInfo:
     source: str  # resolved folder or hub id
     source_kind: Literal["folder", "package", "hub"]
     tokenizer: Any
-    max_length: int
+    max_length: int  # the model's own input limit: what a request's tokens are counted at
     pooling: Pooling = "mean"
     normalize: bool = False
     sidecar_files: dict[str, str] = field(default_factory=dict)  # relative path -> text
     revision: str | None = None
+    input_cap: int | None = None  # a serving cap below max_length (the max-length pass); quality measured with it
+
+    @property
+    def limit(self) -> int:
+        """Tokens the model reads per input: the cap when one is set."""
+        return min(self.max_length, self.input_cap) if self.input_cap else self.max_length
 
     def write_sidecars(self, directory: Path) -> None:
         for rel, text in self.sidecar_files.items():

@@ -102,10 +102,19 @@ def measure_speed(
     batch_size: int | None = None,
     warmup: int | None = None,
     repeats: int | None = None,
+    streams: int | None = None,
 ) -> dict[str, Any]:
     """The recipe's speed benchmark, with what else used the CPU meanwhile (`contention`)."""
     s = recipe.speed
     batch = batch_size or s.batch_size
+    streams = streams or s.streams
+    if streams > 1 and recipe.task == "causal-lm":
+        raise UserError("speed.streams applies to encoders and classifiers, not to causal LMs", "set streams: 1")
+    if streams > speed_mod.threads():
+        raise UserError(
+            f"{streams} serving streams on {speed_mod.threads()} threads: each stream needs a thread of its own",
+            "give at most as many streams as threads",
+        )
     warmup = s.warmup if warmup is None else warmup
     repeats = repeats or s.repeats
     texts = data.interleaved()
@@ -113,7 +122,7 @@ def measure_speed(
         if recipe.task == "causal-lm":
             out = speed_mod.bench_causal_lm(cand, texts, batch, s.prompt_tokens, s.new_tokens, warmup, repeats)
         else:
-            out = speed_mod.bench_encoder(cand, texts[: s.texts], batch, warmup, repeats)
+            out = speed_mod.bench_encoder(cand, texts[: s.texts], batch, warmup, repeats, streams)
     out["contention"] = watch.result.as_dict()
     return out
 
@@ -424,9 +433,14 @@ class Bench:
         }
 
     def speed_and_cost(
-        self, cand: Candidate, batch_size: int | None = None, warmup: int | None = None, repeats: int | None = None
+        self,
+        cand: Candidate,
+        batch_size: int | None = None,
+        warmup: int | None = None,
+        repeats: int | None = None,
+        streams: int | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        speed = measure_speed(cand, self.recipe, self.eval_data, batch_size, warmup, repeats)
+        speed = measure_speed(cand, self.recipe, self.eval_data, batch_size, warmup, repeats, streams)
         if self.recipe.speed.model is not None:  # say which model these figures belong to
             speed["model"] = {"source": self.recipe.speed.model.source, "parameters": cand.parameter_counts()[0]}
         return speed, price_speed(self.recipe, speed)

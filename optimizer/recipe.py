@@ -75,6 +75,9 @@ class QualitySpec(Strict):
 class SpeedSpec(Strict):
     batch_size: int = Field(default=32, gt=0)
     texts: int = Field(default=256, gt=0, description="encoder benchmark: number of real texts")
+    streams: int = Field(
+        default=1, gt=0, description="encoders: batches served at once, each on threads/streams threads (at most threads)"
+    )
     prompt_tokens: int = Field(default=128, gt=0, description="causal LM: prompt length per sequence")
     new_tokens: int = Field(default=64, gt=0, description="causal LM: tokens decoded per sequence")
     warmup: int = Field(default=2, ge=0)
@@ -138,6 +141,9 @@ class SearchSpec(Strict):
     trial_timeout_minutes: float | None = Field(default=None, gt=0, description="a longer trial fails")
     batch_size: int | Choice | IntRange | None = Field(default=None, description="speed batch size; a range searches it")
     threads: int | Choice | IntRange | None = Field(default=None, description="CPU threads; a range searches it")
+    streams: int | Choice | IntRange | None = Field(
+        default=None, description="concurrent serving streams sharing the threads (encoders); a range searches it"
+    )
     screen_examples: int | None = Field(
         default=128,
         ge=16,

@@ -41,13 +41,14 @@ from optimizer.passes import batch_dependent, check_chain, runtime_of
 from optimizer.pipeline import Bench, apply_chain, batches_text, footprint, resolve_device, resolved_passes
 from optimizer.ranges import Choice, parse_range, values
 from optimizer.recipe import MAIN_EVAL, Recipe
-from optimizer.search_space import seed_single_techniques, space_size, suggest
+from optimizer.search_space import combined_params, seed_single_techniques, space_size, suggest
 
 log = logging.getLogger(__name__)
 CONSTRAINT = "constraint"  # user attribute read by constraints_func: [violation]; <= 0 is feasible
 FOOTPRINT_KEYS = ("parameters", "nonzero_parameters", "weight_bytes", "disk_bytes")
 REPEAT = "repeat"  # trial user attribute: a configuration measured before (or the baseline), answered from its figures
 MAX_REPEATS_IN_A_ROW = 10  # then the sampler has nothing new to propose: stop
+COMBINED = "combined"  # study user attribute: the parameters queued to combine the within-budget techniques
 WORKER_PREFIX = "worker/"  # study user attribute per worker: its machine and baseline time
 
 
@@ -350,6 +351,7 @@ class TrialRunner:
             return tuple(twin.values) if s.multi_objective else twin.values[0]
         threads = int(chosen.get("threads") or self.threads)
         batch = int(chosen.get("batch_size") or self.recipe.speed.batch_size)
+        streams = int(chosen.get("streams") or self.recipe.speed.streams)
         passes = resolved_passes(self.recipe, chosen)
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr(
@@ -363,9 +365,12 @@ class TrialRunner:
         )
         trial.set_user_attr("baseline_objective", self.baseline["objective"])
         trial.set_user_attr("passes", passes)
-        trial.set_user_attr("deployment", {"runtime": runtime_of(passes), "batch_size": batch, "threads": threads})
-        if not passes and batch == self.recipe.speed.batch_size and threads == self.threads:
-            # every optional pass off at the baseline's batch and threads: the baseline, measured already
+        trial.set_user_attr(
+            "deployment", {"runtime": runtime_of(passes), "batch_size": batch, "threads": threads, "streams": streams}
+        )
+        serving_as_baseline = (batch, threads, streams) == (self.recipe.speed.batch_size, self.threads, self.recipe.speed.streams)
+        if not passes and serving_as_baseline:
+            # every optional pass off, served as the baseline is: the baseline, measured already
             reason = "no passes: this is the baseline itself, measured before the trials"
             trial.set_user_attr("pruned", reason)
             trial.set_user_attr("seconds", 0.0)
@@ -407,7 +412,7 @@ class TrialRunner:
                 trial.set_constraint(f"{self.metric} drop over budget", violation)
                 timed = self.bench.timed(cand, passes, work / "speed-model", timings, self.cache)
                 trial.set_user_attr("timings", timings)
-                speed, cost = self.bench.speed_and_cost(timed, batch)
+                speed, cost = self.bench.speed_and_cost(timed, batch, streams=streams)
                 del timed
                 value = self.objective.value(speed, cost)
                 if not math.isfinite(value) or value <= 0:
@@ -586,6 +591,8 @@ def _run_trials(recipe: Recipe, study: optuna.Study, target: int, progress: bool
             random_next = repeats > 0 and recipe.search.sampler in ("tpe", "nsga2")
             study.sampler = optuna.samplers.RandomSampler(seed=recipe.search.seed + len(study.trials)) if random_next else sampler
             study.optimize(runner, n_trials=1, timeout=left, catch=(Exception,), callbacks=[bar.update], gc_after_trial=True)
+            if recipe.search.sampler != "grid":
+                queue_combination(study, recipe)
             last = study.get_trials(deepcopy=False)[runner.last_trial] if runner.last_trial is not None else None
             repeats = repeats + 1 if last is not None and last.user_attrs.get(REPEAT) else 0
     finally:
@@ -598,6 +605,29 @@ def _run_trials(recipe: Recipe, study: optuna.Study, target: int, progress: bool
             repeats,
             finished(study),
         )
+
+
+def queue_combination(study: optuna.Study, recipe: Recipe) -> dict[str, Any] | None:
+    """Once the queued single-technique trials are measured, queue the within-budget techniques together
+    (once per study): the combination a user would try next by hand, measured rather than assumed to add up."""
+    if COMBINED in study.user_attrs or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        return None
+    sign = objective_sign(study)
+    within = sorted(
+        (
+            t
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if (t.user_attrs.get(CONSTRAINT) or [1.0])[0] <= 0 and not t.user_attrs.get(REPEAT)
+        ),
+        key=lambda t: sign * t.values[0],
+    )
+    merged = combined_params(recipe, [t.params for t in within])
+    study.set_user_attr(COMBINED, merged or "nothing to combine: fewer than two within-budget techniques fit one chain")
+    if merged is None or any(t.params == merged for t in study.get_trials(deepcopy=False)):
+        return None
+    study.enqueue_trial(merged, skip_if_exists=True)
+    log.info("queued the within-budget techniques together: %s", merged)
+    return merged
 
 
 def _record_study_context(study: optuna.Study, recipe: Recipe, runner: TrialRunner) -> None:

@@ -17,6 +17,9 @@ from optimizer.ranges import Choice, FloatRange, IntRange, Range, parse_range
 from optimizer.recipe import Recipe
 
 _PRIMITIVE = (type(None), bool, int, float, str)
+# How the model is served, searched alongside the passes: `search.<knob>` in a recipe, a trial parameter
+# and a deployment field under the same name.
+SERVING_KNOBS = ("batch_size", "threads", "streams")
 
 
 def _suggest(trial: optuna.Trial, name: str, rng: Range) -> Any:
@@ -61,7 +64,7 @@ def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
             rng = parse_range(value)
             if rng is not None:
                 chosen[f"{key}.{param}"] = _suggest(trial, f"{key}.{param}", rng)
-    for knob in ("batch_size", "threads"):
+    for knob in SERVING_KNOBS:
         value = getattr(recipe.search, knob)
         if isinstance(value, (Choice, IntRange)):
             chosen[knob] = _suggest(trial, knob, value)
@@ -84,8 +87,8 @@ def space_size(recipe: Recipe) -> int | None:
             total *= sum(within if on else 1 for on in spec.enabled.choice)
         else:
             total *= within if spec.enabled else 1
-    for knob in (recipe.search.batch_size, recipe.search.threads):
-        total *= ranges.size(knob) or 1
+    for knob in SERVING_KNOBS:
+        total *= ranges.size(getattr(recipe.search, knob)) or 1
     return total
 
 
@@ -129,3 +132,44 @@ def seed_single_techniques(study: optuna.Study, recipe: Recipe) -> int:
         study.enqueue_trial(params, skip_if_exists=True)
         queued += 1
     return queued
+
+
+def running_passes(recipe: Recipe, params: dict[str, Any]) -> list[int]:
+    """Indices of the passes a trial with these parameters runs: the enabled ones whose input runtime
+    the passes before them produce (as `suggest` decides)."""
+    from optimizer.passes import REGISTRY
+
+    runtime, out = "torch", []
+    for i, spec in enumerate(recipe.passes):
+        cls = REGISTRY.get(spec.name)
+        if cls is not None and runtime not in cls.runtimes_in:
+            continue
+        on = params.get(f"{i}.{spec.name}.enabled", spec.enabled if isinstance(spec.enabled, bool) else False)
+        if on:
+            out.append(i)
+            runtime = (cls.runtime_out if cls else None) or runtime
+    return out
+
+
+def combined_params(recipe: Recipe, ranked: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The techniques of several within-budget trials together, or None when they do not combine.
+
+    `ranked` holds the trials' parameters, cheapest first. The cheapest is the start (its serving knobs
+    and its runtime path included); each other trial adds the optional passes it ran that are off so
+    far, with their parameters, where they still run in the chain (a pass of another runtime's path
+    does not) and switch none of the passes already on off."""
+    if len(ranked) < 2:
+        return None
+    optional = {i for i, spec in enumerate(recipe.passes) if isinstance(spec.enabled, Choice)}
+    merged = dict(ranked[0])
+    for params in ranked[1:]:
+        on = running_passes(recipe, merged)
+        for i in running_passes(recipe, params):
+            if i in on or i not in optional:
+                continue
+            prefix = f"{i}.{recipe.passes[i].name}."
+            trial = merged | {k: v for k, v in params.items() if k.startswith(prefix)}
+            now = running_passes(recipe, trial)
+            if i in now and set(on) <= set(now):
+                merged, on = trial, now
+    return merged if merged != ranked[0] else None

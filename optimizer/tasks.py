@@ -30,7 +30,7 @@ def make_batches(
     candidate: Candidate, texts: list[str], batch_size: int, max_length: int | None = None, sort: bool = True
 ) -> list[Batch]:
     tok = candidate.tokenizer
-    max_length = max_length or candidate.info.max_length
+    max_length = max_length or candidate.info.limit
     lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i]) if sort else list(range(len(texts)))
     out = []
@@ -39,6 +39,11 @@ def make_batches(
         enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         out.append(Batch(idx, enc["input_ids"], enc["attention_mask"]))
     return out
+
+
+def request_tokens(candidate: Candidate, texts: list[str]) -> int:
+    """The texts' tokens as requests carry them: up to the model's own limit, whatever cap it serves with."""
+    return sum(len(ids) for ids in candidate.tokenizer(texts, truncation=True, max_length=candidate.info.max_length)["input_ids"])
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -77,15 +82,23 @@ def pool_numpy(states: np.ndarray, mask: np.ndarray, mode: str, normalize: bool)
     return e.astype(np.float32, copy=False)
 
 
-def embed(candidate: Candidate, texts: list[str], batch_size: int, sort: bool = True) -> np.ndarray:
+def _outputs(candidate: Candidate, batches: list[Batch], streams: int) -> Iterator[tuple[Batch, torch.Tensor]]:
+    """Each batch with its forward output, `streams` at once, a few rounds of streams at a time (the
+    outputs of a whole eval set would not fit in memory together)."""
+    step = 4 * streams
+    for s in range(0, len(batches), step):
+        part = batches[s : s + step]
+        yield from zip(part, candidate.forward_batches([(b.input_ids, b.attention_mask) for b in part], streams), strict=True)
+
+
+def embed(candidate: Candidate, texts: list[str], batch_size: int, sort: bool = True, streams: int = 1) -> np.ndarray:
     """Sentence embeddings with the model's own pooling and normalization.
 
     `sort` forms length-sorted batches (as sentence-transformers' encode does); without it, batches
-    take the texts in the order given, as a server takes requests."""
+    take the texts in the order given, as a server takes requests. `streams` batches run at once."""
     out: np.ndarray | None = None
-    for b in make_batches(candidate, texts, batch_size, sort=sort):
-        states = candidate.forward(b.input_ids, b.attention_mask).float().numpy()
-        e = pool_numpy(states, b.attention_mask.numpy(), candidate.info.pooling, candidate.info.normalize)
+    for b, st in _outputs(candidate, make_batches(candidate, texts, batch_size, sort=sort), streams):
+        e = pool_numpy(st.float().numpy(), b.attention_mask.numpy(), candidate.info.pooling, candidate.info.normalize)
         if out is None:
             out = np.zeros((len(texts), e.shape[-1]), dtype=np.float32)
         out[b.index] = e
@@ -93,12 +106,11 @@ def embed(candidate: Candidate, texts: list[str], batch_size: int, sort: bool = 
     return out
 
 
-def classify(candidate: Candidate, texts: list[str], batch_size: int, sort: bool = True) -> np.ndarray:
-    """Class logits [n, C]; `sort` as in embed."""
+def classify(candidate: Candidate, texts: list[str], batch_size: int, sort: bool = True, streams: int = 1) -> np.ndarray:
+    """Class logits [n, C]; `sort` and `streams` as in embed."""
     rows: dict[int, np.ndarray] = {}
-    for b in make_batches(candidate, texts, batch_size, sort=sort):
-        logits = candidate.forward(b.input_ids, b.attention_mask)
-        for i, row in zip(b.index, logits.numpy(), strict=False):
+    for b, lg in _outputs(candidate, make_batches(candidate, texts, batch_size, sort=sort), streams):
+        for i, row in zip(b.index, lg.numpy(), strict=False):
             rows[i] = row
     return np.stack([rows[i] for i in range(len(texts))])
 

@@ -76,3 +76,76 @@ def test_space_size_counts_conditional_choices(recipe, write_recipe, tiny_bert_d
         )
     )
     assert space_size(discrete) == (2 + 1) * 2
+
+
+def _two_paths(write_recipe, tiny_bert_dir):
+    """ONNX Runtime or OpenVINO, each with its int8 pass, and a runtime-agnostic cap last."""
+    return load_recipe(
+        write_recipe(
+            {
+                "name": "paths",
+                "model": {"source": str(tiny_bert_dir)},
+                "task": "embedding",
+                "data": {"eval": {"source": "stdlib-docs"}},
+                "search": {"streams": {"choice": [1, 2]}},
+                "passes": [
+                    {"name": "onnx-export", "enabled": {"choice": [True, False]}},
+                    {"name": "ort-int8-dynamic"},
+                    {"name": "ov-export", "enabled": {"choice": [True, False]}},
+                    {"name": "ov-int8-static", "enabled": {"choice": [True, False]}, "samples": {"choice": [64, 128]}},
+                    {"name": "max-length", "enabled": {"choice": [True, False]}, "tokens": {"choice": [64, 32]}},
+                ],
+            }
+        )
+    )
+
+
+def test_within_budget_techniques_combine_along_the_cheapest_trials_path(write_recipe, tiny_bert_dir):
+    from optimizer.search_space import combined_params, running_passes
+
+    r = _two_paths(write_recipe, tiny_bert_dir)
+    off = {
+        "0.onnx-export.enabled": False,
+        "2.ov-export.enabled": False,
+        "3.ov-int8-static.enabled": False,
+        "4.max-length.enabled": False,
+    }
+    ov_int8 = off | {"2.ov-export.enabled": True, "3.ov-int8-static.enabled": True, "3.ov-int8-static.samples": 128, "streams": 2}
+    ort = off | {"0.onnx-export.enabled": True, "streams": 1}
+    cap = off | {"4.max-length.enabled": True, "4.max-length.tokens": 32, "streams": 1}
+    assert running_passes(r, ort) == [0, 1] and running_passes(r, ov_int8) == [2, 3]
+    merged = combined_params(r, [ov_int8, ort, cap])
+    # the cheapest's path and knobs, plus the cap; the ONNX path cannot join the OpenVINO one
+    assert merged == ov_int8 | {"4.max-length.enabled": True, "4.max-length.tokens": 32}
+    assert running_passes(r, merged) == [2, 3, 4]
+    assert combined_params(r, [ov_int8]) is None and combined_params(r, [ov_int8, ort]) is None
+
+
+def test_a_search_queues_the_combination_once_after_the_singles(write_recipe, tiny_bert_dir):
+    from optimizer.search import COMBINED, CONSTRAINT, queue_combination
+
+    r = _two_paths(write_recipe, tiny_bert_dir)
+    study = optuna.create_study()
+    for params in (
+        {"0.onnx-export.enabled": True, "2.ov-export.enabled": False, "4.max-length.enabled": False},
+        {
+            "0.onnx-export.enabled": False,
+            "2.ov-export.enabled": True,
+            "3.ov-int8-static.enabled": False,
+            "4.max-length.enabled": False,
+        },
+        {"0.onnx-export.enabled": False, "2.ov-export.enabled": False, "4.max-length.enabled": True, "4.max-length.tokens": 64},
+        {"0.onnx-export.enabled": False, "2.ov-export.enabled": False, "4.max-length.enabled": True, "4.max-length.tokens": 32},
+    ):
+        study.enqueue_trial(params)
+    assert queue_combination(study, r) is None  # singles still waiting
+    for cost, violation in ((3.0, -0.1), (2.0, -0.1), (4.0, -0.1), (1.0, 0.2)):
+        t = study.ask()
+        suggest(t, r)
+        t.set_user_attr(CONSTRAINT, [violation])
+        study.tell(t, cost)
+    merged = queue_combination(study, r)
+    # the cheapest within budget (OpenVINO) with the within-budget cap (64, not the over-budget 32)
+    assert merged["2.ov-export.enabled"] and merged["4.max-length.enabled"] and merged["4.max-length.tokens"] == 64
+    assert study.user_attrs[COMBINED] == merged and len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
+    assert queue_combination(study, r) is None  # once per study

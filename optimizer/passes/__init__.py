@@ -26,6 +26,7 @@ def validate_pass_params(spec: Any, task: str) -> tuple[str, str, str] | None:
         )
     fields = cls.Config.model_fields
     fixed: dict[str, Any] = {}
+    sampled: dict[str, Any] = {}  # one value of each searched parameter: a required one may be searched
     for key, value in spec.params.items():
         if key not in fields:
             from optimizer.errors import nearest
@@ -42,6 +43,7 @@ def validate_pass_params(spec: Any, task: str) -> tuple[str, str, str] | None:
         if rng is None:
             fixed[key] = value
             continue
+        sampled[key] = probes(rng)[0]
         for probe in probes(rng):
             try:
                 cls.Config.model_validate({key: probe} | {k: v for k, v in fixed.items()})
@@ -50,7 +52,7 @@ def validate_pass_params(spec: Any, task: str) -> tuple[str, str, str] | None:
                 if err:
                     return (key, f"search value {probe!r}: {err['msg']}", "give only values the pass accepts")
     try:
-        cls.Config.model_validate(fixed)
+        cls.Config.model_validate(sampled | fixed)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
@@ -138,7 +140,7 @@ def check_space(passes: list[tuple[str, bool]], device: str | None = None) -> No
 
 def batch_dependent(passes: list[dict[str, Any]]) -> bool:
     """Whether the chain's outputs for one input depend on the rest of its batch."""
-    return any(REGISTRY[p["name"]].batch_dependent for p in passes if p["name"] in REGISTRY)
+    return any(REGISTRY[p["name"]].depends_on_batch(passes) for p in passes if p["name"] in REGISTRY)
 
 
 def runtime_of(passes: list[dict[str, Any]]) -> str:

@@ -44,7 +44,7 @@ class PassContext:
 
 class Pass(ABC):
     name: ClassVar[str]
-    family: ClassVar[str]  # quantization | pruning | distillation | export
+    family: ClassVar[str]  # quantization | pruning | distillation | export | input
     VERSION: ClassVar[int] = 1
     tasks: ClassVar[frozenset[str]] = ALL_TASKS
     runtimes_in: ClassVar[frozenset[str]] = frozenset({"torch"})  # runtimes it can take as input
@@ -56,6 +56,11 @@ class Pass(ABC):
     # per batch at run time): quality is then measured in the batches serving forms.
     batch_dependent: ClassVar[bool] = False
     Config: ClassVar[type[PassConfig]] = PassConfig
+
+    @classmethod
+    def depends_on_batch(cls, chain: list[dict[str, Any]]) -> bool:
+        """Whether, in this chain, the pass makes one input's outputs depend on the rest of its batch."""
+        return cls.batch_dependent
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -27,7 +27,7 @@ def sample_texts(ctx: PassContext, n: int) -> list[str]:
 def batches(
     cand: TorchCandidate, ctx: PassContext, samples: int, batch_size: int = 8, max_length: int = 256
 ) -> list[tasks.Batch]:
-    return tasks.make_batches(cand, sample_texts(ctx, samples), batch_size, max_length=min(max_length, cand.info.max_length))
+    return tasks.make_batches(cand, sample_texts(ctx, samples), batch_size, max_length=min(max_length, cand.info.limit))
 
 
 def _run(cand: TorchCandidate, data: Iterable[tasks.Batch]) -> None:

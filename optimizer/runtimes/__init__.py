@@ -37,6 +37,7 @@ def reload_saved(directory: Path, device: str = "cpu") -> Candidate:
         )
     cand = importlib.import_module(MODULES[runtime]).load_artifact(directory, meta, device)
     cand.applied = meta.get("applied", [])
+    cand.info.input_cap = meta.get("input_cap")
     return cand
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import torch
 from optimizer.model import ModelInfo
 
 META_FILE = "costopt.json"
+Pair = tuple[torch.Tensor, torch.Tensor]  # (input_ids, attention_mask) of one batch
 
 
 @dataclass
@@ -41,6 +45,28 @@ class Candidate(ABC):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token states [B, T, H] for embedding models; logits [B, T, V] or [B, C] otherwise."""
 
+    def forward_batches(
+        self, batches: Sequence[Pair], streams: int = 1, latencies: list[float] | None = None
+    ) -> list[torch.Tensor]:
+        """`forward` over many batches. With streams > 1, that many batches run at once, each on
+        threads() // streams threads: how a server fills a machine with concurrent requests (one
+        2-thread stream and two 1-thread streams differ in speed, measured, never assumed).
+
+        `latencies` gets each batch's own run time."""
+        if streams <= 1:
+            out = []
+            for ids, mask in batches:
+                t0 = time.perf_counter()
+                out.append(self.forward(ids, mask))
+                if latencies is not None:
+                    latencies.append(time.perf_counter() - t0)
+            return out
+        return self.concurrent(batches, streams, latencies)
+
+    def concurrent(self, batches: Sequence[Pair], streams: int, latencies: list[float] | None) -> list[torch.Tensor]:
+        """forward_batches for streams > 1; each runtime gives every stream its own threads."""
+        return run_streams([lambda b=b: self.forward(*b) for b in batches], streams, latencies)
+
     @abstractmethod
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Causal LM: run the prompt, return (last-position logits [B, V], decode state)."""
@@ -62,7 +88,28 @@ class Candidate(ABC):
         self.tokenizer.save_pretrained(directory)
         self.info.write_sidecars(directory)
         meta = {"task": self.task, "runtime": self.runtime, **meta, "applied": self.applied}
+        if self.info.input_cap is not None:
+            meta["input_cap"] = self.info.input_cap
         (Path(directory) / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def run_streams(
+    jobs: Sequence[Callable[[], Any]], streams: int, latencies: list[float] | None, initializer: Callable[[], None] | None = None
+) -> list[Any]:
+    """Run jobs on `streams` worker threads (the runtimes release the GIL while they compute); results
+    in job order; each job's own run time (while the other streams run theirs) appended to `latencies`."""
+
+    def timed(job: Callable[[], Any]) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        out = job()
+        return out, time.perf_counter() - t0
+
+    with ThreadPoolExecutor(streams, initializer=initializer) as pool:
+        futures = [pool.submit(timed, job) for job in jobs]
+        done = [f.result() for f in futures]
+    if latencies is not None:
+        latencies.extend(lat for _, lat in done)
+    return [out for out, _ in done]
 
 
 def fresh_folder(directory: Path) -> Path:

@@ -6,6 +6,8 @@ figures compare; inter-op parallelism is off for both.
 
 from __future__ import annotations
 
+import queue
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from optimizer.model import load_model_info, saved_spec
-from optimizer.runtimes.base import copy_files, fresh_folder
+from optimizer.runtimes.base import copy_files, fresh_folder, run_streams
 from optimizer.runtimes.graph import GraphCandidate
 from optimizer.runtimes.threads import threads
 
@@ -47,19 +49,40 @@ class OrtCandidate(GraphCandidate):
     MODEL_FILE: ClassVar[str] = MODEL_FILE
     runtime: str = "onnxruntime"
     _session: Any = field(default=None, repr=False)
+    _stream_sessions: dict[int, list[Any]] = field(default_factory=dict, repr=False)
+
+    def _new_session(self, n_threads: int) -> Any:
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(self.model_path), session_options(n_threads), providers=providers(self.device))
 
     @property
     def session(self) -> Any:
         if self._session is None:
-            import onnxruntime as ort
-
-            self._session = ort.InferenceSession(
-                str(self.model_path), session_options(threads()), providers=providers(self.device)
-            )
+            self._session = self._new_session(threads())
         return self._session
 
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, feeds)
+
+    def infer_streams(
+        self, feeds: Sequence[dict[str, np.ndarray]], streams: int, latencies: list[float] | None
+    ) -> list[list[np.ndarray]]:
+        # one session per stream, each with its share of the threads; a job takes whichever is free
+        if streams not in self._stream_sessions:
+            self._stream_sessions[streams] = [self._new_session(max(1, threads() // streams)) for _ in range(streams)]
+        free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for sess in self._stream_sessions[streams]:
+            free.put(sess)
+
+        def job(f: dict[str, np.ndarray]) -> list[np.ndarray]:
+            sess = free.get()
+            try:
+                return sess.run(None, f)
+            finally:
+                free.put(sess)
+
+        return run_streams([lambda f=f: job(f) for f in feeds], streams, latencies)
 
     def save(self, directory: Path) -> Path:
         directory = fresh_folder(directory)

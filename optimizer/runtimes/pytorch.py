@@ -7,6 +7,7 @@ is saved as the config plus the quantized state dict and rebuilt on reload.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 import torch
 
 from optimizer.model import ModelSpec, auto_class, load_model_info, load_module, saved_spec
-from optimizer.runtimes.base import Candidate, fresh_folder
+from optimizer.runtimes.base import Candidate, Pair, fresh_folder, run_streams
+from optimizer.runtimes.threads import threads
 
 QUANTIZED_STATE = "quantized_state.pt"
 DynamicQLinear = torch.ao.nn.quantized.dynamic.Linear
@@ -55,6 +57,18 @@ class TorchCandidate(Candidate):
         mask = torch.cat([state["mask"], state["mask"].new_ones((state["mask"].shape[0], 1))], dim=1)
         out = self.module(input_ids=self._to(next_ids), attention_mask=mask, past_key_values=state["cache"], use_cache=True)
         return out.logits[:, -1, :].float().cpu(), {"cache": out.past_key_values, "mask": mask}
+
+    def concurrent(self, batches: Sequence[Pair], streams: int, latencies: list[float] | None) -> list[torch.Tensor]:
+        # torch has one intra-op pool per process: each stream thread sets its own share, and the
+        # process's count comes back afterwards
+        n = threads()
+        per = max(1, n // streams)
+        try:
+            return run_streams(
+                [lambda b=b: self.forward(*b) for b in batches], streams, latencies, lambda: torch.set_num_threads(per)
+            )
+        finally:
+            torch.set_num_threads(n)
 
     @property
     def dynamic_int8(self) -> bool:
