@@ -13,7 +13,7 @@ from typing import Any
 from cost.errors import CostInputError
 from optimizer.cli_format import chain_text, table
 from optimizer.errors import UserError
-from optimizer.formatting import drop_text, ratio_text
+from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, serving_cell, serving_text
 
 EXIT_USER_ERROR = 2  # bad input: a one-line message names the problem and the fix
 EXIT_NOTHING_MET = 3  # ran fine, but no configuration met the budget (or fits): nothing to deploy
@@ -181,11 +181,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "yes" if r["feasible"] else "no",
                 _fmt_num(r["objective"], 6) if r["objective"] is not None else "",
                 drop_text(d) if d else "",
-                f"{dep.get('batch_size', '')}/{dep.get('threads', '')}",
+                serving_cell(dep.get("batch_size"), dep.get("threads"), dep.get("streams")),
                 chain_text(r["passes"]) + (f": {r['reason']}" if r["reason"] else ""),
             ]
         )
-    print(table(rows, ["trial", "state", "feasible", kind, "drop (CI)", "batch/threads", "passes"]))
+    print(table(rows, ["trial", "state", "feasible", kind, "drop (CI)", SERVING_COLUMN, "passes"]))
     c = recipe.search.constraint
     b = recipe.budget
     metric, budget = b.metric, b.text
@@ -235,8 +235,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not config["passes"]:
         saving += "; the cheapest choice within budget is the model without compression, at this batch size and thread count"
     print(
-        f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, batch {config['batch_size']}, "
-        f"{config['threads']} threads\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {drop_text(m['drop'])} "
+        f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, "
+        f"{serving_text(config['batch_size'], config['threads'], config.get('streams'))}\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {drop_text(m['drop'])} "
         f"({m.get('drop_measured_on', 'on the eval set')}) within {budget}\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR"
     )
     if confirmation is not None:

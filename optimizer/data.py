@@ -1,8 +1,11 @@
 """Evaluation, calibration and training data.
 
 Sources: JSONL, CSV, TXT and parquet files; Hugging Face datasets (`hf:<name>`, needs the `data`
-extra); and the built-in `stdlib-docs`: real English from the Python standard library's
-docstrings, as plain text or as retrieval pairs (summary line -> rest of the docstring).
+extra); the built-in `stdlib-docs`: real English from the Python standard library's
+docstrings, as plain text or as retrieval pairs (summary line -> rest of the docstring); and the
+built-in `stdlib-reference`: the paragraphs of the Python language reference that ships with the
+standard library (pydoc_data.topics), plain text that shares nothing with stdlib-docs, so a student
+can be trained on it while every stdlib-docs pair stays in the eval set.
 
 stdlib-docs splits are assigned by a hash of each docstring's qualified name, so they are
 deterministic and disjoint whatever order the modules are walked in.
@@ -32,7 +35,7 @@ class DataSource(BaseModel):
     """One data source of the recipe's `data:` section."""
 
     model_config = ConfigDict(extra="forbid")
-    source: str = Field(description="stdlib-docs, a file path, or hf:<dataset name>")
+    source: str = Field(description="stdlib-docs, stdlib-reference (text), a file path, or hf:<dataset name>")
     format: Literal["auto", "jsonl", "csv", "txt", "parquet"] = "auto"
     kind: Literal["auto", "text", "pairs", "scored-pairs", "labeled"] = "auto"
     split: str | None = Field(
@@ -415,6 +418,19 @@ def _dataset_from_rows(rows: list[dict[str, Any]], kind: Kind, src: DataSource, 
     )
 
 
+REFERENCE = "stdlib-reference"
+
+
+@lru_cache(maxsize=1)
+def reference_paragraphs() -> tuple[str, ...]:
+    """The Python language reference's paragraphs of 8 words or more, in a fixed order."""
+    from pydoc_data.topics import topics
+
+    return tuple(
+        " ".join(p.split()) for key in sorted(topics) for p in topics[key].split("\n\n") if len(p.split()) >= 8
+    )
+
+
 def load_dataset(src: DataSource, role: Role, task: str, seed: int = 0) -> Dataset:
     """Load one role's data; `limit` keeps a seeded, deterministic subset."""
     wanted: Kind | None = None if src.kind == "auto" else src.kind  # type: ignore[assignment]
@@ -422,6 +438,10 @@ def load_dataset(src: DataSource, role: Role, task: str, seed: int = 0) -> Datas
         wanted = "text"  # calibration and training only need text
     if src.source == "stdlib-docs":
         ds = _stdlib_dataset(wanted or ("pairs" if task == "embedding" else "text"), role, src.split)
+    elif src.source == REFERENCE:
+        if wanted not in (None, "text"):
+            raise UserError(f"{REFERENCE} is plain text, not {wanted}", f"use it for data.train or data.calibration, or set kind: text")
+        ds = Dataset("text", list(reference_paragraphs()), origin=REFERENCE)
     else:
         if src.source.startswith("hf:"):
             rows = _read_hf(src)

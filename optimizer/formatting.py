@@ -60,3 +60,17 @@ def ratio_text(r: dict[str, Any] | None) -> str:
     if not r:
         return "–"
     return f"{r['median']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
+
+
+SERVING_COLUMN = "batch/threads/streams"
+
+
+def serving_text(batch_size: Any, threads: Any, streams: Any = 1) -> str:
+    """How a configuration is served, in words: 'batch 16, 2 threads, 2 streams at once'."""
+    out = f"batch {batch_size}, {threads} threads"
+    return out + (f", {streams} streams at once" if streams and int(streams) > 1 else "")
+
+
+def serving_cell(batch_size: Any, threads: Any, streams: Any = 1) -> str:
+    """The same for a table's SERVING_COLUMN: '16/2/2'."""
+    return f"{batch_size or '–'}/{threads or '–'}/{streams or 1}"

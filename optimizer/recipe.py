@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cost.workload import Workload
 from optimizer.budget import Budget
-from optimizer.data import DataSource
+from optimizer.data import REFERENCE, DataSource
 from optimizer.errors import UserError, nearest
 from optimizer.model import ModelSpec
 from optimizer.ranges import Choice, IntRange, parse_range
@@ -410,13 +410,13 @@ def _resolve_paths(recipe: Recipe, base_dir: Path, origin: str) -> None:
 
     for split in ("eval", "calibration", "train"):
         ds: DataSource | None = getattr(recipe.data, split)
-        if ds is None or ds.source == "stdlib-docs" or ds.source.startswith("hf:"):
+        if ds is None or ds.source in ("stdlib-docs", REFERENCE) or ds.source.startswith("hf:"):
             continue
         f = resolve(ds.source)
         if not f.is_file():
             raise UserError(
                 f"{origin}: data.{split}.source: file {str(f)!r} does not exist",
-                "give a .jsonl/.csv/.txt/.parquet file, 'stdlib-docs', or 'hf:<dataset>'",
+                f"give a .jsonl/.csv/.txt/.parquet file, 'stdlib-docs', '{REFERENCE}' (text), or 'hf:<dataset>'",
             )
         ds.source = str(f.resolve())
 

@@ -116,3 +116,15 @@ def test_stdlib_docs_split_union_reads_several_parts_and_never_calibration():
     assert not {f"{q}\n{d}" for q, d in zip(both.texts, both.texts_b, strict=False)} & set(calib.texts)
     with pytest.raises(UserError, match="no split 'test'"):
         load_dataset(DataSource(source="stdlib-docs", split="eval+test"), "eval", "embedding")
+
+
+def test_stdlib_reference_is_text_disjoint_from_stdlib_docs():
+    from optimizer.data import DataSource, load_dataset, stdlib_docs
+
+    ref = load_dataset(DataSource(source="stdlib-reference"), "train", "embedding")
+    assert ref.kind == "text" and len(ref) > 1000 and all(len(t.split()) >= 8 for t in ref.all_texts())
+    assert ref.all_texts() == load_dataset(DataSource(source="stdlib-reference"), "train", "embedding").all_texts()
+    docs = {e.text for e in stdlib_docs()}
+    assert not docs & set(ref.all_texts())
+    with pytest.raises(UserError, match="plain text, not pairs"):
+        load_dataset(DataSource(source="stdlib-reference", kind="pairs"), "eval", "embedding")

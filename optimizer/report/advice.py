@@ -76,7 +76,7 @@ def suggestions(
         lines.append(
             f"A looser budget: max_drop {shown_amount(lb['budget'], relative).lstrip('+')} would accept {lb['label']} at {price}{gain}."
         )
-    tried = {e["chain"] + f"|{e['batch_size']}|{e['threads']}" for e in entries if e["trial"] is not None}
+    tried = {e["chain"] + f"|{e['batch_size']}|{e['threads']}|{e.get('streams')}" for e in entries if e["trial"] is not None}
     if space_size is not None and tried:
         if len(tried) < space_size:
             lines.append(

@@ -210,6 +210,7 @@ def _deployment(chosen: dict[str, Any] | None, recipe: Recipe, d: dict[str, Any]
         "runtime": chosen["runtime"],
         "batch_size": chosen["batch_size"],
         "threads": chosen["threads"],
+        "streams": chosen.get("streams", 1),
         "device": recipe.hardware.device,
         "passes": chosen["passes"],
     }

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from optimizer.formatting import drop_text, ratio_text, usd
+from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, serving_cell, serving_text, usd
 
 
 @dataclass
@@ -98,7 +98,7 @@ def _headline(r: dict[str, Any]) -> list[str]:
     rel = budget["relative"]
     lines = []
     if c is not None:
-        where = f"{c['runtime']}, batch {c['batch_size']}, {c['threads']} threads"
+        where = f"{c['runtime']}, {serving_text(c['batch_size'], c['threads'], c.get('streams'))}"
         status = "within" if r["met"] else "**over**"
         if c["usd_per_m"] is not None and b["usd_per_m"]:
             lines.append(
@@ -277,7 +277,7 @@ def _speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
         v = s.get(key)
         return "–" if not v else f"{num(v['median'])} ({num(v['min'])}–{num(v['max'])}, cv {100 * v['cv']:.1f}%)"
 
-    out = {"batch / threads": f"{s.get('batch_size')} / {s.get('threads')}"}
+    out = {"served as": serving_text(s.get("batch_size"), s.get("threads"), s.get("streams"))}
     if s["kind"] == "causal-lm":
         out["prefill tokens/s"] = stat("input_tokens_per_s")
         out["decode tokens/s"] = stat("output_tokens_per_s")
@@ -358,7 +358,7 @@ def _deployment_section(r: dict[str, Any]) -> Section | None:
         return None
     items = [
         f"Passes: `{r['chosen']['chain']}`",
-        f"Runtime: {d['runtime']} on {d['device']}, batch {d['batch_size']}, {d['threads']} threads",
+        f"Runtime: {d['runtime']} on {d['device']}, {serving_text(d['batch_size'], d['threads'], d.get('streams'))}",
     ]
     if d.get("deploy_file"):
         items += [
@@ -389,7 +389,7 @@ def _trials_section(r: dict[str, Any]) -> Section:
                 e["state"],
                 e["family"],
                 f"`{e['chain']}`",
-                f"{e['batch_size'] or '–'}/{e['threads'] or '–'}",
+                serving_cell(e["batch_size"], e["threads"], e.get("streams")),
                 value if e["objective"] is not None else "–",
                 speed,
                 drop,
@@ -403,7 +403,7 @@ def _trials_section(r: dict[str, Any]) -> Section:
         "state",
         "family",
         "passes",
-        "batch/threads",
+        SERVING_COLUMN,
         "$/1M" if money else r["objective"],
         "prefill / decode tokens/s" if r["task"] == "causal-lm" else "tokens/s",
         "drop (interval)",

@@ -53,6 +53,7 @@ def make_entry(
         "runtime": deployment.get("runtime") or runtime_of(passes),
         "batch_size": deployment.get("batch_size") or (speed or {}).get("batch_size"),
         "threads": deployment.get("threads") or (speed or {}).get("threads"),
+        "streams": deployment.get("streams") or (speed or {}).get("streams") or 1,
         "quality": quality or {},
         "drops": drops or {},
         "drop": (drops or {}).get(metric),
