@@ -289,6 +289,9 @@ def render(r: dict) -> str:
         "for the peer)."
         + (f" Against torch fp32: {base['median']:.2f}x [{base['low']:.2f}, {base['high']:.2f}] (target 5x)." if base else ""),
         "",
+        "What each lever is worth on its own here, and what limits the ones the choice does not use (the "
+        "sequence-length cap, a distilled student): experiments/levers/RESULTS.md.",
+        "",
     ] + [f"- {n}" for n in r["peer_notes"]]
     return "\n".join(lines) + "\n"
 
