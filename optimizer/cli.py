@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -126,6 +127,9 @@ def render_result(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+JSON_HELP = "print one JSON object on stdout (the usual text goes to stderr)"
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_validate(args: argparse.Namespace) -> int:
     from optimizer.passes import check_chain, check_space
@@ -138,6 +142,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         check_chain([{"name": p.name} for p in recipe.passes if p.enabled is not False])
     kind = "a search space" if recipe.has_ranges() else "a single run"
+    args.result = {"recipe": args.recipe, "valid": True, "task": recipe.task, "passes": len(recipe.passes), "kind": kind}
     print(f"{args.recipe}: valid ({recipe.task}, {len(recipe.passes)} passes, {kind})")
     return 0
 
@@ -147,7 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from optimizer.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
-    result, path = run_recipe(recipe, Path(args.out) if args.out else None, progress=not args.quiet)
+    result, path = run_recipe(recipe, Path(args.out) if args.out else None, progress=not _quiet(args))
+    args.result = result | {"result_file": str(path)}
     print(render_result(result))
     print(f"\nresult: {path}")
     return 0
@@ -159,15 +165,26 @@ def cmd_search(args: argparse.Namespace) -> int:
     from optimizer.search import WORKER_PREFIX, best_feasible, closest, leaderboard, run_search, search_dir, worker_id
 
     recipe = load_recipe(args.recipe, args.set)
-    study = run_search(recipe, args.storage, args.trials, progress=not args.quiet)
+    study = run_search(recipe, args.storage, args.trials, progress=not _quiet(args))
     baseline = study.user_attrs.get("baseline", {})
+    board = leaderboard(study, None)
+    args.result = {
+        "study": study.study_name,
+        "objective": recipe.search.objective,
+        "finished_trials": len(board),
+        "baseline": {"objective": baseline.get("objective"), "by_batch": baseline.get("by_batch")},
+        "leaderboard": board,
+        "confirmation": None,
+        "chosen": None,
+        "deploy_file": None,
+    }
     here = study.user_attrs.get(WORKER_PREFIX + worker_id(), {})
     if here.get("baseline"):  # this worker measured its baseline, or reused the study's (a restart)
         print(f"baseline speed: {here['baseline']}")
     kind = recipe.search.objective
     by_batch = baseline.get("by_batch") or {}
     print(
-        f"study {study.study_name}: {sum(1 for r in leaderboard(study, None))} finished trials; "
+        f"study {study.study_name}: {len(board)} finished trials; "
         f"baseline {kind}: {_fmt_num(baseline.get('objective'), 6)} (batch {recipe.speed.batch_size})"
         + ("; by batch: " + ", ".join(f"{b}: {_fmt_num(v, 6)}" for b, v in by_batch.items()) if len(by_batch) > 1 else "")
     )
@@ -212,6 +229,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         confirmation = confirm_search(recipe, study)
         study.set_user_attr(STUDY_ATTR, confirmation.as_dict())
+        args.result["confirmation"] = confirmation.as_dict()
         print("\n" + "\n".join(summary_lines(confirmation)))
         if confirmation.chosen is None:
             tried = ", ".join(f"trial {a.trial} ({drop_text(a.drop) if a.drop else a.error})" for a in confirmation.attempts)
@@ -224,6 +242,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         best = study.trials[confirmation.chosen]
     config = deployment_config(recipe, study.study_name, best, baseline, confirmation)
     path = write_deployment(Path(args.deploy) if args.deploy else search_dir(recipe, study.study_name) / "deploy.yaml", config)
+    args.result |= {"chosen": config, "deploy_file": str(path)}
     m = config["measured"]
     saving = ""
     if confirmation is not None and confirmation.headline is not None:
@@ -311,7 +330,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     written = write_report(report, out, formats)
     from optimizer.report.document import build_document
 
-    print("\n".join(build_document(report, {}).summary).replace("**", ""))
+    summary = [line.replace("**", "") for line in build_document(report, {}).summary]
+    args.result = {"summary": summary, "files": {fmt: str(path) for fmt, path in written.items()}}
+    print("\n".join(summary))
     for fmt, path in written.items():
         print(f"{fmt:5} {path}")
     return 0
@@ -323,6 +344,27 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     fp = fingerprint()
     print(json.dumps(fp, indent=2) if args.json else describe(fp))
     return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from optimizer.recipe import recipe_schema
+
+    text = json.dumps(recipe_schema(), indent=2)
+    if args.out:
+        from optimizer.results import write_text_atomic
+
+        write_text_atomic(Path(args.out), text + "\n")
+        print(f"wrote the recipe JSON Schema to {args.out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+JSON_COMMANDS = (cmd_validate, cmd_run, cmd_search, cmd_report)
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "quiet", False) or getattr(args, "quiet_all", False))
 
 
 def _version() -> str:
@@ -339,6 +381,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="costopt", description="Measure and minimize the cost per token of open models.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", dest="quiet_all", action="store_true", help="no progress display, warnings only as errors")
     p.add_argument("--version", action="version", version=f"costopt {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -352,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a recipe field, e.g. --set speed.batch_size=8 (repeatable)",
         )
+        c.add_argument("--json", action="store_true", help=JSON_HELP)
         return c
 
     recipe_cmd("validate", "check a recipe without running it").set_defaults(fn=cmd_validate)
@@ -393,7 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="price of the machine the optimization ran on, for break-even (default: the catalog entry's)",
     )
+    rep.add_argument("--json", action="store_true", help=JSON_HELP)
     rep.set_defaults(fn=cmd_report)
+    schema = sub.add_parser("schema", help="the JSON Schema of recipes (for editors: yaml-language-server, VS Code)")
+    schema.add_argument("--out", help="write it to this file instead of stdout")
+    schema.set_defaults(fn=cmd_schema)
     hw = sub.add_parser("hardware", help="this machine's fingerprint; `hardware list` shows the price catalog")
     hw.add_argument("--json", action="store_true")
     hw.set_defaults(fn=cmd_hardware)
@@ -405,19 +453,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet_all else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    as_json = getattr(args, "json", False) and args.fn in JSON_COMMANDS
+    out = sys.stdout
+    code, error = 0, None
     try:
-        return args.fn(args)
+        # --json: the human-readable text goes to stderr, one JSON object to stdout
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            code = args.fn(args)
     except UserError as e:
-        print(f"costopt: error: {e.one_line()}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        error, code = e.one_line(), EXIT_USER_ERROR
     except CostInputError as e:
-        print(f"costopt: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        error, code = str(e), EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("costopt: interrupted; finished results are on disk", file=sys.stderr)
-        return 130
+        error, code = "interrupted; finished results are on disk", 130
+    if error is not None:
+        print(f"costopt: error: {error}", file=sys.stderr)
+    if as_json:
+        payload = getattr(args, "result", None) or {}
+        print(json.dumps(payload | {"exit_code": code} | ({"error": error} if error else {}), default=str), file=out)
+    return code
 
 
 if __name__ == "__main__":

@@ -426,9 +426,7 @@ def reference_paragraphs() -> tuple[str, ...]:
     """The Python language reference's paragraphs of 8 words or more, in a fixed order."""
     from pydoc_data.topics import topics
 
-    return tuple(
-        " ".join(p.split()) for key in sorted(topics) for p in topics[key].split("\n\n") if len(p.split()) >= 8
-    )
+    return tuple(" ".join(p.split()) for key in sorted(topics) for p in topics[key].split("\n\n") if len(p.split()) >= 8)
 
 
 def load_dataset(src: DataSource, role: Role, task: str, seed: int = 0) -> Dataset:
@@ -440,7 +438,9 @@ def load_dataset(src: DataSource, role: Role, task: str, seed: int = 0) -> Datas
         ds = _stdlib_dataset(wanted or ("pairs" if task == "embedding" else "text"), role, src.split)
     elif src.source == REFERENCE:
         if wanted not in (None, "text"):
-            raise UserError(f"{REFERENCE} is plain text, not {wanted}", f"use it for data.train or data.calibration, or set kind: text")
+            raise UserError(
+                f"{REFERENCE} is plain text, not {wanted}", "use it for data.train or data.calibration, or set kind: text"
+            )
         ds = Dataset("text", list(reference_paragraphs()), origin=REFERENCE)
     else:
         if src.source.startswith("hf:"):

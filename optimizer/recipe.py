@@ -310,8 +310,12 @@ _FIXES = {
 }
 
 
-def _format_validation(err: ValidationError, model: type[BaseModel]) -> tuple[str, str]:
-    e = err.errors()[0]
+def _format_validation(err: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
+    """Each of pydantic's errors as (problem, fix)."""
+    return [_format_error(e, model) for e in err.errors()]
+
+
+def _format_error(e: Any, model: type[BaseModel]) -> tuple[str, str]:
     path = _loc(e["loc"])
     ctx_err = (e.get("ctx") or {}).get("error")
     if isinstance(ctx_err, _FieldError):
@@ -327,10 +331,15 @@ def _format_validation(err: ValidationError, model: type[BaseModel]) -> tuple[st
     if e["type"] == "literal_error":
         fix = msg.replace("Input should be", "use")
         msg = f"{e.get('input')!r} is not allowed"
-    more = len(err.errors()) - 1
-    if more:
-        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
     return f"{path}: {msg}", fix
+
+
+def _refuse(origin: str, problems: list[tuple[str, str]]) -> None:
+    """Every problem found at once, still one line: a user fixes them all in one edit."""
+    if len(problems) == 1:
+        raise UserError(f"{origin}: {problems[0][0]}", problems[0][1])
+    listed = "; ".join(f"({i}) {p} (fix: {f})" for i, (p, f) in enumerate(problems, 1))
+    raise UserError(f"{origin}: {len(problems)} problems: {listed}", "fix each as given")
 
 
 def _parent_fields(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -359,8 +368,7 @@ def recipe_from_dict(raw: Any, base_dir: Path, origin: str = "recipe") -> Recipe
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        problem, fix = _format_validation(err, Recipe)
-        raise UserError(f"{origin}: {problem}", fix) from None
+        _refuse(origin, _format_validation(err, Recipe))
     _resolve_paths(recipe, base_dir, origin)
     _validate_passes(recipe, origin)
     return recipe
@@ -424,10 +432,27 @@ def _resolve_paths(recipe: Recipe, base_dir: Path, origin: str) -> None:
 def _validate_passes(recipe: Recipe, origin: str) -> None:
     from optimizer.passes import REGISTRY, validate_pass_params
 
+    problems = []
     for i, spec in enumerate(recipe.passes):
         if spec.name not in REGISTRY:
-            raise UserError(f"{origin}: passes[{i}].name: unknown pass {spec.name!r}", nearest(spec.name, list(REGISTRY)))
-        problem = validate_pass_params(spec, recipe.task)
-        if problem:
+            problems.append((f"passes[{i}].name: unknown pass {spec.name!r}", nearest(spec.name, list(REGISTRY))))
+        elif problem := validate_pass_params(spec, recipe.task):
             path, text, fix = problem
-            raise UserError(f"{origin}: passes[{i}].{path}: {text}", fix)
+            problems.append((f"passes[{i}].{path}: {text}", fix))
+    if problems:
+        _refuse(origin, problems)
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe, with the registered pass names, for editors (`costopt schema`)."""
+    from optimizer.passes import REGISTRY
+
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "costopt recipe"
+    spec = schema["$defs"]["PassSpec"]
+    spec["properties"]["name"]["enum"] = sorted(REGISTRY)
+    # each pass's own parameters: pass names map to their Config's schema
+    spec["description"] = "One pass: its name, `enabled`, and its parameters (a value or a search range each)."
+    schema["x-pass-parameters"] = {n: REGISTRY[n].Config.model_json_schema() for n in sorted(REGISTRY)}
+    return schema

