@@ -15,6 +15,7 @@ from cost.errors import CostInputError
 from optimizer.cli_format import chain_text, table
 from optimizer.errors import UserError
 from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, serving_cell, serving_text
+from optimizer.signals import Stopped, stop_on_signals
 
 EXIT_USER_ERROR = 2  # bad input: a one-line message names the problem and the fix
 EXIT_NOTHING_MET = 3  # ran fine, but no configuration met the budget (or fits): nothing to deploy
@@ -461,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     code, error = 0, None
     try:
         # --json: the human-readable text goes to stderr, one JSON object to stdout
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with stop_on_signals(), contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             code = args.fn(args)
+    except Stopped as e:  # SIGTERM (a preempted worker) or Ctrl-C: the running trial is failed, the rest kept
+        error, code = f"stopped by {e}; finished results are on disk", e.exit_code
     except UserError as e:
         error, code = e.one_line(), EXIT_USER_ERROR
     except CostInputError as e:

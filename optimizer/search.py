@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -42,6 +41,7 @@ from optimizer.pipeline import Bench, apply_chain, batches_text, footprint, reso
 from optimizer.ranges import Choice, parse_range, values
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.search_space import combined_params, seed_single_techniques, space_size, suggest
+from optimizer.signals import on_thread_stack
 
 log = logging.getLogger(__name__)
 CONSTRAINT = "constraint"  # user attribute read by constraints_func: [violation]; <= 0 is feasible
@@ -174,34 +174,6 @@ def check_searchable(recipe: Recipe) -> str:
 
 class TrialTimeout(Exception):
     """A trial ran past search.trial_timeout_minutes."""
-
-
-def on_thread_stack(signum: int) -> None:
-    """Have `signum`'s handler run on the thread's own stack, not on an alternate signal stack (Linux).
-
-    CPython installs its handlers with SA_ONSTACK. OpenVINO's CPU plugin gives each thread that runs a
-    newly compiled model a 20 KiB alternate stack, and once the thread has used AMX tiles (bf16 / int8
-    on Sapphire Rapids and later) the kernel's signal frame no longer fits there: the process dies with
-    SIGSEGV when the trial timer fires (seen here with OpenVINO 2026.4). The thread's stack is large.
-    """
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    class SigAction(ctypes.Structure):  # glibc's struct sigaction on Linux
-        _fields_ = [
-            ("handler", ctypes.c_void_p),
-            ("mask", ctypes.c_ulong * 16),
-            ("flags", ctypes.c_int),
-            ("restorer", ctypes.c_void_p),
-        ]
-
-    sa_onstack = 0x08000000
-    libc = ctypes.CDLL(None, use_errno=True)
-    act = SigAction()
-    if libc.sigaction(signum, None, ctypes.byref(act)) == 0 and act.flags & sa_onstack:
-        act.flags &= ~sa_onstack
-        libc.sigaction(signum, ctypes.byref(act), None)
 
 
 @contextlib.contextmanager
@@ -429,6 +401,9 @@ class TrialRunner:
             raise
         except Exception as e:
             trial.set_user_attr("error", failure_reason(e)[:500])
+            raise
+        except KeyboardInterrupt as e:  # SIGTERM / Ctrl-C (signals.Stopped): Optuna fails the trial; say why
+            trial.set_user_attr("error", f"interrupted ({e or 'KeyboardInterrupt'}) while running; not measured")
             raise
         finally:
             speed_mod.set_threads(self.threads)

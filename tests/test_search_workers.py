@@ -98,6 +98,36 @@ def test_search_killed_with_sigkill_resumes_without_losing_or_redoing_trials(wri
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_fails_the_running_trial_with_its_reason_and_keeps_the_finished_ones(
+    signum, write_recipe, tiny_bert_dir, tmp_path
+):
+    recipe = _recipe_file(write_recipe, tiny_bert_dir, tmp_path, "stopme", trials=40)
+    storage = f"sqlite:///{tmp_path / 'runs' / 'stopme' / 'study.db'}"
+    proc = _search(recipe)
+    deadline = time.monotonic() + 240
+    study = None
+    while time.monotonic() < deadline and proc.poll() is None:  # stop it while a trial runs, after one finished
+        if _complete(storage, "stopme"):
+            study = optuna.load_study(study_name="stopme", storage=storage)
+            if study.get_trials(deepcopy=False, states=(States.RUNNING,)):
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the search ended before it could be stopped:\n" + proc.communicate()[0]
+    before = {t.number: t.values for t in _complete(storage, "stopme")}
+    proc.send_signal(signum)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signum, out
+    assert out.strip().splitlines()[-1] == f"costopt: error: stopped by {signal.Signals(signum).name}; finished results are on disk"
+    trials = optuna.load_study(study_name="stopme", storage=storage).get_trials(deepcopy=False)
+    assert not [t for t in trials if t.state == States.RUNNING]  # nothing left for a heartbeat to clean up
+    after = {t.number: t.values for t in trials if t.state == States.COMPLETE}
+    assert all(after[n] == v for n, v in before.items())
+    stopped = [t for t in trials if t.state == States.FAIL]
+    assert len(stopped) <= 1 and all("interrupted" in t.user_attrs.get("error", "") for t in stopped)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not PG_URL, reason="COSTOPT_TEST_POSTGRES is not set (.ci/run starts PostgreSQL and sets it)")
 def test_two_workers_share_one_postgres_study_without_losing_or_duplicating_trials(write_recipe, tiny_bert_dir, tmp_path):
     name = f"pg-{uuid.uuid4().hex[:8]}"
