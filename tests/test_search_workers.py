@@ -118,7 +118,9 @@ def test_sigterm_or_ctrl_c_fails_the_running_trial_with_its_reason_and_keeps_the
     proc.send_signal(signum)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signum, out
-    assert out.strip().splitlines()[-1] == f"costopt: error: stopped by {signal.Signals(signum).name}; finished results are on disk"
+    assert (
+        out.strip().splitlines()[-1] == f"costopt: error: stopped by {signal.Signals(signum).name}; finished results are on disk"
+    )
     trials = optuna.load_study(study_name="stopme", storage=storage).get_trials(deepcopy=False)
     assert not [t for t in trials if t.state == States.RUNNING]  # nothing left for a heartbeat to clean up
     after = {t.number: t.values for t in trials if t.state == States.COMPLETE}
