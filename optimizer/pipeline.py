@@ -95,6 +95,27 @@ def footprint(cand: Candidate, directory: Path) -> dict[str, Any]:
     }
 
 
+def provenance(recipe: Recipe, data: Dataset) -> dict[str, Any]:
+    """What a result came from: the command, costopt's version, and hashes of the recipe and of the eval data."""
+    import hashlib
+    import json
+    import sys
+
+    from optimizer.measure.system import source_version
+
+    def sha(obj: Any) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    return {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "costopt": source_version(),
+        "recipe_sha256": sha(recipe.model_dump(mode="json")),
+        "eval_sha256": sha([data.kind, data.all_texts(), getattr(data, "labels", None)]),
+        "eval_examples": len(data),
+        "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
 def measure_speed(
     cand: Candidate,
     recipe: Recipe,
@@ -474,6 +495,7 @@ def run_recipe(
             bench = Bench.load_data(recipe, device)
             data = bench.eval_data
             trial.extra["data"] = {"eval": {"origin": data.origin, "kind": data.kind, "examples": len(data)}}
+            trial.extra["provenance"] = provenance(recipe, data)
         with _Stage(trial, "load baseline", bar):
             baseline = bench.load_baseline()
         with _Stage(trial, "baseline quality", bar):

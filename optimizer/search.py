@@ -37,7 +37,7 @@ from optimizer.measure.contention import Watch, alive, registered
 from optimizer.measure.system import fingerprint
 from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent, check_chain, runtime_of
-from optimizer.pipeline import Bench, apply_chain, batches_text, footprint, resolve_device, resolved_passes
+from optimizer.pipeline import Bench, apply_chain, batches_text, footprint, provenance, resolve_device, resolved_passes
 from optimizer.ranges import Choice, parse_range, values
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.search_space import combined_params, seed_single_techniques, space_size, suggest
@@ -613,6 +613,8 @@ def _record_study_context(study: optuna.Study, recipe: Recipe, runner: TrialRunn
     attrs = study.user_attrs
     if "recipe" not in attrs:
         study.set_user_attr("recipe", recipe.model_dump(mode="json"))
+    if "provenance" not in attrs:  # the first worker's: the eval data hashed is the selection part
+        study.set_user_attr("provenance", provenance(recipe, runner.bench.eval_data))
     merged = runner.baseline | attrs.get("baseline", {})
     if merged != attrs.get("baseline"):
         study.set_user_attr("baseline", merged)

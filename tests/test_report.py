@@ -294,3 +294,18 @@ def test_html_report_renders_its_charts_in_headless_chromium(feasible_search, tm
     assert count(plots.CHOSEN) > 60, "the chosen point was not drawn"
     assert count(plots.BUDGET_FILL) > 2000, "the budget region was not drawn"
     assert count(plots.BAR) + count(plots.BAR_OVER) > 500, "the family bars were not drawn"
+
+
+def test_reports_carry_provenance_command_version_hashes_and_price_source(encoder_run, feasible_search):
+    folder, _ = feasible_search
+    for report in (build_report(open_source(str(encoder_run))), build_report(open_source(str(folder / "runs" / "rep-search")))):
+        p = report["provenance"]
+        assert p["command"] and p["costopt"] and len(p["recipe_sha256"]) == 16 and len(p["eval_sha256"]) == 16
+        assert p["eval_examples"] > 0
+        assert p["price"]["entry"] == "aws-c7a.large" and p["price"]["source"].startswith("https://")
+        assert p["price"]["as_of"]
+        from optimizer.report.document import build_document
+        from optimizer.report.render import to_markdown
+
+        md = to_markdown(build_document(report, {}))
+        assert "## Provenance" in md and p["recipe_sha256"] in md

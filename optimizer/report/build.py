@@ -358,5 +358,28 @@ def build_report(
         if not base.get("cost")
         else {k: base["cost"].get(k) for k in ("hardware", "hourly_usd", "utilization", "input_share", "replicas", "note")}
         | {"pricing": recipe.hardware.pricing},
+        "provenance": _provenance(src, recipe),
         "notes": d["notes"],
     }
+
+
+def _provenance(src: RunSource | StudySource, recipe: Recipe) -> dict[str, Any]:
+    """The recorded command, version and hashes, and where the catalog's price came from."""
+    recorded = src.result.get("provenance") if isinstance(src, RunSource) else src.study.user_attrs.get("provenance")
+    out = dict(recorded or {})
+    hw = recipe.hardware
+    if hw.catalog:
+        import cost
+        from cost.errors import CostInputError
+
+        try:
+            entry = cost.load_catalog(hw.catalog_file).get(hw.catalog)
+        except CostInputError:  # an entry renamed since: the report still renders, without the price's source
+            entry = None
+        price = getattr(entry, "price", None)
+        out["price"] = (
+            {"entry": hw.catalog, "source": getattr(price, "source", None), "as_of": getattr(price, "as_of", None)}
+            if price is not None
+            else {"entry": hw.catalog, "source": None, "as_of": None}
+        )
+    return out

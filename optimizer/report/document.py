@@ -463,6 +463,28 @@ def _system_section(r: dict[str, Any]) -> Section:
     return Section("Hardware and software", [Bullets(items or ["not recorded"])])
 
 
+def _provenance_section(r: dict[str, Any]) -> Section | None:
+    p = r.get("provenance") or {}
+    if not p:
+        return None
+    items = []
+    if p.get("command"):
+        items.append(f"Command: `{p['command']}` (recorded {p.get('recorded', '')})")
+    if p.get("costopt"):
+        items.append(f"costopt: {p['costopt']}")
+    if p.get("recipe_sha256"):
+        items.append(f"Recipe (resolved) sha256: `{p['recipe_sha256']}`")
+    if p.get("eval_sha256"):
+        items.append(f"Eval data sha256: `{p['eval_sha256']}` ({p.get('eval_examples')} examples the figures were judged on)")
+    price = p.get("price")
+    if price:
+        items.append(
+            f"Price: catalog entry {price['entry']}, "
+            + (f"from {price['source']} as of {price['as_of']}" if price.get("source") else "source not recorded")
+        )
+    return Section("Provenance", [Bullets(items)])
+
+
 def build_document(r: dict[str, Any], charts: dict[str, str]) -> Document:
     kind = "search" if r["kind"] == "search" else "run"
     title = f"Cost report: {r['name']} ({r['model']}, {r['task']} {kind})"
@@ -475,6 +497,7 @@ def build_document(r: dict[str, Any], charts: dict[str, str]) -> Document:
         _deployment_section(r),
         _trials_section(r),
         _system_section(r),
+        _provenance_section(r),
     ]
     if r["notes"]:
         sections.append(Section("Notes", [Bullets(r["notes"])]))
