@@ -161,9 +161,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from optimizer.deploy import deployment_config, write_deployment
+    from optimizer.confirm import summary_lines
+    from optimizer.outcome import conclude
     from optimizer.recipe import load_recipe
-    from optimizer.search import WORKER_PREFIX, best_feasible, closest, leaderboard, run_search, search_dir, worker_id
+    from optimizer.search import WORKER_PREFIX, leaderboard, run_search, worker_id
 
     recipe = load_recipe(args.recipe, args.set)
     study = run_search(recipe, args.storage, args.trials, progress=not _quiet(args))
@@ -207,9 +208,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     c = recipe.search.constraint
     b = recipe.budget
     metric, budget = b.metric, b.text
-    best = best_feasible(study)
-    if best is None:
-        near = closest(study)
+    outcome = conclude(recipe, study, Path(args.deploy) if args.deploy else None)
+    confirmation = outcome.confirmation
+    if confirmation is not None:
+        args.result["confirmation"] = confirmation.as_dict()
+        print("\n" + "\n".join(summary_lines(confirmation)))
+    if outcome.chosen is None and confirmation is None:
+        near = outcome.closest
         if near is None:
             print(
                 f"\nno trial was measured in full; nothing is known to meet {budget}. "
@@ -224,25 +229,15 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "Try a looser max_drop, more trials, milder settings, or a larger eval set for a narrower interval."
             )
         return EXIT_NOTHING_MET
-    confirmation = None
-    if recipe.search.confirm.share > 0:
-        from optimizer.confirm import STUDY_ATTR, confirm_search, summary_lines
-
-        confirmation = confirm_search(recipe, study)
-        study.set_user_attr(STUDY_ATTR, confirmation.as_dict())
-        args.result["confirmation"] = confirmation.as_dict()
-        print("\n" + "\n".join(summary_lines(confirmation)))
-        if confirmation.chosen is None:
-            tried = ", ".join(f"trial {a.trial} ({drop_text(a.drop) if a.drop else a.error})" for a in confirmation.attempts)
-            print(
-                f"\nno configuration was confirmed: the {len(confirmation.attempts)} cheapest within budget on the "
-                f"selection part were over {budget} on the held-out part: {tried}. Nothing is written to deploy.yaml. "
-                "Try a larger eval set (narrower intervals), a looser max_drop, or milder settings."
-            )
-            return EXIT_NOTHING_MET
-        best = study.trials[confirmation.chosen]
-    config = deployment_config(recipe, study.study_name, best, baseline, confirmation)
-    path = write_deployment(Path(args.deploy) if args.deploy else search_dir(recipe, study.study_name) / "deploy.yaml", config)
+    if outcome.chosen is None:
+        tried = ", ".join(f"trial {a.trial} ({drop_text(a.drop) if a.drop else a.error})" for a in confirmation.attempts)
+        print(
+            f"\nno configuration was confirmed: the {len(confirmation.attempts)} cheapest within budget on the "
+            f"selection part were over {budget} on the held-out part: {tried}. Nothing is written to deploy.yaml. "
+            "Try a larger eval set (narrower intervals), a looser max_drop, or milder settings."
+        )
+        return EXIT_NOTHING_MET
+    best, config, path = outcome.chosen, outcome.config, outcome.deploy_file
     args.result |= {"chosen": config, "deploy_file": str(path)}
     m = config["measured"]
     saving = ""

@@ -34,9 +34,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("optimizer.recipe",),
     ("optimizer.cache", "optimizer.pipeline", "optimizer.search_space"),
     ("optimizer.search", "optimizer.deploy"),
-    ("optimizer.confirm",),
+    ("optimizer.confirm", "optimizer.outcome"),
     ("optimizer.report",),
-    ("optimizer.cli", "optimizer.cost_cli", "optimizer"),
+    ("optimizer.cli", "optimizer.cost_cli", "optimizer.api", "optimizer"),
 ]
 
 

@@ -1,0 +1,52 @@
+"""What a finished search concludes: the confirmed choice and its deploy.yaml, or why there is none.
+
+One function for the CLI and the Python API alike; printing is the caller's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from optimizer.confirm import STUDY_ATTR, Confirmation, confirm_search
+from optimizer.deploy import deployment_config, write_deployment
+from optimizer.recipe import Recipe
+from optimizer.search import best_feasible, closest, search_dir
+
+EXIT_OK, EXIT_NOTHING_MET = 0, 3
+
+
+@dataclass
+class SearchOutcome:
+    study: optuna.Study
+    chosen: optuna.trial.FrozenTrial | None  # the deployed trial (confirmed on held-out data when confirmation is on)
+    closest: optuna.trial.FrozenTrial | None  # when nothing met the budget: the trial nearest to it
+    confirmation: Confirmation | None
+    config: dict[str, Any] | None  # deploy.yaml's content
+    deploy_file: Path | None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.chosen is not None else EXIT_NOTHING_MET
+
+
+def conclude(recipe: Recipe, study: optuna.Study, deploy_file: Path | None = None) -> SearchOutcome:
+    """Confirm the search's cheapest within-budget trials on held-out data (unless confirmation is off)
+    and write the first that holds to deploy.yaml; nothing is written when none met or held."""
+    best = best_feasible(study)
+    if best is None:
+        return SearchOutcome(study, None, closest(study), None, None, None)
+    confirmation = None
+    if recipe.search.confirm.share > 0:
+        confirmation = confirm_search(recipe, study)
+        study.set_user_attr(STUDY_ATTR, confirmation.as_dict())
+        if confirmation.chosen is None:
+            return SearchOutcome(study, None, None, confirmation, None, None)
+        best = study.trials[confirmation.chosen]
+    baseline = study.user_attrs.get("baseline", {})
+    config = deployment_config(recipe, study.study_name, best, baseline, confirmation)
+    path = write_deployment(deploy_file or search_dir(recipe, study.study_name) / "deploy.yaml", config)
+    return SearchOutcome(study, best, None, confirmation, config, path)
