@@ -304,6 +304,8 @@ def test_a_restarted_worker_reuses_a_recent_baseline_on_the_same_machine(write_r
     assert study.user_attrs[WORKER_PREFIX + worker_id()]["baseline"].startswith("measured")
     study = run_search(recipe, trials=2)  # a restart: one more trial
     note = study.user_attrs[WORKER_PREFIX + worker_id()]["baseline"]
+    if "contention" in note or "not quiet" in note:  # the refusal to reuse is right then; reuse is untestable
+        pytest.skip(f"other processes used this machine's cores during the test: {note}")
     assert note.startswith("reused the speed measured"), note
     assert study.user_attrs["baseline"]["speed"] == first["speed"] and finished(study) == 2
     # the restart's trial was priced against the same baseline figure
