@@ -93,7 +93,7 @@ def search(
     Returns an `optimizer.outcome.SearchOutcome`: `chosen`, `config` (deploy.yaml's content), `deploy_file`,
     `confirmation`, `study`; `exit_code` 0 when something was chosen, 3 when nothing met the budget."""
     from optimizer.outcome import conclude
-    from optimizer.search import run_search
+    from optimizer.study import run_search
 
     r = _recipe(model, recipe, tokenizer)
     study = run_search(r, storage, trials, progress=progress)

@@ -164,7 +164,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from optimizer.confirm import summary_lines
     from optimizer.outcome import conclude
     from optimizer.recipe import load_recipe
-    from optimizer.search import WORKER_PREFIX, leaderboard, run_search, worker_id
+    from optimizer.study import WORKER_PREFIX, leaderboard, run_search, worker_id
 
     recipe = load_recipe(args.recipe, args.set)
     study = run_search(recipe, args.storage, args.trials, progress=not _quiet(args))

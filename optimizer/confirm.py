@@ -37,7 +37,7 @@ from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent
 from optimizer.pipeline import Bench, apply_chain, batches_text, resolve_device
 from optimizer.recipe import MAIN_EVAL, Recipe
-from optimizer.search import CONSTRAINT, objective_sign, search_dir
+from optimizer.study import CONSTRAINT, objective_sign, search_dir
 
 log = logging.getLogger(__name__)
 SCHEMA = "costopt.confirmation/1"

@@ -11,10 +11,11 @@ from typing import Any
 
 import optuna
 
-from optimizer.confirm import STUDY_ATTR, Confirmation, confirm_search
+from optimizer import confirm
+from optimizer.confirm import STUDY_ATTR, Confirmation
 from optimizer.deploy import deployment_config, write_deployment
 from optimizer.recipe import Recipe
-from optimizer.search import best_feasible, closest, search_dir
+from optimizer.study import best_feasible, closest, search_dir
 
 EXIT_OK, EXIT_NOTHING_MET = 0, 3
 
@@ -41,7 +42,7 @@ def conclude(recipe: Recipe, study: optuna.Study, deploy_file: Path | None = Non
         return SearchOutcome(study, None, closest(study), None, None, None)
     confirmation = None
     if recipe.search.confirm.share > 0:
-        confirmation = confirm_search(recipe, study)
+        confirmation = confirm.confirm_search(recipe, study)  # looked up at call time: tests replace it
         study.set_user_attr(STUDY_ATTR, confirmation.as_dict())
         if confirmation.chosen is None:
             return SearchOutcome(study, None, None, confirmation, None, None)

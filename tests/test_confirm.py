@@ -193,7 +193,7 @@ def test_nothing_confirmed_exits_3_and_writes_no_deployment(write_recipe, tiny_b
 
 def test_batch_dependent_chains_are_judged_in_serving_batches(write_recipe, tiny_bert_dir, tmp_path):
     from optimizer.recipe import load_recipe
-    from optimizer.search import run_search
+    from optimizer.study import run_search
 
     recipe = load_recipe(
         _search_recipe(

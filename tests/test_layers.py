@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("optimizer.passes",),
     ("optimizer.recipe",),
     ("optimizer.cache", "optimizer.pipeline", "optimizer.search_space"),
-    ("optimizer.search", "optimizer.deploy"),
+    ("optimizer.study", "optimizer.deploy"),
     ("optimizer.confirm", "optimizer.outcome"),
     ("optimizer.report",),
     ("optimizer.cli", "optimizer.cost_cli", "optimizer.api", "optimizer"),

@@ -146,10 +146,10 @@ def _minilm_shape(folder: Path) -> Path:
 def test_a_trial_time_limit_after_openvino_inference_raises_instead_of_crashing(tmp_path):
     """OpenVINO gives the thread a 20 KiB alternate signal stack; after AMX work on the thread the timer's
     signal frame did not fit on it and the process died with SIGSEGV. Alone this test does not always
-    reproduce it; the whole suite did every time (4 of 4 runs) before search.on_thread_stack."""
+    reproduce it; the whole suite did every time (4 of 4 runs) before on_thread_stack (now optimizer.signals)."""
     import openvino as ov
 
-    from optimizer.search import TrialTimeout, time_limit
+    from optimizer.study import TrialTimeout, time_limit
 
     precision = "bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
     cand = _export(_minilm_shape(tmp_path / "m"), "embedding", tmp_path, inference_precision=precision)

@@ -15,7 +15,7 @@ from cost.workload import DAYS_PER_MONTH
 from optimizer.cli import main
 from optimizer.recipe import load_recipe
 from optimizer.report import build_report, open_source, write_report
-from optimizer.search import run_search
+from optimizer.study import run_search
 
 WORKLOAD = {"input_tokens_per_day": 5e7, "output_tokens_per_day": 1e7}
 
@@ -180,7 +180,7 @@ def feasible_search(tiny_bert_dir, tmp_path_factory):
 
 def test_search_report_chooses_the_cheapest_feasible_trial_and_lists_every_trial(feasible_search, tmp_path):
     folder, recipe = feasible_search
-    from optimizer.search import best_feasible
+    from optimizer.study import best_feasible
 
     src = open_source(str(folder / "runs" / "rep-search"))
     report = build_report(src)

@@ -8,7 +8,7 @@ import pytest
 from optimizer.budget import Budget
 from optimizer.errors import UserError
 from optimizer.recipe import load_recipe
-from optimizer.search import CONSTRAINT, best_feasible, finished, run_search
+from optimizer.study import CONSTRAINT, best_feasible, finished, run_search
 
 
 def _recipe(write_recipe, model_dir, tmp_path, **search):

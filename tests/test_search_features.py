@@ -12,7 +12,7 @@ import yaml
 
 from optimizer.pipeline import eval_part
 from optimizer.recipe import load_recipe
-from optimizer.search import CONSTRAINT, MAX_REPEATS_IN_A_ROW, closest, finished, leaderboard, run_search
+from optimizer.study import CONSTRAINT, MAX_REPEATS_IN_A_ROW, closest, finished, leaderboard, run_search
 
 States = optuna.trial.TrialState
 
@@ -277,8 +277,6 @@ def test_generate_on_a_causal_lm_deployment(tiny_llama_dir):
 def test_a_worker_that_loses_the_schema_creation_race_retries(monkeypatch, tmp_path):
     from sqlalchemy.exc import IntegrityError
 
-    from optimizer import search
-
     real = optuna.storages.RDBStorage
     calls = []
 
@@ -289,13 +287,15 @@ def test_a_worker_that_loses_the_schema_creation_race_retries(monkeypatch, tmp_p
         return real(url, **kw)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
-    monkeypatch.setattr(search.time, "sleep", lambda s: None)
-    storage = search._storage(f"sqlite:///{tmp_path / 's.db'}", 30)
+    from optimizer import study
+
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    storage = study._storage(f"sqlite:///{tmp_path / 's.db'}", 30)
     assert len(calls) == 2 and isinstance(storage, real)
 
 
 def test_a_restarted_worker_reuses_a_recent_baseline_on_the_same_machine(write_recipe, tiny_bert_dir, tmp_path):
-    from optimizer.search import WORKER_PREFIX, worker_id
+    from optimizer.study import WORKER_PREFIX, worker_id
 
     passes = [{"name": "prune-magnitude", "sparsity": {"choice": [0.1, 0.2, 0.3]}}]
     recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, passes, {"trials": 1, "sampler": "grid"})
@@ -323,7 +323,7 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason_when_a_
     import subprocess
     import sys
 
-    from optimizer.search import open_study
+    from optimizer.study import open_study
 
     passes = [{"name": "prune-magnitude", "sparsity": {"choice": [0.1, 0.2]}}]
     recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, passes, {"trials": 1, "sampler": "grid"})

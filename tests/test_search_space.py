@@ -122,7 +122,7 @@ def test_within_budget_techniques_combine_along_the_cheapest_trials_path(write_r
 
 
 def test_a_search_queues_the_combination_once_after_the_singles(write_recipe, tiny_bert_dir):
-    from optimizer.search import COMBINED, CONSTRAINT, queue_combination
+    from optimizer.study import COMBINED, CONSTRAINT, queue_combination
 
     r = _two_paths(write_recipe, tiny_bert_dir)
     study = optuna.create_study()

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from optimizer.search import counted
+from optimizer.study import counted
 
 States = optuna.trial.TrialState
 PG_URL = os.environ.get("COSTOPT_TEST_POSTGRES")

@@ -10,7 +10,7 @@ from optimizer.errors import UserError
 from optimizer.pipeline import run_recipe
 from optimizer.recipe import ModelSpec, load_recipe
 from optimizer.runtimes import load_candidate
-from optimizer.search import run_search
+from optimizer.study import run_search
 
 
 def _recipe(tiny: str, wide: str, tmp_path, passes: list, **extra) -> dict:

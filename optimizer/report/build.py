@@ -116,7 +116,7 @@ def _from_run(src: RunSource, budget: dict[str, Any]) -> dict[str, Any]:
 def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
     import optuna
 
-    from optimizer.search import CONSTRAINT, REPEAT, WORKER_PREFIX, counted, objective_sign
+    from optimizer.study import CONSTRAINT, REPEAT, WORKER_PREFIX, counted, objective_sign
 
     study = src.study
     States = optuna.trial.TrialState

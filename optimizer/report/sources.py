@@ -114,7 +114,7 @@ def open_source(target: str, study: str | None = None, recipe_file: str | None =
     if path.suffix in (".db", ".sqlite", ".sqlite3"):
         return _load_study(f"sqlite:///{path.resolve()}", study, target, path.parent, recipe_file)
     if path.suffix in (".yaml", ".yml"):
-        from optimizer.search import default_storage, search_dir
+        from optimizer.study import default_storage, search_dir
 
         recipe = load_recipe(path)
         name = study or recipe.search.study_name or recipe.name
