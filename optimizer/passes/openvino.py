@@ -165,16 +165,16 @@ class OvInt8Static(OvPass):
 
     name = "ov-int8-static"
 
+    family = "quantization"
+    runtimes_in = OV
+    Config = OvInt8StaticConfig
+
     @classmethod
     def depends_on_batch(cls, chain: list[dict[str, Any]]) -> bool:
         # Measured on all-MiniLM-L6-v2 (Xeon with AMX): at f32 inference precision every embedding is the
         # same alone or in any batch; at bf16, some short texts' embeddings change with the batch they
         # are in (cosine 0.79 to their own embedding alone). Judged in serving batches there.
         return any(p["name"] == "ov-export" and p["params"].get("inference_precision", "f32") != "f32" for p in chain)
-
-    family = "quantization"
-    runtimes_in = OV
-    Config = OvInt8StaticConfig
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         nncf = _nncf()
