@@ -164,7 +164,6 @@ class OvInt8Static(OvPass):
     """NNCF post-training int8 (weights and activations), calibrated on the recipe's calibration texts."""
 
     name = "ov-int8-static"
-
     family = "quantization"
     runtimes_in = OV
     Config = OvInt8StaticConfig
