@@ -49,7 +49,8 @@ def main() -> None:
     base = bench.load_baseline()
     bench.baseline_quality()
     texts = bench.eval_data.interleaved()[: recipe.speed.texts]
-    chosen = load_deployment(args.deploy).candidate
+    deployment = load_deployment(args.deploy)
+    chosen = deployment.candidate
     ctx = PassContext(task="embedding", device="cpu", threads=2, seed=0, work_dir=HERE / "work")
 
     def capped(tokens: int):  # noqa: ANN202
@@ -100,7 +101,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python experiments/levers/run.py",
         "machine": fingerprint()["cpu"]["model"],
-        "chosen": [p["name"] for p in load_deployment(args.deploy).config.get("passes", [])],
+        "chosen": [p["name"] for p in deployment.config.get("passes", [])],
         "rounds": args.rounds,
         "tokens_per_s": tps,
         "comparisons": {k: v for k, v in comparisons},

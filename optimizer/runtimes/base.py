@@ -63,9 +63,9 @@ class Candidate(ABC):
             return out
         return self.concurrent(batches, streams, latencies)
 
+    @abstractmethod
     def concurrent(self, batches: Sequence[Pair], streams: int, latencies: list[float] | None) -> list[torch.Tensor]:
-        """forward_batches for streams > 1; each runtime gives every stream its own threads."""
-        return run_streams([lambda b=b: self.forward(*b) for b in batches], streams, latencies)
+        """forward_batches for streams > 1; each runtime gives every stream its own share of the threads."""
 
     @abstractmethod
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
