@@ -4,7 +4,8 @@ The key of a chain prefix covers the model, the task, the data its passes read (
 training sources, seed), the device and the resolved passes up to that point. A search whose trials
 share a prefix (say, export -> optimize) builds it once; a configuration sampled again is reloaded
 rather than rebuilt. Entries are written to a temporary folder and renamed, so a crash never leaves
-a half-written entry that a later trial would trust.
+a half-written entry that a later trial would trust; each entry also lists its files' sizes and
+hashes, and one that no longer matches them (or no longer loads) is removed and rebuilt.
 """
 
 from __future__ import annotations
@@ -55,13 +56,43 @@ class ArtifactCache:
         return (self.path(key) / ENTRY_META).is_file()
 
     def load(self, key: str, device: str) -> Candidate:
+        """The entry's candidate; raises DamagedEntry when its files changed since they were written."""
         from optimizer.runtimes import reload_saved
 
         folder = self.path(key)
-        cand = reload_saved(folder / "artifact", device)
-        meta = json.loads((folder / ENTRY_META).read_text())
+        try:
+            meta = json.loads((folder / ENTRY_META).read_text())
+        except (OSError, ValueError) as e:
+            raise DamagedEntry(f"unreadable {ENTRY_META} ({e})") from None
+        if _manifest(folder / "artifact") != meta.get("files"):
+            raise DamagedEntry("its files differ from those written")
+        try:
+            cand = reload_saved(folder / "artifact", device)
+        except Exception as e:  # noqa: BLE001 - whatever the runtime raises, the entry is not to be trusted
+            raise DamagedEntry(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
         cand.notes = list(meta.get("notes", []))
         return cand
+
+    def load_longest(self, keys: list[str], device: str) -> tuple[int, Candidate | None]:
+        """The longest cached prefix of a chain and its candidate (0, None when none); damaged entries
+        are removed on the way, so the chain is rebuilt from the last sound one."""
+        for n in range(len(keys), 0, -1):
+            if not self.has(keys[n - 1]):
+                continue
+            try:
+                return n, self.load(keys[n - 1], device)
+            except DamagedEntry as e:
+                log.warning("artifact cache: entry %s is damaged (%s); it is removed and rebuilt", keys[n - 1], e)
+                self.evict(keys[n - 1])
+        return 0, None
+
+    def evict(self, key: str) -> None:
+        trash = self.root / f".trash-{key}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.replace(self.path(key), trash)  # atomic: no other worker sees a half-removed entry
+        except OSError:
+            return  # already gone (another worker evicted it)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def put(self, key: str, cand: Candidate, seconds: float) -> None:
         """Save `cand` under `key`; a candidate that cannot be saved is simply not cached."""
@@ -70,7 +101,13 @@ class ArtifactCache:
         tmp = self.root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         try:
             cand.save(tmp / "artifact")
-            meta = {"key": key, "applied": cand.applied, "notes": cand.notes, "build_seconds": round(seconds, 2)}
+            meta = {
+                "key": key,
+                "applied": cand.applied,
+                "notes": cand.notes,
+                "build_seconds": round(seconds, 2),
+                "files": _manifest(tmp / "artifact"),
+            }
             (tmp / ENTRY_META).write_text(json.dumps(meta, indent=2, default=str))
             os.replace(tmp, self.path(key))  # atomic; loses the race quietly if another worker got there first
         except OSError as e:
@@ -81,9 +118,18 @@ class ArtifactCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def longest_prefix(self, keys: list[str]) -> int:
-        """How many leading passes have a cached result (0 when none)."""
-        for n in range(len(keys), 0, -1):
-            if self.has(keys[n - 1]):
-                return n
-        return 0
+
+class DamagedEntry(Exception):
+    """A cache entry whose files no longer match what was written, or that no longer loads."""
+
+
+def _manifest(folder: Path) -> dict[str, list[Any]]:
+    """Every file under `folder` with its size and SHA-256 (hashing ~100 MB takes ~0.2 s)."""
+    out: dict[str, list[Any]] = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        out[f.relative_to(folder).as_posix()] = [f.stat().st_size, digest.hexdigest()]
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -447,6 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Faults of the disk, not of costopt: a one-line error (partial files are removed where they were written)
+DISK_ERRNOS = {
+    errno.ENOSPC: "free space there, or point --out (or output_dir) at a disk with room",
+    errno.EDQUOT: "free space within your quota, or point --out (or output_dir) elsewhere",
+    errno.EROFS: "point --out (or output_dir) at a writable folder",
+    errno.EACCES: "point --out (or output_dir) at a folder you may write to",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet_all else logging.WARNING
@@ -467,6 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         error, code = str(e), EXIT_USER_ERROR
     except KeyboardInterrupt:
         error, code = "interrupted; finished results are on disk", 130
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        error = f"{e.strerror}{where}; fix: {DISK_ERRNOS[e.errno]}; finished results are on disk"
+        code = EXIT_USER_ERROR
     if error is not None:
         print(f"costopt: error: {error}", file=sys.stderr)
     if as_json:

@@ -346,6 +346,21 @@ def _read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
     raise AssertionError(fmt)
 
 
+def _read_file(path: Path, fmt: str) -> list[dict[str, Any]]:
+    """The file's records, or a one-line error naming what is wrong with the file itself."""
+    try:
+        return _read_records(path, fmt)
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+            "re-save it as UTF-8 (for example: iconv -f latin1 -t utf-8)",
+        ) from None
+    except (OSError, csv.Error, ValueError) as e:  # a folder, a permission, a broken CSV or parquet file
+        raise UserError(
+            f"could not read {path} as {fmt}: {str(e).splitlines()[0][:200]}", f"give a readable {fmt} file"
+        ) from None
+
+
 def _read_hf(src: DataSource) -> list[dict[str, Any]]:
     try:
         import datasets
@@ -450,7 +465,7 @@ def load_dataset(src: DataSource, role: Role, task: str, seed: int = 0) -> Datas
             fmt = src.format if src.format != "auto" else path.suffix.lstrip(".").lower()
             if fmt not in ("jsonl", "csv", "txt", "parquet"):
                 raise UserError(f"cannot tell the format of {path.name!r}", "set format: jsonl, csv, txt or parquet")
-            rows = _read_records(path, fmt)
+            rows = _read_file(path, fmt)
         kind = wanted or _guess_kind(rows, src)
         if kind == "text" and role != "eval" and rows and src.text_field not in rows[0]:
             # calibration/training from a pairs or labelled file: use every text column we know

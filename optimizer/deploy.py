@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ import yaml
 
 from optimizer.errors import UserError
 from optimizer.recipe import Recipe
+from optimizer.results import atomic_folder
 from optimizer.runtimes import Candidate
 
 log = logging.getLogger(__name__)
@@ -137,13 +139,14 @@ def build(deploy_file: Path, out_dir: Path, progress: bool = True) -> Path:
     check_chain(passes, device)
     speed_mod.set_threads(config.get("threads") or recipe.hardware.threads)
     out_dir = Path(out_dir)
-    work = out_dir.with_name(out_dir.name + ".work")
+    work = out_dir.with_name(f".{out_dir.name}.work-{os.getpid()}")
     cache_root = Path(recipe.output_dir) / str(config.get("study")) / "cache"
     cache = ArtifactCache(cache_root) if cache_root.is_dir() else None
     try:
         cand = apply_chain(recipe, passes, pass_context(recipe, device, work, *pass_data(recipe)), {}, cache=cache)
-        cand.save(out_dir)
-        write_deployment(out_dir / DEPLOY_FILE, config)
+        with atomic_folder(out_dir) as folder:  # a concurrent or interrupted deploy never leaves a mix
+            cand.save(folder)
+            write_deployment(folder / DEPLOY_FILE, config)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir

@@ -169,6 +169,11 @@ def load_model_info(spec: ModelSpec, task: str) -> ModelInfo:
             f"could not load a tokenizer from {source!r}: {str(e).splitlines()[0][:200]}",
             "the folder needs tokenizer files (tokenizer.json or vocab files) next to config.json",
         ) from None
+    if len(tok) <= len(tok.all_special_tokens):  # transformers builds an empty tokenizer when the files are gone
+        raise UserError(
+            f"the tokenizer of {source!r} has no vocabulary (only {len(tok)} special tokens): its files are missing",
+            "put the model's tokenizer files (tokenizer.json or vocab files) next to config.json",
+        )
     if tok.pad_token is None:  # causal LMs often have none; padding positions are masked anyway
         tok.pad_token = tok.eos_token or tok.unk_token
     if task == "causal-lm":
@@ -194,6 +199,7 @@ def load_model_info(spec: ModelSpec, task: str) -> ModelInfo:
 def load_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> torch.nn.Module:
     """The model's torch module in eval mode on `device`, with one-line errors for what users get wrong."""
     import transformers
+    from safetensors import SafetensorError
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -201,7 +207,7 @@ def load_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> tor
         module = auto_class(task).from_pretrained(
             info.source, revision=spec.revision, dtype=torch_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # RuntimeError: shapes or a broken .bin
         if info.source_kind == "hub":
             raise _hub_error(info.source, e) from None
         msg = str(e).splitlines()[0][:200]
@@ -212,7 +218,8 @@ def load_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> tor
             ) from None
         raise UserError(
             f"could not load the {task} model from {info.source!r}: {msg}",
-            "check that the folder has config.json and weights (model.safetensors)",
+            "check that the folder has config.json and complete weights (model.safetensors); "
+            "download it again if a file was cut short",
         ) from None
     return module.eval().to(device)
 

@@ -31,7 +31,7 @@ from optimizer.measure.system import fingerprint
 from optimizer.passes import PassContext, build_pass, check_chain
 from optimizer.ranges import parse_range
 from optimizer.recipe import MAIN_EVAL, Recipe
-from optimizer.results import write_json_atomic
+from optimizer.results import ensure_writable, write_json_atomic
 from optimizer.runtimes import Candidate, folder_size, load_candidate
 
 log = logging.getLogger(__name__)
@@ -245,9 +245,9 @@ def apply_chain(
     prefix is kept, so trials that share passes build them once.
     """
     keys = [chain_key(recipe, ctx.device, passes[: i + 1]) for i in range(len(passes))] if cache else []
-    start = cache.longest_prefix(keys) if cache else 0
-    if start:
-        cand = cache.load(keys[start - 1], ctx.device)
+    start, cached = cache.load_longest(keys, ctx.device) if cache else (0, None)
+    if cached is not None:
+        cand = cached
         timings["cache hit"] = start
     else:
         cand = load_candidate(recipe.model, recipe.task, ctx.device)
@@ -482,7 +482,7 @@ def run_recipe(
     check_chain(passes, device)
     speed_mod.set_threads(recipe.hardware.threads)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(out_dir or recipe.output_dir) / f"{recipe.name}-{stamp}"
+    run_dir = ensure_writable(Path(out_dir or recipe.output_dir)) / f"{recipe.name}-{stamp}"
     result_path = run_dir / "result.json"
     trial = Trial(recipe, passes)
     if speed_model_note(recipe):
@@ -529,11 +529,12 @@ def run_recipe(
     except BaseException as e:
         trial.status = "failed"
         trial.error = e.one_line() if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-        if not isinstance(e, UserError):
+        if not isinstance(e, (UserError, OSError)):
             trial.extra["traceback"] = traceback.format_exc()
+        shutil.rmtree(run_dir / "artifact", ignore_errors=True)  # saving it is the last stage: a partial artifact
         raise
     finally:
         bar.close()
+        shutil.rmtree(run_dir / "work", ignore_errors=True)  # first: on a full disk this frees room for the result
         write_json_atomic(result_path, trial.to_json())
-        shutil.rmtree(run_dir / "work", ignore_errors=True)
     return trial.to_json(), result_path

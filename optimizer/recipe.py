@@ -423,7 +423,7 @@ def _resolve_paths(recipe: Recipe, base_dir: Path, origin: str) -> None:
         f = resolve(ds.source)
         if not f.is_file():
             raise UserError(
-                f"{origin}: data.{split}.source: file {str(f)!r} does not exist",
+                f"{origin}: data.{split}.source: {str(f)!r} " + ("is a folder, not a file" if f.is_dir() else "does not exist"),
                 f"give a .jsonl/.csv/.txt/.parquet file, 'stdlib-docs', '{REFERENCE}' (text), or 'hf:<dataset>'",
             )
         ds.source = str(f.resolve())

@@ -2,11 +2,58 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from optimizer.errors import UserError
+
+
+def ensure_writable(folder: Path) -> Path:
+    """`folder`, created if needed, once a file could be written in it: a read-only or full disk is
+    refused before the minutes of work whose results would have nowhere to go."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(
+            f"cannot write results to {folder} ({e.strerror or e})", "point --out (or output_dir) at a writable folder"
+        ) from None
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_folder(dest: Path) -> Iterator[Path]:
+    """A fresh folder next to `dest` to write into; when the block succeeds it replaces `dest` whole.
+
+    Readers see the old folder or the new one, never a mix; a crash or a full disk leaves `dest` as it
+    was and the partial folder is removed. Two writers at once each build their own folder and the
+    swaps take turns (a lock file next to `dest`): the last one to finish is what remains.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp = dest.with_name(f".{dest.name}.tmp-{tag}")
+    old = dest.with_name(f".{dest.name}.old-{tag}")
+    try:
+        yield tmp
+        with open(dest.with_name(f".{dest.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if dest.exists():
+                os.replace(dest, old)
+            os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:

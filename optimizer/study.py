@@ -40,8 +40,10 @@ from optimizer.passes import batch_dependent, check_chain, runtime_of
 from optimizer.pipeline import Bench, apply_chain, batches_text, footprint, provenance, resolve_device, resolved_passes
 from optimizer.ranges import Choice, parse_range, values
 from optimizer.recipe import MAIN_EVAL, Recipe
+from optimizer.results import ensure_writable
 from optimizer.search_space import combined_params, seed_single_techniques, space_size, suggest
 from optimizer.signals import on_thread_stack
+from optimizer.storage import open_storage
 
 log = logging.getLogger(__name__)
 CONSTRAINT = "constraint"  # user attribute read by constraints_func: [violation]; <= 0 is feasible
@@ -67,33 +69,8 @@ class Objective:
 
 
 def default_storage(recipe: Recipe, study_name: str) -> str:
-    folder = search_dir(recipe, study_name).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_writable(search_dir(recipe, study_name).resolve())
     return f"sqlite:///{folder / 'study.db'}"
-
-
-def _storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
-    """RDB storage with heartbeats: a worker that dies mid-trial has it marked failed and retried."""
-    from optuna import storages
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return storages.RDBStorage(
-                    url,
-                    heartbeat_interval=heartbeat,
-                    grace_period=3 * heartbeat,
-                    heartbeat_stale_trial_callback=storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-                )
-        except (IntegrityError, ProgrammingError):
-            # Workers started together on an empty database race to create Optuna's schema (PostgreSQL:
-            # "duplicate key" on its enum types); the loser retries and finds the schema there.
-            if attempt == 4:
-                raise
-            time.sleep(0.5 + attempt)
-    raise AssertionError("unreachable")
 
 
 def _grid(recipe: Recipe) -> dict[str, list[Any]]:
@@ -140,7 +117,7 @@ def open_study(recipe: Recipe, storage: str | None = None) -> optuna.Study:
     directions = [objective.direction, "minimize"] if s.multi_objective else [objective.direction]
     study = optuna.create_study(
         study_name=name,
-        storage=_storage(storage or s.storage or default_storage(recipe, name), s.heartbeat_seconds),
+        storage=open_storage(storage or s.storage or default_storage(recipe, name), s.heartbeat_seconds),
         sampler=make_sampler(recipe),
         directions=directions,
         load_if_exists=True,

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
         "optimizer.formatting",
         "optimizer.budget",
         "optimizer.signals",
+        "optimizer.storage",
     ),
     ("optimizer.model", "optimizer.data"),
     ("optimizer.runtimes",),

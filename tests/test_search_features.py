@@ -3,11 +3,13 @@ time limits and NaNs, the deployment file and its rebuild, and the 'nothing feas
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 import optuna
 import pytest
+import torch
 import yaml
 
 from optimizer.pipeline import eval_part
@@ -96,8 +98,35 @@ def test_a_configuration_is_built_once_then_reloaded_from_the_cache(write_recipe
         cache=ArtifactCache(tmp_path / "runs" / "features" / "cache"),
     )
     assert timings == {"cache hit": 2} and [a["name"] for a in cand.applied] == ["onnx-export", "ort-int8-dynamic"]
-    entries = [p for p in (tmp_path / "runs" / "features" / "cache").iterdir() if not p.name.startswith(".")]
+    cache_dir = tmp_path / "runs" / "features" / "cache"
+    entries = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
     assert len(entries) == 2  # the export prefix and the full chain
+
+    # a damaged entry (one byte of the quantized graph flipped) is not trusted: it is removed and rebuilt
+    # from the last sound prefix, and the rebuilt chain gives the same outputs
+    keys = sorted(entries, key=lambda p: len(json.loads((p / "cache.json").read_text())["applied"]))
+    graph = next((keys[1] / "artifact").rglob("*.onnx"))
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    timings = {}
+    again = apply_chain(
+        recipe,
+        resolved_passes(recipe, {"1.ort-int8-dynamic.per_channel": True}),
+        bench.context(tmp_path / "w2"),
+        timings,
+        cache=ArtifactCache(cache_dir),
+    )
+    assert timings["cache hit"] == 1 and "pass ort-int8-dynamic" in timings
+    enc = cand.tokenizer(["a damaged cache entry is rebuilt", "not trusted"], padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert torch.equal(again.forward(ids, mask), cand.forward(ids, mask))
+    assert not [p for p in cache_dir.iterdir() if p.name.startswith(".")]  # no trash or temporary folder left
+    (keys[0] / "cache.json").write_text("{not json")  # an unreadable record is as damaged as a changed file
+    timings = {}
+    chosen = resolved_passes(recipe, {"1.ort-int8-dynamic.per_channel": True})
+    apply_chain(recipe, chosen, bench.context(tmp_path / "w3"), timings, cache=ArtifactCache(cache_dir))
+    assert timings["cache hit"] == 2  # the full chain, rebuilt above, is sound again
 
 
 def test_runtime_batch_and_threads_are_part_of_the_space(write_recipe, tiny_bert_dir, tmp_path):
@@ -277,7 +306,9 @@ def test_generate_on_a_causal_lm_deployment(tiny_llama_dir):
 def test_a_worker_that_loses_the_schema_creation_race_retries(monkeypatch, tmp_path):
     from sqlalchemy.exc import IntegrityError
 
-    real = optuna.storages.RDBStorage
+    from optimizer import storage
+
+    real = storage.ReconnectingStorage
     calls = []
 
     def racing(url, **kw):  # the first attempt meets another worker creating the same enum type
@@ -286,12 +317,10 @@ def test_a_worker_that_loses_the_schema_creation_race_retries(monkeypatch, tmp_p
             raise IntegrityError("CREATE TYPE studydirection", {}, Exception("duplicate key value"))
         return real(url, **kw)
 
-    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
-    from optimizer import study
-
-    monkeypatch.setattr(study.time, "sleep", lambda s: None)
-    storage = study._storage(f"sqlite:///{tmp_path / 's.db'}", 30)
-    assert len(calls) == 2 and isinstance(storage, real)
+    monkeypatch.setattr(storage, "ReconnectingStorage", racing)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    opened = storage.open_storage(f"sqlite:///{tmp_path / 's.db'}", 30)
+    assert len(calls) == 2 and isinstance(opened, real)
 
 
 def test_a_restarted_worker_reuses_a_recent_baseline_on_the_same_machine(write_recipe, tiny_bert_dir, tmp_path):
