@@ -21,6 +21,8 @@ start_postgres() {
         -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DATA" start >/dev/null || return 1
     "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres costopt || return 1
     export COSTOPT_TEST_POSTGRES="postgresql+psycopg://postgres@127.0.0.1:$PG_PORT/costopt"
+    # the test of workers outliving a server restart runs this (fast shutdown drops every connection)
+    export COSTOPT_TEST_PG_RESTART="${PG_AS[*]} $PG_BIN/pg_ctl -D $PG_DATA -w -m fast -l $PG_DATA/log restart"
 }
 
 stop_postgres() {

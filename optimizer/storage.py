@@ -14,6 +14,7 @@ check then fails like any orphan.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -40,7 +41,7 @@ def _lost_connection(e: BaseException) -> bool:
     cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) else e
     if isinstance(cause, exc.DBAPIError) and cause.connection_invalidated:
         return True
-    return isinstance(cause, exc.OperationalError)
+    return isinstance(cause, (exc.OperationalError, exc.PendingRollbackError))
 
 
 def _retrying(method: F, budget: Callable[[], float]) -> F:
@@ -59,6 +60,8 @@ def _retrying(method: F, budget: Callable[[], float]) -> F:
                 )
                 time.sleep(pause)
                 pause = min(2 * pause, 5.0)
+                with contextlib.suppress(Exception):  # the thread's session may hold the failed transaction
+                    self.remove_session()
 
     return call  # type: ignore[return-value]
 
@@ -67,9 +70,12 @@ class ReconnectingStorage(storages.RDBStorage):
     """RDBStorage whose database calls retry through lost connections (Optuna still caches it as an RDB)."""
 
 
+# Every call that opens its own session: the public API, and the private ones Optuna's cache calls directly.
+_PRIVATE_ENTRY_POINTS = ("_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param")
 for _name in dir(storages.RDBStorage):
     _method = getattr(storages.RDBStorage, _name)
-    if callable(_method) and not _name.startswith("_") and _name not in ("remove_session", "upgrade"):
+    public = not _name.startswith("_") and _name not in ("remove_session", "upgrade")
+    if callable(_method) and (public or _name in _PRIVATE_ENTRY_POINTS):
         setattr(ReconnectingStorage, _name, _retrying(_method, lambda: RECONNECT_SECONDS))
 
 

@@ -219,7 +219,7 @@ def reusable_baseline(previous: dict[str, Any] | None, recipe: Recipe, machine: 
     age = (time.time() - previous.get("measured_at", 0)) / 60
     if age > limit:
         return None, f"measured (the study's baseline is {age:.0f} min old, over baseline_reuse_minutes {limit:g})"
-    if previous.get("speed", {}).get("contention", {}).get("busy"):
+    if _timed_busy(previous):
         return None, "measured (the study's baseline was timed under contention)"
     with Watch() as watch:
         time.sleep(1.0)
@@ -585,20 +585,28 @@ def queue_combination(study: optuna.Study, recipe: Recipe) -> dict[str, Any] | N
 def _record_study_context(study: optuna.Study, recipe: Recipe, runner: TrialRunner) -> None:
     """What a report needs beyond the trials: the recipe, the baseline, each worker's machine.
 
-    Measured values already stored are kept (the first worker's baseline is the study's); keys an
-    older version did not record are filled in."""
+    Measured values already stored are kept (the first worker's baseline is the study's), except a
+    baseline timed under contention, which a quiet one replaces so that later restarts can reuse it;
+    keys an older version did not record are filled in."""
     attrs = study.user_attrs
     if "recipe" not in attrs:
         study.set_user_attr("recipe", recipe.model_dump(mode="json"))
     if "provenance" not in attrs:  # the first worker's: the eval data hashed is the selection part
         study.set_user_attr("provenance", provenance(recipe, runner.bench.eval_data))
-    merged = runner.baseline | attrs.get("baseline", {})
+    stored = attrs.get("baseline", {})
+    if _timed_busy(stored) and not _timed_busy(runner.baseline):
+        stored = {}
+    merged = runner.baseline | stored
     if merged != attrs.get("baseline"):
         study.set_user_attr("baseline", merged)
     study.set_user_attr(
         WORKER_PREFIX + worker_id(),
         {"baseline_seconds": runner.baseline["seconds"], "baseline": runner.baseline_origin, "system": runner.system},
     )
+
+
+def _timed_busy(baseline: dict[str, Any]) -> bool:
+    return bool(baseline.get("speed", {}).get("contention", {}).get("busy"))
 
 
 def search_dir(recipe: Recipe, study_name: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
-from optimizer.study import counted
+from optimizer.study import WORKER_PREFIX, counted
 
 States = optuna.trial.TrialState
 PG_URL = os.environ.get("COSTOPT_TEST_POSTGRES")
+PG_RESTART = os.environ.get("COSTOPT_TEST_PG_RESTART") if PG_URL else None
 
 
 def _recipe_file(write_recipe, model_dir: Path, tmp_path: Path, name: str, trials: int) -> Path:
@@ -98,6 +101,70 @@ def test_search_killed_with_sigkill_resumes_without_losing_or_redoing_trials(wri
 
 
 @pytest.mark.slow
+def test_a_worker_killed_every_baseline_time_still_completes_its_trials(write_recipe, tiny_bert_dir, tmp_path):
+    """A spot worker preempted about as often as a baseline takes: each restart reuses the study's
+    baseline speed (same machine, recent, quiet), so each life has time to finish trials."""
+    recipe = _recipe_file(write_recipe, tiny_bert_dir, tmp_path, "spot", trials=6)
+    spot = yaml.safe_load(recipe.read_text())
+    # as in real searches the batch size is searched, so the baseline is timed at each batch size and a
+    # trial at one: the baseline, not start-up, is what a life is mostly spent on
+    spot["speed"] |= {"repeats": 80}
+    spot["search"]["batch_size"] = {"choice": [4, 8, 16, 32]}
+    recipe.write_text(yaml.safe_dump(spot))
+    storage = f"sqlite:///{tmp_path / 'runs' / 'spot' / 'study.db'}"
+    t0 = time.monotonic()
+    proc = _search(recipe)
+    while time.monotonic() - t0 < 240 and proc.poll() is None:  # the first life: until its baseline is stored
+        if _has_baseline(tmp_path / "runs" / "spot" / "study.db"):
+            break
+        time.sleep(0.25)  # polled with one SQLite query: the worker's timings must not see contention
+    life = time.monotonic() - t0  # start-up, data, model, baseline quality and speed
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lives, progress = 1, []
+
+    def finished_trials() -> int:
+        return sum(counted(t) for t in optuna.load_study(study_name="spot", storage=storage).get_trials(deepcopy=False))
+
+    while finished_trials() < 6 and lives < 20:  # preempted after each life of the first one's length
+        lives += 1
+        before = finished_trials()
+        proc = _search(recipe)
+        try:
+            proc.communicate(timeout=life)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        progress.append(finished_trials() - before)
+    assert finished_trials() == 6, f"{lives} lives of {life:.1f} s finished {progress} trials each"
+    assert sum(progress[:6]) >= 3, progress  # lives that reuse the baseline each have time for a trial
+    # the conclusion (held-out confirmation, deploy.yaml, report) needs one life long enough for it
+    out = _search(recipe).communicate(timeout=300)[0]
+    assert "chosen: trial" in out or "no configuration met" in out, out
+    trials = optuna.load_study(study_name="spot", storage=storage).get_trials(deepcopy=False)
+    assert sum(counted(t) for t in trials) == 6 and not [t for t in trials if t.state == States.RUNNING]
+    reused = [v["baseline"] for k, v in _study_attrs(storage, "spot").items() if k.startswith(WORKER_PREFIX)]
+    assert sum(r.startswith("reused") for r in reused) >= 3, reused
+
+
+def _has_baseline(db: Path) -> bool:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            return bool(con.execute("SELECT 1 FROM study_user_attributes WHERE key = 'baseline'").fetchall())
+    except sqlite3.Error:  # not created yet
+        return False
+
+
+def _study_attrs(storage: str, name: str) -> dict:
+    if not Path(storage.removeprefix("sqlite:///")).is_file():
+        return {}  # the worker has not created its study yet
+    try:
+        return optuna.load_study(study_name=name, storage=storage).user_attrs
+    except Exception:  # noqa: BLE001 - not created yet, or its schema is being created this moment
+        return {}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_or_ctrl_c_fails_the_running_trial_with_its_reason_and_keeps_the_finished_ones(
     signum, write_recipe, tiny_bert_dir, tmp_path
@@ -133,9 +200,28 @@ def test_sigterm_or_ctrl_c_fails_the_running_trial_with_its_reason_and_keeps_the
 @pytest.mark.skipif(not PG_URL, reason="COSTOPT_TEST_POSTGRES is not set (.ci/run starts PostgreSQL and sets it)")
 def test_two_workers_share_one_postgres_study_without_losing_or_duplicating_trials(write_recipe, tiny_bert_dir, tmp_path):
     name = f"pg-{uuid.uuid4().hex[:8]}"
-    target = 8
-    recipe = _recipe_file(write_recipe, tiny_bert_dir, tmp_path, name, trials=target)
+    recipe = _recipe_file(write_recipe, tiny_bert_dir, tmp_path, name, trials=8)
     workers = [_search(recipe, "--storage", PG_URL) for _ in range(2)]
+    _check_shared_study(name, 8, workers)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PG_RESTART, reason="COSTOPT_TEST_PG_RESTART is not set (.ci/run sets it with PostgreSQL)")
+def test_workers_outlive_a_postgres_restart_without_losing_or_duplicating_trials(write_recipe, tiny_bert_dir, tmp_path):
+    name = f"pg-restart-{uuid.uuid4().hex[:8]}"
+    recipe = _recipe_file(write_recipe, tiny_bert_dir, tmp_path, name, trials=10)
+    workers = [_search(recipe, "--storage", PG_URL) for _ in range(2)]
+    deadline = time.monotonic() + 240
+    for done in (3, 6):  # twice: a dropped connection meets the workers in different calls each time
+        while len(_complete(PG_URL, name)) < done and time.monotonic() < deadline and all(w.poll() is None for w in workers):
+            time.sleep(0.2)
+        assert all(w.poll() is None for w in workers), "a worker ended before the restart"
+        restart = subprocess.run(PG_RESTART, shell=True, capture_output=True, text=True, timeout=120)
+        assert restart.returncode == 0, restart.stderr  # every connection of both workers was dropped
+    _check_shared_study(name, 10, workers)
+
+
+def _check_shared_study(name: str, target: int, workers: list[subprocess.Popen]) -> None:
     outputs = [w.communicate(timeout=400)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     study = optuna.load_study(study_name=name, storage=PG_URL)
