@@ -229,3 +229,19 @@ def test_bnb_4bit_on_cpu_refuses_narrow_layers(tiny_llama_dir, tmp_path):
 
     with pytest.raises(UserError, match="multiples of 64"):
         build_pass("bnb-4bit", {}).apply(_load(tiny_llama_dir, "causal-lm"), _ctx(tmp_path, tiny_llama_dir, "causal-lm"))
+
+
+@pytest.mark.parametrize(
+    "name, modules, extra",
+    [("bnb-int8", ("bitsandbytes",), "bnb"), ("bnb-4bit", ("accelerate",), "bnb"), ("ort-int4", ("onnx_ir",), "int4")],
+)
+def test_a_pass_whose_optional_library_is_missing_names_its_extra(name, modules, extra, monkeypatch):
+    import importlib.util
+
+    from optimizer.passes import check_chain
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda mod, *a: None if mod in modules else real(mod, *a))
+    chain = [{"name": "onnx-export"}, {"name": name}] if name.startswith("ort") else [{"name": name}]
+    with pytest.raises(UserError, match=rf"'{name}' needs {modules[0]}, which is not installed.*costopt\[{extra}\]"):
+        check_chain(chain)

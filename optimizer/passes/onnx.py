@@ -295,6 +295,8 @@ class OrtInt4(Pass):
 
     name = "ort-int4"
     family = "quantization"
+    requires = ("onnx_ir",)  # onnxruntime's MatMulNBits quantizer imports it
+    extra = "int4"
     runtimes_in = ORT
     runtime_out = "onnxruntime"
     Config = Int4Config

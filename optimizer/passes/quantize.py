@@ -98,6 +98,8 @@ class BnbInt8(Pass):
     """bitsandbytes LLM.int8: int8 weights, outlier feature columns in fp16."""
 
     name = "bnb-int8"
+    requires = ("bitsandbytes", "accelerate")
+    extra = "bnb"
     batch_dependent = True  # LLM.int8 picks outlier columns from the whole batch
     family = "quantization"
     Config = BnbInt8Config
@@ -131,6 +133,8 @@ class Bnb4bit(Pass):
 
     name = "bnb-4bit"
     family = "quantization"
+    requires = ("bitsandbytes", "accelerate")
+    extra = "bnb"
     Config = Bnb4bitConfig
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
