@@ -14,6 +14,7 @@ deterministic and disjoint whatever order the modules are walked in.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -96,6 +97,14 @@ class Dataset:
         part when the set is reordered, grows or is filtered."""
         held = [_share_of(f"{seed}\0{t}") < share for t in self.texts]
         return self._pick([i for i, h in enumerate(held) if not h]), self._pick([i for i, h in enumerate(held) if h])
+
+    def with_prefixes(self, first: str, second: str) -> Dataset:
+        """The same examples with `first` before each text and `second` before each texts_b entry."""
+        if not first and not second:
+            return self
+        return dataclasses.replace(
+            self, texts=[first + t for t in self.texts], texts_b=[second + t for t in self.texts_b] if self.texts_b else None
+        )
 
     def interleaved(self) -> list[str]:
         """texts[0], texts_b[0], texts[1], ...: any prefix mixes short queries and long documents."""

@@ -171,12 +171,22 @@ class Deployment:
     def streams(self) -> int:
         return int(self.config.get("streams") or 1)
 
-    def encode(self, texts: list[str] | str) -> np.ndarray:
+    def encode(self, texts: list[str] | str, prompt_name: str | None = None) -> np.ndarray:
+        """Embeddings; `prompt_name` picks one of the model's sentence-transformers prompts ("query",
+        "document", ...), as sentence-transformers' encode does; without it, the model's default prompt."""
         from optimizer import tasks
 
         self._expect("embedding", "encode")
         single = isinstance(texts, str)
-        out = tasks.embed(self.candidate, [texts] if single else list(texts), self.batch_size, streams=self.streams)
+        head = self.candidate.info.head
+        if prompt_name is not None and prompt_name not in head.prompts:
+            raise UserError(
+                f"this model has no prompt named {prompt_name!r}",
+                f"use one of: {', '.join(head.prompts) or '(it has none)'}, or leave prompt_name out",
+            )
+        prefix = head.prompts[prompt_name] if prompt_name else head.prompt("text")
+        batch = [prefix + t for t in ([texts] if single else list(texts))]
+        out = tasks.embed(self.candidate, batch, self.batch_size, streams=self.streams)
         return out[0] if single else out
 
     def classify(self, texts: list[str]) -> list[str]:

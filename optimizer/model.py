@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from optimizer.errors import UserError
+from optimizer.sentence_head import Pooling, SentenceHead, read_head
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-Pooling = Literal["mean", "cls", "max", "mean_sqrt_len", "lasttoken"]
-SIDECARS = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -54,11 +53,17 @@ class ModelInfo:
     source_kind: Literal["folder", "package", "hub"]
     tokenizer: Any
     max_length: int  # the model's own input limit: what a request's tokens are counted at
-    pooling: Pooling = "mean"
-    normalize: bool = False
-    sidecar_files: dict[str, str] = field(default_factory=dict)  # relative path -> text
+    head: SentenceHead = field(default_factory=SentenceHead)  # embedding models: prompts, pooling, Dense, Normalize
     revision: str | None = None
     input_cap: int | None = None  # a serving cap below max_length (the max-length pass); quality measured with it
+
+    @property
+    def pooling(self) -> Pooling:
+        return self.head.pooling
+
+    @property
+    def normalize(self) -> bool:
+        return self.head.normalize
 
     @property
     def limit(self) -> int:
@@ -66,10 +71,10 @@ class ModelInfo:
         return min(self.max_length, self.input_cap) if self.input_cap else self.max_length
 
     def write_sidecars(self, directory: Path) -> None:
-        for rel, text in self.sidecar_files.items():
+        for rel, data in self.head.files.items():
             target = Path(directory) / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
+            target.write_bytes(data)
 
 
 def resolve_source(source: str) -> tuple[str, Literal["folder", "package", "hub"]]:
@@ -109,41 +114,16 @@ def _hub_error(source: str, err: Exception) -> UserError:
     )
 
 
-def _read_text(source: str, kind: str, rel: str, revision: str | None) -> str | None:
+def _read_file(source: str, kind: str, rel: str, revision: str | None) -> bytes | None:
     if kind != "hub":
         f = Path(source) / rel
-        return f.read_text() if f.is_file() else None
+        return f.read_bytes() if f.is_file() else None
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(source, rel, revision=revision)).read_text()
+        return Path(hf_hub_download(source, rel, revision=revision)).read_bytes()
     except Exception:  # the file is optional; absence or an unreachable hub both mean "not there"
         return None
-
-
-def _embedding_settings(sidecars: dict[str, str]) -> tuple[Pooling, bool, int | None]:
-    pooling: Pooling = "mean"
-    normalize = False
-    max_len = None
-    if "1_Pooling/config.json" in sidecars:
-        cfg = json.loads(sidecars["1_Pooling/config.json"])
-        for key, mode in (
-            ("pooling_mode_cls_token", "cls"),
-            ("pooling_mode_max_tokens", "max"),
-            ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
-            ("pooling_mode_lasttoken", "lasttoken"),
-            ("pooling_mode_mean_tokens", "mean"),
-        ):
-            if cfg.get(key):
-                pooling = mode  # type: ignore[assignment]
-                break
-    else:
-        log.warning("no sentence-transformers pooling config found: using mean pooling")
-    if "modules.json" in sidecars:
-        normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(sidecars["modules.json"]))
-    if "sentence_bert_config.json" in sidecars:
-        max_len = json.loads(sidecars["sentence_bert_config.json"]).get("max_seq_length")
-    return pooling, normalize, max_len
 
 
 def auto_class(task: str) -> Any:
@@ -179,20 +159,13 @@ def load_model_info(spec: ModelSpec, task: str) -> ModelInfo:
     if task == "causal-lm":
         tok.padding_side = "right"
 
-    sidecars = {rel: t for rel in SIDECARS if (t := _read_text(source, kind, rel, spec.revision)) is not None}
-    pooling, normalize, st_max = _embedding_settings(sidecars) if task == "embedding" else ("mean", False, None)
+    head = SentenceHead()
+    if task == "embedding":
+        head = read_head(lambda rel: _read_file(source, kind, rel, spec.revision), repr(source))
     model_max = tok.model_max_length if tok.model_max_length and tok.model_max_length < 1_000_000 else 512
-    max_length = spec.max_length or st_max or model_max
+    max_length = spec.max_length or head.max_seq_length or model_max
     return ModelInfo(
-        task=task,
-        source=source,
-        source_kind=kind,
-        tokenizer=tok,
-        max_length=int(max_length),
-        pooling=pooling,
-        normalize=normalize,
-        sidecar_files=sidecars,
-        revision=spec.revision,
+        task=task, source=source, source_kind=kind, tokenizer=tok, max_length=int(max_length), head=head, revision=spec.revision
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 
+from optimizer import tasks
 from optimizer.cache import ArtifactCache, chain_key
 from optimizer.data import Dataset, DataSource, load_dataset
 from optimizer.errors import UserError
@@ -138,7 +139,7 @@ def measure_speed(
         )
     warmup = s.warmup if warmup is None else warmup
     repeats = repeats or s.repeats
-    texts = data.interleaved()
+    texts = tasks.prompted(cand, data).interleaved()  # requests as served carry the model's prompts
     with Watch() as watch:
         if recipe.task == "causal-lm":
             out = speed_mod.bench_causal_lm(cand, texts, batch, s.prompt_tokens, s.new_tokens, warmup, repeats)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from optimizer.data import Dataset
 from optimizer.runtimes import Candidate
 
 
@@ -98,12 +99,24 @@ def embed(candidate: Candidate, texts: list[str], batch_size: int, sort: bool = 
     take the texts in the order given, as a server takes requests. `streams` batches run at once."""
     out: np.ndarray | None = None
     for b, st in _outputs(candidate, make_batches(candidate, texts, batch_size, sort=sort), streams):
-        e = pool_numpy(st.float().numpy(), b.attention_mask.numpy(), candidate.info.pooling, candidate.info.normalize)
+        pooled = pool_numpy(st.float().numpy(), b.attention_mask.numpy(), candidate.info.pooling, normalize=False)
+        e = candidate.info.head.project(pooled)  # Dense layers and normalization, as the model's modules run
         if out is None:
             out = np.zeros((len(texts), e.shape[-1]), dtype=np.float32)
         out[b.index] = e
     assert out is not None
     return out
+
+
+def prompted(candidate: Candidate, data: Dataset) -> Dataset:
+    """`data` as the model is asked: with its sentence-transformers prompts (queries and documents each
+    their own for retrieval pairs; the default prompt otherwise). Models without prompts get `data`."""
+    head = candidate.info.head
+    if candidate.task != "embedding" or not head.prompts:
+        return data
+    if data.kind == "pairs":
+        return data.with_prefixes(head.prompt("query"), head.prompt("document"))
+    return data.with_prefixes(head.prompt("text"), head.prompt("text"))
 
 
 def classify(candidate: Candidate, texts: list[str], batch_size: int, sort: bool = True, streams: int = 1) -> np.ndarray:

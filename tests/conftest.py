@@ -108,6 +108,37 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def dense_prompt_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sentence-transformers layout with a Dense projection (32 -> 16, tanh) between pooling and
+    Normalize, and e5-style prompts: what a model that reads only Pooling and Normalize mis-scores."""
+    from safetensors.torch import save_file
+
+    folder = _tiny_bert(tmp_path_factory.mktemp("dense-bert"), "BertModel")
+    _write_st_sidecars(folder, normalize=False)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules += [
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "2_Dense").mkdir()
+    (folder / "2_Dense" / "config.json").write_text(
+        json.dumps(
+            {"in_features": 32, "out_features": 16, "bias": True, "activation_function": "torch.nn.modules.activation.Tanh"}
+        )
+    )
+    g = torch.Generator().manual_seed(1)
+    save_file(
+        {"linear.weight": torch.randn(16, 32, generator=g) * 0.3, "linear.bias": torch.randn(16, generator=g) * 0.1},
+        str(folder / "2_Dense" / "model.safetensors"),
+    )
+    (folder / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "query: ", "document": "passage: "}, "default_prompt_name": None})
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
 def wide_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Hidden width 64: bitsandbytes' CPU 4-bit kernels need widths that are multiples of 64."""
     folder = _tiny_bert(tmp_path_factory.mktemp("wide-bert"), "BertModel", hidden=64)

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
         "optimizer.signals",
         "optimizer.storage",
     ),
-    ("optimizer.model", "optimizer.data"),
+    ("optimizer.model", "optimizer.data", "optimizer.sentence_head"),
     ("optimizer.runtimes",),
     ("optimizer.tasks", "optimizer.onnx_export", "optimizer.ov_export", "optimizer.surgery", "optimizer.measure"),
     ("optimizer.passes",),

@@ -72,7 +72,7 @@ class QualityEvaluator:
 
     def _outputs(self, cand: Candidate) -> np.ndarray:
         if self.task == "embedding":
-            return tasks.embed(cand, self.data.all_texts(), self.batch_size, self.sort)
+            return tasks.embed(cand, tasks.prompted(cand, self.data).all_texts(), self.batch_size, self.sort)
         return tasks.classify(cand, self.data.texts, self.batch_size, self.sort)
 
     def _reference(self, reference: Candidate) -> np.ndarray:
