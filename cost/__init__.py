@@ -13,7 +13,7 @@ from cost.planning import (
     training_compute,
 )
 from cost.pricing import TokenPrice, kwh_per_million, token_price, usd_per_million
-from cost.workload import Saving, Workload, monthly_cost, monthly_energy_kwh, saving
+from cost.workload import Saving, Workload, monthly_cost, monthly_energy_kwh, saving, whole_instances
 
 __all__ = [
     "Catalog",
@@ -37,4 +37,5 @@ __all__ = [
     "monthly_cost",
     "monthly_energy_kwh",
     "saving",
+    "whole_instances",
 ]

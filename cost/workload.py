@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -66,6 +67,20 @@ def monthly_cost(price: TokenPrice, workload: Workload) -> float:
             "the workload has output tokens but this model has no decode speed", "give output tokens only for causal LMs"
         )
     return i / 1e6 * price.input_usd_per_m + (o / 1e6 * price.output_usd_per_m if o else 0.0)
+
+
+HOURS_PER_MONTH = 24 * DAYS_PER_MONTH
+
+
+def whole_instances(price: TokenPrice, workload: Workload) -> tuple[int, float]:
+    """Machines to rent for the workload, and their monthly cost: per-token prices assume a machine
+    can be rented by the fraction of time it is busy; a deployment rents whole ones (at least one).
+
+    Busy machine-hours a month are the monthly cost over the hourly price (the prices already hold
+    the assumed utilization); the instances are those hours over the hours in a month, rounded up."""
+    busy_hours = monthly_cost(price, workload) / price.hourly_usd
+    instances = max(1, math.ceil(busy_hours / HOURS_PER_MONTH - 1e-9))
+    return instances, instances * price.hourly_usd * HOURS_PER_MONTH
 
 
 def monthly_energy_kwh(price: TokenPrice, workload: Workload) -> float:

@@ -67,6 +67,22 @@ def test_workload_monthly_saving_break_even(cat):
         cost.Workload(input_tokens_per_day=1, requests_per_day=2, input_tokens_per_request=1)
 
 
+def test_whole_instances_round_the_busy_machine_time_up(cat):
+    e = cat.get("aws-g6.xlarge")  # $0.8048/h
+    hours = 24 * 365.25 / 12
+    p = cost.token_price(e, input_tps=1000, output_tps=100, utilization=0.5)
+    # 1000 in + 100 out tokens/s at 50% utilization: 1 s + 1 s of machine time per (1000 in, 100 out) at 50%
+    w = cost.Workload(input_tokens_per_day=1000 * 86400 * 0.6, output_tokens_per_day=100 * 86400 * 0.6)
+    busy = cost.monthly_cost(p, w) / 0.8048  # machine-hours the prices pay for
+    assert busy == pytest.approx(hours * (0.6 + 0.6) / 0.5)  # 2.4 machines' worth
+    n, usd = cost.whole_instances(p, w)
+    assert n == 3 and usd == pytest.approx(3 * 0.8048 * hours)
+    assert usd > cost.monthly_cost(p, w)  # whole machines cost more than the fraction the prices assume
+    assert cost.whole_instances(p, cost.Workload(input_tokens_per_day=1))[0] == 1  # any traffic needs one
+    exact = cost.Workload(input_tokens_per_day=1000 * 86400 * 0.5)  # exactly one machine busy 50% of the time
+    assert cost.whole_instances(p, exact)[0] == 1
+
+
 def test_training_plan_gpt3_on_a100(cat):
     p = cost.accelerators_to_train(175e9, 300e9, 30, cat.get("lambda-a100-80gb"), 0.462)
     assert p.flops == pytest.approx(3.15e23)

@@ -4,6 +4,7 @@ the 'nothing feasible' advice, and the HTML page rendered in headless Chromium."
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -77,6 +78,10 @@ def test_encoder_run_report_states_the_measured_money(encoder_run, tmp_path, cap
         assert s["break_even_days"] == pytest.approx(s["job_usd"] / (s["monthly_usd"] / DAYS_PER_MONTH))
     assert m["baseline"]["monthly_kwh"] == pytest.approx(month / 1e6 * base_cost["input_kwh_per_m"])
     assert m["baseline"]["monthly_co2_kg"] == pytest.approx(0.4 * m["baseline"]["monthly_kwh"])
+    for x in (m["baseline"], m["chosen"]):  # whole machines: the busy hours rounded up, at least one
+        hours = 24 * DAYS_PER_MONTH
+        assert x["instances"] == max(1, math.ceil(x["monthly_usd"] / base_cost["hourly_usd"] / hours - 1e-9))
+        assert x["monthly_usd_whole_instances"] == pytest.approx(x["instances"] * base_cost["hourly_usd"] * hours)
     # quality: each metric before and after, with the run's own drops
     by_metric = {q["metric"]: q for q in report["quality"]}
     assert set(by_metric) == set(result["baseline"]["quality"])
@@ -95,6 +100,7 @@ def test_encoder_run_report_states_the_measured_money(encoder_run, tmp_path, cap
         "## Hardware and software",
         "$/1M input",
         "kg CO2/month",
+        "whole instances · per month",
         "encode tokens/s",
         "batch latency p50 / p95 / p99",
         "weights on disk",

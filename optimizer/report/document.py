@@ -206,12 +206,25 @@ def _cost_section(r: dict[str, Any]) -> Section:
                     usd(x["output_usd_per_m"]),
                     usd(x["blended_usd_per_m"]),
                     usd(x["monthly_usd"]),
+                    f"{x['instances']} · {usd(x['monthly_usd_whole_instances'])}" if "instances" in x else "–",
                     f"{x['monthly_kwh']:,.2f}",
                     f"{x['monthly_co2_kg']:,.2f}",
                 ]
             )
     sec.blocks.append(
-        Table(["configuration", "$/1M input", "$/1M output", "$/1M blended", "per month", "kWh/month", "kg CO2/month"], rows)
+        Table(
+            [
+                "configuration",
+                "$/1M input",
+                "$/1M output",
+                "$/1M blended",
+                "per month",
+                "whole instances · per month",
+                "kWh/month",
+                "kg CO2/month",
+            ],
+            rows,
+        )
     )
     wl = m["workload"]
     items = [
@@ -222,6 +235,9 @@ def _cost_section(r: dict[str, Any]) -> Section:
         f"{p['input_share']:.0%} input tokens" + (f" ({p['note'].split('; ', 1)[1]})" if "; " in p["note"] else "") + ".",
         f"Energy: the catalog entry's power while busy; CO2 at {m['baseline']['grid_kg_per_kwh']:g} kg/kWh "
         "(set --grid-kg-per-kwh for your region).",
+        "Per month prices the busy machine-time only, as if a fraction of a machine could be rented; whole "
+        "instances are the machines this workload needs at that utilization (at least one) and what renting "
+        "them for a month costs.",
     ]
     s = m.get("saving")
     if s:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cost.pricing import TokenPrice
-from cost.workload import DAYS_PER_MONTH, Workload, monthly_cost, monthly_energy_kwh, saving
+from cost.workload import DAYS_PER_MONTH, Workload, monthly_cost, monthly_energy_kwh, saving, whole_instances
 
 ASSUMED_TOKENS_PER_MONTH = 1e9  # only when neither the recipe nor the command line gives a workload
 
@@ -57,7 +57,10 @@ def resolve_workload(
 def monthly(cost: dict[str, Any], workload: Workload, grid: float | None) -> dict[str, Any]:
     p = token_price(cost, grid)
     kwh = monthly_energy_kwh(p, workload)
+    instances, whole_usd = whole_instances(p, workload)
     return {
+        "instances": instances,
+        "monthly_usd_whole_instances": whole_usd,
         "hardware": p.hardware,
         "input_usd_per_m": p.input_usd_per_m,
         "output_usd_per_m": p.output_usd_per_m,
