@@ -49,7 +49,7 @@ MISTAKES = [
     (lambda: mutate("passes.0", {"name": "cast", "dtype": "int3"}), "passes[0].dtype"),
     (lambda: mutate("passes.0", {"name": "cast", "bits": 4}), "passes[0].bits: unknown parameter"),
     (lambda: mutate("passes.0", {"name": "cast", "dtype": {"choice": ["bfloat16", "fp8"]}}), "search value 'fp8'"),
-    (lambda: mutate("data.eval.source", "missing.jsonl"), "data.eval.source: file"),
+    (lambda: mutate("data.eval.source", "missing.jsonl"), "missing.jsonl' does not exist"),
     (lambda: mutate("model.source", "./no/such/folder"), "model.source: folder"),
     (lambda: mutate("quality.metrics", ["perplexity"]), "quality.metrics[0]: 'perplexity' is not a embedding metric"),
     (lambda: mutate("quality.primary", "spearman"), "quality.primary"),
