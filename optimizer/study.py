@@ -69,8 +69,7 @@ class Objective:
 
 
 def default_storage(recipe: Recipe, study_name: str) -> str:
-    folder = ensure_writable(search_dir(recipe, study_name).resolve())
-    return f"sqlite:///{folder / 'study.db'}"
+    return f"sqlite:///{search_dir(recipe, study_name).resolve() / 'study.db'}"
 
 
 def _grid(recipe: Recipe) -> dict[str, list[Any]]:
@@ -115,6 +114,8 @@ def open_study(recipe: Recipe, storage: str | None = None) -> optuna.Study:
     name = s.study_name or recipe.name
     objective = Objective(s.objective)
     directions = [objective.direction, "minimize"] if s.multi_objective else [objective.direction]
+    # a search writes its scratch space, cache and (by default) its study here; a report only reads
+    ensure_writable(search_dir(recipe, name))
     study = optuna.create_study(
         study_name=name,
         storage=open_storage(storage or s.storage or default_storage(recipe, name), s.heartbeat_seconds),
