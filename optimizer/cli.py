@@ -457,10 +457,18 @@ DISK_ERRNOS = {
 }
 
 
+# Warnings libraries log on every run that are no advice to a user: torchao (imported by transformers
+# whenever it is installed) about CUDA kernels and triton a CPU machine lacks; torch about its enum registry.
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet_all else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     as_json = getattr(args, "json", False) and args.fn in JSON_COMMANDS
     out = sys.stdout

@@ -187,3 +187,20 @@ def test_schema_lists_every_pass_and_its_parameters(capsys):
     assert schema["$defs"]["PassSpec"]["properties"]["name"]["enum"] == sorted(REGISTRY)
     assert "tokens" in schema["x-pass-parameters"]["max-length"]["properties"]
     assert {"model", "task", "data", "search"} <= set(schema["properties"])
+
+
+def test_validate_is_fast_because_it_loads_no_framework():
+    """`costopt validate` reads the pass registry without importing torch, transformers or a runtime."""
+    import time
+
+    probe = (
+        "import sys; from optimizer.cli import main; code = main(['validate', 'recipes/minilm-cpu-search.yaml']); "
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'onnxruntime', 'openvino', 'nncf', 'torchao'}); "
+        "print(heavy); sys.exit(code)"
+    )
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    took = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert took < 1.5, f"validate took {took:.2f} s"  # 0.3 s here; the import check above is the real guard

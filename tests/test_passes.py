@@ -51,7 +51,8 @@ def similarity(a: torch.Tensor, b: torch.Tensor) -> float:
 
 CHAINS = {
     "cast-bf16": ([("cast", {"dtype": "bfloat16"})], 0.99),
-    "torch-dynamic-int8": ([("torch-dynamic-int8", {})], 0.97),
+    "torch-dynamic-int8": ([("torch-dynamic-int8", {"compile": False})], 0.97),
+    "torch-dynamic-int8-compiled": ([("torch-dynamic-int8", {})], 0.97),
     "bnb-int8": ([("bnb-int8", {})], 0.97),
     "bnb-4bit-nf4": ([("bnb-4bit", {"quant_type": "nf4"})], 0.85),
     "bnb-4bit-fp4": ([("bnb-4bit", {"quant_type": "fp4", "double_quant": False})], 0.8),
@@ -86,6 +87,8 @@ WIDE = {"embedding": "wide_bert_dir", "causal-lm": "wide_llama_dir", "classifica
 def test_pass_applies_runs_stays_close_and_reloads(chain, task, request, tmp_path):
     if chain.startswith("ort-int8-static-") and task != "embedding":
         pytest.skip("calibration variants are covered once")
+    if chain == "torch-dynamic-int8-compiled" and task == "classification":
+        pytest.skip("compiled serving is covered on the encoder and the causal LM (20 s each)")
     folder = request.getfixturevalue((WIDE if chain.startswith("bnb-4bit") else MODELS)[task])
     steps, tolerance = CHAINS[chain]
     if chain == "bnb-int8" and torch.cuda.is_available():
@@ -111,12 +114,39 @@ def test_pass_applies_runs_stays_close_and_reloads(chain, task, request, tmp_pat
     assert similarity(got, outputs(again)) > (0.998 if chain.startswith("bnb-4bit") else 0.9999)
 
 
+def test_torch_dynamic_int8_is_torchao_quantize_and_per_channel_ignores_the_batch(tiny_bert_dir, tmp_path):
+    """The pass is torchao's `quantize_` (same outputs as calling it directly); per-token activation scales
+    make one input's outputs independent of its batch, per-tensor ones do not."""
+    import copy
+
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    from optimizer.passes import batch_dependent
+
+    base = _load(tiny_bert_dir, "embedding")
+    direct = copy.deepcopy(base)
+    quantize_(direct.module, Int8DynamicActivationInt8WeightConfig())
+    cand = build_pass("torch-dynamic-int8", {"compile": False}).apply(base, _ctx(tmp_path, tiny_bert_dir, "embedding"))
+    assert cand.int8_quantized and not cand.compiled
+    assert torch.equal(outputs(cand), outputs(direct))
+    alone = outputs(cand, TEXTS[:1])
+    assert torch.allclose(alone[0, : alone.shape[1]], outputs(cand)[0, : alone.shape[1]], atol=1e-5)
+    per_tensor = build_pass("torch-dynamic-int8", {"per_channel": False, "compile": False}).apply(
+        _load(tiny_bert_dir, "embedding"), _ctx(tmp_path, tiny_bert_dir, "embedding")
+    )
+    alone = outputs(per_tensor, TEXTS[:1])
+    assert not torch.allclose(alone[0, : alone.shape[1]], outputs(per_tensor)[0, : alone.shape[1]], atol=1e-5)
+    assert not batch_dependent([{"name": "torch-dynamic-int8", "params": {}}])
+    assert batch_dependent([{"name": "torch-dynamic-int8", "params": {"per_channel": False}}])
+
+
 def test_quantization_changes_outputs_and_counts_weights(wide_llama_dir, tmp_path):
     """The tolerance test above must not pass because nothing happened."""
     base = _load(wide_llama_dir, "causal-lm")
     cpu_ok = ("torch-dynamic-int8", "bnb-4bit") if torch.cuda.is_available() else ("torch-dynamic-int8", "bnb-int8", "bnb-4bit")
     for name in cpu_ok:  # bnb-int8 refuses the CPU on a GPU machine (tested above)
-        cand = build_pass(name, {}).apply(_load(wide_llama_dir, "causal-lm"), _ctx(tmp_path, wide_llama_dir, "causal-lm"))
+        params = {"compile": False} if name == "torch-dynamic-int8" else {}
+        cand = build_pass(name, params).apply(_load(wide_llama_dir, "causal-lm"), _ctx(tmp_path, wide_llama_dir, "causal-lm"))
         assert not torch.equal(outputs(base), outputs(cand)), name
     cand = build_pass("bnb-4bit", {}).apply(_load(wide_llama_dir, "causal-lm"), _ctx(tmp_path, wide_llama_dir, "causal-lm"))
     params, _ = cand.parameter_counts()

@@ -152,13 +152,19 @@ def runtime_of(passes: list[dict[str, Any]]) -> str:
     return runtime
 
 
+# Modules of this package that define no pass: helpers the passes import when they run.
+HELPERS = frozenset({"base", "calibration", "parity"})
+
+
 def _import_techniques() -> None:
-    """Import every module of this package: defining a Pass subclass registers it."""
+    """Import every pass module of this package: defining a Pass subclass registers it. Pass modules
+    import torch and the runtimes inside their functions, so reading the registry stays fast."""
     import importlib
     import pkgutil
 
     for m in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{m.name}")
+        if m.name not in HELPERS:
+            importlib.import_module(f"{__name__}.{m.name}")
 
 
 _import_techniques()

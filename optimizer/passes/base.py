@@ -8,6 +8,7 @@ same configuration, and cached artifacts of the old version are no longer reused
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,3 +77,17 @@ class Pass(ABC):
     @abstractmethod
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         """Return the transformed candidate (may modify the input in place)."""
+
+
+def no_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.no_grad() as a decorator that imports torch when called, not when the pass module is
+    imported: reading the registry (costopt validate, costopt schema) must not load torch."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper

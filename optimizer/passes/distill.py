@@ -12,18 +12,18 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import torch
 from pydantic import Field, model_validator
 
-from optimizer import surgery, tasks
-from optimizer.data import stdlib_split
 from optimizer.errors import UserError
 from optimizer.passes.base import Pass, PassConfig, PassContext
-from optimizer.passes.calibration import batches, input_norms
-from optimizer.runtimes import Candidate, TorchCandidate
+
+if TYPE_CHECKING:
+    import torch
+
+    from optimizer import tasks
+    from optimizer.runtimes import Candidate, TorchCandidate
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "distill-state.pt"
@@ -62,11 +62,16 @@ def spaced_layers(total: int, keep: int) -> list[int]:
 
 
 def train_texts(ctx: PassContext) -> list[str]:
+    from optimizer.data import stdlib_split
+
     data = ctx.train or ctx.calibration
     return data.all_texts() if data is not None else [e.text for e in stdlib_split("train")]
 
 
 def _seed(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -79,6 +84,9 @@ class Distill(Pass):
 
     def _shrink(self, student: TorchCandidate, ctx: PassContext) -> list[int]:
         """Cut the student down; returns, per student block, the teacher block it came from."""
+        from optimizer import surgery
+        from optimizer.passes.calibration import batches, input_norms
+
         c = self.config
         total = len(surgery.blocks(student.module))
         kept = list(range(total))
@@ -97,6 +105,10 @@ class Distill(Pass):
         return kept
 
     def _loss(self, student: TorchCandidate, teacher: TorchCandidate, b: tasks.Batch, kept: list[int]) -> torch.Tensor:
+        import torch
+
+        from optimizer import tasks
+
         c = self.config
         ids, mask = b.input_ids.to(student.device), b.attention_mask.to(student.device)
         want_hidden = student.task == "embedding" and c.hidden_weight > 0
@@ -129,7 +141,12 @@ class Distill(Pass):
         return kl * T * T
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        import numpy as np
+        import torch
         from tqdm.auto import tqdm
+
+        from optimizer import surgery, tasks
+        from optimizer.runtimes import TorchCandidate
 
         assert isinstance(candidate, TorchCandidate)
         if ctx.baseline is None:

@@ -10,11 +10,14 @@ and changes no weights: put it last in a recipe, so the artifacts before it are 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from optimizer.passes.base import Pass, PassConfig, PassContext
-from optimizer.runtimes import Candidate
+
+if TYPE_CHECKING:
+    from optimizer.runtimes import Candidate
 
 
 class InputCapConfig(PassConfig):

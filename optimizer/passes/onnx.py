@@ -10,19 +10,18 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import Field
 
-from optimizer import tasks
 from optimizer.errors import UserError
-from optimizer.onnx_export import export
 from optimizer.passes.base import Pass, PassConfig, PassContext
-from optimizer.passes.calibration import next_folder, sample_texts
-from optimizer.passes.parity import check_parity
-from optimizer.runtimes import Candidate, TorchCandidate
-from optimizer.runtimes.ort import MODEL_FILE, OrtCandidate
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from optimizer.runtimes import Candidate
+    from optimizer.runtimes.ort import OrtCandidate
 
 
 class _NoPreprocessAdvice(logging.Filter):
@@ -39,6 +38,8 @@ ORT = frozenset({"onnxruntime"})
 
 
 def _derive(cand: OrtCandidate, folder: Path) -> OrtCandidate:
+    from optimizer.runtimes.ort import OrtCandidate
+
     return OrtCandidate(
         info=cand.info, device=cand.device, applied=list(cand.applied), notes=list(cand.notes), folder=folder, io=dict(cand.io)
     )
@@ -63,6 +64,12 @@ class OnnxExport(Pass):
     Config = ExportConfig
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        from optimizer.onnx_export import export
+        from optimizer.passes.calibration import next_folder, sample_texts
+        from optimizer.passes.parity import check_parity
+        from optimizer.runtimes import TorchCandidate
+        from optimizer.runtimes.ort import MODEL_FILE, OrtCandidate
+
         assert isinstance(candidate, TorchCandidate)
         folder = next_folder(ctx, self.name)
         module = candidate.module.float().cpu()  # the exported graph is fp32; parity is against this module
@@ -107,7 +114,8 @@ class OrtOptimize(Pass):
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         import onnxruntime as ort
 
-        from optimizer.runtimes.ort import session_options
+        from optimizer.passes.calibration import next_folder
+        from optimizer.runtimes.ort import MODEL_FILE, OrtCandidate, session_options
 
         assert isinstance(candidate, OrtCandidate)
         folder = next_folder(ctx, self.name)
@@ -180,6 +188,9 @@ class OrtInt8Dynamic(Pass):
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        from optimizer.passes.calibration import next_folder
+        from optimizer.runtimes.ort import MODEL_FILE, OrtCandidate
+
         assert isinstance(candidate, OrtCandidate)
         folder = next_folder(ctx, self.name)
         c = self.config
@@ -217,6 +228,8 @@ class _Reader:
         self.it: Iterator[dict[str, np.ndarray]] = self._feeds()
 
     def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        from optimizer import tasks
+
         for b in tasks.make_batches(self.candidate, self.texts, self.batch_size):
             feed = {"input_ids": b.input_ids.numpy(), "attention_mask": b.attention_mask.numpy()}
             if self.candidate.task == "causal-lm":
@@ -241,6 +254,9 @@ class OrtInt8Static(Pass):
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        from optimizer.passes.calibration import next_folder, sample_texts
+        from optimizer.runtimes.ort import MODEL_FILE, OrtCandidate
 
         assert isinstance(candidate, OrtCandidate)
         c = self.config
@@ -304,6 +320,9 @@ class OrtInt4(Pass):
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        from optimizer.passes.calibration import next_folder
+        from optimizer.runtimes.ort import MODEL_FILE, OrtCandidate
 
         assert isinstance(candidate, OrtCandidate)
         c = self.config

@@ -11,18 +11,18 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import Field
 
-from optimizer import tasks
 from optimizer.errors import UserError
 from optimizer.passes.base import Pass, PassConfig, PassContext
-from optimizer.passes.calibration import next_folder, sample_texts
-from optimizer.passes.parity import check_parity
-from optimizer.runtimes import Candidate, TorchCandidate
-from optimizer.runtimes.ov import MODEL_FILE, OvCandidate, require_openvino
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from optimizer.runtimes import Candidate
+    from optimizer.runtimes.ov import OvCandidate
 
 OV = frozenset({"openvino"})
 Precision = Literal["f32", "bf16", "f16"]
@@ -60,6 +60,10 @@ class OvExport(OvPass):
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         from optimizer.ov_export import convert
+        from optimizer.passes.calibration import next_folder, sample_texts
+        from optimizer.passes.parity import check_parity
+        from optimizer.runtimes import TorchCandidate
+        from optimizer.runtimes.ov import OvCandidate
 
         assert isinstance(candidate, TorchCandidate)
         c = self.config
@@ -85,6 +89,8 @@ class OvExport(OvPass):
 
 
 def _supported(precision: str) -> str:
+    from optimizer.runtimes.ov import require_openvino
+
     ov = require_openvino()
     caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     wanted = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}[precision]
@@ -102,6 +108,8 @@ def _supported(precision: str) -> str:
 
 def _feeds(candidate: OvCandidate, texts: list[str]) -> list[dict[str, np.ndarray]]:
     """One model input per calibration text, at its own length (no padding in the statistics)."""
+    from optimizer import tasks
+
     out = []
     for b in tasks.make_batches(candidate, texts, batch_size=1, sort=False):
         feed = {"input_ids": b.input_ids.numpy(), "attention_mask": b.attention_mask.numpy()}
@@ -136,10 +144,15 @@ def _ignored(patterns: list[str]) -> Any:
 
 
 def _read(candidate: OvCandidate) -> Any:
+    from optimizer.runtimes.ov import require_openvino
+
     return require_openvino().Core().read_model(str(candidate.model_path))
 
 
 def _write(model: Any, candidate: OvCandidate, ctx: PassContext, name: str) -> OvCandidate:
+    from optimizer.passes.calibration import next_folder
+    from optimizer.runtimes.ov import MODEL_FILE, require_openvino
+
     folder = next_folder(ctx, name)
     require_openvino().save_model(model, str(folder / MODEL_FILE), compress_to_fp16=False)
     return candidate.derive(folder)
@@ -176,6 +189,9 @@ class OvInt8Static(OvPass):
         return any(p["name"] == "ov-export" and p["params"].get("inference_precision", "f32") != "f32" for p in chain)
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        from optimizer.passes.calibration import sample_texts
+        from optimizer.runtimes.ov import OvCandidate
+
         nncf = _nncf()
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
@@ -232,6 +248,9 @@ class OvWeightCompress(OvPass):
     Config = OvWeightConfig
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        from optimizer.passes.calibration import sample_texts
+        from optimizer.runtimes.ov import OvCandidate
+
         nncf = _nncf()
         assert isinstance(candidate, OvCandidate)
         c = self.config

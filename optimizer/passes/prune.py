@@ -8,17 +8,18 @@ sparse tensors, which have real kernels. Structured pruning physically shrinks t
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
-from optimizer import surgery
 from optimizer.errors import UserError
-from optimizer.passes.base import Pass, PassConfig, PassContext
-from optimizer.passes.calibration import batches, block_influence, input_norms
-from optimizer.runtimes import Candidate, TorchCandidate
+from optimizer.passes.base import Pass, PassConfig, PassContext, no_grad
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from optimizer.runtimes import Candidate, TorchCandidate
 
 log = logging.getLogger(__name__)
 _NOT_PRUNED = ("embed", "lm_head", "classifier", "pooler", "score", "shared")
@@ -26,6 +27,10 @@ _NOT_PRUNED = ("embed", "lm_head", "classifier", "pooler", "score", "shared")
 
 def target_linears(model: nn.Module) -> list[nn.Linear]:
     """The Linear layers inside the transformer blocks (embeddings and output heads stay dense)."""
+    from torch import nn
+
+    from optimizer import surgery
+
     try:
         return [lin for b in surgery.blocks(model) for lin in (b.q, b.k, b.v, b.o, *b.ffn_in, b.ffn_out)]
     except UserError:
@@ -56,8 +61,12 @@ class PruneMagnitude(Pass):
     family = "pruning"
     Config = MagnitudeConfig
 
-    @torch.no_grad()
+    @no_grad
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        import torch
+
+        from optimizer.runtimes import TorchCandidate
+
         assert isinstance(candidate, TorchCandidate)
         linears = target_linears(candidate.module)
         s = self.config.sparsity
@@ -83,6 +92,8 @@ class WandaConfig(SparsityConfig):
 
 def wanda_scores(candidate: TorchCandidate, linears: list[nn.Linear], ctx: PassContext, samples: int) -> list[torch.Tensor]:
     """|W_ij| * ||X_j||_2 from calibration activations (Sun et al., 2023)."""
+    from optimizer.passes.calibration import batches, input_norms
+
     norms = input_norms(candidate, linears, batches(candidate, ctx, samples))
     return [lin.weight.detach().abs().float() * n.to(lin.weight.device)[None, :] for lin, n in zip(linears, norms, strict=False)]
 
@@ -94,8 +105,10 @@ class PruneWanda(Pass):
     family = "pruning"
     Config = WandaConfig
 
-    @torch.no_grad()
+    @no_grad
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        from optimizer.runtimes import TorchCandidate
+
         assert isinstance(candidate, TorchCandidate)
         linears = target_linears(candidate.module)
         for lin, score in zip(linears, wanda_scores(candidate, linears, ctx, self.config.samples), strict=False):
@@ -122,8 +135,12 @@ class PruneNM(Pass):
     family = "pruning"
     Config = NMConfig
 
-    @torch.no_grad()
+    @no_grad
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        import torch
+
+        from optimizer.runtimes import TorchCandidate
+
         assert isinstance(candidate, TorchCandidate)
         c = self.config
         if c.n >= c.m:
@@ -154,6 +171,8 @@ class PruneNM(Pass):
 
 def _to_semi_structured(linears: list[nn.Linear]) -> int:
     """Swap 2:4 weights for torch's semi-structured sparse tensors (CUDA, fp16/bf16); returns how many took."""
+    import torch
+    from torch import nn
     from torch.sparse import to_sparse_semi_structured
 
     done = 0
@@ -187,8 +206,12 @@ class PruneStructured(Pass):
     family = "pruning"
     Config = StructuredConfig
 
-    @torch.no_grad()
+    @no_grad
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        from optimizer import surgery
+        from optimizer.passes.calibration import batches, block_influence, input_norms
+        from optimizer.runtimes import TorchCandidate
+
         assert isinstance(candidate, TorchCandidate)
         c = self.config
         model = candidate.module

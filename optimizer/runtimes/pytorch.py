@@ -1,61 +1,99 @@
-"""The torch runtime: a transformers module (eager, bf16/fp16, bitsandbytes, torch dynamic int8).
+"""The torch runtime: a transformers module (eager or torch.compile'd; bf16/fp16, bitsandbytes,
+torchao int8).
 
-Saved artifacts are Hugging Face folders; torch dynamic int8, which save_pretrained cannot write,
-is saved as the config plus the quantized state dict and rebuilt on reload.
+Saved artifacts are Hugging Face folders; a torchao-quantized module, which save_pretrained cannot
+write, is saved as the config plus its state dict (torchao tensors) and rebuilt on reload.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from optimizer.errors import UserError
 from optimizer.model import ModelSpec, auto_class, load_model_info, load_module, saved_spec
 from optimizer.runtimes.base import Candidate, Pair, fresh_folder, run_streams
 from optimizer.runtimes.threads import threads
 
 QUANTIZED_STATE = "quantized_state.pt"
-DynamicQLinear = torch.ao.nn.quantized.dynamic.Linear
+QUANTIZED_FORMAT = "torchao-int8"
 
 
 def dynamic_int8(module: torch.nn.Module, per_channel: bool) -> torch.nn.Module:
-    """Linear layers -> int8 weights (per output channel or per tensor), activations quantized per batch."""
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+    """torchao int8 dynamic quantization of every Linear: int8 weights, activations quantized at run time.
 
-    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    per_channel: weights per output row and activations per token, so one input's outputs do not depend
+    on the rest of its batch; otherwise one scale per tensor for both (they do)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, PerRow, PerTensor, quantize_
+
+    module = module.float()
+    granularity = PerRow() if per_channel else PerTensor()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-        return quantize_dynamic(module.float(), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+        warnings.simplefilter("ignore")
+        quantize_(module, Int8DynamicActivationInt8WeightConfig(granularity=granularity, set_inductor_config=False))
+    return module
+
+
+def _int8_weight(p: torch.Tensor) -> torch.Tensor | None:
+    """The int8 codes of a torchao-quantized weight, or None for an ordinary tensor."""
+    return getattr(p, "qdata", None) if type(p).__name__ == "Int8Tensor" else None
+
+
+def compile_module(module: torch.nn.Module) -> Any:
+    """torch.compile with dynamic shapes (batch and length vary): Inductor fuses torchao's
+    quantize-matmul-rescale steps, which eager mode runs one by one (slower than fp32)."""
+    import shutil as _shutil
+
+    if _shutil.which("g++") is None and _shutil.which("c++") is None:
+        raise UserError(
+            "torch.compile on the CPU needs a C++ compiler, and none is on PATH",
+            "install one (apt install g++), or set compile: false on the pass",
+        )
+    # torchao's tensors do not hash for torch's compile cache: a notice on every first call, no advice
+    warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching", category=UserWarning)
+    return torch.compile(module, dynamic=True)
 
 
 @dataclass
 class TorchCandidate(Candidate):
     module: torch.nn.Module | None = None
     runtime: str = "torch"
+    compiled: bool = False  # served through torch.compile; compiled on the first call, once per process
+    _runner: Any = field(default=None, repr=False)
 
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, non_blocking=True)
 
+    @property
+    def model(self) -> Any:
+        """What serves calls: the module, or its compiled form."""
+        if not self.compiled:
+            return self.module
+        if self._runner is None or self._runner._orig_mod is not self.module:
+            self._runner = compile_module(self.module)
+        return self._runner
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.module(input_ids=self._to(input_ids), attention_mask=self._to(attention_mask))
+        out = self.model(input_ids=self._to(input_ids), attention_mask=self._to(attention_mask))
         y = out.last_hidden_state if self.task == "embedding" else out.logits
         return y.float().cpu()
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
         mask = self._to(attention_mask)
-        out = self.module(input_ids=self._to(input_ids), attention_mask=mask, use_cache=True)
+        out = self.model(input_ids=self._to(input_ids), attention_mask=mask, use_cache=True)
         return out.logits[:, -1, :].float().cpu(), {"cache": out.past_key_values, "mask": mask}
 
     @torch.inference_mode()
     def decode(self, next_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         mask = torch.cat([state["mask"], state["mask"].new_ones((state["mask"].shape[0], 1))], dim=1)
-        out = self.module(input_ids=self._to(next_ids), attention_mask=mask, past_key_values=state["cache"], use_cache=True)
+        out = self.model(input_ids=self._to(next_ids), attention_mask=mask, past_key_values=state["cache"], use_cache=True)
         return out.logits[:, -1, :].float().cpu(), {"cache": out.past_key_values, "mask": mask}
 
     def concurrent(self, batches: Sequence[Pair], streams: int, latencies: list[float] | None) -> list[torch.Tensor]:
@@ -71,40 +109,37 @@ class TorchCandidate(Candidate):
             torch.set_num_threads(n)
 
     @property
-    def dynamic_int8(self) -> bool:
-        """True after torch-dynamic-int8: packed int8 Linear layers that save_pretrained cannot write."""
-        return any(isinstance(m, DynamicQLinear) for m in self.module.modules())
+    def int8_quantized(self) -> bool:
+        """True after torch-dynamic-int8: torchao int8 weights, which save_pretrained cannot write."""
+        return any(_int8_weight(p) is not None for p in self.module.parameters())
 
     def save(self, directory: Path) -> Path:
         directory = fresh_folder(directory)
         fmt = "hf"
-        if self.dynamic_int8:  # config + the quantized state dict; reload rebuilds, quantizes, then loads it
-            fmt = "torch-dynamic-int8"
+        if self.int8_quantized:  # config + the state dict of torchao tensors; reload assigns them
+            fmt = QUANTIZED_FORMAT
             self.module.config.save_pretrained(directory)
             torch.save(self.module.state_dict(), directory / QUANTIZED_STATE)
         else:
             self.module.save_pretrained(directory, safe_serialization=True)
-        self.write_common(directory, format=fmt)
+        self.write_common(directory, format=fmt, compiled=self.compiled)
         return directory
 
     def parameter_counts(self) -> tuple[int, int]:
         seen: set[int] = set()
         total = nonzero = 0
-        for m in self.module.modules():
-            if isinstance(m, DynamicQLinear):  # packed int8 weight, invisible to parameters()
-                w = m.weight().int_repr()
-                total += w.numel()
-                nonzero += int(torch.count_nonzero(w).item())
         for p in self.module.parameters():
-            if p.data_ptr() in seen:  # tied weights count once
+            codes = _int8_weight(p)
+            ptr = (p if codes is None else codes).data_ptr()  # a torchao tensor's own data_ptr is not its storage
+            if ptr in seen:  # tied weights count once
                 continue
-            seen.add(p.data_ptr())
+            seen.add(ptr)
             if type(p).__name__ == "Params4bit":  # two 4-bit codes per byte; zero weights are not zero codes
                 total += p.numel() * 2
                 nonzero += p.numel() * 2
                 continue
             total += p.numel()
-            nonzero += int(torch.count_nonzero(p).item())
+            nonzero += int(torch.count_nonzero(p if codes is None else codes).item())
         return total, nonzero
 
 
@@ -116,12 +151,20 @@ def load_candidate(spec: ModelSpec, task: str, device: str) -> TorchCandidate:
 
 def load_artifact(directory: Path, meta: dict[str, Any], device: str) -> TorchCandidate:
     spec = saved_spec(directory)
-    if meta.get("format") != "torch-dynamic-int8":
-        return load_candidate(spec, meta["task"], device)
-    from transformers import AutoConfig
+    fmt = meta.get("format", "hf")
+    if fmt == "hf":
+        cand = load_candidate(spec, meta["task"], device)
+    elif fmt == QUANTIZED_FORMAT:
+        from transformers import AutoConfig
 
-    module = auto_class(meta["task"]).from_config(AutoConfig.from_pretrained(directory))
-    params = next((a["params"] for a in meta.get("applied", []) if a["name"] == "torch-dynamic-int8"), {})
-    module = dynamic_int8(module.eval(), per_channel=params.get("per_channel", True))
-    module.load_state_dict(torch.load(directory / QUANTIZED_STATE, weights_only=False))
-    return TorchCandidate(info=load_model_info(spec, meta["task"]), module=module, device="cpu")
+        module = auto_class(meta["task"]).from_config(AutoConfig.from_pretrained(directory)).eval()
+        # assign=True puts the saved torchao tensors in place of the fresh float weights
+        module.load_state_dict(torch.load(directory / QUANTIZED_STATE, weights_only=False), assign=True)
+        cand = TorchCandidate(info=load_model_info(spec, meta["task"]), module=module, device="cpu")
+    else:
+        raise UserError(
+            f"{directory} holds a torch artifact in the {fmt!r} format, which this costopt no longer reads",
+            "rebuild it: costopt deploy <deploy.yaml>, or run the recipe again",
+        )
+    cand.compiled = bool(meta.get("compiled", False))
+    return cand
