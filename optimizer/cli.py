@@ -149,13 +149,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracker(args: argparse.Namespace, experiment: str) -> Any:
+    """The MLflow tracker --mlflow asks for (checked before any work), or None."""
+    if args.mlflow is None:
+        return None
+    from optimizer.tracking import MlflowTracker
+
+    return MlflowTracker(args.mlflow, experiment)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from optimizer.pipeline import run_recipe
     from optimizer.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    tracker = _tracker(args, recipe.name)
     result, path = run_recipe(recipe, Path(args.out) if args.out else None, progress=not _quiet(args))
     args.result = result | {"result_file": str(path)}
+    if tracker is not None:
+        args.result["mlflow_run"] = tracker.log_result(result)
     print(render_result(result))
     print(f"\nresult: {path}")
     return 0
@@ -168,7 +180,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from optimizer.study import WORKER_PREFIX, leaderboard, run_search, worker_id
 
     recipe = load_recipe(args.recipe, args.set)
-    study = run_search(recipe, args.storage, args.trials, progress=not _quiet(args))
+    tracker = _tracker(args, recipe.name)
+    study = run_search(recipe, args.storage, args.trials, progress=not _quiet(args), callbacks=[tracker] if tracker else [])
     baseline = study.user_attrs.get("baseline", {})
     board = leaderboard(study, None)
     args.result = {
@@ -395,10 +408,21 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true", help=JSON_HELP)
         return c
 
+    def tracked(c: argparse.ArgumentParser) -> None:
+        c.add_argument(
+            "--mlflow",
+            nargs="?",
+            const="",
+            metavar="TRACKING_URI",
+            help="log to MLflow (the mlflow extra), one MLflow run per trial, in an experiment named after the recipe; "
+            "TRACKING_URI defaults to $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db",
+        )
+
     recipe_cmd("validate", "check a recipe without running it").set_defaults(fn=cmd_validate)
     run = recipe_cmd("run", "measure the baseline and the recipe's passes, write a result JSON")
     run.add_argument("--out", help="results folder (default: the recipe's output_dir, runs/)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    tracked(run)
     run.set_defaults(fn=cmd_run)
     search = recipe_cmd("search", "Optuna search of the recipe's ranges: cheapest configuration within the quality budget")
     search.add_argument("--trials", type=int, help="finished trials the study should hold (default: search.trials)")
@@ -406,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--deploy", help="where to write the chosen configuration (default: runs/<study>/deploy.yaml)")
     search.add_argument("--top", type=int, default=15, help="leaderboard rows (default 15)")
     search.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    tracked(search)
     search.set_defaults(fn=cmd_search)
     deploy = sub.add_parser("deploy", help="rebuild the artifact a search chose, from its deploy.yaml")
     deploy.add_argument("deploy_file", help="deploy.yaml written by `costopt search`")

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -475,10 +475,17 @@ class Progress:
         self.bar.close()
 
 
-def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = None, progress: bool = False) -> optuna.Study:
+def run_search(
+    recipe: Recipe,
+    storage: str | None = None,
+    trials: int | None = None,
+    progress: bool = False,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+) -> optuna.Study:
     """Run trials until the study holds `trials` finished ones (re-running resumes) or the time budget ends.
 
     Several processes (or machines, through a shared storage URL) can run this at once on one study.
+    `callbacks` are Optuna trial callbacks (experiment tracking: optimizer.tracking.MlflowTracker).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(recipe, storage)
@@ -490,7 +497,7 @@ def run_search(recipe: Recipe, storage: str | None = None, trials: int | None = 
     if todo <= 0:
         return study
     with registered():  # other workers on this host see this one and mark timings it may disturb
-        _run_trials(recipe, study, target, progress)
+        _run_trials(recipe, study, target, progress, callbacks)
     fail_orphans(study)
     return study
 
@@ -518,7 +525,13 @@ def fail_orphans(study: optuna.Study) -> list[int]:
     return failed
 
 
-def _run_trials(recipe: Recipe, study: optuna.Study, target: int, progress: bool) -> None:
+def _run_trials(
+    recipe: Recipe,
+    study: optuna.Study,
+    target: int,
+    progress: bool,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+) -> None:
     runner = TrialRunner(recipe, search_dir(recipe, study.study_name), study.user_attrs.get("baseline"))
     _record_study_context(study, recipe, runner)
     timeout = recipe.search.timeout_minutes * 60 if recipe.search.timeout_minutes else None
@@ -543,7 +556,9 @@ def _run_trials(recipe: Recipe, study: optuna.Study, target: int, progress: bool
                 break
             random_next = repeats > 0 and recipe.search.sampler in ("tpe", "nsga2")
             study.sampler = optuna.samplers.RandomSampler(seed=recipe.search.seed + len(study.trials)) if random_next else sampler
-            study.optimize(runner, n_trials=1, timeout=left, catch=(Exception,), callbacks=[bar.update], gc_after_trial=True)
+            study.optimize(
+                runner, n_trials=1, timeout=left, catch=(Exception,), callbacks=[bar.update, *callbacks], gc_after_trial=True
+            )
             if recipe.search.sampler != "grid":
                 queue_combination(study, recipe)
             last = study.get_trials(deepcopy=False)[runner.last_trial] if runner.last_trial is not None else None

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
         "optimizer.budget",
         "optimizer.signals",
         "optimizer.storage",
+        "optimizer.tracking",
     ),
     ("optimizer.model", "optimizer.data", "optimizer.sentence_head"),
     ("optimizer.runtimes",),
