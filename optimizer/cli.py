@@ -54,11 +54,20 @@ def _speed_rows(label: str, s: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 label,
-                "batch latency p50/p95 (ms)",
+                "batch latency p50/p95 (ms, length-sorted)",
                 f"{1e3 * s['batch_latency_s']['p50']:.1f} / {1e3 * s['batch_latency_s']['p95']:.1f}",
             ]
         )
-    rows.append([label, "peak RSS (MiB)", f"{s['peak_rss_bytes'] / 2**20:.0f}"])
+        if s.get("request_latency_s"):
+            lat = s["request_latency_s"]
+            rows.append(
+                [
+                    label,
+                    "request latency p50/p95/p99 (ms, arrival order)",
+                    " / ".join(f"{1e3 * lat[q]:.1f}" for q in ("p50", "p95", "p99")),
+                ]
+            )
+    rows.append([label, "peak RSS of the benchmark process (MiB)", f"{s['peak_rss_bytes'] / 2**20:.0f}"])
     if s.get("peak_cuda_bytes"):
         rows.append([label, "peak CUDA (MiB)", f"{s['peak_cuda_bytes'] / 2**20:.0f}"])
     return rows
@@ -98,8 +107,12 @@ def render_result(r: dict[str, Any]) -> str:
     for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
         if part and "footprint" in part:
             f = part["footprint"]
-            f_rows.append([label, f"{f['parameters']:,}", f"{f['nonzero_parameters']:,}", f"{f['weight_bytes'] / 2**20:.1f}"])
-    out += [table(f_rows, ["model", "parameters", "non-zero", "weights on disk (MiB)"])]
+            alone = f.get("memory_alone")
+            f_rows.append(
+                [label, f"{f['parameters']:,}", f"{f['nonzero_parameters']:,}", f"{f['weight_bytes'] / 2**20:.1f}"]
+                + ([f"{alone['peak_rss_bytes'] / 2**20:.0f}"] if alone else ["-"])
+            )
+    out += [table(f_rows, ["model", "parameters", "non-zero", "weights on disk (MiB)", "peak RSS served alone (MiB)"])]
     if r["baseline"].get("cost"):
         c_rows = []
         for label, part in (("baseline", r["baseline"]), ("candidate", cand)):

@@ -24,6 +24,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
@@ -88,6 +89,8 @@ class Confirmation:
     savings: list[Saving] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)  # per timed round: each arm's value and contention
     rounds_set_aside: int = 0
+    # peak RSS of a process serving each alone (baseline, choice), as the choice is deployed
+    memory_alone: dict[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
 
     def as_dict(self) -> dict[str, Any]:
@@ -259,6 +262,7 @@ def _time_saving(
         for a in arms:
             a.values.append(measured[a.name][0])
     choice = arms[-1]
+    _memory_alone(bench, arms[0], choice, search_dir(recipe, study.study_name) / "confirm-memory", result, base_threads)
     for arm in arms[:-1]:
         n = min(len(arm.values), len(choice.values))
         if n < 3:
@@ -282,6 +286,20 @@ def _time_saving(
         result.savings.append(
             Saving(arm.name, r, statistics.median(arm.values), statistics.median(choice.values), established, why)
         )
+
+
+def _memory_alone(bench: Bench, baseline: _Arm, choice: _Arm, folder: Path, result: Confirmation, base_threads: int) -> None:
+    """What a replica of the baseline and of the choice needs, each served alone in a fresh process."""
+    try:
+        for key, arm in (("baseline", baseline), ("choice", choice)):
+            speed_mod.set_threads(arm.threads)
+            artifact = None if arm is baseline else arm.cand.save(folder)
+            result.memory_alone[key] = bench.memory_alone(arm.batch, arm.streams, artifact)
+    except Exception as e:  # a figure the report can do without: the confirmation stands
+        log.warning("memory served alone was not measured: %s", str(e)[:200])
+    finally:
+        speed_mod.set_threads(base_threads)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:

@@ -25,6 +25,7 @@ from optimizer.cache import ArtifactCache, chain_key
 from optimizer.data import Dataset, DataSource, load_dataset
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
+from optimizer.measure.alone import serving_memory
 from optimizer.measure.contention import Watch
 from optimizer.measure.quality import QualityEvaluator
 from optimizer.measure.stats import MetricValues, paired_bootstrap
@@ -467,6 +468,29 @@ class Bench:
             speed["model"] = {"source": self.recipe.speed.model.source, "parameters": cand.parameter_counts()[0]}
         return speed, price_speed(self.recipe, speed)
 
+    def memory_alone(self, batch_size: int, streams: int = 1, artifact: Path | None = None) -> dict[str, Any] | None:
+        """Peak RSS of a fresh process serving one model alone (the saved `artifact`, else the baseline)
+        over the speed benchmark's requests, in its batches, on this process's thread count; None when
+        speed.model times another model than the one saved."""
+        if self.recipe.speed.model is not None:
+            return None
+        s, ref = self.recipe.speed, self.baseline
+        texts = tasks.prompted(ref, self.eval_data).interleaved()
+        shape = {"batch_size": batch_size, "streams": streams}
+        if self.recipe.task == "causal-lm":
+            shape |= {"prompt_tokens": s.prompt_tokens, "new_tokens": s.new_tokens}
+        else:
+            texts = texts[: s.texts]
+        return serving_memory(
+            self.recipe.task,
+            texts,
+            shape,
+            speed_mod.threads(),
+            self.device,
+            artifact=artifact,
+            model=None if artifact else self.recipe.model.model_dump(mode="json"),
+        )
+
 
 def run_recipe(
     recipe: Recipe, out_dir: Path | None = None, chosen: dict[str, Any] | None = None, progress: bool = True
@@ -488,7 +512,7 @@ def run_recipe(
     trial = Trial(recipe, passes)
     if speed_model_note(recipe):
         trial.notes.append(speed_model_note(recipe))
-    n_stages = 4 + (4 if passes else 0)
+    n_stages = 4 + (5 if passes else 0)
     bar = tqdm(total=n_stages, disable=not progress, unit="stage", leave=False)
 
     try:
@@ -526,6 +550,10 @@ def run_recipe(
                 del timed
             with _Stage(trial, "save candidate", bar):
                 trial.candidate["footprint"] = footprint(cand, run_dir / "artifact")
+            with _Stage(trial, "memory served alone", bar):
+                for part, artifact in ((trial.baseline, None), (trial.candidate, run_dir / "artifact")):
+                    sp = part["speed"]
+                    part["footprint"]["memory_alone"] = bench.memory_alone(sp["batch_size"], sp.get("streams", 1), artifact)
         trial.status = "ok"
     except BaseException as e:
         trial.status = "failed"

@@ -170,6 +170,12 @@ def test_search_confirms_on_held_out_data_and_falls_back_to_the_next_candidate(
     assert main(["report", str(tmp_path / "runs" / "confirmed"), "--format", "md", "--out", str(tmp_path / "rep")]) == 0
     md = next((tmp_path / "rep").glob("*.md")).read_text()
     assert "Confirmed on" in md and "held-out" in md and "Saving against the baseline at batch 8" in md
+    # what a replica needs: each served alone in a fresh process, shown in the report's footprint rows
+    alone = c["memory_alone"]
+    assert alone["baseline"]["peak_rss_bytes"] > alone["baseline"]["libraries_rss_bytes"] > 0
+    assert alone["choice"]["peak_rss_bytes"] > alone["choice"]["libraries_rss_bytes"] > 0
+    row = next(line for line in md.splitlines() if line.startswith("| peak memory served alone"))
+    assert row.count("MiB") == 2
 
 
 def test_nothing_confirmed_exits_3_and_writes_no_deployment(write_recipe, tiny_bert_dir, tmp_path, monkeypatch, capsys):

@@ -63,6 +63,10 @@ def test_encoder_run_report_states_the_measured_money(encoder_run, tmp_path, cap
     report = build_report(open_source(str(encoder_run)))
     result = json.loads((encoder_run / "result.json").read_text())
     assert report["schema"] == "costopt.report/1" and report["version"] == 1 and report["kind"] == "run"
+    for part in ("baseline", "candidate"):  # a run measures each served alone, in a fresh process
+        alone = result[part]["footprint"]["memory_alone"]
+        assert alone["peak_rss_bytes"] > alone["libraries_rss_bytes"] > 0
+    assert report["chosen"]["footprint"]["memory_alone"] == result["candidate"]["footprint"]["memory_alone"]
     base_cost, cand_cost = result["baseline"]["cost"], result["candidate"]["cost"]
     m = report["money"]
     month = 2e8 * DAYS_PER_MONTH

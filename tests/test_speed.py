@@ -35,6 +35,40 @@ def test_encoder_bench_counts_real_tokens(tiny_bert_dir):
     assert tps["n"] == 3 and 0 < tps["min"] <= tps["median"] <= tps["max"]
     assert r["sequences_per_s"]["median"] == pytest.approx(tps["median"] * len(texts) / expected, rel=1e-6)
     assert r["peak_rss_bytes"] > 10 * 2**20
+    lat = r["request_latency_s"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+
+
+def test_request_latency_is_each_requests_batch_in_arrival_order(tiny_bert_dir, monkeypatch):
+    """Arrival order, not length order: a short request that arrives with a long one waits for it."""
+    cand = load_candidate(ModelSpec(source=str(tiny_bert_dir)), "embedding", "cpu")
+    texts = ["short", "a much longer text " * 20, "tiny", "brief"]
+    seen = []
+    real = type(cand).forward
+
+    def forward(self, ids, mask):
+        seen.append(int(mask.sum(1).min()))  # the shortest request in each batch
+        return real(self, ids, mask)
+
+    monkeypatch.setattr(type(cand), "forward", forward)
+    lat = speed.request_latencies(cand, texts, batch_size=2, streams=1)
+    assert len(lat) == 4 and lat[0] == lat[1] and lat[2] == lat[3]  # one figure per request, its batch's
+    short = len(cand.tokenizer("short")["input_ids"])
+    assert seen[0] == short < len(cand.tokenizer(texts[1])["input_ids"])  # "short" was batched with the long text
+
+
+def test_memory_served_alone_is_not_the_callers_memory(tiny_bert_dir):
+    """The probe runs in a fresh process: what the caller holds (here 600 MiB) is not counted."""
+    import psutil
+
+    from optimizer.data import stdlib_split
+    from optimizer.measure.alone import serving_memory
+
+    ballast = torch.ones(600 * 2**20 // 4)  # noqa: F841 - held while the probe runs
+    texts = [e.text for e in stdlib_split("eval")[:16]]
+    m = serving_memory("embedding", texts, {"batch_size": 4}, 1, model={"source": str(tiny_bert_dir)})
+    assert psutil.Process().memory_info().rss > 600 * 2**20 > m["peak_rss_bytes"]
+    assert 0 < m["libraries_rss_bytes"] < m["peak_rss_bytes"] and m["model_rss_bytes"] > 0
 
 
 def test_causal_bench_prefill_and_decode(tiny_llama_dir):

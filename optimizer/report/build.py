@@ -286,6 +286,10 @@ def build_report(
     base, entries = d["baseline"], d["entries"]
     mark_pareto([base] + [e for e in entries if e["state"] == "ok" and e["same_as"] is None], budget["relative"], d["sign"])
     chosen = _choose(d)
+    alone = (d.get("confirmation") or {}).get("memory_alone") or {}
+    for entry, key in ((base, "baseline"), (chosen, "choice")):  # a search measures it for the confirmed choice
+        if entry is not None and alone.get(key):
+            entry["footprint"] = dict(entry.get("footprint") or {}) | {"memory_alone": alone[key]}
     met = chosen is not None and bool(chosen["feasible"])
     advice = None
     if not met:

@@ -305,11 +305,15 @@ def _speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
     else:
         out["encode tokens/s"] = stat("input_tokens_per_s")
         out["sequences/s"] = stat("sequences_per_s")
-        lat = s.get("batch_latency_s", {})
-        out["batch latency p50 / p95 / p99"] = " / ".join(
-            "–" if lat.get(q) is None else f"{1e3 * lat[q]:.1f} ms" for q in ("p50", "p95", "p99")
-        )
-    out["peak memory (process RSS)"] = mib(s.get("peak_rss_bytes"))
+        for key, label in (
+            ("request_latency_s", "request latency p50 / p95 / p99 (arrival-order batches, as served)"),
+            ("batch_latency_s", "batch latency p50 / p95 / p99 (length-sorted batches)"),
+        ):
+            lat = s.get(key) or {}
+            out[label] = " / ".join("–" if lat.get(q) is None else f"{1e3 * lat[q]:.1f} ms" for q in ("p50", "p95", "p99"))
+    alone = f.get("memory_alone") or {}
+    out["peak memory served alone (RSS)"] = mib(alone.get("peak_rss_bytes"))
+    out["peak memory of the benchmark process (RSS; holds the baseline too)"] = mib(s.get("peak_rss_bytes"))
     if s.get("peak_cuda_bytes"):
         out["peak GPU memory"] = mib(s["peak_cuda_bytes"])
     out["parameters"] = f"{f['parameters']:,}" if f.get("parameters") is not None else "–"
@@ -328,7 +332,10 @@ def _speed_section(r: dict[str, Any]) -> Section:
     sec.blocks.append(
         Para(
             "Medians over the benchmark's repeats with their range and coefficient of variation; "
-            "tokens are real (unpadded) tokens; both measured on the machine below with the same threads."
+            "tokens are real (unpadded) tokens; both measured on the machine below with the same threads. "
+            "Request latency: each request waits for its whole batch, requests batched in arrival order "
+            "(queueing before a batch starts is not modelled). Memory served alone: the peak RSS of a fresh "
+            "process that loads only that model and serves the benchmark's requests once, loading included."
         )
     )
     return sec
