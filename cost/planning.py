@@ -112,12 +112,14 @@ def roofline(
     compute_dtype: str = "bf16",
     kv_bytes: float = 0.0,
     flops_per_token: float | None = None,
+    weight_bytes: float | None = None,
 ) -> Roofline:
-    """Upper bounds for one device of `entry` (per-device peak and bandwidth)."""
+    """Upper bounds for one device of `entry` (per-device peak and bandwidth). `weight_bytes`, when
+    measured (a quantized artifact's weights), replaces params x the dtype's size."""
     peak, devices = _per_device_peak(entry, compute_dtype)
     bandwidth = entry.memory_bandwidth_gbs * 1e9 / devices
     fpt = flops_per_token or serve_flops_per_token(params)
-    step_bytes = params * bytes_per_param(weight_dtype) + kv_bytes
+    step_bytes = (params * bytes_per_param(weight_dtype) if weight_bytes is None else weight_bytes) + kv_bytes
     return Roofline(peak / fpt, bandwidth / step_bytes, step_bytes)
 
 

@@ -16,6 +16,7 @@ from cost.errors import CostInputError
 from optimizer.cli_format import chain_text, table
 from optimizer.errors import UserError
 from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, serving_cell, serving_text
+from optimizer.measure.roofline import roofline_text
 from optimizer.signals import Stopped, stop_on_signals
 
 EXIT_USER_ERROR = 2  # bad input: a one-line message names the problem and the fix
@@ -137,6 +138,11 @@ def render_result(r: dict[str, Any]) -> str:
     if cand and cand["speed"]["input_tokens_per_s"]["median"]:
         ratio = cand["speed"]["input_tokens_per_s"]["median"] / sp["input_tokens_per_s"]["median"]
         out += ["", f"input speedup over baseline: {ratio:.2f}x"]
+    for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
+        roof = part and part.get("speed", {}).get("roofline")
+        if roof:
+            out.append(f"{label} {roofline_text(roof)}")
+            out += [f"  flag: {f}" for f in roof["flags"]]
     for n in r.get("notes", []):
         out.append(f"note: {n}")
     return "\n".join(out)

@@ -30,7 +30,7 @@ from optimizer.measure.contention import Watch
 from optimizer.measure.quality import QualityEvaluator
 from optimizer.measure.stats import MetricValues, paired_bootstrap
 from optimizer.measure.system import fingerprint
-from optimizer.passes import PassContext, build_pass, check_chain
+from optimizer.passes import PassContext, build_pass, check_chain, compute_dtype_of
 from optimizer.ranges import parse_range
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.results import ensure_writable, write_json_atomic
@@ -468,6 +468,25 @@ class Bench:
             speed["model"] = {"source": self.recipe.speed.model.source, "parameters": cand.parameter_counts()[0]}
         return speed, price_speed(self.recipe, speed)
 
+    def roofline(self, speed: dict[str, Any], fp: dict[str, Any], passes: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """A causal LM's measured speed against its roofline on the recipe's catalog entry (None for
+        encoders or without an entry). With speed.model, the timed model's weight bytes are its
+        parameters at the bytes per parameter the chain gave the quality model."""
+        if self.recipe.task != "causal-lm" or not self.recipe.hardware.catalog:
+            return None
+        from transformers import AutoConfig
+
+        import cost
+        from optimizer.measure.roofline import kv_bytes_per_token, llm_roofline
+
+        entry = cost.load_catalog(self.recipe.hardware.catalog_file).get(self.recipe.hardware.catalog)
+        dtype = compute_dtype_of(passes)
+        params = (speed.get("model") or {}).get("parameters") or fp["parameters"]
+        weight_bytes = fp["weight_bytes"] * params / fp["parameters"]
+        config = AutoConfig.from_pretrained(self.timed_baseline.info.source)
+        kv = kv_bytes_per_token(config, 2 if dtype in ("bf16", "fp16") else 4)
+        return llm_roofline(speed, entry, params, int(weight_bytes), kv, dtype)
+
     def memory_alone(self, batch_size: int, streams: int = 1, artifact: Path | None = None) -> dict[str, Any] | None:
         """Peak RSS of a fresh process serving one model alone (the saved `artifact`, else the baseline)
         over the speed benchmark's requests, in its batches, on this process's thread count; None when
@@ -530,6 +549,7 @@ def run_recipe(
             with tempfile.TemporaryDirectory() as tmp:
                 trial.baseline["footprint"] = footprint(baseline, Path(tmp) / "baseline")
                 trial.baseline["footprint"]["artifact"] = None
+            trial.baseline["speed"]["roofline"] = bench.roofline(trial.baseline["speed"], trial.baseline["footprint"], [])
         write_json_atomic(result_path, trial.to_json())
 
         if passes:
@@ -550,6 +570,8 @@ def run_recipe(
                 del timed
             with _Stage(trial, "save candidate", bar):
                 trial.candidate["footprint"] = footprint(cand, run_dir / "artifact")
+                sp = trial.candidate["speed"]
+                sp["roofline"] = bench.roofline(sp, trial.candidate["footprint"], passes)
             with _Stage(trial, "memory served alone", bar):
                 for part, artifact in ((trial.baseline, None), (trial.candidate, run_dir / "artifact")):
                     sp = part["speed"]

@@ -264,6 +264,7 @@ class TrialRunner:
             with tempfile.TemporaryDirectory() as tmp:
                 fp = footprint(baseline, Path(tmp) / "baseline")
             self.baseline["footprint"] = {k: fp[k] for k in FOOTPRINT_KEYS}
+            speed["roofline"] = self.bench.roofline(speed, fp, [])
         self.baseline |= {"machine": machine, "measured_key": measured_key(recipe)}
         self.baseline["seconds"] = round(time.perf_counter() - t0, 1)  # part of the job's cost (break-even)
         self.trials_dir = work_dir / "trials"
@@ -368,6 +369,7 @@ class TrialRunner:
                 if not math.isfinite(value) or value <= 0:
                     raise FloatingPointError(f"the measured {self.objective.kind} is {value}")
                 fp = footprint(cand, work / "artifact")
+                speed["roofline"] = self.bench.roofline(speed, fp, passes)
             trial.set_user_attr(
                 "speed", {k: speed[k]["median"] for k in ("input_tokens_per_s", "output_tokens_per_s") if k in speed}
             )

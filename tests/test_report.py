@@ -142,9 +142,19 @@ def test_causal_lm_run_report_prices_input_and_output_apart(tiny_llama_dir, writ
         "per-token latency p50 / p95 / p99",
         "perplexity",
         "$/1M output",
+        "decode / memory-bandwidth bound (aws-c7a.large)",
+        "prefill / compute bound (aws-c7a.large)",
     ):
         assert text in md, text
     assert not (tmp_path / "rep" / "report.html").exists()  # only the asked-for format
+    # the roofline: shares of the bounds on the priced entry, at the arithmetic of each chain
+    result = json.loads((run / "result.json").read_text())
+    base, cand = result["baseline"]["speed"]["roofline"], result["candidate"]["speed"]["roofline"]
+    assert base["compute_dtype"] == "fp32" and cand["compute_dtype"] == "bf16"
+    for r, sp in ((base, result["baseline"]["speed"]), (cand, result["candidate"]["speed"])):
+        assert r["decode_fraction"] == pytest.approx(sp["output_tokens_per_s"]["median"] / r["decode_bound_tokens_per_s"])
+        assert 0 < r["decode_fraction"] < 1 and 0 < r["prefill_fraction"] < 1
+        assert r["flags"]  # a 10k-parameter model is far from every bound: the engine's overhead dominates
 
 
 def _search_recipe(write_recipe, model_dir, tmp_path, passes, constraint, trials=3, **search):

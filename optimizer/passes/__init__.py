@@ -143,6 +143,15 @@ def batch_dependent(passes: list[dict[str, Any]]) -> bool:
     return any(REGISTRY[p["name"]].depends_on_batch(passes) for p in passes if p["name"] in REGISTRY)
 
 
+def compute_dtype_of(passes: list[dict[str, Any]]) -> str:
+    """The arithmetic a chain's matmuls run in: the last pass that sets it, else fp32."""
+    dtype = "fp32"
+    for p in passes:
+        cls = REGISTRY.get(p["name"])
+        dtype = (cls.compute_dtype(p.get("params", {})) if cls else None) or dtype
+    return dtype
+
+
 def runtime_of(passes: list[dict[str, Any]]) -> str:
     """The runtime a chain ends in: torch unless a pass hands the model to another runtime."""
     runtime = "torch"
@@ -178,6 +187,7 @@ __all__ = [
     "check_chain",
     "check_pass_can_run",
     "check_space",
+    "compute_dtype_of",
     "runtime_of",
     "validate_pass_params",
 ]

@@ -59,6 +59,12 @@ class Pass(ABC):
     Config: ClassVar[type[PassConfig]] = PassConfig
 
     @classmethod
+    def compute_dtype(cls, params: dict[str, Any]) -> str | None:
+        """The arithmetic the pass makes the model's matmuls run in (fp32 / bf16 / fp16 / int8), for the
+        roofline's compute bound; None: it leaves it as it was (weight-only formats dequantize to it)."""
+        return None
+
+    @classmethod
     def depends_on_batch(cls, chain: list[dict[str, Any]]) -> bool:
         """Whether, in this chain, the pass makes one input's outputs depend on the rest of its batch."""
         return cls.batch_dependent

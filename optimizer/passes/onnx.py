@@ -10,7 +10,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -185,6 +185,10 @@ class OrtInt8Dynamic(Pass):
     runtime_out = "onnxruntime"
     Config = DynamicInt8Config
 
+    @classmethod
+    def compute_dtype(cls, params: dict[str, Any]) -> str | None:
+        return "int8"
+
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -251,6 +255,10 @@ class OrtInt8Static(Pass):
     runtimes_in = ORT
     runtime_out = "onnxruntime"
     Config = StaticInt8Config
+
+    @classmethod
+    def compute_dtype(cls, params: dict[str, Any]) -> str | None:
+        return "int8"
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static

@@ -58,6 +58,10 @@ class OvExport(OvPass):
     runtime_out = "openvino"
     Config = OvExportConfig
 
+    @classmethod
+    def compute_dtype(cls, params: dict[str, Any]) -> str | None:
+        return {"bf16": "bf16", "f16": "fp16"}.get(params.get("inference_precision", "f32"))
+
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         from optimizer.ov_export import convert
         from optimizer.passes.calibration import next_folder, sample_texts
@@ -180,6 +184,10 @@ class OvInt8Static(OvPass):
     family = "quantization"
     runtimes_in = OV
     Config = OvInt8StaticConfig
+
+    @classmethod
+    def compute_dtype(cls, params: dict[str, Any]) -> str | None:
+        return "int8"
 
     @classmethod
     def depends_on_batch(cls, chain: list[dict[str, Any]]) -> bool:

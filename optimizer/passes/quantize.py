@@ -26,6 +26,10 @@ class Cast(Pass):
     family = "quantization"
     Config = CastConfig
 
+    @classmethod
+    def compute_dtype(cls, params: dict[str, Any]) -> str | None:
+        return {"bfloat16": "bf16", "float16": "fp16"}[params.get("dtype", "bfloat16")]
+
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         from optimizer.model import torch_dtype
         from optimizer.runtimes import TorchCandidate
@@ -60,6 +64,10 @@ class TorchDynamicInt8(Pass):
     VERSION = 2  # 1 was torch.ao.quantization.quantize_dynamic (per-tensor activations), deprecated by PyTorch
     devices = frozenset({"cpu"})
     Config = DynamicInt8Config
+
+    @classmethod
+    def compute_dtype(cls, params: dict[str, Any]) -> str | None:
+        return "int8"
 
     @classmethod
     def depends_on_batch(cls, chain: list[dict[str, Any]]) -> bool:

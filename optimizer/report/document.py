@@ -302,6 +302,14 @@ def _speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
         out["per-token latency p50 / p95 / p99"] = " / ".join(
             "–" if lat.get(q) is None else f"{1e3 * lat[q]:.2f} ms" for q in ("p50", "p95", "p99")
         )
+        roof = s.get("roofline")
+        if roof:
+            out[f"decode / memory-bandwidth bound ({roof['entry']})"] = (
+                f"{roof['decode_fraction']:.0%} of {num(roof['decode_bound_tokens_per_s'])} tokens/s"
+            )
+            out[f"prefill / compute bound ({roof['entry']})"] = (
+                f"{roof['prefill_fraction']:.0%} of {num(roof['prefill_bound_tokens_per_s'])} tokens/s ({roof['compute_dtype']})"
+            )
     else:
         out["encode tokens/s"] = stat("input_tokens_per_s")
         out["sequences/s"] = stat("sequences_per_s")

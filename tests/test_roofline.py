@@ -1,0 +1,48 @@
+"""The roofline check's arithmetic: bounds from the catalog entry, the measured shares of them."""
+
+from __future__ import annotations
+
+import pytest
+
+import cost
+from optimizer.measure.roofline import ENGINE_FLAG, kv_bytes_per_token, llm_roofline
+
+
+class _Config:
+    num_attention_heads = 9
+    num_key_value_heads = 3
+    hidden_size = 576
+    num_hidden_layers = 30
+
+
+def _speed(prefill: float, decode: float) -> dict:
+    return {
+        "batch_size": 4,
+        "prompt_tokens": 128,
+        "new_tokens": 64,
+        "input_tokens_per_s": {"median": prefill},
+        "output_tokens_per_s": {"median": decode},
+    }
+
+
+def test_bounds_follow_bandwidth_over_bytes_per_step_and_peak_over_2n():
+    entry = cost.load_catalog().get("aws-c7i.large")  # 8 GB/s, 0.2 fp32 TFLOP/s, 6.4 int8
+    kv = kv_bytes_per_token(_Config(), 4)
+    assert kv == 2 * 30 * 3 * 64 * 4  # SmolLM2-135M's shape: 3 KV heads of 64
+    params, weights = 134_515_008, 538_060_032
+    r = llm_roofline(_speed(100.0, 20.0), entry, params, weights, kv, "fp32")
+    step = weights + 4 * (128 + 32) * kv  # the KV cache at its mean length over the decode steps
+    assert r["bytes_per_decode_step"] == pytest.approx(step)
+    assert r["decode_bound_tokens_per_s"] == pytest.approx(4 * 8e9 / step)
+    assert r["prefill_bound_tokens_per_s"] == pytest.approx(0.2e12 / (2 * params))
+    assert r["decode_fraction"] == pytest.approx(20.0 / r["decode_bound_tokens_per_s"])
+    assert r["decode_fraction"] > ENGINE_FLAG and len(r["flags"]) == 1 and "prefill" in r["flags"][0]
+    int8 = llm_roofline(_speed(100.0, 10.0), entry, params, weights // 4, kv, "int8")
+    assert int8["prefill_bound_tokens_per_s"] == pytest.approx(32 * r["prefill_bound_tokens_per_s"])
+    assert int8["decode_bound_tokens_per_s"] > 2 * r["decode_bound_tokens_per_s"]  # a quarter of the weight bytes
+
+
+def test_an_entry_without_the_chains_arithmetic_is_bounded_on_fp32():
+    entry = cost.load_catalog().get("aws-c7a.large")
+    r = llm_roofline(_speed(100.0, 10.0), entry, 1_000_000, 4_000_000, 1000, "fp8")
+    assert r["compute_dtype"] == "fp32"
