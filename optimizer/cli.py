@@ -139,6 +139,39 @@ def render_result(r: dict[str, Any]) -> str:
         ratio = cand["speed"]["input_tokens_per_s"]["median"] / sp["input_tokens_per_s"]["median"]
         out += ["", f"input speedup over baseline: {ratio:.2f}x"]
     for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
+        points = part and part.get("speed", {}).get("operating_points")
+        if points:
+            out += ["", f"{label} operating points (the chosen one: batch {part['speed']['batch_size']}):"]
+            out.append(
+                table(
+                    [
+                        [
+                            pt["batch_size"],
+                            f"{pt['input_tokens_per_s']:,.0f}",
+                            f"{pt['output_tokens_per_s']:,.1f}",
+                            f"{pt['time_to_first_token_p95_s']:.3f}",
+                            f"{1e3 * pt['time_per_output_token_p95_s']:.1f}",
+                            "yes" if pt["meets_targets"] else "no",
+                            "-" if pt["input_usd_per_m"] is None else f"${pt['input_usd_per_m']:.4f}",
+                            "-" if pt["output_usd_per_m"] is None else f"${pt['output_usd_per_m']:.4f}",
+                        ]
+                        for pt in points
+                    ],
+                    [
+                        "batch",
+                        "prefill tok/s",
+                        "decode tok/s",
+                        "TTFT p95 (s)",
+                        "TPOT p95 (ms)",
+                        "meets targets",
+                        "$/1M in",
+                        "$/1M out",
+                    ],
+                )
+            )
+        if part and part.get("speed", {}).get("latency_misses"):
+            out.append(f"{label} misses the latency targets: {'; '.join(part['speed']['latency_misses'])}")
+    for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
         roof = part and part.get("speed", {}).get("roofline")
         if roof:
             out.append(f"{label} {roofline_text(roof)}")

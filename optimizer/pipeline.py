@@ -175,6 +175,62 @@ def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
     return res
 
 
+def latency_misses(recipe: Recipe, speed: dict[str, Any]) -> list[str]:
+    """The recipe's causal-LM latency targets this measurement misses, in words (empty: all met)."""
+    s, out = recipe.speed, []
+    if speed.get("kind") != "causal-lm":
+        return out
+    if s.ttft_p95_s is not None and speed["time_to_first_token_p95_s"] > s.ttft_p95_s:
+        out.append(f"time to first token p95 {speed['time_to_first_token_p95_s']:.3f} s > {s.ttft_p95_s:g} s")
+    if s.tpot_p95_s is not None and speed["token_latency_s"]["p95"] > s.tpot_p95_s:
+        out.append(f"time per output token p95 {1e3 * speed['token_latency_s']['p95']:.2f} ms > {1e3 * s.tpot_p95_s:g} ms")
+    return out
+
+
+def operating_point(
+    recipe: Recipe, points: list[tuple[dict[str, Any], dict[str, Any] | None]]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Of the measured batch sizes, the one to serve at: the cheapest (blended $ per 1M tokens, else the
+    fastest decode) that meets the latency targets; when none does, the one that misses them least.
+    The returned speed lists every point (`operating_points`) and what the chosen one misses."""
+
+    def price(p: tuple[dict[str, Any], dict[str, Any] | None]) -> float:
+        speed, cost = p
+        if cost is not None:
+            return cost["blended_usd_per_m"]
+        key = "output_tokens_per_s" if "output_tokens_per_s" in speed else "input_tokens_per_s"
+        return 1.0 / speed[key]["median"]
+
+    def overshoot(speed: dict[str, Any]) -> float:
+        s = recipe.speed
+        ratios = [1.0]
+        if s.ttft_p95_s is not None:
+            ratios.append(speed["time_to_first_token_p95_s"] / s.ttft_p95_s)
+        if s.tpot_p95_s is not None:
+            ratios.append(speed["token_latency_s"]["p95"] / s.tpot_p95_s)
+        return max(ratios)
+
+    met = [p for p in points if not latency_misses(recipe, p[0])]
+    speed, cost = min(met, key=price) if met else min(points, key=lambda p: overshoot(p[0]))
+    speed["latency_misses"] = latency_misses(recipe, speed)
+    if len(points) > 1:
+        speed["operating_points"] = [
+            {
+                "batch_size": sp["batch_size"],
+                "input_tokens_per_s": sp["input_tokens_per_s"]["median"],
+                "output_tokens_per_s": sp["output_tokens_per_s"]["median"],
+                "time_to_first_token_p95_s": sp["time_to_first_token_p95_s"],
+                "time_per_output_token_p95_s": sp["token_latency_s"]["p95"],
+                "meets_targets": not latency_misses(recipe, sp),
+                "input_usd_per_m": (c or {}).get("input_usd_per_m"),
+                "output_usd_per_m": (c or {}).get("output_usd_per_m"),
+                "blended_usd_per_m": (c or {}).get("blended_usd_per_m"),
+            }
+            for sp, c in points
+        ]
+    return speed, cost
+
+
 def timed_recipe(recipe: Recipe) -> Recipe:
     """The recipe whose model is timed: speed.model in place of model.source when the recipe sets one."""
     if recipe.speed.model is None:
@@ -463,10 +519,16 @@ class Bench:
         repeats: int | None = None,
         streams: int | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        speed = measure_speed(cand, self.recipe, self.eval_data, batch_size, warmup, repeats, streams)
-        if self.recipe.speed.model is not None:  # say which model these figures belong to
-            speed["model"] = {"source": self.recipe.speed.model.source, "parameters": cand.parameter_counts()[0]}
-        return speed, price_speed(self.recipe, speed)
+        s = self.recipe.speed
+        sweep = self.recipe.task == "causal-lm" and batch_size is None and s.batch_sizes
+        points = []
+        for b in s.batch_sizes if sweep else [batch_size]:
+            speed = measure_speed(cand, self.recipe, self.eval_data, b, warmup, repeats, streams)
+            if self.recipe.speed.model is not None:  # say which model these figures belong to
+                speed["model"] = {"source": self.recipe.speed.model.source, "parameters": cand.parameter_counts()[0]}
+            points.append((speed, price_speed(self.recipe, speed)))
+        speed, cost = operating_point(self.recipe, points)
+        return speed, cost
 
     def roofline(self, speed: dict[str, Any], fp: dict[str, Any], passes: list[dict[str, Any]]) -> dict[str, Any] | None:
         """A causal LM's measured speed against its roofline on the recipe's catalog entry (None for

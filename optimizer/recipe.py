@@ -82,6 +82,13 @@ class SpeedSpec(Strict):
     new_tokens: int = Field(default=64, gt=0, description="causal LM: tokens decoded per sequence")
     warmup: int = Field(default=2, ge=0)
     repeats: int = Field(default=5, ge=1)
+    batch_sizes: list[int] | None = Field(
+        default=None,
+        description="causal LM operating points: serve at each of these batch sizes (concurrent sequences); "
+        "the cheapest that meets the latency targets is the one priced",
+    )
+    ttft_p95_s: float | None = Field(default=None, gt=0, description="causal LM latency target: time to first token, p95")
+    tpot_p95_s: float | None = Field(default=None, gt=0, description="causal LM latency target: time per output token, p95")
     model: ModelSpec | None = Field(
         default=None,
         description="time this model instead of model.source (the same passes applied to it): a model of "
@@ -216,6 +223,14 @@ class Recipe(Strict):
                 f"{self.quality.primary!r} is not among the recipe's metrics",
                 f"use one of {', '.join(self.metrics)}",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _operating_points_are_for_causal_lms(self) -> Recipe:
+        s = self.speed
+        for key in ("batch_sizes", "ttft_p95_s", "tpot_p95_s"):
+            if getattr(s, key) is not None and self.task != "causal-lm":
+                raise _FieldError(f"speed.{key}", f"applies to causal LMs, not to task {self.task!r}", "remove it")
         return self
 
     @model_validator(mode="after")

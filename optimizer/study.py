@@ -365,6 +365,11 @@ class TrialRunner:
                 trial.set_user_attr("timings", timings)
                 speed, cost = self.bench.speed_and_cost(timed, batch, streams=streams)
                 del timed
+                if speed.get("latency_misses"):  # served this way it breaks the recipe's latency targets
+                    reason = f"misses the latency targets at batch {batch}: {'; '.join(speed['latency_misses'])}"
+                    trial.set_user_attr("speed_detail", speed)
+                    trial.set_user_attr("pruned", reason)
+                    raise optuna.TrialPruned(reason)
                 value = self.objective.value(speed, cost)
                 if not math.isfinite(value) or value <= 0:
                     raise FloatingPointError(f"the measured {self.objective.kind} is {value}")

@@ -194,6 +194,7 @@ def bench_causal_lm(
         "input_tokens_per_s": asdict(Stat.of(prefill_tps)),
         "output_tokens_per_s": asdict(Stat.of(decode_tps)),
         "time_to_first_token_s": asdict(Stat.of(ttft)),
+        "time_to_first_token_p95_s": percentile(ttft, 0.95),
         "token_latency_s": {q: percentile(step_lat, v) for q, v in PERCENTILES.items()},
         "peak_rss_bytes": mem.peak_rss,
         "peak_cuda_bytes": mem.peak_cuda,

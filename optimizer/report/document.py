@@ -302,6 +302,12 @@ def _speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
         out["per-token latency p50 / p95 / p99"] = " / ".join(
             "–" if lat.get(q) is None else f"{1e3 * lat[q]:.2f} ms" for q in ("p50", "p95", "p99")
         )
+        if s.get("operating_points"):
+            out["operating point (cheapest within the latency targets)"] = (
+                f"batch {s['batch_size']} of {', '.join(str(p['batch_size']) for p in s['operating_points'])}"
+            )
+        if "latency_misses" in s:
+            out["latency targets"] = "missed: " + "; ".join(s["latency_misses"]) if s["latency_misses"] else "met"
         roof = s.get("roofline")
         if roof:
             out[f"decode / memory-bandwidth bound ({roof['entry']})"] = (

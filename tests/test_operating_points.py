@@ -1,0 +1,83 @@
+"""Causal-LM operating points: the cheapest batch size that meets the latency targets is the one priced."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optimizer.cli import main
+from optimizer.pipeline import operating_point
+from optimizer.recipe import Recipe
+
+
+def _recipe(**speed) -> Recipe:
+    return Recipe.model_validate(
+        {"name": "op", "model": {"source": "x"}, "task": "causal-lm", "data": {"eval": {"source": "stdlib-docs"}}, "speed": speed}
+    )
+
+
+def _point(batch: int, ttft: float, tpot: float, usd: float) -> tuple[dict, dict]:
+    speed = {
+        "kind": "causal-lm",
+        "batch_size": batch,
+        "input_tokens_per_s": {"median": 1000.0 * batch},
+        "output_tokens_per_s": {"median": 10.0 * batch},
+        "time_to_first_token_p95_s": ttft,
+        "token_latency_s": {"p95": tpot},
+    }
+    return speed, {"blended_usd_per_m": usd, "input_usd_per_m": usd / 2, "output_usd_per_m": usd * 2}
+
+
+def test_the_cheapest_point_within_the_targets_is_chosen():
+    points = [_point(1, 0.1, 0.010, 3.0), _point(8, 0.4, 0.020, 1.0), _point(32, 1.5, 0.060, 0.4)]
+    speed, cost = operating_point(_recipe(ttft_p95_s=0.5, tpot_p95_s=0.05), points)
+    assert speed["batch_size"] == 8 and cost["blended_usd_per_m"] == 1.0 and speed["latency_misses"] == []
+    assert [p["meets_targets"] for p in speed["operating_points"]] == [True, True, False]
+    speed, _ = operating_point(_recipe(), [_point(1, 0.1, 0.010, 3.0), _point(32, 1.5, 0.060, 0.4)])
+    assert speed["batch_size"] == 32  # no targets: the cheapest
+
+
+def test_when_no_point_meets_the_targets_the_nearest_miss_is_reported():
+    points = [_point(1, 0.1, 0.030, 3.0), _point(8, 0.4, 0.040, 1.0)]
+    speed, _ = operating_point(_recipe(tpot_p95_s=0.02), points)
+    assert speed["batch_size"] == 1 and speed["latency_misses"] == ["time per output token p95 30.00 ms > 20 ms"]
+
+
+def test_targets_are_refused_for_encoders(write_recipe, capsys):
+    rec = write_recipe(
+        {
+            "name": "enc",
+            "model": {"source": "x"},
+            "task": "embedding",
+            "data": {"eval": {"source": "stdlib-docs"}},
+            "speed": {"batch_sizes": [1, 2]},
+        }
+    )
+    assert main(["validate", str(rec)]) == 2
+    assert "speed.batch_sizes: applies to causal LMs" in capsys.readouterr().err
+
+
+def test_a_run_sweeps_batch_sizes_and_prices_the_chosen_point(write_recipe, tiny_llama_dir, tmp_path, capsys):
+    rec = write_recipe(
+        {
+            "name": "op",
+            "model": {"source": str(tiny_llama_dir)},
+            "task": "causal-lm",
+            "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+            "speed": {"batch_sizes": [1, 4], "prompt_tokens": 16, "new_tokens": 4, "warmup": 1, "repeats": 3, "tpot_p95_s": 10.0},
+            "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+            "output_dir": str(tmp_path / "runs"),
+            "passes": [{"name": "cast", "dtype": "bfloat16"}],
+        }
+    )
+    assert main(["run", str(rec), "-q"]) == 0
+    assert "operating points (the chosen one: batch" in capsys.readouterr().out
+    [result] = (tmp_path / "runs").glob("op-*/result.json")
+    r = json.loads(result.read_text())
+    for part in ("baseline", "candidate"):
+        sp, cost = r[part]["speed"], r[part]["cost"]
+        points = {p["batch_size"]: p for p in sp["operating_points"]}
+        assert set(points) == {1, 4} and all(p["meets_targets"] for p in points.values())
+        best = min(points.values(), key=lambda p: p["blended_usd_per_m"])
+        assert sp["batch_size"] == best["batch_size"] and cost["blended_usd_per_m"] == pytest.approx(best["blended_usd_per_m"])
