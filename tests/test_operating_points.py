@@ -81,3 +81,28 @@ def test_a_run_sweeps_batch_sizes_and_prices_the_chosen_point(write_recipe, tiny
         assert set(points) == {1, 4} and all(p["meets_targets"] for p in points.values())
         best = min(points.values(), key=lambda p: p["blended_usd_per_m"])
         assert sp["batch_size"] == best["batch_size"] and cost["blended_usd_per_m"] == pytest.approx(best["blended_usd_per_m"])
+
+
+def test_a_search_prunes_trials_that_miss_the_latency_targets(write_recipe, tiny_llama_dir, tmp_path):
+    import optuna
+
+    from optimizer.recipe import load_recipe
+    from optimizer.study import run_search
+
+    rec = write_recipe(
+        {
+            "name": "op-search",
+            "model": {"source": str(tiny_llama_dir)},
+            "task": "causal-lm",
+            "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+            "speed": {"batch_size": 2, "prompt_tokens": 16, "new_tokens": 4, "warmup": 0, "repeats": 2, "tpot_p95_s": 1e-9},
+            "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+            "output_dir": str(tmp_path / "runs"),
+            "search": {"trials": 1, "sampler": "grid", "screen_examples": None, "constraint": {"metric": "perplexity", "max_drop": 0.5}},
+            "passes": [{"name": "prune-magnitude", "sparsity": {"choice": [0.1]}}],
+        }
+    )
+    study = run_search(load_recipe(rec))
+    [t] = [t for t in study.trials if not t.user_attrs.get("repeat")]
+    assert t.state == optuna.trial.TrialState.PRUNED
+    assert t.user_attrs["pruned"].startswith("misses the latency targets at batch 2: time per output token p95")

@@ -50,6 +50,12 @@ def llm_roofline(
             f"prefill reaches {prefill:.0%} of the {compute_dtype} compute bound ({r.prefill_tokens_per_s:,.0f} tokens/s): "
             "the engine, not the model, limits it"
         )
+    for share, what in ((decode, "decode"), (prefill, "prefill")):
+        if share > 1.0:  # no engine beats a bound: the machine that measured is not the entry priced
+            flags.append(
+                f"{what} exceeds its bound on {entry.name} ({share:.0%}): this machine has more bandwidth or compute "
+                f"than {entry.name}'s catalog figures, so its speed priced at that entry overstates what the entry serves"
+            )
     return {
         "entry": entry.name,
         "compute_dtype": compute_dtype,
