@@ -98,7 +98,12 @@ def test_a_search_prunes_trials_that_miss_the_latency_targets(write_recipe, tiny
             "speed": {"batch_size": 2, "prompt_tokens": 16, "new_tokens": 4, "warmup": 0, "repeats": 2, "tpot_p95_s": 1e-9},
             "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
             "output_dir": str(tmp_path / "runs"),
-            "search": {"trials": 1, "sampler": "grid", "screen_examples": None, "constraint": {"metric": "perplexity", "max_drop": 0.5}},
+            "search": {
+                "trials": 1,
+                "sampler": "grid",
+                "screen_examples": None,
+                "constraint": {"metric": "perplexity", "max_drop": 0.5},
+            },
             "passes": [{"name": "prune-magnitude", "sparsity": {"choice": [0.1]}}],
         }
     )
