@@ -13,6 +13,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
+_pending: int | None = None  # the stop signal received inside stop_on_signals, if any
+
 
 class Stopped(KeyboardInterrupt):
     """The process was asked to stop (SIGTERM or SIGINT)."""
@@ -35,8 +37,12 @@ def stop_on_signals(*signums: int) -> Iterator[None]:
         return
 
     def stop(signum: int, frame: object) -> None:
+        global _pending
+        _pending = signum
         raise Stopped(signum)
 
+    global _pending
+    _pending = None
     previous = {s: signal.signal(s, stop) for s in signums}
     for s in signums:
         on_thread_stack(s)
@@ -45,6 +51,15 @@ def stop_on_signals(*signums: int) -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _pending = None
+
+
+def raise_if_stopped() -> None:
+    """Raise Stopped if a stop signal arrived and its exception was swallowed: a signal that lands while
+    Python runs a finalizer (a weakref callback during garbage collection) raises there, and Python
+    only prints "Exception ignored". Long loops call this between units of work."""
+    if _pending is not None:
+        raise Stopped(_pending)
 
 
 def on_thread_stack(signum: int) -> None:

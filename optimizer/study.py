@@ -42,7 +42,7 @@ from optimizer.ranges import Choice, parse_range, values
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.results import ensure_writable
 from optimizer.search_space import combined_params, seed_single_techniques, space_size, suggest
-from optimizer.signals import on_thread_stack
+from optimizer.signals import on_thread_stack, raise_if_stopped
 from optimizer.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -566,6 +566,7 @@ def _run_trials(
             study.optimize(
                 runner, n_trials=1, timeout=left, catch=(Exception,), callbacks=[bar.update, *callbacks], gc_after_trial=True
             )
+            raise_if_stopped()  # a stop signal that landed in a finalizer was swallowed there
             if recipe.search.sampler != "grid":
                 queue_combination(study, recipe)
             last = study.get_trials(deepcopy=False)[runner.last_trial] if runner.last_trial is not None else None
