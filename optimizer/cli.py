@@ -171,7 +171,6 @@ def render_result(r: dict[str, Any]) -> str:
             )
         if part and part.get("speed", {}).get("latency_misses"):
             out.append(f"{label} misses the latency targets: {'; '.join(part['speed']['latency_misses'])}")
-    for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
         roof = part and part.get("speed", {}).get("roofline")
         if roof:
             out.append(f"{label} {roofline_text(roof)}")

@@ -250,7 +250,7 @@ class TrialRunner:
             self.baseline = {k: reuse[k] for k in ("speed", "cost", "objective", "by_batch", "footprint", "measured_at")}
             self.baseline |= {"quality": quality, "passes": [], "worker": worker_id()}
         else:
-            speed, cost = self.bench.speed_and_cost(self.bench.timed_baseline)
+            speed, cost = self.bench.speed_and_cost(self.bench.timed_baseline, request_latency=True)
             self.baseline = {
                 "quality": quality,
                 "speed": speed,
@@ -363,7 +363,7 @@ class TrialRunner:
                 trial.set_constraint(f"{self.metric} drop over budget", violation)
                 timed = self.bench.timed(cand, passes, work / "speed-model", timings, self.cache)
                 trial.set_user_attr("timings", timings)
-                speed, cost = self.bench.speed_and_cost(timed, batch, streams=streams)
+                speed, cost = self.bench.speed_and_cost(timed, batch, streams=streams, request_latency=True)
                 del timed
                 if speed.get("latency_misses"):  # served this way it breaks the recipe's latency targets
                     reason = f"misses the latency targets at batch {batch}: {'; '.join(speed['latency_misses'])}"

@@ -7,6 +7,7 @@ write, is saved as the config plus its state dict (torchao tensors) and rebuilt 
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,9 +48,7 @@ def _int8_weight(p: torch.Tensor) -> torch.Tensor | None:
 def compile_module(module: torch.nn.Module) -> Any:
     """torch.compile with dynamic shapes (batch and length vary): Inductor fuses torchao's
     quantize-matmul-rescale steps, which eager mode runs one by one (slower than fp32)."""
-    import shutil as _shutil
-
-    if _shutil.which("g++") is None and _shutil.which("c++") is None:
+    if shutil.which("g++") is None and shutil.which("c++") is None:
         raise UserError(
             "torch.compile on the CPU needs a C++ compiler, and none is on PATH",
             "install one (apt install g++), or set compile: false on the pass",
