@@ -25,6 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -505,27 +506,41 @@ def run_search(
         return study
     with registered():  # other workers on this host see this one and mark timings it may disturb
         _run_trials(recipe, study, target, progress, callbacks)
-    fail_orphans(study)
+    fail_orphans(study, unclaimed_after_s=3 * recipe.search.heartbeat_seconds)
     return study
 
 
-def fail_orphans(study: optuna.Study) -> list[int]:
+def fail_orphans(study: optuna.Study, unclaimed_after_s: float | None = None) -> list[int]:
     """Fail the trials left RUNNING by workers of this host that are no longer alive, so a finished
     search holds no RUNNING trial; the reason goes to the study's `orphans` attribute. (Workers on
-    other hosts are found by the heartbeat check when the next worker starts.)"""
+    other hosts are found by the heartbeat check when the next worker starts.)
+
+    A trial no worker ever claimed (its worker died between creating it and its first step, which
+    writes `worker`, so it has neither a worker nor a heartbeat) is failed once it is older than
+    `unclaimed_after_s`: a live worker claims its trial within milliseconds."""
     host, failed = socket.gethostname(), []
     reasons = dict(study.user_attrs.get("orphans", {}))
+    now = datetime.now()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if h != host or not pid.isdigit() or int(pid) == os.getpid() or alive(int(pid)):
+        unclaimed = (
+            "worker" not in t.user_attrs
+            and unclaimed_after_s is not None
+            and t.datetime_start is not None
+            and (now - t.datetime_start).total_seconds() > unclaimed_after_s
+        )
+        if unclaimed:
+            reasons[str(t.number)] = "created but never claimed: its worker died before starting it; failed when a search ended"
+        elif h != host or not pid.isdigit() or int(pid) == os.getpid() or alive(int(pid)):
             continue
+        else:
+            reasons[str(t.number)] = f"its worker {h}:{pid} died while running it; failed when a search on this host ended"
         # told outside optimize(): the recipe's sampler must not react (the grid sampler would call stop())
         sampler, study.sampler = study.sampler, optuna.samplers.RandomSampler()
         try:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         finally:
             study.sampler = sampler
-        reasons[str(t.number)] = f"its worker {h}:{pid} died while running it; failed when a search on this host ended"
         failed.append(t.number)
     if failed:
         study.set_user_attr("orphans", reasons)

@@ -366,3 +366,22 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason_when_a_
     assert states[orphan.number] == States.FAIL and States.RUNNING not in states.values()
     assert "died while running it" in study.user_attrs["orphans"][str(orphan.number)]
     assert finished(study) == 1  # the orphan does not count as a finished trial
+
+
+def test_a_trial_no_worker_ever_claimed_is_failed_once_older_than_the_grace_period(write_recipe, tiny_bert_dir, tmp_path):
+    """Killed between creating its trial and writing `worker`: no worker, no heartbeat, RUNNING forever
+    unless its age gives it away (seen once in CI in the kill-every-baseline-time loop)."""
+    import time
+
+    from optimizer.study import fail_orphans, open_study
+
+    passes = [{"name": "prune-magnitude", "sparsity": {"choice": [0.1]}}]
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, passes, {"trials": 1, "sampler": "grid"})
+    study = open_study(recipe)
+    unclaimed = study.ask()
+    assert fail_orphans(study, unclaimed_after_s=60) == []  # young: maybe a live worker about to claim it
+    assert fail_orphans(study) == []  # no age given: only dead workers of this host count
+    time.sleep(0.05)
+    assert fail_orphans(study, unclaimed_after_s=0.01) == [unclaimed.number]
+    assert study.trials[unclaimed.number].state == States.FAIL
+    assert "never claimed" in study.user_attrs["orphans"][str(unclaimed.number)]
