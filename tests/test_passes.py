@@ -62,6 +62,9 @@ CHAINS = {
     "ort-int8-static": ([("onnx-export", {}), ("ort-int8-static", {"samples": 16})], 0.9),
     "ort-int8-static-entropy": ([("onnx-export", {}), ("ort-int8-static", {"samples": 8, "method": "entropy"})], 0.8),
     "ort-int4": ([("onnx-export", {}), ("ort-int4", {"block_size": 16})], 0.85),
+    "ort-int4-hqq": ([("onnx-export", {}), ("ort-int4", {"block_size": 16, "algorithm": "hqq"})], 0.85),
+    "torch-weight-only-int8": ([("torch-weight-only", {"bits": 8})], 0.99),
+    "torch-weight-only-int4-hqq": ([("torch-weight-only", {"bits": 4, "group_size": 16, "algorithm": "hqq"})], 0.85),
     "ov-export": ([("ov-export", {})], 0.9999),
     "ov-int8-static": ([("ov-export", {}), ("ov-int8-static", {"samples": 16})], 0.9),
     "ov-weight-int8": ([("ov-export", {}), ("ov-weight-compress", {"mode": "int8_asym"})], 0.97),
@@ -127,7 +130,7 @@ def test_torch_dynamic_int8_is_torchao_quantize_and_per_channel_ignores_the_batc
     direct = copy.deepcopy(base)
     quantize_(direct.module, Int8DynamicActivationInt8WeightConfig())
     cand = build_pass("torch-dynamic-int8", {"compile": False}).apply(base, _ctx(tmp_path, tiny_bert_dir, "embedding"))
-    assert cand.int8_quantized and not cand.compiled
+    assert cand.torchao_quantized and not cand.compiled
     assert torch.equal(outputs(cand), outputs(direct))
     alone = outputs(cand, TEXTS[:1])
     assert torch.allclose(alone[0, : alone.shape[1]], outputs(cand)[0, : alone.shape[1]], atol=1e-5)
@@ -138,6 +141,73 @@ def test_torch_dynamic_int8_is_torchao_quantize_and_per_channel_ignores_the_batc
     assert not torch.allclose(alone[0, : alone.shape[1]], outputs(per_tensor)[0, : alone.shape[1]], atol=1e-5)
     assert not batch_dependent([{"name": "torch-dynamic-int8", "params": {}}])
     assert batch_dependent([{"name": "torch-dynamic-int8", "params": {"per_channel": False}}])
+
+
+def test_torch_weight_only_is_torchao_and_hqq_fits_weights_closer(wide_llama_dir, tmp_path):
+    """int4 weight-only is torchao's IntxWeightOnlyConfig on the CPU (same outputs as calling it); HQQ's
+    fitted scales reconstruct the weights closer than min/max scales; Linears the group size does not
+    divide stay in float and the notes say so."""
+    import copy
+
+    from torchao.quantization import IntxWeightOnlyConfig, PerGroup, quantize_
+
+    ctx = _ctx(tmp_path, wide_llama_dir, "causal-lm")
+    base = _load(wide_llama_dir, "causal-lm")
+    direct = copy.deepcopy(base)
+    quantize_(direct.module, IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))
+    rtn = build_pass("torch-weight-only", {"bits": 4, "group_size": 32}).apply(copy.deepcopy(base), ctx)
+    assert rtn.torchao_quantized and torch.equal(outputs(rtn), outputs(direct))
+    hqq = build_pass("torch-weight-only", {"bits": 4, "group_size": 32, "algorithm": "hqq"}).apply(copy.deepcopy(base), ctx)
+
+    def error(cand: Candidate) -> float:
+        ref = dict(base.module.named_parameters())
+        return sum(
+            float((p.dequantize() - ref[n]).abs().mean().detach())
+            for n, p in cand.module.named_parameters()
+            if hasattr(p, "qdata")
+        )
+
+    assert error(hqq) < 0.97 * error(rtn)
+    odd = build_pass("torch-weight-only", {"bits": 4, "group_size": 128}).apply(_load(wide_llama_dir, "causal-lm"), ctx)
+    unfit = [m for m in odd.module.modules() if isinstance(m, torch.nn.Linear) and m.in_features % 128]
+    assert unfit and all(type(m.weight).__module__.startswith("torch") for m in unfit)  # left in float
+    assert any(f"kept {len(unfit)} Linears in float" in n for n in odd.notes)
+    with pytest.raises(UserError, match="hqq applies to bits 4"):
+        build_pass("torch-weight-only", {"bits": 8, "algorithm": "hqq"}).apply(_load(wide_llama_dir, "causal-lm"), ctx)
+
+
+def test_ort_int4_hqq_keeps_the_int8_compute_type(tiny_llama_dir, tmp_path):
+    """onnxruntime's HQQ quantizer leaves accuracy_level out; the pass sets it, so HQQ and round to nearest
+    run the same kernel, and the two differ in their weights only."""
+    import onnx
+
+    ctx = _ctx(tmp_path, tiny_llama_dir, "causal-lm")
+    graphs = {}
+    for algorithm in ("rtn", "hqq"):
+        cand = build_pass("onnx-export", {}).apply(_load(tiny_llama_dir, "causal-lm"), ctx)
+        cand = build_pass("ort-int4", {"block_size": 16, "algorithm": algorithm}).apply(cand, ctx)
+        graphs[algorithm] = [n for n in onnx.load(str(cand.model_path)).graph.node if n.op_type == "MatMulNBits"]
+    assert len(graphs["hqq"]) == len(graphs["rtn"]) > 0
+    for node in graphs["hqq"]:
+        assert {a.name: a.i for a in node.attribute}.get("accuracy_level") == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="tinygemm int4 needs a CUDA GPU")
+def test_torch_weight_only_int4_on_a_gpu_needs_bf16_then_runs(wide_llama_dir, tmp_path):
+    ctx = PassContext(task="causal-lm", device="cuda", threads=1, seed=0, work_dir=tmp_path / "work")
+
+    def bf16() -> Candidate:
+        cand = load_candidate(ModelSpec(source=str(wide_llama_dir)), "causal-lm", "cuda")
+        return build_pass("cast", {"dtype": "bfloat16"}).apply(cand, ctx)
+
+    with pytest.raises(UserError, match="cast, dtype: bfloat16"):
+        build_pass("torch-weight-only", {"bits": 4}).apply(
+            load_candidate(ModelSpec(source=str(wide_llama_dir)), "causal-lm", "cuda"), ctx
+        )
+    ref = outputs(bf16())
+    for algorithm in ("rtn", "hqq"):
+        q = build_pass("torch-weight-only", {"bits": 4, "group_size": 32, "algorithm": algorithm}).apply(bf16(), ctx)
+        assert q.torchao_quantized and similarity(ref, outputs(q)) > 0.85, algorithm
 
 
 def test_quantization_changes_outputs_and_counts_weights(wide_llama_dir, tmp_path):

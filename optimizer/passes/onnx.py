@@ -225,26 +225,28 @@ class StaticInt8Config(PassConfig):
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over tokenized calibration batches."""
+    """onnxruntime CalibrationDataReader over tokenized calibration batches.
+
+    The feeds are made once and held as arrays, with no reference to the candidate (and its live
+    inference session), so a quantizer may copy the reader."""
 
     def __init__(self, candidate: OrtCandidate, texts: list[str], batch_size: int) -> None:
-        self.candidate, self.texts, self.batch_size = candidate, texts, batch_size
-        self.it: Iterator[dict[str, np.ndarray]] = self._feeds()
-
-    def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
         from optimizer import tasks
 
-        for b in tasks.make_batches(self.candidate, self.texts, self.batch_size):
+        self.texts = texts
+        self.feeds: list[dict[str, np.ndarray]] = []
+        for b in tasks.make_batches(candidate, texts, batch_size):
             feed = {"input_ids": b.input_ids.numpy(), "attention_mask": b.attention_mask.numpy()}
-            if self.candidate.task == "causal-lm":
-                feed |= self.candidate.empty_past(b.input_ids.shape[0])
-            yield feed
+            if candidate.task == "causal-lm":
+                feed |= candidate.empty_past(b.input_ids.shape[0])
+            self.feeds.append(feed)
+        self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.it, None)
 
     def rewind(self) -> None:
-        self.it = self._feeds()
+        self.it: Iterator[dict[str, np.ndarray]] = iter(self.feeds)
 
 
 class OrtInt8Static(Pass):
@@ -304,6 +306,9 @@ class OrtInt8Static(Pass):
 class Int4Config(PassConfig):
     block_size: int = Field(default=32, ge=16, le=256)
     symmetric: bool = True
+    algorithm: Literal["rtn", "hqq"] = Field(
+        default="rtn", description="rtn: round to nearest; hqq: half-quadratic fit of scales and zero points (no data)"
+    )
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         default=4, description="compute type on CPU: 4 = int8 activations (fast), 0 = unset (fp32)"
     )
@@ -315,7 +320,14 @@ class Int4Config(PassConfig):
 
 
 class OrtInt4(Pass):
-    """Weight-only 4-bit (MatMulNBits, per-block scales); activations stay in float unless accuracy_level=4."""
+    """Weight-only 4-bit (MatMulNBits, per-block scales); activations stay in float unless accuracy_level=4.
+
+    Round to nearest or HQQ, both from onnxruntime's own quantizer; HQQ always writes asymmetric blocks
+    (scales and zero points fitted together). onnxruntime's GPTQ is not offered: in onnxruntime 1.32 it
+    propagates each column's error along the zero triangle of its inverse-Hessian factor, so its output
+    equals round to nearest (checked on stories260K and on a random layer); GPTQ is on OpenVINO
+    (ov-weight-compress gptq: true).
+    """
 
     name = "ort-int4"
     family = "quantization"
@@ -327,7 +339,7 @@ class OrtInt4(Pass):
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
         from optimizer.passes.calibration import next_folder
         from optimizer.runtimes.ort import MODEL_FILE, OrtCandidate
@@ -345,9 +357,23 @@ class OrtInt4(Pass):
             is_symmetric=c.symmetric,
             accuracy_level=c.accuracy_level or None,
             nodes_to_exclude=excluded,
+            algo_config=HQQWeightOnlyQuantConfig(block_size=c.block_size, bits=4) if c.algorithm == "hqq" else None,
         )
         q.process()
+        if c.algorithm == "hqq" and c.accuracy_level:
+            _set_accuracy_level(q.model.model, c.accuracy_level)  # its quantizer leaves the attribute out
         if c.exclude:
             candidate.notes.append(f"ort-int4 kept {len(excluded)} nodes matching ({', '.join(c.exclude)}) out of int4")
+        if c.algorithm == "hqq":
+            candidate.notes.append(f"ort-int4 HQQ scales and zero points, block {c.block_size}")
         q.model.save_model_to_file(str(folder / MODEL_FILE), use_external_data_format=False)
         return _derive(candidate, folder)
+
+
+def _set_accuracy_level(model: Any, level: int) -> None:
+    """Give every MatMulNBits node the compute type the config asks for (int8 activations at 4)."""
+    import onnx
+
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))

@@ -1,4 +1,5 @@
-"""Quantization passes that stay in torch: dtype casts, torch dynamic int8, bitsandbytes int8/4-bit."""
+"""Quantization passes that stay in torch: dtype casts, torchao dynamic int8 and weight-only int8/int4,
+bitsandbytes int8/4-bit."""
 
 from __future__ import annotations
 
@@ -79,6 +80,60 @@ class TorchDynamicInt8(Pass):
         assert isinstance(candidate, TorchCandidate)
         candidate.module = dynamic_int8(candidate.module.cpu().eval(), self.config.per_channel)
         candidate.compiled = candidate.compiled or self.config.compile
+        return candidate
+
+
+class WeightOnlyConfig(PassConfig):
+    bits: Literal[4, 8] = 4
+    group_size: int | None = Field(
+        default=None, ge=16, le=256, description="weights per scale; default 32 (int4 CPU), 128 (int4 GPU), a whole row (int8)"
+    )
+    algorithm: Literal["rtn", "hqq"] = Field(
+        default="rtn",
+        description="int4 scales: rtn = from each group's min/max; hqq = fitted by half-quadratic optimization (no data)",
+    )
+    exclude: list[str] = Field(default=[], description="regexes on module names to keep in float (e.g. lm_head)")
+    compile: bool = Field(
+        default=False,
+        description="serve through torch.compile, which fuses the dequantization into the matmul; off by default "
+        "because compiling a causal LM's prefill and decode takes minutes",
+    )
+
+
+class TorchWeightOnly(Pass):
+    """torchao weight-only quantization of every Linear: int8 per row, or int4 per group with round-to-nearest
+    or HQQ scales. GPU: tinygemm's packed int4 kernel (bf16 activations). CPU: int4 codes stored one per
+    byte and dequantized at run time: smaller and, with HQQ, closer to fp32, but no int4 kernel."""
+
+    name = "torch-weight-only"
+    family = "quantization"
+    Config = WeightOnlyConfig
+
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        import torch
+
+        from optimizer.runtimes.pytorch import TorchCandidate, weight_only
+
+        assert isinstance(candidate, TorchCandidate)
+        c = self.config
+        if c.group_size is not None and c.group_size & (c.group_size - 1):
+            raise UserError(f"torch-weight-only group_size {c.group_size} is not a power of two", "use 16, 32, 64, 128 or 256")
+        if c.bits == 8 and c.algorithm != "rtn":
+            raise UserError("torch-weight-only: hqq applies to bits 4", "use algorithm: rtn with bits: 8")
+        device = "cuda" if str(candidate.device).startswith("cuda") else "cpu"
+        if device == "cuda" and c.bits == 4 and next(candidate.module.parameters()).dtype != torch.bfloat16:
+            raise UserError(
+                "torch-weight-only int4 on a GPU runs tinygemm's bf16 kernel, and this model is not bf16",
+                "put {name: cast, dtype: bfloat16} before it in the chain",
+            )
+        candidate.module, unfit = weight_only(candidate.module.eval(), c.bits, c.group_size, c.algorithm, device, c.exclude)
+        candidate.compiled = candidate.compiled or c.compile
+        candidate.notes.append(f"torch-weight-only int{c.bits} ({c.algorithm}), group {c.group_size or 'default'}")
+        if unfit:
+            candidate.notes.append(
+                f"torch-weight-only kept {len(unfit)} Linears in float: input width not a multiple of the group size "
+                f"(e.g. {unfit[0]})"
+            )
         return candidate
 
 

@@ -1,5 +1,5 @@
 """The torch runtime: a transformers module (eager or torch.compile'd; bf16/fp16, bitsandbytes,
-torchao int8).
+torchao int8 / int4).
 
 Saved artifacts are Hugging Face folders; a torchao-quantized module, which save_pretrained cannot
 write, is saved as the config plus its state dict (torchao tensors) and rebuilt on reload.
@@ -22,7 +22,8 @@ from optimizer.runtimes.base import Candidate, Pair, fresh_folder, run_streams
 from optimizer.runtimes.threads import threads
 
 QUANTIZED_STATE = "quantized_state.pt"
-QUANTIZED_FORMAT = "torchao-int8"
+QUANTIZED_FORMAT = "torchao"
+OLD_QUANTIZED_FORMATS = ("torchao-int8",)  # the same layout, written when only int8 existed
 
 
 def dynamic_int8(module: torch.nn.Module, per_channel: bool) -> torch.nn.Module:
@@ -40,9 +41,54 @@ def dynamic_int8(module: torch.nn.Module, per_channel: bool) -> torch.nn.Module:
     return module
 
 
-def _int8_weight(p: torch.Tensor) -> torch.Tensor | None:
-    """The int8 codes of a torchao-quantized weight, or None for an ordinary tensor."""
-    return getattr(p, "qdata", None) if type(p).__name__ == "Int8Tensor" else None
+def weight_only(
+    module: torch.nn.Module, bits: int, group_size: int | None, algorithm: str, device: str, skip: list[str]
+) -> tuple[torch.nn.Module, list[str]]:
+    """torchao weight-only quantization of the Linears whose names match no `skip` regex.
+
+    int8: one scale per output row. int4 on a GPU: tinygemm's packed layout (bf16), scales and zero points
+    from min/max ("rtn") or fitted by HQQ; int4 on the CPU: codes kept one per byte and dequantized at
+    run time (torchao has no packed int4 CPU kernel here), symmetric scales from min/max or HQQ.
+    Returns the module and the Linears left in float because their input width is not a multiple of the
+    group size (torchao does not pad)."""
+    import re
+
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, IntxWeightOnlyConfig, PerGroup, PerRow, quantize_
+
+    group = group_size or (None if bits == 8 else 128 if device == "cuda" else 32)
+    if bits == 8:
+        config: Any = Int8WeightOnlyConfig(granularity=PerRow() if group is None else PerGroup(group))
+    elif device == "cuda":  # the caller checked the module is bf16, tinygemm's kernel's type
+        config = Int4WeightOnlyConfig(
+            group_size=group,
+            int4_packing_format="tile_packed_to_4d",
+            int4_choose_qparams_algorithm="hqq" if algorithm == "hqq" else "tinygemm",
+        )
+    else:
+        config = IntxWeightOnlyConfig(
+            weight_dtype=torch.int4,
+            granularity=PerGroup(group),
+            intx_choose_qparams_algorithm="hqq_scale_only" if algorithm == "hqq" else "affine",
+        )
+    unfit: list[str] = []
+
+    def chosen(m: torch.nn.Module, name: str) -> bool:
+        if not isinstance(m, torch.nn.Linear) or any(re.search(p, name) for p in skip):
+            return False
+        if group is not None and m.in_features % group:
+            unfit.append(name)
+            return False
+        return True
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_(module, config, filter_fn=chosen)
+    return module, unfit
+
+
+def _torchao_codes(p: torch.Tensor) -> torch.Tensor | None:
+    """The integer codes of a torchao-quantized weight, or None for an ordinary tensor."""
+    return getattr(p, "qdata", None) if type(p).__module__.startswith("torchao.") else None
 
 
 def compile_module(module: torch.nn.Module) -> Any:
@@ -108,14 +154,14 @@ class TorchCandidate(Candidate):
             torch.set_num_threads(n)
 
     @property
-    def int8_quantized(self) -> bool:
-        """True after torch-dynamic-int8: torchao int8 weights, which save_pretrained cannot write."""
-        return any(_int8_weight(p) is not None for p in self.module.parameters())
+    def torchao_quantized(self) -> bool:
+        """True after a torchao pass: its weight tensors, which save_pretrained cannot write."""
+        return any(_torchao_codes(p) is not None for p in self.module.parameters())
 
     def save(self, directory: Path) -> Path:
         directory = fresh_folder(directory)
         fmt = "hf"
-        if self.int8_quantized:  # config + the state dict of torchao tensors; reload assigns them
+        if self.torchao_quantized:  # config + the state dict of torchao tensors; reload assigns them
             fmt = QUANTIZED_FORMAT
             self.module.config.save_pretrained(directory)
             torch.save(self.module.state_dict(), directory / QUANTIZED_STATE)
@@ -128,7 +174,7 @@ class TorchCandidate(Candidate):
         seen: set[int] = set()
         total = nonzero = 0
         for p in self.module.parameters():
-            codes = _int8_weight(p)
+            codes = _torchao_codes(p)
             ptr = (p if codes is None else codes).data_ptr()  # a torchao tensor's own data_ptr is not its storage
             if ptr in seen:  # tied weights count once
                 continue
@@ -138,6 +184,9 @@ class TorchCandidate(Candidate):
                 nonzero += p.numel() * 2
                 continue
             total += p.numel()
+            if codes is not None and codes.numel() != p.numel():  # packed int4: a zero code is no zero weight
+                nonzero += p.numel()
+                continue
             nonzero += int(torch.count_nonzero(p if codes is None else codes).item())
         return total, nonzero
 
@@ -153,13 +202,14 @@ def load_artifact(directory: Path, meta: dict[str, Any], device: str) -> TorchCa
     fmt = meta.get("format", "hf")
     if fmt == "hf":
         cand = load_candidate(spec, meta["task"], device)
-    elif fmt == QUANTIZED_FORMAT:
+    elif fmt == QUANTIZED_FORMAT or fmt in OLD_QUANTIZED_FORMATS:
         from transformers import AutoConfig
 
         module = auto_class(meta["task"]).from_config(AutoConfig.from_pretrained(directory)).eval()
         # assign=True puts the saved torchao tensors in place of the fresh float weights
         module.load_state_dict(torch.load(directory / QUANTIZED_STATE, weights_only=False), assign=True)
-        cand = TorchCandidate(info=load_model_info(spec, meta["task"]), module=module, device="cpu")
+        module.to(device)
+        cand = TorchCandidate(info=load_model_info(spec, meta["task"]), module=module, device=device)
     else:
         raise UserError(
             f"{directory} holds a torch artifact in the {fmt!r} format, which this costopt no longer reads",
