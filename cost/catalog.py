@@ -8,8 +8,9 @@ cost comes from purchase price, lifetime, power, electricity price and utilizati
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -91,8 +92,49 @@ class Entry(BaseModel):
         raise CostInputError(f"{self.name} has no peak FLOP/s for {dtype}", f"use one of: {have}")
 
 
+# CPU generation from what a machine reports about itself -> the words catalog descriptions use for it.
+# Cloud VMs hide the exact model ("Intel(R) Xeon(R) Processor"), so the instruction set decides.
+CPU_FAMILIES: list[tuple[str, str, set[str]]] = [  # (vendor word in the model / arch, family, ISA flags it needs)
+    ("Intel", "Sapphire Rapids", {"AMX-INT8"}),
+    ("AMD", "Genoa", {"AVX-512"}),
+    ("AMD", "Milan", set()),
+    ("aarch64", "Neoverse V1", {"SVE"}),
+    ("aarch64", "Neoverse N1", set()),
+]
+
+
+def _gpu_key(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
 class Catalog(BaseModel):
     entries: dict[str, Entry]
+
+    def for_machine(self, cpu: dict[str, Any], gpus: list[str]) -> tuple[Entry | None, list[str]]:
+        """The entry that prices this machine, from its fingerprint: with GPUs, the entries with as many
+        of that GPU (its catalog name within the device name: "H100" in "NVIDIA H100 80GB HBM3"); else
+        the CPU entries of its generation (from vendor and instruction set) with as many vCPUs as it has
+        logical cores. The cheapest of several, with the others' names; (None, []) when nothing fits."""
+        if gpus:
+            name = _gpu_key(gpus[0])
+            fits = [
+                e
+                for e in self.entries.values()
+                if e.kind == "gpu" and e.gpu and e.gpus == len(gpus) and all(_gpu_key(p) in name for p in e.gpu.split("-"))
+            ]
+        else:
+            where = f"{cpu.get('model', '')} {cpu.get('arch', '')}"
+            isa = set(cpu.get("isa") or [])
+            family = next((f for vendor, f, need in CPU_FAMILIES if vendor in where and need <= isa), None)
+            fits = [
+                e
+                for e in self.entries.values()
+                if family and e.kind == "cpu" and family in e.description and e.vcpus == cpu.get("logical_cores")
+            ]
+        if not fits:
+            return None, []
+        fits.sort(key=lambda e: e.hourly_usd())
+        return fits[0], [e.name for e in fits[1:]]
 
     def get(self, name: str) -> Entry:
         if name in self.entries:

@@ -38,7 +38,7 @@ from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent
 from optimizer.pipeline import Bench, apply_chain, batches_text, resolve_device
 from optimizer.recipe import MAIN_EVAL, Recipe
-from optimizer.study import CONSTRAINT, objective_sign, search_dir
+from optimizer.study import CONSTRAINT, machines, objective_sign, priced_on, search_dir
 
 log = logging.getLogger(__name__)
 SCHEMA = "costopt.confirmation/1"
@@ -91,6 +91,7 @@ class Confirmation:
     rounds_set_aside: int = 0
     # peak RSS of a process serving each alone (baseline, choice), as the choice is deployed
     memory_alone: dict[str, Any] = field(default_factory=dict)
+    machine: str | None = None  # with workers on several machines: the entry whose candidates were confirmed
     schema: str = SCHEMA
 
     def as_dict(self) -> dict[str, Any]:
@@ -113,13 +114,16 @@ def first_confirmed(candidates: Sequence[T], test: Callable[[T], bool]) -> tuple
     return None, len(candidates)
 
 
-def ranked_candidates(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The k best within-budget trials on the selection part, one per distinct configuration."""
+def ranked_candidates(study: optuna.Study, k: int, catalog: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The k best within-budget trials on the selection part, one per distinct configuration; with
+    `catalog`, among those priced on that entry."""
     sign = objective_sign(study)
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get(CONSTRAINT, [1.0])[0] <= 0 and "same_as" not in t.user_attrs
+        if t.user_attrs.get(CONSTRAINT, [1.0])[0] <= 0
+        and "same_as" not in t.user_attrs
+        and (catalog is None or priced_on(t) == catalog)
     ]
     out, seen = [], set()
     for t in sorted(done, key=lambda t: sign * t.values[0]):
@@ -154,7 +158,11 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
     base_threads = speed_mod.set_threads(recipe.hardware.threads)
     bench = Bench.load_data(recipe, device, "confirm")
     result = Confirmation(budget.as_dict(), recipe.search.objective, bench.other_part, len(bench.eval_data), conf_each)
-    candidates = ranked_candidates(study, spec.candidates)
+    # With workers on several machines, this one confirms (and times the saving of) its own machine's
+    # candidates: re-timing another machine's choice here would price this machine's speed as that one's.
+    here = recipe.hardware.catalog if len(machines(study)) > 1 else None
+    candidates = ranked_candidates(study, spec.candidates, here)
+    result.machine = here
     if not candidates:
         return result
     bench.load_baseline()

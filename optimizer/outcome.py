@@ -14,8 +14,9 @@ import optuna
 from optimizer import confirm
 from optimizer.confirm import STUDY_ATTR, Confirmation
 from optimizer.deploy import deployment_config, write_deployment
+from optimizer.pipeline import priced_here
 from optimizer.recipe import Recipe
-from optimizer.study import best_feasible, closest, search_dir
+from optimizer.study import best_feasible, closest, machines, search_dir
 
 EXIT_OK, EXIT_NOTHING_MET = 0, 3
 
@@ -37,7 +38,9 @@ class SearchOutcome:
 def conclude(recipe: Recipe, study: optuna.Study, deploy_file: Path | None = None) -> SearchOutcome:
     """Confirm the search's cheapest within-budget trials on held-out data (unless confirmation is off)
     and write the first that holds to deploy.yaml; nothing is written when none met or held."""
-    best = best_feasible(study)
+    recipe = priced_here(recipe)
+    # with workers on several machines, this one deploys what was measured on its own machine
+    best = best_feasible(study, recipe.hardware.catalog if len(machines(study)) > 1 else None)
     if best is None:
         return SearchOutcome(study, None, closest(study), None, None, None)
     confirmation = None

@@ -32,7 +32,7 @@ from optimizer.measure.stats import MetricValues, paired_bootstrap
 from optimizer.measure.system import fingerprint
 from optimizer.passes import PassContext, build_pass, check_chain, compute_dtype_of
 from optimizer.ranges import parse_range
-from optimizer.recipe import MAIN_EVAL, Recipe
+from optimizer.recipe import AUTO_CATALOG, MAIN_EVAL, Recipe
 from optimizer.results import ensure_writable, write_json_atomic
 from optimizer.runtimes import Candidate, folder_size, load_candidate
 
@@ -52,8 +52,33 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def resolved_passes(recipe: Recipe, chosen: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The recipe's passes with every range replaced by the value in `chosen` (keyed 'i.name.param')."""
+def priced_here(recipe: Recipe) -> Recipe:
+    """The recipe with `hardware.catalog: auto` made into the catalog entry of this machine (the
+    cheapest entry of its CPU generation and core count, or of its GPUs); other recipes unchanged."""
+    hw = recipe.hardware
+    if hw.catalog != AUTO_CATALOG:
+        return recipe
+    import cost
+
+    fp = fingerprint()
+    gpus = [g["name"] for g in fp.get("gpus") or []] if resolve_device(hw.device) == "cuda" else []
+    entry, others = cost.load_catalog(hw.catalog_file).for_machine(fp["cpu"], gpus)
+    if entry is None:
+        what = ", ".join(gpus) or f"{fp['cpu']['model']}, {fp['cpu']['logical_cores']} logical cores"
+        raise UserError(
+            f"hardware.catalog: auto found no catalog entry for this machine ({what})",
+            "name one: --set hardware.catalog=<entry> (see `costopt hardware list`), or add this machine to a catalog file",
+        )
+    log.info("hardware.catalog auto: priced as %s%s", entry.name, f" (also fits: {', '.join(others)})" if others else "")
+    return recipe.model_copy(update={"hardware": hw.model_copy(update={"catalog": entry.name})})
+
+
+def resolved_passes(
+    recipe: Recipe, chosen: dict[str, Any] | None = None, sensitive: dict[int, list[str]] | None = None
+) -> list[dict[str, Any]]:
+    """The recipe's passes with every range replaced by the value in `chosen` (keyed 'i.name.param'), and
+    each pass's `keep_sensitive: k` made into the k most sensitive blocks' patterns in its `exclude`
+    (`sensitive`: by pass index, the block patterns a search ranked, most sensitive first)."""
     chosen = chosen or {}
     out = []
     for i, spec in enumerate(recipe.passes):
@@ -79,6 +104,18 @@ def resolved_passes(recipe: Recipe, chosen: dict[str, Any] | None = None) -> lis
                 params[k] = chosen[key]
             else:
                 params[k] = v
+        k = chosen.get(f"{i}.{spec.name}.keep_sensitive", spec.keep_sensitive)
+        if parse_range(k) is not None:
+            raise UserError(
+                f"passes[{i}].keep_sensitive is a search range", "run `costopt search`, or give one value for a single run"
+            )
+        if k:
+            if sensitive is None or i not in sensitive:
+                raise UserError(
+                    f"passes[{i}].keep_sensitive: the block ranking it reads is measured by `costopt search`",
+                    "run `costopt search`, or list the blocks in exclude (a search's report shows each block's pattern)",
+                )
+            params["exclude"] = list(params.get("exclude", [])) + sensitive[i][: int(k)]
         out.append({"name": spec.name, "params": params, "save": spec.save})
     return out
 
@@ -591,6 +628,7 @@ def run_recipe(
     """
     from tqdm.auto import tqdm
 
+    recipe = priced_here(recipe)
     passes = resolved_passes(recipe, chosen)
     device = resolve_device(recipe.hardware.device)
     check_chain(passes, device)

@@ -96,10 +96,17 @@ class SpeedSpec(Strict):
     )
 
 
+AUTO_CATALOG = "auto"  # hardware.catalog: resolved to this machine's entry where a command runs (pipeline.priced_here)
+
+
 class HardwareSpec(Strict):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int | None = Field(default=None, gt=0, description="CPU threads for every runtime; default: all cores")
-    catalog: str | None = Field(default=None, description="hardware catalog entry used for pricing")
+    catalog: str | None = Field(
+        default=None,
+        description="hardware catalog entry used for pricing; auto: the entry of the machine the command runs on "
+        "(from its CPU generation and cores, or its GPUs), so each search worker prices its own machine",
+    )
     catalog_file: str | None = Field(default=None, description="your catalog YAML, merged over the packaged one")
     utilization: float = Field(default=0.5, gt=0, le=1, description="busy share of paid hours")
     pricing: Literal["on_demand", "spot", "committed"] = "on_demand"
@@ -112,6 +119,11 @@ class PassSpec(BaseModel):
     name: str
     enabled: bool | Choice = True
     save: bool = False
+    keep_sensitive: int | Choice | IntRange | None = Field(
+        default=None,
+        description="keep the k block parts (a block's attention or its FFN) where quantizing hurts most out of "
+        "this pass (measured part by part before the search; added to its exclude list); a range searches k",
+    )
 
     @property
     def params(self) -> dict[str, Any]:
@@ -235,7 +247,7 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _catalog_entry_exists(self) -> Recipe:
-        if self.hardware.catalog:
+        if self.hardware.catalog and self.hardware.catalog != AUTO_CATALOG:
             from cost import CostInputError, load_catalog
 
             try:
@@ -451,6 +463,14 @@ def _validate_passes(recipe: Recipe, origin: str) -> None:
     for i, spec in enumerate(recipe.passes):
         if spec.name not in REGISTRY:
             problems.append((f"passes[{i}].name: unknown pass {spec.name!r}", nearest(spec.name, list(REGISTRY))))
+        elif spec.keep_sensitive is not None and "exclude" not in REGISTRY[spec.name].Config.model_fields:
+            takes = sorted(n for n, c in REGISTRY.items() if "exclude" in c.Config.model_fields)
+            problems.append(
+                (
+                    f"passes[{i}].keep_sensitive: {spec.name} has no exclude list to keep blocks out of",
+                    f"use keep_sensitive on one of {', '.join(takes)}",
+                )
+            )
         elif problem := validate_pass_params(spec, recipe.task):
             path, text, fix = problem
             problems.append((f"passes[{i}].{path}: {text}", fix))

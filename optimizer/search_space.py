@@ -22,6 +22,15 @@ _PRIMITIVE = (type(None), bool, int, float, str)
 SERVING_KNOBS = ("batch_size", "threads", "streams")
 
 
+def stored_values(rng: Range) -> list[Any] | None:
+    """A discrete range's values as Optuna stores them (lists and dicts as JSON text), None when continuous;
+    what a grid enumerates."""
+    listed = ranges.values(rng)
+    if listed is None or all(isinstance(v, _PRIMITIVE) for v in listed):
+        return listed
+    return [json.dumps(v, sort_keys=True) for v in listed]
+
+
 def _suggest(trial: optuna.Trial, name: str, rng: Range) -> Any:
     if isinstance(rng, Choice):
         if all(isinstance(v, _PRIMITIVE) for v in rng.choice):
@@ -64,6 +73,8 @@ def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
             rng = parse_range(value)
             if rng is not None:
                 chosen[f"{key}.{param}"] = _suggest(trial, f"{key}.{param}", rng)
+        if isinstance(spec.keep_sensitive, (Choice, IntRange)):
+            chosen[f"{key}.keep_sensitive"] = _suggest(trial, f"{key}.keep_sensitive", spec.keep_sensitive)
     for knob in SERVING_KNOBS:
         value = getattr(recipe.search, knob)
         if isinstance(value, (Choice, IntRange)):
@@ -77,7 +88,7 @@ def space_size(recipe: Recipe) -> int | None:
     """Number of distinct configurations, or None when a float range makes it continuous."""
     total = 1
     for spec in recipe.passes:
-        within = 1
+        within = ranges.size(spec.keep_sensitive) or 1
         for value in spec.params.values():
             n = ranges.size(value)
             if n is None:
@@ -100,7 +111,31 @@ def _first_choices(i: int, spec: Any) -> dict[str, Any]:
             first = rng.choice[0]
             primitive = all(isinstance(x, _PRIMITIVE) for x in rng.choice)  # as _suggest stores it
             out[f"{i}.{spec.name}.{k}"] = first if primitive else json.dumps(first, sort_keys=True)
+    if isinstance(spec.keep_sensitive, Choice):
+        out[f"{i}.{spec.name}.keep_sensitive"] = spec.keep_sensitive.choice[0]
     return out
+
+
+def single_technique(recipe: Recipe, i: int) -> dict[str, Any] | None:
+    """Trial parameters that switch optional pass i on alone (with the nearest optional export before it
+    that produces its runtime), every other optional pass off; the passes switched on take the first
+    value of each of their `choice` lists. None when no export before it produces its runtime."""
+    from optimizer.passes import REGISTRY
+
+    optional = [j for j, spec in enumerate(recipe.passes) if isinstance(spec.enabled, Choice)]
+    cls = REGISTRY.get(recipe.passes[i].name)
+    params = {f"{j}.{recipe.passes[j].name}.enabled": False for j in optional} | {f"{i}.{recipe.passes[i].name}.enabled": True}
+    needs = set(cls.runtimes_in) if cls else {"torch"}
+    if "torch" not in needs:  # switch on the nearest optional export before it that produces its runtime
+        providers = [j for j in optional if j < i and REGISTRY[recipe.passes[j].name].runtime_out in needs]
+        if not providers:
+            return None
+        params[f"{providers[-1]}.{recipe.passes[providers[-1]].name}.enabled"] = True
+    for key, on in list(params.items()):
+        j = int(key.split(".")[0])
+        if on and (j == i or j in optional):
+            params |= _first_choices(j, recipe.passes[j])
+    return params
 
 
 def seed_single_techniques(study: optuna.Study, recipe: Recipe) -> int:
@@ -111,26 +146,12 @@ def seed_single_techniques(study: optuna.Study, recipe: Recipe) -> int:
     on take the first value of each of their `choice` lists (a recipe lists its preferred setting
     first); other parameters are left to the sampler. Returns how many trials were queued.
     """
-    from optimizer.passes import REGISTRY
-
-    optional = [i for i, spec in enumerate(recipe.passes) if isinstance(spec.enabled, Choice)]
-    off = {f"{i}.{recipe.passes[i].name}.enabled": False for i in optional}
     queued = 0
-    for i in optional:
-        cls = REGISTRY.get(recipe.passes[i].name)
-        params = off | {f"{i}.{recipe.passes[i].name}.enabled": True}
-        needs = set(cls.runtimes_in) if cls else {"torch"}
-        if "torch" not in needs:  # switch on the nearest optional export before it that produces its runtime
-            providers = [j for j in optional if j < i and REGISTRY[recipe.passes[j].name].runtime_out in needs]
-            if not providers:
-                continue
-            params[f"{providers[-1]}.{recipe.passes[providers[-1]].name}.enabled"] = True
-        for key, on in list(params.items()):
-            j = int(key.split(".")[0])
-            if on and (j == i or j in optional):
-                params |= _first_choices(j, recipe.passes[j])
-        study.enqueue_trial(params, skip_if_exists=True)
-        queued += 1
+    for i, spec in enumerate(recipe.passes):
+        params = single_technique(recipe, i) if isinstance(spec.enabled, Choice) else None
+        if params is not None:
+            study.enqueue_trial(params, skip_if_exists=True)
+            queued += 1
     return queued
 
 

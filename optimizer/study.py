@@ -38,11 +38,28 @@ from optimizer.measure.contention import Watch, alive, registered
 from optimizer.measure.system import fingerprint
 from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent, check_chain, runtime_of
-from optimizer.pipeline import Bench, apply_chain, batches_text, footprint, provenance, resolve_device, resolved_passes
-from optimizer.ranges import Choice, parse_range, values
+from optimizer.pipeline import (
+    Bench,
+    apply_chain,
+    batches_text,
+    footprint,
+    priced_here,
+    provenance,
+    resolve_device,
+    resolved_passes,
+)
+from optimizer.ranges import Choice, IntRange, parse_range, values
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.results import ensure_writable
-from optimizer.search_space import combined_params, seed_single_techniques, space_size, suggest
+from optimizer.search_space import (
+    SERVING_KNOBS,
+    combined_params,
+    seed_single_techniques,
+    space_size,
+    stored_values,
+    suggest,
+)
+from optimizer.sensitivity import Sensitivity, patterns, rank_all
 from optimizer.signals import on_thread_stack, raise_if_stopped
 from optimizer.storage import open_storage
 
@@ -51,6 +68,7 @@ CONSTRAINT = "constraint"  # user attribute read by constraints_func: [violation
 FOOTPRINT_KEYS = ("parameters", "nonzero_parameters", "weight_bytes", "disk_bytes")
 REPEAT = "repeat"  # trial user attribute: a configuration measured before (or the baseline), answered from its figures
 MAX_REPEATS_IN_A_ROW = 10  # then the sampler has nothing new to propose: stop
+SENSITIVITY = "sensitivity"  # study user attribute: the block rankings keep_sensitive reads, by pass index
 COMBINED = "combined"  # study user attribute: the parameters queued to combine the within-budget techniques
 WORKER_PREFIX = "worker/"  # study user attribute per worker: its machine and baseline time
 
@@ -85,13 +103,19 @@ def _grid(recipe: Recipe) -> dict[str, list[Any]]:
             rng = parse_range(v)
             if rng is None:
                 continue
-            listed = values(rng)
+            listed = stored_values(rng)
             if listed is None:
                 raise UserError(
                     f"sampler grid needs discrete values but passes[{i}].{k} is a float range",
                     "write {choice: [...]} or {int: [lo, hi]}, or use sampler: tpe",
                 )
             space[f"{i}.{spec.name}.{k}"] = listed
+        if isinstance(spec.keep_sensitive, (Choice, IntRange)):
+            space[f"{i}.{spec.name}.keep_sensitive"] = values(spec.keep_sensitive)
+    for knob in SERVING_KNOBS:
+        rng = parse_range(getattr(recipe.search, knob))
+        if rng is not None:
+            space[knob] = values(rng)
     return space
 
 
@@ -233,7 +257,13 @@ def reusable_baseline(previous: dict[str, Any] | None, recipe: Recipe, machine: 
 class TrialRunner:
     """One worker: its Bench (baseline measured once), artifact cache and the objective Optuna calls."""
 
-    def __init__(self, recipe: Recipe, work_dir: Path, previous: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        work_dir: Path,
+        previous: dict[str, Any] | None = None,
+        ranked: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.recipe = recipe
         self.metric = check_searchable(recipe)
         self.budget = recipe.budget
@@ -271,6 +301,12 @@ class TrialRunner:
         self.trials_dir = work_dir / "trials"
         self.cache = ArtifactCache(work_dir / "cache") if recipe.search.cache else None
         self.last_trial: int | None = None
+        # the study's block rankings when another worker measured them (every worker must expand
+        # keep_sensitive alike), else measured here
+        if ranked:
+            self.sensitive = {int(i): Sensitivity.from_json(r) for i, r in ranked.items()}
+        else:
+            self.sensitive = rank_all(self.bench, self.budget, work_dir, self.cache, log=log.info)
 
     def _baseline_per_batch(self, baseline: Any, speed: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, Any]:
         """When the search picks the batch size, the baseline is measured at every candidate size too,
@@ -289,7 +325,11 @@ class TrialRunner:
         c, budget = s.constraint, self.budget
         self.last_trial = trial.number
         trial.set_user_attr("worker", worker_id())  # first: a trial this worker leaves behind can be traced to it
-        chosen = suggest(trial, self.recipe)
+        try:
+            chosen = suggest(trial, self.recipe)
+        except Exception as e:  # recorded, so the trial counts as finished and a broken space cannot loop forever
+            trial.set_user_attr("error", failure_reason(e)[:500])
+            raise
         twin = _measured_twin(trial)
         if twin is not None:  # the sampler proposed a configuration already measured: reuse, do not rebuild
             for k, v in twin.user_attrs.items():
@@ -304,7 +344,7 @@ class TrialRunner:
         threads = int(chosen.get("threads") or self.threads)
         batch = int(chosen.get("batch_size") or self.recipe.speed.batch_size)
         streams = int(chosen.get("streams") or self.recipe.speed.streams)
-        passes = resolved_passes(self.recipe, chosen)
+        passes = resolved_passes(self.recipe, chosen, patterns(self.sensitive))
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr(
             "hardware",
@@ -429,11 +469,24 @@ def objective_sign(study: optuna.Study) -> int:
     return -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
 
 
-def best_feasible(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+def priced_on(t: optuna.trial.FrozenTrial) -> str | None:
+    """The catalog entry a trial was priced on: its worker's."""
+    return (t.user_attrs.get("hardware") or {}).get("catalog")
+
+
+def machines(study: optuna.Study) -> list[str]:
+    """The catalog entries the study's measured trials were priced on (several when workers on different
+    machines shared it)."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return sorted({c for t in done if (c := priced_on(t))})
+
+
+def best_feasible(study: optuna.Study, catalog: str | None = None) -> optuna.trial.FrozenTrial | None:
+    """The cheapest within-budget trial; with `catalog`, among those priced on that entry."""
     feasible = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get(CONSTRAINT, [math.inf])[0] <= 0
+        if t.user_attrs.get(CONSTRAINT, [math.inf])[0] <= 0 and (catalog is None or priced_on(t) == catalog)
     ]
     if not feasible:
         return None
@@ -496,6 +549,7 @@ def run_search(
     `callbacks` are Optuna trial callbacks (experiment tracking: optimizer.tracking.MlflowTracker).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    recipe = priced_here(recipe)  # each worker prices its own machine when hardware.catalog is auto
     study = open_study(recipe, storage)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -554,7 +608,8 @@ def _run_trials(
     progress: bool,
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
 ) -> None:
-    runner = TrialRunner(recipe, search_dir(recipe, study.study_name), study.user_attrs.get("baseline"))
+    attrs = study.user_attrs
+    runner = TrialRunner(recipe, search_dir(recipe, study.study_name), attrs.get("baseline"), attrs.get(SENSITIVITY))
     _record_study_context(study, recipe, runner)
     timeout = recipe.search.timeout_minutes * 60 if recipe.search.timeout_minutes else None
     deadline = time.monotonic() + timeout if timeout else None
@@ -638,9 +693,18 @@ def _record_study_context(study: optuna.Study, recipe: Recipe, runner: TrialRunn
     merged = runner.baseline | stored
     if merged != attrs.get("baseline"):
         study.set_user_attr("baseline", merged)
+    if runner.sensitive and SENSITIVITY not in attrs:
+        study.set_user_attr(SENSITIVITY, {str(i): r.to_json() for i, r in runner.sensitive.items()})
     study.set_user_attr(
         WORKER_PREFIX + worker_id(),
-        {"baseline_seconds": runner.baseline["seconds"], "baseline": runner.baseline_origin, "system": runner.system},
+        {
+            "baseline_seconds": runner.baseline["seconds"],
+            "baseline": runner.baseline_origin,
+            "system": runner.system,
+            "catalog": recipe.hardware.catalog,  # this worker's trials are priced on it, against this baseline:
+            "baseline_objective": runner.baseline["objective"],
+            "baseline_by_batch": runner.baseline.get("by_batch"),
+        },
     )
 
 

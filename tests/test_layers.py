@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("optimizer.passes",),
     ("optimizer.recipe",),
     ("optimizer.cache", "optimizer.pipeline", "optimizer.search_space"),
+    ("optimizer.sensitivity",),
     ("optimizer.study", "optimizer.deploy"),
     ("optimizer.confirm", "optimizer.outcome"),
     ("optimizer.report",),

@@ -83,6 +83,36 @@ def test_failing_trial_is_recorded_and_search_goes_on(write_recipe, tiny_bert_di
     assert all("out of memory" in t.user_attrs["error"] for t in study.get_trials())
 
 
+def test_a_trial_failing_before_its_passes_counts_so_the_search_ends(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
+    """A sampler or search-space error (raised while suggesting) fails the trial with its reason; the
+    search ends after its trials instead of drawing failed trials forever (it once looped)."""
+    from optimizer import study as study_mod
+
+    def broken(trial, recipe):
+        raise ValueError("The parameter name, 0.cast.dtype, is not found in the given grid.")
+
+    monkeypatch.setattr(study_mod, "suggest", broken)
+    study = run_search(_recipe(write_recipe, tiny_bert_dir, tmp_path, trials=2))
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2
+    assert all("not found in the given grid" in t.user_attrs["error"] for t in study.get_trials())
+
+
+def test_grid_covers_keep_sensitive_serving_knobs_and_list_choices(write_recipe, tiny_bert_dir, tmp_path):
+    from optimizer.study import _grid
+
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, sampler="grid", batch_size={"choice": [4, 8]})
+    passes = [
+        {"name": "onnx-export"},
+        {"name": "ort-int8-dynamic", "keep_sensitive": {"int": [0, 2]}, "exclude": {"choice": [[], ["layer\\.0/"]]}},
+    ]
+    recipe = load_recipe(write_recipe(recipe.model_dump(mode="json") | {"passes": passes}))
+    assert _grid(recipe) == {
+        "1.ort-int8-dynamic.exclude": ["[]", '["layer\\\\.0/"]'],  # as the search stores list choices: JSON text
+        "1.ort-int8-dynamic.keep_sensitive": [0, 1, 2],
+        "batch_size": [4, 8],
+    }
+
+
 def test_cost_objective_needs_a_catalog_entry(write_recipe, tiny_bert_dir, tmp_path):
     recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path)
     recipe.hardware.catalog = None

@@ -25,6 +25,8 @@ def charts(report: dict[str, Any]) -> dict[str, str]:
         svg = fn(report)
         if svg is not None:
             out[name] = svg
+    for ranking in report.get("sensitivity") or []:
+        out[f"sensitivity-{ranking['index']}"] = plots.block_sensitivity(report, ranking)
     return out
 
 

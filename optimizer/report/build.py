@@ -6,6 +6,7 @@ again. The Markdown, HTML and plots are renderings of this dict.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -186,10 +187,39 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
         "by_batch": b.get("by_batch") or {},
         "sign": objective_sign(study),
         "workers": sorted(workers),
+        "machines": _by_machine(entries, workers.values(), objective_sign(study)),
         "confirmation": attrs.get("confirmation"),  # written by `costopt search` after its trials
         "started": min(starts).isoformat(timespec="seconds") if starts else None,
         "finished": max(ends).isoformat(timespec="seconds") if ends else None,
     }
+
+
+def _by_machine(entries: list[dict[str, Any]], workers: Any, sign: int) -> list[dict[str, Any]]:
+    """With workers on several machines (catalog entries): per machine, its own baseline and its cheapest
+    within-budget trial, each priced on that machine's entry; cheapest machine first. [] for one machine."""
+    ok = [e for e in entries if e["state"] == "ok" and e["same_as"] is None and (e.get("cost") or {}).get("hardware")]
+    names = sorted({e["cost"]["hardware"] for e in ok})
+    if len(names) < 2:
+        return []
+    rows = []
+    for name in names:
+        mine = [e for e in ok if e["cost"]["hardware"] == name]
+        feasible = [e for e in mine if e["feasible"] and e["objective"] is not None]
+        best = min(feasible, key=lambda e: sign * e["objective"]) if feasible else None
+        bases = [w["baseline_objective"] for w in workers if w.get("catalog") == name and w.get("baseline_objective")]
+        base = bases[0] if bases else None
+        rows.append(
+            {
+                "machine": name,
+                "trials": len(mine),
+                "baseline_objective": base,
+                "best": None
+                if best is None
+                else {k: best[k] for k in ("label", "trial", "chain", "objective", "usd_per_m", "drop")},
+                "times_better": (base / best["objective"] if sign > 0 else best["objective"] / base) if best and base else None,
+            }
+        )
+    return sorted(rows, key=lambda r: sign * r["best"]["objective"] if r["best"] else math.inf)
 
 
 # ----------------------------------------------------------------------------- the report
@@ -357,14 +387,32 @@ def build_report(
         "advice": advice,
         "system": d["system"],
         "workers": d.get("workers", []),
+        "machines": d.get("machines", []),
         "confirmation": d.get("confirmation"),
         "pricing": None
         if not base.get("cost")
         else {k: base["cost"].get(k) for k in ("hardware", "hourly_usd", "utilization", "input_share", "replicas", "note")}
         | {"pricing": recipe.hardware.pricing},
         "provenance": _provenance(src, recipe),
+        "sensitivity": _sensitivity(src, chosen),
         "notes": d["notes"],
     }
+
+
+def _sensitivity(src: RunSource | StudySource, chosen: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each keep_sensitive pass's block ranking, most sensitive first, with the blocks the chosen
+    configuration keeps out of the pass marked."""
+    raw = src.study.user_attrs.get("sensitivity") if isinstance(src, StudySource) else None
+    out = []
+    for r in sorted((raw or {}).values(), key=lambda r: r["index"]):
+        excluded = {
+            x for p in (chosen or {}).get("passes", []) if p["name"] == r["name"] for x in p.get("params", {}).get("exclude", [])
+        }
+        units = [u | {"kept_out": u["pattern"] in excluded} for u in r["units"]]
+        out.append(
+            {k: r[k] for k in ("index", "name", "examples", "seconds")} | {"units": units, "unchanged": r.get("unchanged", [])}
+        )
+    return out
 
 
 def _provenance(src: RunSource | StudySource, recipe: Recipe) -> dict[str, Any]:

@@ -389,6 +389,82 @@ def _charts_section(r: dict[str, Any], charts: dict[str, str]) -> Section | None
     return sec
 
 
+def _machines_section(r: dict[str, Any]) -> Section | None:
+    rows = r.get("machines") or []
+    if not rows:
+        return None
+    money = r["baseline"]["usd_per_m"] is not None
+    rel = r["budget"]["relative"]
+    out = []
+    for m in rows:
+        b = m["best"]
+
+        def value(x: float) -> str:
+            return usd(x) if money else num(x)
+
+        out.append(
+            [
+                m["machine"],
+                str(m["trials"]),
+                value(m["baseline_objective"]) if m["baseline_objective"] is not None else "–",
+                f"{b['label']}: `{b['chain']}`" if b else "none within budget",
+                value(b["objective"]) if b else "–",
+                drop_text(b["drop"], rel) if b and b["drop"] else "–",
+                f"{m['times_better']:.2f}x" if m["times_better"] else "–",
+            ]
+        )
+    kind = "$ per 1M tokens" if money else r["objective"]
+    return Section(
+        "By machine",
+        [
+            Para(
+                "Workers on different machines shared this search. Each trial was measured on its worker's machine, "
+                "priced on that machine's catalog entry and compared with the baseline that worker measured there; "
+                "cheapest machine first. Figures are each trial's own (one measurement, no interval); a machine's answer "
+                "is confirmed on held-out data by a worker on that machine."
+            ),
+            Table(["machine", "trials", f"baseline {kind}", "cheapest within budget", kind, "drop (CI)", "vs its baseline"], out),
+        ],
+    )
+
+
+def _sensitivity_section(r: dict[str, Any], charts: dict[str, str]) -> Section | None:
+    rankings = r.get("sensitivity") or []
+    if not rankings:
+        return None
+    relative = r["budget"]["relative"]
+    sec = Section("Block sensitivity")
+    for s in rankings:
+        sec.blocks.append(
+            Para(
+                f"`{s['name']}` (passes[{s['index']}]) applied to one part of one block at a time (its attention or its "
+                f"feed-forward layers), the rest kept out of it; "
+                f"{r['budget']['metric']} drop on {s['examples']} examples of the search's own data, measured in "
+                f"{s['seconds']:.0f} s before the trials. `keep_sensitive: k` keeps the first k rows out of the pass."
+                + (
+                    f" Not ranked, as no example scored differently with them quantized: {', '.join(s['unchanged'])}."
+                    if s.get("unchanged")
+                    else ""
+                )
+            )
+        )
+        sec.blocks.append(
+            Table(
+                ["rank", "part", "drop with only it quantized (CI)", "kept out by the choice"],
+                [
+                    [str(n), u["unit"], drop_text(u["drop"], relative), "yes" if u["kept_out"] else ""]
+                    for n, u in enumerate(s["units"], 1)
+                ],
+            )
+        )
+        name = f"sensitivity-{s['index']}"
+        if name in charts:
+            sec.blocks.append(
+                Chart(name, charts[name], f"Per-block sensitivity of {s['name']}", "Bars: point drop; whiskers: its interval.")
+            )
+    return sec
+
+
 def _deployment_section(r: dict[str, Any]) -> Section | None:
     d = r["deployment"]
     if d is None:
@@ -530,6 +606,8 @@ def build_document(r: dict[str, Any], charts: dict[str, str]) -> Document:
         _quality_section(r),
         _speed_section(r),
         _charts_section(r, charts),
+        _machines_section(r),
+        _sensitivity_section(r, charts),
         _advice_section(r),
         _deployment_section(r),
         _trials_section(r),

@@ -168,3 +168,38 @@ def cost_by_family(report: dict[str, Any]) -> str | None:
     ax.set_title("Baseline against the best of each technique family", fontsize=11)
     ax.grid(axis="x", alpha=0.3, zorder=0)
     return _svg(fig, "cost-by-family")
+
+
+def block_sensitivity(report: dict[str, Any], ranking: dict[str, Any]) -> str:
+    """Horizontal bars: each block's drop when only it goes through the pass, with its interval, most
+    sensitive on top; filled: kept out of the pass by the chosen configuration."""
+    from optimizer.formatting import drop_x
+
+    budget = report["budget"]
+    units = ranking["units"]
+    xs = [drop_x(u["drop"], budget["relative"]) or (u["score"],) * 3 for u in units]
+    fig = _figure(7.0, 1.0 + 0.38 * len(units))
+    ax = fig.add_subplot()
+    ypos = list(range(len(units)))[::-1]
+    colours = [CHOSEN if u["kept_out"] else BAR for u in units]
+    ax.barh(ypos, [x[0] for x in xs], color=colours, zorder=2)
+    ax.errorbar(
+        [x[0] for x in xs],
+        ypos,
+        xerr=[[x[0] - x[1] for x in xs], [x[2] - x[0] for x in xs]],
+        fmt="none",
+        ecolor=BASELINE,
+        capsize=2,
+        lw=0.8,
+        zorder=3,
+    )
+    ax.axvline(budget["max_drop_display"], color=FEASIBLE, ls="--", lw=1, label="the budget")
+    ax.axvline(0, color=BASELINE, lw=0.6)
+    ax.set_yticks(ypos, [u["unit"] for u in units], fontsize=8)
+    unit = " (%)" if budget["relative"] else ""
+    ax.set_xlabel(f"{budget['metric']} drop{unit} with only this part quantized, {budget['confidence']:.0%} interval")
+    kept = any(u["kept_out"] for u in units)
+    ax.set_title(f"Sensitivity of {ranking['name']}, part by part" + (" (orange: kept out)" if kept else ""), fontsize=11)
+    ax.grid(axis="x", alpha=0.3, zorder=0)
+    ax.legend(fontsize=8, loc="lower right")
+    return _svg(fig, f"sensitivity-{ranking['index']}")

@@ -1,0 +1,126 @@
+"""Sensitivity-ranked exclusion: block patterns per runtime, the ranking before a search, keep_sensitive
+expanded into each trial's exclude list, and the report's table and chart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+
+from optimizer.errors import UserError
+from optimizer.passes import PassContext, build_pass
+from optimizer.recipe import ModelSpec, load_recipe
+from optimizer.runtimes import load_candidate
+from optimizer.sensitivity import ANY_BLOCK, attention_pattern, block_pattern, ffn_pattern, only
+
+
+def _names(folder: Path, task: str, chain: list[tuple[str, dict]], tmp_path: Path) -> list[str]:
+    """The names a pass's exclude regexes are matched against, after `chain`."""
+    import onnx
+
+    ctx = PassContext(task=task, device="cpu", threads=1, seed=0, work_dir=tmp_path / "work")
+    cand = load_candidate(ModelSpec(source=str(folder)), task, "cpu")
+    for name, params in chain:
+        cand = build_pass(name, params).apply(cand, ctx)
+    if cand.runtime == "onnxruntime":
+        return [n.name for n in onnx.load(str(cand.model_path)).graph.node if n.op_type in ("MatMul", "Attention")]
+    if cand.runtime == "openvino":
+        from optimizer.runtimes.ov import require_openvino
+
+        model = require_openvino().Core().read_model(str(cand.model_path))
+        return [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"]
+    return [n for n, m in cand.module.named_modules() if type(m).__name__ == "Linear"]
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [[], [("onnx-export", {})], [("onnx-export", {}), ("ort-optimize", {})], [("ov-export", {})]],
+    ids=["torch", "onnx", "onnx-fused-attention", "openvino"],
+)
+def test_block_patterns_split_every_runtimes_names_by_block(tiny_bert_dir, tmp_path, chain):
+    """Block 1's pattern matches block 1's matmuls (ONNX Runtime's fused Attention_1 included) and no
+    other block's; everything either is in a block or outside them all; NNCF's re.match and the ONNX
+    passes' re.search read the patterns alike."""
+    names = _names(tiny_bert_dir, "embedding", chain, tmp_path)
+    in_block = {i: [n for n in names if re.search(block_pattern(i), n)] for i in (0, 1)}
+    assert in_block[0] and in_block[1] and not set(in_block[0]) & set(in_block[1])
+    assert all(re.match(block_pattern(1), n) for n in in_block[1])  # NNCF's matching
+    assert set(in_block[0]) | set(in_block[1]) == {n for n in names if re.search(ANY_BLOCK, n)}
+    assert all("layer.1" in n or n == "Attention_1" for n in in_block[1])
+    # `only(p)` excludes everything but the block
+    assert [n for n in names if not re.search(only(block_pattern(1)), n)] == in_block[1]
+    # a block's two parts split it: attention (q/k/v, its output projection, or the fused node) and FFN
+    attention = [n for n in in_block[1] if re.search(attention_pattern(1), n)]
+    ffn = [n for n in in_block[1] if re.search(ffn_pattern(1), n)]
+    assert attention and ffn and sorted(attention + ffn) == sorted(in_block[1])
+    assert all("attention" in n or n == "Attention_1" for n in attention) and not any("attention" in n for n in ffn)
+
+
+def test_keep_sensitive_needs_a_pass_with_an_exclude_list(write_recipe, tiny_bert_dir):
+    path = write_recipe(
+        {
+            "name": "x",
+            "model": {"source": str(tiny_bert_dir)},
+            "task": "embedding",
+            "data": {"eval": {"source": "stdlib-docs"}},
+            "passes": [{"name": "cast", "keep_sensitive": 1}],
+        }
+    )
+    with pytest.raises(UserError, match=r"passes\[0\]\.keep_sensitive: cast has no exclude list") as e:
+        load_recipe(path)
+    assert "ort-int8-dynamic" in e.value.fix
+
+
+def test_search_ranks_blocks_once_and_keeps_the_k_most_sensitive_out(search_recipe, tiny_bert_dir, tmp_path):
+    from optimizer.cli import main
+
+    recipe_file = search_recipe(
+        tiny_bert_dir,
+        [{"name": "onnx-export"}, {"name": "ort-int8-dynamic", "keep_sensitive": {"choice": [0, 1, 2]}}],
+        name="sensitive",
+        confirm={"share": 0},
+        constraint={"metric": "mrr", "max_drop": 0.05},
+    )
+    assert main(["search", str(recipe_file), "-q"]) == 0
+    study = optuna.load_study(study_name="sensitive", storage=f"sqlite:///{tmp_path / 'runs' / 'sensitive' / 'study.db'}")
+    ranking = study.user_attrs["sensitivity"]["1"]
+    units = ranking["units"]
+    # two blocks' attention and FFN and the rest of the graph, each measured; one that changed no example's
+    # score is not ranked
+    assert len(units) + len(ranking["unchanged"]) == 5 and any(u["unit"] == "block 0 FFN" for u in units)
+    assert [u["score"] for u in units] == sorted((u["score"] for u in units), reverse=True)
+    assert all(u["drop"]["n"] > 0 and u["drop"]["low"] <= u["drop"]["drop"] <= u["drop"]["high"] for u in units)
+    by_k = {}
+    for t in study.trials:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            exclude = t.user_attrs["passes"][1]["params"].get("exclude", [])
+            by_k[t.params["1.ort-int8-dynamic.keep_sensitive"]] = exclude
+    assert by_k == {k: [u["pattern"] for u in units[:k]] for k in (0, 1, 2)}
+    # a second search on the same study reads the ranking from the cache: no unit is rebuilt
+    cached = list((tmp_path / "runs" / "sensitive" / "sensitivity").glob("*.json"))
+    assert len(cached) == 1
+    # the report: a table and a chart, the chosen configuration's kept-out blocks marked
+    assert main(["report", str(tmp_path / "runs" / "sensitive"), "--format", "md", "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Block sensitivity" in md and "| rank | part |" in md and "report-sensitivity-1.svg" in md
+    assert "<svg" in (tmp_path / "rep" / "report-sensitivity-1.svg").read_text()
+
+
+def test_a_single_run_with_keep_sensitive_is_refused_in_one_line(write_recipe, tiny_bert_dir, tmp_path, capsys):
+    """The ranking is measured by a search; a run says so instead of quantizing everything silently."""
+    from optimizer.cli import main
+
+    path = write_recipe(
+        {
+            "name": "one",
+            "model": {"source": str(tiny_bert_dir)},
+            "task": "embedding",
+            "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+            "passes": [{"name": "onnx-export"}, {"name": "ort-int8-dynamic", "keep_sensitive": 1}],
+        }
+    )
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "keep_sensitive: the block ranking it reads is measured by `costopt search`" in err[0]
