@@ -592,6 +592,14 @@ class Bench:
         weight_bytes = fp["weight_bytes"] * params / fp["parameters"]
         config = AutoConfig.from_pretrained(self.timed_baseline.info.source)
         kv = kv_bytes_per_token(config, 2 if dtype in ("bf16", "fp16") else 4)
+        for p in speed.get("operating_points", []):  # each batch size's shares too (batch 1: the bandwidth check)
+            at = {k: speed[k] for k in ("prompt_tokens", "new_tokens")} | {
+                "batch_size": p["batch_size"],
+                "input_tokens_per_s": {"median": p["input_tokens_per_s"]},
+                "output_tokens_per_s": {"median": p["output_tokens_per_s"]},
+            }
+            r = llm_roofline(at, entry, params, int(weight_bytes), kv, dtype)
+            p["decode_fraction"], p["prefill_fraction"] = r["decode_fraction"], r["prefill_fraction"]
         return llm_roofline(speed, entry, params, int(weight_bytes), kv, dtype)
 
     def memory_alone(self, batch_size: int, streams: int = 1, artifact: Path | None = None) -> dict[str, Any] | None:

@@ -81,6 +81,11 @@ def test_a_run_sweeps_batch_sizes_and_prices_the_chosen_point(write_recipe, tiny
         assert set(points) == {1, 4} and all(p["meets_targets"] for p in points.values())
         best = min(points.values(), key=lambda p: p["blended_usd_per_m"])
         assert sp["batch_size"] == best["batch_size"] and cost["blended_usd_per_m"] == pytest.approx(best["blended_usd_per_m"])
+        # each point against its own roofline (batch 1's decode share is the bandwidth check); the chosen
+        # point's equals the result's roofline
+        assert all(p["decode_fraction"] > 0 and p["prefill_fraction"] > 0 for p in points.values())
+        chosen = points[sp["batch_size"]]
+        assert chosen["decode_fraction"] == pytest.approx(sp["roofline"]["decode_fraction"])
 
 
 def test_a_search_prunes_trials_that_miss_the_latency_targets(write_recipe, tiny_llama_dir, tmp_path):

@@ -192,22 +192,11 @@ def test_ort_int4_hqq_keeps_the_int8_compute_type(tiny_llama_dir, tmp_path):
         assert {a.name: a.i for a in node.attribute}.get("accuracy_level") == 4
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="tinygemm int4 needs a CUDA GPU")
-def test_torch_weight_only_int4_on_a_gpu_needs_bf16_then_runs(wide_llama_dir, tmp_path):
-    ctx = PassContext(task="causal-lm", device="cuda", threads=1, seed=0, work_dir=tmp_path / "work")
+def test_float8_is_refused_before_any_work_on_the_cpu():
+    from optimizer.passes import check_chain
 
-    def bf16() -> Candidate:
-        cand = load_candidate(ModelSpec(source=str(wide_llama_dir)), "causal-lm", "cuda")
-        return build_pass("cast", {"dtype": "bfloat16"}).apply(cand, ctx)
-
-    with pytest.raises(UserError, match="cast, dtype: bfloat16"):
-        build_pass("torch-weight-only", {"bits": 4}).apply(
-            load_candidate(ModelSpec(source=str(wide_llama_dir)), "causal-lm", "cuda"), ctx
-        )
-    ref = outputs(bf16())
-    for algorithm in ("rtn", "hqq"):
-        q = build_pass("torch-weight-only", {"bits": 4, "group_size": 32, "algorithm": algorithm}).apply(bf16(), ctx)
-        assert q.torchao_quantized and similarity(ref, outputs(q)) > 0.85, algorithm
+    with pytest.raises(UserError, match="pass 'torch-float8' runs on cuda, not on cpu"):
+        check_chain([{"name": "cast", "params": {}}, {"name": "torch-float8", "params": {}}], "cpu")
 
 
 def test_quantization_changes_outputs_and_counts_weights(wide_llama_dir, tmp_path):

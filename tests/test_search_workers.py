@@ -63,8 +63,21 @@ def _complete(storage: str, name: str, state: States = States.COMPLETE) -> list[
     """The study's trials in `state`, read while a worker may still be creating it."""
     import sqlalchemy.exc
 
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
-        return []  # the worker has not created its study yet
+    if storage.startswith("sqlite:///"):
+        # Optuna's loader creates any missing table: while the worker creates its schema, that races it
+        # ("table trials already exists" in the worker). Look read-only first: the schema is complete once
+        # Optuna has written its version row, which it does after creating every table.
+        import sqlite3
+
+        path = Path(storage.removeprefix("sqlite:///"))
+        if not path.is_file():
+            return []  # the worker has not created its study yet
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+                if not db.execute("SELECT count(*) FROM version_info").fetchone()[0]:
+                    return []
+        except sqlite3.Error:  # no version table yet, or locked by the worker's schema creation
+            return []
     try:
         study = optuna.load_study(study_name=name, storage=storage)
         return study.get_trials(deepcopy=False, states=(state,))

@@ -137,6 +137,46 @@ class TorchWeightOnly(Pass):
         return candidate
 
 
+class Float8Config(PassConfig):
+    per_row: bool = Field(default=True, description="one scale per weight row and per activation token; false: per tensor")
+    exclude: list[str] = Field(default=[], description="regexes on module names to keep in bf16 (e.g. lm_head)")
+    compile: bool = Field(default=False, description="serve through torch.compile (fuses the activation quantization)")
+
+
+class TorchFloat8(Pass):
+    """torchao float8 (e4m3) dynamic activations and weights for every Linear: the tensor cores' fp8
+    matmul on Hopper and Ada GPUs (compute capability 8.9 or later); the model must be bf16 first."""
+
+    name = "torch-float8"
+    family = "quantization"
+    devices = frozenset({"cuda"})
+    Config = Float8Config
+
+    @classmethod
+    def compute_dtype(cls, params: dict[str, Any]) -> str | None:
+        return "fp8"
+
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        import torch
+
+        from optimizer.runtimes.pytorch import TorchCandidate, float8
+
+        assert isinstance(candidate, TorchCandidate)
+        major, minor = torch.cuda.get_device_capability()
+        if (major, minor) < (8, 9):
+            raise UserError(
+                f"torch-float8 needs a GPU with fp8 tensor cores (compute capability 8.9+); this one is {major}.{minor}",
+                "use torch-weight-only (int8 or int4) on this GPU",
+            )
+        if next(candidate.module.parameters()).dtype != torch.bfloat16:
+            raise UserError(
+                "torch-float8 scales bf16 activations and this model is not bf16", "put {name: cast, dtype: bfloat16} before it"
+            )
+        candidate.module = float8(candidate.module.eval(), self.config.per_row, self.config.exclude)
+        candidate.compiled = candidate.compiled or self.config.compile
+        return candidate
+
+
 class TorchCompile(Pass):
     """Serve the torch model through torch.compile (Inductor, dynamic shapes): fuses elementwise work
     around the matmuls; compiled on the first call of each process."""

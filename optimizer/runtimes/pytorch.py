@@ -86,6 +86,24 @@ def weight_only(
     return module, unfit
 
 
+def float8(module: torch.nn.Module, per_row: bool, skip: list[str]) -> torch.nn.Module:
+    """torchao float8 dynamic quantization (e4m3 activations and weights) of the Linears whose names match
+    no `skip` regex; per-row weight and per-token activation scales, or one scale per tensor."""
+    import re
+
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if per_row else PerTensor())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_(
+            module,
+            config,
+            filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and not any(re.search(p, name) for p in skip),
+        )
+    return module
+
+
 def _torchao_codes(p: torch.Tensor) -> torch.Tensor | None:
     """The integer codes of a torchao-quantized weight, or None for an ordinary tensor."""
     return getattr(p, "qdata", None) if type(p).__module__.startswith("torchao.") else None
