@@ -112,6 +112,9 @@ def open_storage(url: str, heartbeat: int) -> storages.RDBStorage:
             time.sleep(0.5 + attempt)
         except OperationalError as e:  # locked, or a server that is not up (yet)
             first = str(e.orig).strip().splitlines()[0][:160] if e.orig else type(e).__name__
+            if "already exists" in first and attempt < 5:  # the same race on SQLite: "table trials already exists"
+                time.sleep(0.5 + attempt)
+                continue
             if "locked" in first or time.monotonic() > deadline or url.startswith("sqlite"):
                 raise UserError(
                     f"cannot open the study storage {where} ({first})",

@@ -303,18 +303,25 @@ def test_generate_on_a_causal_lm_deployment(tiny_llama_dir):
         dep.encode(["x"])
 
 
-def test_a_worker_that_loses_the_schema_creation_race_retries(monkeypatch, tmp_path):
-    from sqlalchemy.exc import IntegrityError
+@pytest.mark.parametrize("lost", ["postgres-enum", "sqlite-table"])
+def test_a_worker_that_loses_the_schema_creation_race_retries(lost, monkeypatch, tmp_path):
+    """Workers started together on an empty database race to create Optuna's schema: PostgreSQL says
+    "duplicate key" on an enum type, SQLite "table trials already exists" (seen in CI); the loser retries."""
+    import sqlite3
+
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     from optimizer import storage
 
     real = storage.ReconnectingStorage
     calls = []
 
-    def racing(url, **kw):  # the first attempt meets another worker creating the same enum type
+    def racing(url, **kw):  # the first attempt meets another worker creating the same schema
         calls.append(url)
-        if len(calls) == 1:
+        if len(calls) == 1 and lost == "postgres-enum":
             raise IntegrityError("CREATE TYPE studydirection", {}, Exception("duplicate key value"))
+        if len(calls) == 1:
+            raise OperationalError("CREATE TABLE trials", {}, sqlite3.OperationalError("table trials already exists"))
         return real(url, **kw)
 
     monkeypatch.setattr(storage, "ReconnectingStorage", racing)

@@ -64,9 +64,9 @@ def _complete(storage: str, name: str, state: States = States.COMPLETE) -> list[
     import sqlalchemy.exc
 
     if storage.startswith("sqlite:///"):
-        # Optuna's loader creates any missing table: while the worker creates its schema, that races it
-        # ("table trials already exists" in the worker). Look read-only first: the schema is complete once
-        # Optuna has written its version row, which it does after creating every table.
+        # Optuna's loader creates any missing table and stamps its versions: while the worker creates its
+        # schema, that races it ("table trials already exists", a duplicate alembic version). Look read-only
+        # first: the schema is complete once Optuna has stamped its alembic version, its last step.
         import sqlite3
 
         path = Path(storage.removeprefix("sqlite:///"))
@@ -74,14 +74,14 @@ def _complete(storage: str, name: str, state: States = States.COMPLETE) -> list[
             return []  # the worker has not created its study yet
         try:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-                if not db.execute("SELECT count(*) FROM version_info").fetchone()[0]:
+                if not db.execute("SELECT count(*) FROM alembic_version").fetchone()[0]:
                     return []
         except sqlite3.Error:  # no version table yet, or locked by the worker's schema creation
             return []
     try:
         study = optuna.load_study(study_name=name, storage=storage)
         return study.get_trials(deepcopy=False, states=(state,))
-    except (KeyError, sqlalchemy.exc.OperationalError):  # not created yet, or its schema is being created
+    except (KeyError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):  # not created, or being created
         return []
 
 
