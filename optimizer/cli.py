@@ -154,6 +154,7 @@ def render_result(r: dict[str, Any]) -> str:
                             "yes" if pt["meets_targets"] else "no",
                             "-" if pt["input_usd_per_m"] is None else f"${pt['input_usd_per_m']:.4f}",
                             "-" if pt["output_usd_per_m"] is None else f"${pt['output_usd_per_m']:.4f}",
+                            "-" if pt.get("decode_fraction") is None else f"{pt['decode_fraction']:.0%}",
                         ]
                         for pt in points
                     ],
@@ -166,6 +167,7 @@ def render_result(r: dict[str, Any]) -> str:
                         "meets targets",
                         "$/1M in",
                         "$/1M out",
+                        "decode / bandwidth bound",
                     ],
                 )
             )

@@ -72,7 +72,8 @@ def test_a_run_sweeps_batch_sizes_and_prices_the_chosen_point(write_recipe, tiny
         }
     )
     assert main(["run", str(rec), "-q"]) == 0
-    assert "operating points (the chosen one: batch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "operating points (the chosen one: batch" in out and "decode / bandwidth bound" in out
     [result] = (tmp_path / "runs").glob("op-*/result.json")
     r = json.loads(result.read_text())
     for part in ("baseline", "candidate"):

@@ -306,6 +306,11 @@ def _speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
             out["operating point (cheapest within the latency targets)"] = (
                 f"batch {s['batch_size']} of {', '.join(str(p['batch_size']) for p in s['operating_points'])}"
             )
+            shares = [p for p in s["operating_points"] if p.get("decode_fraction") is not None]
+            if shares:
+                out["decode / bandwidth bound, by batch"] = ", ".join(
+                    f"{p['batch_size']}: {p['decode_fraction']:.0%}" for p in shares
+                )
         if "latency_misses" in s:
             out["latency targets"] = "missed: " + "; ".join(s["latency_misses"]) if s["latency_misses"] else "met"
         roof = s.get("roofline")
