@@ -400,13 +400,10 @@ def _machines_section(r: dict[str, Any]) -> Section | None:
         return None
     money = r["baseline"]["usd_per_m"] is not None
     rel = r["budget"]["relative"]
+    value = usd if money else num
     out = []
     for m in rows:
         b = m["best"]
-
-        def value(x: float) -> str:
-            return usd(x) if money else num(x)
-
         out.append(
             [
                 m["machine"],
