@@ -46,6 +46,20 @@ def _suggest(trial: optuna.Trial, name: str, rng: Range) -> Any:
     return trial.suggest_float(name, lo, hi, log=rng.log)
 
 
+def pass_ranges(i: int, spec: Any) -> dict[str, Range]:
+    """The searched knobs of recipe pass i, by trial parameter name: its parameters given as ranges, and
+    `keep_sensitive` when it is one. Suggestions, the space's size and the grid all read them from here."""
+    out = {f"{i}.{spec.name}.{k}": rng for k, v in spec.params.items() if (rng := parse_range(v)) is not None}
+    if (rng := parse_range(spec.keep_sensitive)) is not None:
+        out[f"{i}.{spec.name}.keep_sensitive"] = rng
+    return out
+
+
+def serving_ranges(recipe: Recipe) -> dict[str, Range]:
+    """The serving knobs the search varies (batch size, threads, streams), by name."""
+    return {k: rng for k in SERVING_KNOBS if (rng := parse_range(getattr(recipe.search, k))) is not None}
+
+
 def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
     """Sample one configuration; returns the `chosen` mapping `pipeline.resolved_passes` reads.
 
@@ -69,16 +83,13 @@ def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
         if not enabled:
             continue  # conditional: a disabled pass's parameters are not sampled
         runtime = cls.runtime_out or runtime
-        for param, value in spec.params.items():
-            rng = parse_range(value)
-            if rng is not None:
-                chosen[f"{key}.{param}"] = _suggest(trial, f"{key}.{param}", rng)
-        if isinstance(spec.keep_sensitive, (Choice, IntRange)):
-            chosen[f"{key}.keep_sensitive"] = _suggest(trial, f"{key}.keep_sensitive", spec.keep_sensitive)
+        for name, rng in pass_ranges(i, spec).items():
+            chosen[name] = _suggest(trial, name, rng)
+    searched = serving_ranges(recipe)
     for knob in SERVING_KNOBS:
         value = getattr(recipe.search, knob)
-        if isinstance(value, (Choice, IntRange)):
-            chosen[knob] = _suggest(trial, knob, value)
+        if knob in searched:
+            chosen[knob] = _suggest(trial, knob, searched[knob])
         elif value is not None:
             chosen[knob] = value
     return chosen
@@ -87,10 +98,10 @@ def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
 def space_size(recipe: Recipe) -> int | None:
     """Number of distinct configurations, or None when a float range makes it continuous."""
     total = 1
-    for spec in recipe.passes:
-        within = ranges.size(spec.keep_sensitive) or 1
-        for value in spec.params.values():
-            n = ranges.size(value)
+    for i, spec in enumerate(recipe.passes):
+        within = 1
+        for rng in pass_ranges(i, spec).values():
+            n = ranges.size(rng)
             if n is None:
                 return None
             within *= n
@@ -98,8 +109,8 @@ def space_size(recipe: Recipe) -> int | None:
             total *= sum(within if on else 1 for on in spec.enabled.choice)
         else:
             total *= within if spec.enabled else 1
-    for knob in SERVING_KNOBS:
-        total *= ranges.size(getattr(recipe.search, knob)) or 1
+    for rng in serving_ranges(recipe).values():
+        total *= ranges.size(rng) or 1
     return total
 
 

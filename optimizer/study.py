@@ -48,13 +48,14 @@ from optimizer.pipeline import (
     resolve_device,
     resolved_passes,
 )
-from optimizer.ranges import Choice, IntRange, parse_range, values
+from optimizer.ranges import Choice, parse_range, values
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.results import ensure_writable
 from optimizer.search_space import (
-    SERVING_KNOBS,
     combined_params,
+    pass_ranges,
     seed_single_techniques,
+    serving_ranges,
     space_size,
     stored_values,
     suggest,
@@ -99,24 +100,15 @@ def _grid(recipe: Recipe) -> dict[str, list[Any]]:
                 f"sampler grid cannot search optional passes (passes[{i}] {spec.name})",
                 "use sampler: tpe or random, or fix enabled: true/false",
             )
-        for k, v in spec.params.items():
-            rng = parse_range(v)
-            if rng is None:
-                continue
+        for name, rng in pass_ranges(i, spec).items():
             listed = stored_values(rng)
             if listed is None:
                 raise UserError(
-                    f"sampler grid needs discrete values but passes[{i}].{k} is a float range",
+                    f"sampler grid needs discrete values but passes[{i}].{name.split('.', 2)[2]} is a float range",
                     "write {choice: [...]} or {int: [lo, hi]}, or use sampler: tpe",
                 )
-            space[f"{i}.{spec.name}.{k}"] = listed
-        if isinstance(spec.keep_sensitive, (Choice, IntRange)):
-            space[f"{i}.{spec.name}.keep_sensitive"] = values(spec.keep_sensitive)
-    for knob in SERVING_KNOBS:
-        rng = parse_range(getattr(recipe.search, knob))
-        if rng is not None:
-            space[knob] = values(rng)
-    return space
+            space[name] = listed
+    return space | {knob: values(rng) for knob, rng in serving_ranges(recipe).items()}
 
 
 def make_sampler(recipe: Recipe, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
