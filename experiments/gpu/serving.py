@@ -11,6 +11,7 @@ about 40 GB free (the fp32 baseline); float8 needs compute capability 8.9+ (Hopp
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -43,21 +44,12 @@ HEADING = "## Serving the Llama-3.1-8B shape on one GPU"
 
 
 def build_shape(stories: Path) -> Path:
-    """Random-init bf16 Llama with Llama-3.1-8B's dimensions, made on the GPU (minutes on a CPU)."""
-    if (SHAPE / "config.json").is_file():
-        return SHAPE
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(stories)
-    cfg = LlamaConfig(**LLAMA_8B, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(SHAPE)
-    tok.save_pretrained(SHAPE)
-    del model
-    return SHAPE
+    """Random-init bf16 Llama with Llama-3.1-8B's dimensions, made on the GPU (minutes on a CPU), with the
+    builder experiments/passes uses for the 135M shape."""
+    spec = importlib.util.spec_from_file_location("passes_run", HERE.parent / "passes" / "run.py")
+    passes_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(passes_run)
+    return passes_run.build_llama_shape(SHAPE, LLAMA_8B, stories, device="cuda", bf16=True)
 
 
 def run_chain(recipe: Path, label: str, chain: list[dict[str, Any]], timeout: int) -> dict[str, Any]:

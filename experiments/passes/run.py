@@ -123,8 +123,9 @@ def resolved(chain: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"name": p["name"], "params": {k: v for k, v in p.items() if k != "name"}, "save": False} for p in chain]
 
 
-def build_smollm_shape(folder: Path, tokenizer_from: Path) -> Path:
-    """Random-init Llama with SmolLM2-135M's dimensions; the stories260K tokenizer (ids < 512) feeds it."""
+def build_llama_shape(folder: Path, shape: dict[str, Any], tokenizer_from: Path, device: str = "cpu", bf16: bool = False) -> Path:
+    """Random-init Llama of the given dimensions (speed only), built on `device` and saved once; the
+    stories260K tokenizer (ids < 512) feeds it."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -132,10 +133,17 @@ def build_smollm_shape(folder: Path, tokenizer_from: Path) -> Path:
         return folder
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tokenizer_from)
-    cfg = LlamaConfig(**SMOLLM_SHAPE, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    LlamaForCausalLM(cfg).eval().save_pretrained(folder)
+    cfg = LlamaConfig(**shape, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).eval()
+    (model.to(torch.bfloat16) if bf16 else model).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def build_smollm_shape(folder: Path, tokenizer_from: Path) -> Path:
+    """Random-init Llama with SmolLM2-135M's dimensions."""
+    return build_llama_shape(folder, SMOLLM_SHAPE, tokenizer_from)
 
 
 def measure_part(
