@@ -88,17 +88,18 @@ def render_result(r: dict[str, Any]) -> str:
         "",
     ]
     cand = r.get("candidate")
+    drops = (cand or {}).get("drops") or {}
     q_rows = []
     for m, v in r["baseline"]["quality"].items():
         row = [m, _fmt_num(v)]
         if cand:
-            row += [_fmt_num(cand["quality"].get(m)), drop_text(r["drops"][m]) if m in r["drops"] else "-"]
+            row += [_fmt_num(cand["quality"].get(m)), drop_text(drops[m]) if m in drops else "-"]
         q_rows.append(row)
     header = ["metric", "baseline"] + (["candidate", "drop (95% CI)"] if cand else [])
     out += [table(q_rows, header), ""]
-    by_set = r.get("drops_by_set") or {}
+    by_set = (cand or {}).get("drops_by_set") or {}
     if len(by_set) > 1:  # data.extra_eval: the drop on each set
-        rows = [[name, m, drop_text(d)] for name, drops in by_set.items() for m, d in drops.items()]
+        rows = [[name, m, drop_text(d)] for name, on_set in by_set.items() for m, d in on_set.items()]
         out += [table(rows, ["eval set", "metric", "drop (95% CI)"]), ""]
     s_rows = _speed_rows("baseline", sp)
     if cand:
@@ -228,6 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from optimizer.confirm import summary_lines
+    from optimizer.measurement import Measurement
     from optimizer.outcome import conclude
     from optimizer.recipe import load_recipe
     from optimizer.study import WORKER_PREFIX, leaderboard, run_search, worker_id
@@ -288,10 +290,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "Look at the failed and pruned trials above, then raise --trials or widen the space."
             )
         else:
-            over = near.user_attrs["constraint"][0]
+            m = Measurement.of(near)
+            over = m.violation
             print(
-                f"\nno configuration met {budget}. Closest: trial {near.number} ({chain_text(near.user_attrs['passes'])}), "
-                f"drop {drop_text(near.user_attrs['drop'])}, over budget by "
+                f"\nno configuration met {budget}. Closest: trial {near.number} ({chain_text(m.passes)}), "
+                f"drop {drop_text(m.drop)}, over budget by "
                 f"{100 * over:.2f} points" + ("" if c.relative else f" ({over:.4g})") + ". "
                 "Try a looser max_drop, more trials, milder settings, or a larger eval set for a narrower interval."
             )

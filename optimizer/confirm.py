@@ -34,11 +34,12 @@ from optimizer.cache import ArtifactCache
 from optimizer.formatting import drop_text, ratio_text
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.stats import ratio_interval
+from optimizer.measurement import Measurement
 from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent
 from optimizer.pipeline import Bench, apply_chain, batches_text, resolve_device
 from optimizer.recipe import MAIN_EVAL, Recipe
-from optimizer.study import CONSTRAINT, machines, objective_sign, priced_on, search_dir
+from optimizer.study import machines, objective_sign, priced_on, search_dir
 
 log = logging.getLogger(__name__)
 SCHEMA = "costopt.confirmation/1"
@@ -119,15 +120,13 @@ def ranked_candidates(study: optuna.Study, k: int, catalog: str | None = None) -
     `catalog`, among those priced on that entry."""
     sign = objective_sign(study)
     done = [
-        t
+        (t, m)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get(CONSTRAINT, [1.0])[0] <= 0
-        and "same_as" not in t.user_attrs
-        and (catalog is None or priced_on(t) == catalog)
+        if (m := Measurement.of(t)).feasible and m.same_as is None and (catalog is None or priced_on(t) == catalog)
     ]
     out, seen = [], set()
-    for t in sorted(done, key=lambda t: sign * t.values[0]):
-        key = json.dumps([t.user_attrs.get("passes"), t.user_attrs.get("deployment")], sort_keys=True, default=str)
+    for t, m in sorted(done, key=lambda tm: sign * tm[0].values[0]):
+        key = json.dumps([m.passes, m.deployment], sort_keys=True, default=str)
         if key not in seen:
             seen.add(key)
             out.append(t)
@@ -173,9 +172,9 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
     built: dict[int, Any] = {}
 
     def test(t: optuna.trial.FrozenTrial) -> bool:
-        a = t.user_attrs
-        dep = a.get("deployment", {})
-        attempt = Attempt(t.number, a.get("passes", []), dep, a.get("drop") or {})
+        m = Measurement.of(t)
+        dep = m.deployment
+        attempt = Attempt(t.number, m.passes, dep, m.drop or {})
         result.attempts.append(attempt)
         speed_mod.set_threads(int(dep.get("threads") or base_threads))
         try:
@@ -223,7 +222,8 @@ def _time_saving(
     direction: str,
 ) -> None:
     spec = recipe.search.confirm
-    dep = chosen.user_attrs.get("deployment", {})
+    m = Measurement.of(chosen)
+    dep = m.deployment
     base_batch = recipe.speed.batch_size
     arms = [_Arm(f"baseline at batch {base_batch}", bench.timed_baseline, base_batch, base_threads, recipe.speed.streams)]
     by_batch = (study.user_attrs.get("baseline") or {}).get("by_batch") or {}
@@ -234,7 +234,7 @@ def _time_saving(
             arms.append(
                 _Arm(f"baseline at its best batch ({best})", bench.timed_baseline, best, base_threads, recipe.speed.streams)
             )
-    timed = bench.timed(cand, chosen.user_attrs.get("passes", []), search_dir(recipe, study.study_name) / "confirm-speed", {})
+    timed = bench.timed(cand, m.passes, search_dir(recipe, study.study_name) / "confirm-speed", {})
     arms.append(
         _Arm(
             "choice",

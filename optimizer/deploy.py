@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from optimizer.errors import UserError
+from optimizer.measurement import Measurement
 from optimizer.recipe import Recipe
 from optimizer.results import atomic_folder
 from optimizer.runtimes import Candidate
@@ -39,23 +40,23 @@ def deployment_config(
 
     With a `confirm.Confirmation`, the drop is the one measured on the held-out part and the saving
     the one timed in alternating rounds; the search's own figures are kept beside them."""
-    a = trial.user_attrs
+    m = Measurement.of(trial)
     b = recipe.budget
-    cost, base_cost = a.get("cost") or {}, baseline.get("cost") or {}
+    cost, base_cost = m.cost or {}, baseline.get("cost") or {}
     measured: dict[str, Any] = {
-        "quality": a.get("quality"),
+        "quality": m.quality,
         "baseline_quality": baseline.get("quality"),
-        "drop": a.get("drop"),
+        "drop": m.drop,
         "drop_measured_on": "the eval set the search selected on (not confirmed on held-out data)",
-        "quality_batches": a.get("quality_batches"),
+        "quality_batches": m.quality_batches,
         "constraint": {"metric": b.metric, "max_drop": b.max_drop, "relative": b.relative, "confidence": b.confidence},
-        "tokens_per_s": a.get("speed"),
+        "tokens_per_s": m.tokens_per_s(),
         "baseline_tokens_per_s": {
             k: baseline["speed"][k]["median"]
             for k in ("input_tokens_per_s", "output_tokens_per_s")
             if k in baseline.get("speed", {})
         },
-        "footprint": a.get("footprint"),
+        "footprint": m.footprint,
     }
     if cost.get("blended_usd_per_m") and base_cost.get("blended_usd_per_m"):
         measured["usd_per_m_tokens"] = cost["blended_usd_per_m"]
@@ -91,11 +92,11 @@ def deployment_config(
         "trial": trial.number,
         "objective": recipe.search.objective,
         "value": trial.values[0] if trial.values else None,
-        **a.get("deployment", {}),
-        "passes": [{"name": p["name"], "params": p["params"]} for p in a.get("passes", [])],
-        "hardware": a.get("hardware"),
+        **m.deployment,
+        "passes": [{"name": p["name"], "params": p["params"]} for p in m.passes],
+        "hardware": m.hardware,
         "measured": measured,
-        "notes": a.get("notes", []),
+        "notes": m.notes,
         "recipe": {k: v for k, v in recipe.model_dump(mode="json").items() if k in _REBUILD_SECTIONS},
     }
 

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,14 +30,15 @@ from optimizer.measure.contention import Watch
 from optimizer.measure.quality import QualityEvaluator
 from optimizer.measure.stats import MetricValues, paired_bootstrap
 from optimizer.measure.system import fingerprint
-from optimizer.passes import PassContext, build_pass, check_chain, compute_dtype_of
+from optimizer.measurement import RUN_SCHEMAS, Measurement, Pruned
+from optimizer.passes import PassContext, batch_dependent, build_pass, check_chain, compute_dtype_of
 from optimizer.ranges import parse_range
 from optimizer.recipe import AUTO_CATALOG, MAIN_EVAL, Recipe
 from optimizer.results import ensure_writable, write_json_atomic
 from optimizer.runtimes import Candidate, folder_size, load_candidate
 
 log = logging.getLogger(__name__)
-SCHEMA = "costopt.trial/1"
+SCHEMA = RUN_SCHEMAS[-1]  # 2: the candidate is a measurement.Measurement, its drops inside it
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".data", ".pt")
 
 
@@ -398,8 +399,7 @@ class Trial:
     status: str = "running"
     error: str | None = None
     baseline: dict[str, Any] = field(default_factory=dict)
-    candidate: dict[str, Any] | None = None
-    drops: dict[str, Any] = field(default_factory=dict)
+    candidate: dict[str, Any] | None = None  # Measurement.to_json()
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     system: dict[str, Any] = field(default_factory=fingerprint)
@@ -417,7 +417,6 @@ class Trial:
             "primary_metric": self.recipe.primary_metric,
             "baseline": self.baseline,
             "candidate": self.candidate,
-            "drops": self.drops,
             "notes": self.notes,
             "timings": self.timings,
             "started": self.started,
@@ -602,6 +601,63 @@ class Bench:
             p["decode_fraction"], p["prefill_fraction"] = r["decode_fraction"], r["prefill_fraction"]
         return llm_roofline(speed, entry, params, int(weight_bytes), kv, dtype)
 
+    def measure(
+        self,
+        cand: Candidate,
+        m: Measurement,
+        work: Path,
+        *,
+        artifact: Path | None = None,
+        confidence: float | None = None,
+        screen_examples: int = 0,
+        stop_early: bool = False,
+        cache: ArtifactCache | None = None,
+        save: Callable[[Measurement], None] = lambda m: None,
+    ) -> Measurement:
+        """Fill `m` for `cand`, built from m.passes and served as m.deployment says: quality against the
+        baseline on every eval set, then speed and price, then the saved artifact's footprint (kept at
+        `artifact`, else only measured). `save` runs after each stage, so a failure keeps what was measured.
+
+        Outputs that depend on the batch are judged in the batches serving forms. With `stop_early`
+        (a search) it raises Pruned when the screen on `screen_examples` shows the drop is surely over
+        budget, or when serving this way misses the recipe's latency targets."""
+        budget = self.recipe.budget
+        batch, streams = m.deployment.get("batch_size"), m.deployment.get("streams")
+        serving = batch_dependent(m.passes)
+        judged_in = batch or (self.recipe.speed.batch_size if serving else None)
+        m.quality_batches = batches_text(judged_in or self.recipe.quality.batch_size, sort=not serving)
+        if stop_early and screen_examples:
+            screen = self.screen(cand, screen_examples, confidence, judged_in, sort=not serving)
+            if screen is not None:
+                m.screen = screen[m.metric]
+                save(m)
+                if budget.surely_over(m.screen):
+                    low = budget.low(m.screen)
+                    raise Pruned(
+                        f"screened on {screen_examples} examples: the {m.metric} drop is at least "
+                        f"{budget.amount(low)} at {budget.confidence:.0%}, over the {budget.amount(budget.max_drop)} budget",
+                        constraint=low - budget.max_drop,
+                    )
+        m.quality, m.drops = self.judge(cand, confidence, judged_in, sort=not serving)
+        if self.extra:  # data.extra_eval: each set's drops; the budget must hold on each
+            m.drops_by_set = {MAIN_EVAL: m.drops} | self.judge_extra(cand, confidence, judged_in, sort=not serving)
+        m.violation = budget.worst(m.drops_by_set or {MAIN_EVAL: m.drops})[1]
+        save(m)
+        timed = self.timed(cand, m.passes, work / "speed-model", m.timings, cache)
+        m.speed, m.cost = self.speed_and_cost(timed, batch, streams=streams, request_latency=True)
+        del timed
+        if stop_early and m.speed.get("latency_misses"):
+            save(m)
+            raise Pruned(f"misses the latency targets at batch {batch}: {'; '.join(m.speed['latency_misses'])}")
+        with tempfile.TemporaryDirectory() as tmp:
+            m.footprint = footprint(cand, artifact or Path(tmp) / "artifact")
+        if artifact is None:
+            m.footprint["artifact"] = None
+        m.speed["roofline"] = self.roofline(m.speed, m.footprint, m.passes)
+        m.notes = list(cand.notes)
+        save(m)
+        return m
+
     def memory_alone(self, batch_size: int, streams: int = 1, artifact: Path | None = None) -> dict[str, Any] | None:
         """Peak RSS of a fresh process serving one model alone (the saved `artifact`, else the baseline)
         over the speed benchmark's requests, in its batches, on this process's thread count; None when
@@ -647,7 +703,7 @@ def run_recipe(
     trial = Trial(recipe, passes)
     if speed_model_note(recipe):
         trial.notes.append(speed_model_note(recipe))
-    n_stages = 4 + (5 if passes else 0)
+    n_stages = 4 + (3 if passes else 0)
     bar = tqdm(total=n_stages, disable=not progress, unit="stage", leave=False)
 
     try:
@@ -669,29 +725,25 @@ def run_recipe(
         write_json_atomic(result_path, trial.to_json())
 
         if passes:
+            m = Measurement(passes=passes, metric=recipe.budget.metric)
+
+            def save(m: Measurement) -> None:  # each finished stage is on disk before the next starts
+                trial.candidate = m.to_json()
+                write_json_atomic(result_path, trial.to_json())
+
             with _Stage(trial, "apply passes", bar):
-                cand = apply_chain(recipe, passes, bench.context(run_dir / "work"), trial.timings, run_dir)
+                cand = apply_chain(recipe, passes, bench.context(run_dir / "work"), m.timings, run_dir)
                 saved = sorted(run_dir.glob("after-*"), key=lambda f: int(f.name.split("-")[1]))
                 trial.extra["intermediate"] = [str(f) for f in saved]
                 trial.notes.extend(cand.notes)
-            with _Stage(trial, "candidate quality", bar):
-                values, trial.drops = bench.judge(cand)
-                if bench.extra:  # data.extra_eval: each set's drops; the budget must hold on each
-                    by_set = {MAIN_EVAL: trial.drops} | bench.judge_extra(cand)
-                    trial.extra["drops_by_set"] = by_set
-                trial.candidate = {"runtime": cand.runtime, "quality": values}
-            with _Stage(trial, "candidate speed", bar):
-                timed = bench.timed(cand, passes, run_dir / "work" / "speed-model", trial.timings)
-                trial.candidate["speed"], trial.candidate["cost"] = bench.speed_and_cost(timed, request_latency=True)
-                del timed
-            with _Stage(trial, "save candidate", bar):
-                trial.candidate["footprint"] = footprint(cand, run_dir / "artifact")
-                sp = trial.candidate["speed"]
-                sp["roofline"] = bench.roofline(sp, trial.candidate["footprint"], passes)
+                m.deployment["runtime"] = cand.runtime
+            with _Stage(trial, "measure candidate", bar):
+                bench.measure(cand, m, run_dir / "work", artifact=run_dir / "artifact", save=save)
             with _Stage(trial, "memory served alone", bar):
-                for part, artifact in ((trial.baseline, None), (trial.candidate, run_dir / "artifact")):
-                    sp = part["speed"]
-                    part["footprint"]["memory_alone"] = bench.memory_alone(sp["batch_size"], sp.get("streams", 1), artifact)
+                b = trial.baseline
+                for fp, sp, artifact in ((b["footprint"], b["speed"], None), (m.footprint, m.speed, run_dir / "artifact")):
+                    fp["memory_alone"] = bench.memory_alone(sp["batch_size"], sp.get("streams", 1), artifact)
+                trial.candidate = m.to_json()
         trial.status = "ok"
     except BaseException as e:
         trial.status = "failed"

@@ -36,12 +36,12 @@ from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.contention import Watch, alive, registered
 from optimizer.measure.system import fingerprint
+from optimizer.measurement import WORKER, Measurement, Pruned
 from optimizer.objectives import OBJECTIVES
-from optimizer.passes import batch_dependent, check_chain, runtime_of
+from optimizer.passes import check_chain, runtime_of
 from optimizer.pipeline import (
     Bench,
     apply_chain,
-    batches_text,
     footprint,
     priced_here,
     provenance,
@@ -49,7 +49,7 @@ from optimizer.pipeline import (
     resolved_passes,
 )
 from optimizer.ranges import Choice, parse_range, values
-from optimizer.recipe import MAIN_EVAL, Recipe
+from optimizer.recipe import Recipe
 from optimizer.results import ensure_writable
 from optimizer.search_space import (
     combined_params,
@@ -65,9 +65,6 @@ from optimizer.signals import on_thread_stack, raise_if_stopped
 from optimizer.storage import open_storage
 
 log = logging.getLogger(__name__)
-CONSTRAINT = "constraint"  # user attribute read by constraints_func: [violation]; <= 0 is feasible
-FOOTPRINT_KEYS = ("parameters", "nonzero_parameters", "weight_bytes", "disk_bytes")
-REPEAT = "repeat"  # trial user attribute: a configuration measured before (or the baseline), answered from its figures
 MAX_REPEATS_IN_A_ROW = 10  # then the sampler has nothing new to propose: stop
 SENSITIVITY = "sensitivity"  # study user attribute: the block rankings keep_sensitive reads, by pass index
 COMBINED = "combined"  # study user attribute: the parameters queued to combine the within-budget techniques
@@ -286,7 +283,7 @@ class TrialRunner:
             self.baseline["by_batch"] = self._baseline_per_batch(self.bench.timed_baseline, speed, cost)
             with tempfile.TemporaryDirectory() as tmp:
                 fp = footprint(baseline, Path(tmp) / "baseline")
-            self.baseline["footprint"] = {k: fp[k] for k in FOOTPRINT_KEYS}
+            self.baseline["footprint"] = {k: v for k, v in fp.items() if k != "artifact"}
             speed["roofline"] = self.bench.roofline(speed, fp, [])
         self.baseline |= {"machine": machine, "measured_key": measured_key(recipe)}
         self.baseline["seconds"] = round(time.perf_counter() - t0, 1)  # part of the job's cost (break-even)
@@ -314,122 +311,87 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         s = self.recipe.search
-        c, budget = s.constraint, self.budget
         self.last_trial = trial.number
-        trial.set_user_attr("worker", worker_id())  # first: a trial this worker leaves behind can be traced to it
+        trial.set_user_attr(WORKER, worker_id())  # first: a trial this worker leaves behind can be traced to it
         try:
             chosen = suggest(trial, self.recipe)
         except Exception as e:  # recorded, so the trial counts as finished and a broken space cannot loop forever
-            trial.set_user_attr("error", failure_reason(e)[:500])
+            Measurement(metric=self.metric, error=failure_reason(e)[:500]).save(trial)
             raise
         twin = _measured_twin(trial)
         if twin is not None:  # the sampler proposed a configuration already measured: reuse, do not rebuild
-            for k, v in twin.user_attrs.items():
-                if k not in ("seconds", "timings"):
-                    trial.set_user_attr(k, v)
-            trial.set_user_attr("same_as", twin.number)
-            trial.set_user_attr(REPEAT, True)
-            trial.set_user_attr("seconds", 0.0)
-            trial.set_user_attr("worker", worker_id())
-            trial.set_constraint(f"{self.metric} drop over budget", twin.user_attrs[CONSTRAINT][0])
+            m = Measurement.of(twin)
+            m.same_as, m.repeat, m.seconds, m.timings = twin.number, True, 0.0, {}
+            m.save(trial)
+            trial.set_constraint(f"{self.metric} drop over budget", m.violation)
             return tuple(twin.values) if s.multi_objective else twin.values[0]
         threads = int(chosen.get("threads") or self.threads)
         batch = int(chosen.get("batch_size") or self.recipe.speed.batch_size)
         streams = int(chosen.get("streams") or self.recipe.speed.streams)
         passes = resolved_passes(self.recipe, chosen, patterns(self.sensitive))
-        trial.set_user_attr("worker", worker_id())
-        trial.set_user_attr(
-            "hardware",
-            {
+        m = Measurement(
+            passes=passes,
+            deployment={"runtime": runtime_of(passes), "batch_size": batch, "threads": threads, "streams": streams},
+            metric=self.metric,
+            hardware={
                 "cpu": self.system["cpu"].get("model"),
                 "gpus": self.system.get("gpus"),
                 "device": self.bench.device,
                 "catalog": self.recipe.hardware.catalog,
             },
+            baseline_objective=self.baseline["objective"],
         )
-        trial.set_user_attr("baseline_objective", self.baseline["objective"])
-        trial.set_user_attr("passes", passes)
-        trial.set_user_attr(
-            "deployment", {"runtime": runtime_of(passes), "batch_size": batch, "threads": threads, "streams": streams}
-        )
-        serving_as_baseline = (batch, threads, streams) == (self.recipe.speed.batch_size, self.threads, self.recipe.speed.streams)
-        if not passes and serving_as_baseline:
+
+        def save(m: Measurement) -> None:
+            m.save(trial)
+            if m.violation is not None and not trial.constraints:  # Optuna keeps the first value it is given
+                trial.set_constraint(f"{self.metric} drop over budget", m.violation)
+
+        if not passes and (batch, threads, streams) == (self.recipe.speed.batch_size, self.threads, self.recipe.speed.streams):
             # every optional pass off, served as the baseline is: the baseline, measured already
-            reason = "no passes: this is the baseline itself, measured before the trials"
-            trial.set_user_attr("pruned", reason)
-            trial.set_user_attr("seconds", 0.0)
-            trial.set_user_attr(REPEAT, True)
-            raise optuna.TrialPruned(reason)
+            m.pruned, m.seconds, m.repeat = "no passes: this is the baseline itself, measured before the trials", 0.0, True
+            m.save(trial)
+            raise optuna.TrialPruned(m.pruned)
         work = self.trials_dir / f"trial-{trial.number}"
         t0 = time.perf_counter()
         try:
             speed_mod.set_threads(threads)
             with time_limit(s.trial_timeout_minutes * 60 if s.trial_timeout_minutes else None):
                 check_chain(passes, self.bench.device)
-                timings: dict[str, float] = {}
-                cand = apply_chain(self.recipe, passes, self.bench.context(work / "work"), timings, cache=self.cache)
-                trial.set_user_attr("timings", timings)
-                serving = batch_dependent(passes)  # quality in the batches serving forms, when outputs depend on them
-                trial.set_user_attr("quality_batches", batches_text(batch, sort=not serving))
-                if s.screen_examples:
-                    screen = self.bench.screen(cand, s.screen_examples, c.confidence, batch, sort=not serving)
-                    if screen is not None:
-                        trial.set_user_attr("screen", screen[self.metric])
-                        if budget.surely_over(screen[self.metric]):
-                            low = budget.low(screen[self.metric])
-                            trial.set_constraint(f"{self.metric} drop over budget", low - c.max_drop)
-                            reason = (
-                                f"screened on {s.screen_examples} examples: the {self.metric} drop is at "
-                                f"least {budget.amount(low)} at {c.confidence:.0%}, over the {budget.amount(c.max_drop)} budget"
-                            )
-                            trial.set_user_attr("pruned", reason)
-                            raise optuna.TrialPruned(reason)
-                values, drops = self.bench.judge(cand, c.confidence, batch, sort=not serving)
-                by_set = {MAIN_EVAL: drops} | self.bench.judge_extra(cand, c.confidence, batch, sort=not serving)
-                _, violation = budget.worst(by_set)  # the budget must hold on every eval set
-                if len(by_set) > 1:
-                    trial.set_user_attr("drops_by_set", {n: d[self.metric] for n, d in by_set.items()})
-                trial.set_user_attr("quality", values)
-                trial.set_user_attr("drop", drops[self.metric])
-                trial.set_user_attr("drops", drops)
-                trial.set_user_attr(CONSTRAINT, [violation])
-                trial.set_constraint(f"{self.metric} drop over budget", violation)
-                timed = self.bench.timed(cand, passes, work / "speed-model", timings, self.cache)
-                trial.set_user_attr("timings", timings)
-                speed, cost = self.bench.speed_and_cost(timed, batch, streams=streams, request_latency=True)
-                del timed
-                if speed.get("latency_misses"):  # served this way it breaks the recipe's latency targets
-                    reason = f"misses the latency targets at batch {batch}: {'; '.join(speed['latency_misses'])}"
-                    trial.set_user_attr("speed_detail", speed)
-                    trial.set_user_attr("pruned", reason)
-                    raise optuna.TrialPruned(reason)
-                value = self.objective.value(speed, cost)
+                cand = apply_chain(self.recipe, passes, self.bench.context(work / "work"), m.timings, cache=self.cache)
+                save(m)
+                self.bench.measure(
+                    cand,
+                    m,
+                    work,
+                    confidence=s.constraint.confidence,
+                    screen_examples=s.screen_examples,
+                    stop_early=True,
+                    cache=self.cache,
+                    save=save,
+                )
+                value = self.objective.value(m.speed, m.cost)
                 if not math.isfinite(value) or value <= 0:
                     raise FloatingPointError(f"the measured {self.objective.kind} is {value}")
-                fp = footprint(cand, work / "artifact")
-                speed["roofline"] = self.bench.roofline(speed, fp, passes)
-            trial.set_user_attr(
-                "speed", {k: speed[k]["median"] for k in ("input_tokens_per_s", "output_tokens_per_s") if k in speed}
-            )
-            trial.set_user_attr("speed_detail", speed)
-            trial.set_user_attr("cost", cost)
-            trial.set_user_attr("footprint", {k: fp[k] for k in FOOTPRINT_KEYS})
-            trial.set_user_attr("notes", cand.notes)
-        except optuna.TrialPruned:
-            raise
+        except Pruned as e:
+            m.pruned = e.reason
+            if e.constraint is not None:
+                trial.set_constraint(f"{self.metric} drop over budget", e.constraint)
+            raise optuna.TrialPruned(e.reason) from None
         except Exception as e:
-            trial.set_user_attr("error", failure_reason(e)[:500])
+            m.error = failure_reason(e)[:500]
             raise
         except KeyboardInterrupt as e:  # SIGTERM / Ctrl-C (signals.Stopped): Optuna fails the trial; say why
-            trial.set_user_attr("error", f"interrupted ({e or 'KeyboardInterrupt'}) while running; not measured")
+            m.error = f"interrupted ({e or 'KeyboardInterrupt'}) while running; not measured"
             raise
         finally:
             speed_mod.set_threads(self.threads)
-            trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+            m.seconds = round(time.perf_counter() - t0, 1)
+            m.save(trial)
             shutil.rmtree(work, ignore_errors=True)
             gc.collect()
         if s.multi_objective:
-            return value, float(drops[self.metric]["relative"] if c.relative else drops[self.metric]["drop"])
+            return value, float(m.drop["relative"] if s.constraint.relative else m.drop["drop"])
         return value
 
 
@@ -437,19 +399,22 @@ def _measured_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
     """An earlier complete trial with exactly these parameters, if any."""
     params = trial.params
     for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.params == params and t.number != trial.number and CONSTRAINT in t.user_attrs and "same_as" not in t.user_attrs:
-            return t
+        if t.params == params and t.number != trial.number:
+            m = Measurement.of(t)
+            if m.measured and m.same_as is None:
+                return t
     return None
 
 
 def counted(t: optuna.trial.FrozenTrial) -> bool:
     """Finished trials that count toward the target. A trial failed by the heartbeat check (its worker
     died) has no error of ours and is re-run by the retry callback, so it does not count."""
-    if t.user_attrs.get(REPEAT):  # a configuration measured before: costs nothing, so it does not use up the target
+    m = Measurement.of(t)
+    if m.repeat:  # a configuration measured before: costs nothing, so it does not use up the target
         return False
     if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
         return True
-    return t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs
+    return t.state == optuna.trial.TrialState.FAIL and m.error is not None
 
 
 def finished(study: optuna.Study) -> int:
@@ -463,7 +428,7 @@ def objective_sign(study: optuna.Study) -> int:
 
 def priced_on(t: optuna.trial.FrozenTrial) -> str | None:
     """The catalog entry a trial was priced on: its worker's."""
-    return (t.user_attrs.get("hardware") or {}).get("catalog")
+    return Measurement.of(t).hardware.get("catalog")
 
 
 def machines(study: optuna.Study) -> list[str]:
@@ -478,7 +443,7 @@ def best_feasible(study: optuna.Study, catalog: str | None = None) -> optuna.tri
     feasible = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.user_attrs.get(CONSTRAINT, [math.inf])[0] <= 0 and (catalog is None or priced_on(t) == catalog)
+        if Measurement.of(t).feasible and (catalog is None or priced_on(t) == catalog)
     ]
     if not feasible:
         return None
@@ -487,8 +452,12 @@ def best_feasible(study: optuna.Study, catalog: str | None = None) -> optuna.tri
 
 def closest(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The fully measured trial whose drop interval came nearest the budget."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if CONSTRAINT in t.user_attrs]
-    return min(done, key=lambda t: t.user_attrs[CONSTRAINT][0]) if done else None
+    done = [
+        (m.violation, t)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if (m := Measurement.of(t)).measured
+    ]
+    return min(done, key=lambda vt: vt[0])[1] if done else None
 
 
 class Progress:
@@ -568,9 +537,9 @@ def fail_orphans(study: optuna.Study, unclaimed_after_s: float | None = None) ->
     reasons = dict(study.user_attrs.get("orphans", {}))
     now = datetime.now()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        h, _, pid = str(t.user_attrs.get(WORKER, "")).rpartition(":")
         unclaimed = (
-            "worker" not in t.user_attrs
+            WORKER not in t.user_attrs
             and unclaimed_after_s is not None
             and t.datetime_start is not None
             and (now - t.datetime_start).total_seconds() > unclaimed_after_s
@@ -632,7 +601,7 @@ def _run_trials(
             if recipe.search.sampler != "grid":
                 queue_combination(study, recipe)
             last = study.get_trials(deepcopy=False)[runner.last_trial] if runner.last_trial is not None else None
-            repeats = repeats + 1 if last is not None and last.user_attrs.get(REPEAT) else 0
+            repeats = repeats + 1 if last is not None and Measurement.of(last).repeat else 0
     finally:
         study.sampler = sampler
         bar.close()
@@ -655,7 +624,7 @@ def queue_combination(study: optuna.Study, recipe: Recipe) -> dict[str, Any] | N
         (
             t
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if (t.user_attrs.get(CONSTRAINT) or [1.0])[0] <= 0 and not t.user_attrs.get(REPEAT)
+            if (m := Measurement.of(t)).feasible and not m.repeat
         ),
         key=lambda t: sign * t.values[0],
     )
@@ -724,20 +693,18 @@ def leaderboard(study: optuna.Study, top: int | None = 10) -> list[dict[str, Any
         if not counted(t):
             continue
         ok = t.state == optuna.trial.TrialState.COMPLETE
-        violation = t.user_attrs.get(CONSTRAINT, [math.inf])[0] if ok else None
+        m = Measurement.of(t)
         rows.append(
             {
                 "trial": t.number,
                 "state": STATE_NAMES[t.state],
-                "feasible": ok and violation <= 0,
+                "feasible": bool(ok and m.feasible),
                 "objective": t.values[0] if ok else None,
-                "violation": violation,
-                "drop": t.user_attrs.get("drop"),
-                "passes": t.user_attrs.get("passes", []),
-                "deployment": t.user_attrs.get("deployment", {}),
-                "reason": t.user_attrs.get("error")
-                or t.user_attrs.get("pruned")
-                or (f"same configuration as trial {t.user_attrs['same_as']}: its figures" if "same_as" in t.user_attrs else None),
+                "violation": m.violation if ok else None,
+                "drop": m.drop,
+                "passes": m.passes,
+                "deployment": m.deployment,
+                "reason": m.reason,
             }
         )
     order = {"ok": 0, "pruned": 1, "failed": 2}

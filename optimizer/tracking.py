@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.errors import UserError
+from optimizer.measurement import Measurement, run_candidate
 
 log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow 3 refuses its old ./mlruns file store by default
-REPEAT_ATTR = "repeat"  # the study's marker of a trial answered from earlier figures
 
 
 def _numbers(prefix: str, d: dict[str, Any] | None) -> dict[str, float]:
@@ -35,10 +35,10 @@ def _numbers(prefix: str, d: dict[str, Any] | None) -> dict[str, float]:
     return out
 
 
-def trial_metrics(attrs: dict[str, Any], values: list[float] | None) -> dict[str, float]:
+def trial_metrics(m: Measurement, values: list[float] | None) -> dict[str, float]:
     """What a trial measured, as metrics: objective value(s), quality drops, speed medians, cost, footprint."""
     out = {f"objective_{i}": float(v) for i, v in enumerate(values or []) if math.isfinite(v)}
-    for metric, d in (attrs.get("drops") or {}).items():  # the relative drop and its interval (a loss is positive)
+    for metric, d in m.drops.items():  # the relative drop and its interval (a loss is positive)
         rel = "relative" in d
         out |= _numbers(
             f"drop.{metric}",
@@ -48,13 +48,12 @@ def trial_metrics(attrs: dict[str, Any], values: list[float] | None) -> dict[str
                 ".high": d.get("relative_high" if rel else "high"),
             },
         )
-    out |= _numbers("quality.", attrs.get("quality"))
-    out |= _numbers("speed.", attrs.get("speed"))
-    cost = attrs.get("cost") or {}
-    out |= _numbers("cost.", {k: v for k, v in cost.items() if k.endswith(("_per_m", "monthly_usd"))})
-    out |= _numbers("footprint.", attrs.get("footprint"))
-    if "seconds" in attrs:
-        out["seconds"] = float(attrs["seconds"])
+    out |= _numbers("quality.", m.quality)
+    out |= _numbers("speed.", m.tokens_per_s())
+    out |= _numbers("cost.", {k: v for k, v in (m.cost or {}).items() if k.endswith(("_per_m", "monthly_usd"))})
+    out |= _numbers("footprint.", m.footprint)
+    if m.seconds is not None:
+        out["seconds"] = float(m.seconds)
     return out
 
 
@@ -101,18 +100,18 @@ class MlflowTracker:
             log.warning("trial %d was not logged to MLflow: %s", trial.number, str(e).splitlines()[0][:200])
 
     def _log_trial(self, study: Any, trial: Any) -> None:
-        attrs = dict(trial.user_attrs)
-        if attrs.get(REPEAT_ATTR):
+        m = Measurement.of(trial)
+        if m.repeat:
             return
-        chain = " -> ".join(p["name"] for p in attrs.get("passes", [])) or "baseline"
+        chain = " -> ".join(p["name"] for p in m.passes) or "baseline"
         tags = {
             "costopt.study": study.study_name,
             "costopt.trial": str(trial.number),
             "costopt.state": trial.state.name,
             "costopt.chain": chain,
         }
-        if attrs.get("pruned") or attrs.get("error"):
-            tags["costopt.reason"] = str(attrs.get("pruned") or attrs.get("error"))[:4000]
+        if m.pruned or m.error:
+            tags["costopt.reason"] = str(m.pruned or m.error)[:4000]
         params = dict(trial.params) | {"chain": chain}
         values = list(trial.values) if trial.values is not None else None
         record = {
@@ -120,26 +119,22 @@ class MlflowTracker:
             "state": trial.state.name,
             "params": trial.params,
             "values": values,
-            "user_attrs": attrs,
+            "measurement": m.to_json(),
         }
-        self._log(f"{study.study_name}/trial-{trial.number}", params, trial_metrics(attrs, values), tags, record)
+        self._log(f"{study.study_name}/trial-{trial.number}", params, trial_metrics(m, values), tags, record)
 
     def log_result(self, result: dict[str, Any]) -> str:
         """Log a `costopt run` result: the candidate's figures (or the baseline's, without passes)."""
-        shown = result.get("candidate") or result.get("baseline") or {}
+        b = result.get("baseline") or {}
+        shown = run_candidate(result) or Measurement(
+            quality=b.get("quality") or {}, speed=b.get("speed"), cost=b.get("cost"), footprint=b.get("footprint")
+        )
         chain = " -> ".join(p["name"] for p in result.get("passes", [])) or "baseline"
         params = {"chain": chain} | {
             f"{i}.{p['name']}.{k}": v for i, p in enumerate(result.get("passes", [])) for k, v in p.get("params", {}).items()
-        }
-        attrs = {
-            "drops": result.get("drops"),
-            "quality": shown.get("quality"),
-            "speed": {k: v["median"] for k, v in (shown.get("speed") or {}).items() if isinstance(v, dict) and "median" in v},
-            "cost": shown.get("cost"),
-            "footprint": shown.get("footprint"),
         }
         tags = {
             "costopt.run": str(result.get("recipe")),
             "costopt.state": "COMPLETE" if result.get("status") == "ok" else "FAILED",
         }
-        return self._log(str(result.get("recipe")), params, trial_metrics(attrs, None), tags, result)
+        return self._log(str(result.get("recipe")), params, trial_metrics(shown, None), tags, result)

@@ -33,9 +33,9 @@ def test_run_embedding_with_pass_writes_result(tiny_bert_dir, write_recipe, tmp_
     assert "mrr" in out and "encode tokens/s" in out and "drop (95% CI)" in out
     [result] = (tmp_path / "runs").glob("tiny-embedding-*/result.json")
     r = json.loads(result.read_text())
-    assert r["schema"] == "costopt.trial/1" and r["status"] == "ok"
+    assert r["schema"] == "costopt.trial/2" and r["status"] == "ok"
     assert r["passes"] == [{"name": "cast", "params": {"dtype": "bfloat16"}, "save": False}]
-    assert set(r["drops"]) == {"mrr", "recall@1", "ndcg@10", "fidelity"}
+    assert set(r["candidate"]["drops"]) == {"mrr", "recall@1", "ndcg@10", "fidelity"}
     assert r["candidate"]["footprint"]["weight_bytes"] < 0.6 * r["baseline"]["footprint"]["weight_bytes"]
     assert r["system"]["libraries"]["torch"] and r["system"]["cpu"]["logical_cores"]
     assert r["baseline"]["speed"]["threads"] == 1
@@ -107,7 +107,7 @@ def test_chained_recipe_saves_intermediates_that_reload(tiny_llama_dir, write_re
     assert main(["run", str(rec), "--out", str(tmp_path / "runs"), "-q"]) == 0
     [result] = (tmp_path / "runs").glob("tiny-causal-lm-*/result.json")
     r = json.loads(result.read_text())
-    assert r["status"] == "ok" and r["candidate"]["runtime"] == "onnxruntime"
+    assert r["status"] == "ok" and r["candidate"]["deployment"]["runtime"] == "onnxruntime"
     assert [Path(p).name for p in r["intermediate"]] == ["after-1-distill", "after-2-prune-structured"]
     pruned = reload_saved(Path(r["intermediate"][1]))
     assert pruned.module.config.num_hidden_layers == 1 and pruned.module.config.intermediate_size == 48

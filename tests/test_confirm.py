@@ -11,6 +11,7 @@ import yaml
 from optimizer.budget import Budget
 from optimizer.confirm import confirmation_confidence, first_confirmed
 from optimizer.measure.stats import MetricValues, paired_bootstrap, ratio_interval
+from optimizer.measurement import Measurement
 
 # ----------------------------------------------------------------------------- simulation
 BUDGET = Budget("score", 0.01, relative=True, confidence=0.95)
@@ -188,9 +189,9 @@ def test_batch_dependent_chains_are_judged_in_serving_batches(search_recipe, tin
     study = run_search(recipe)
     seen = {}
     for t in study.trials:
-        if t.state == optuna.trial.TrialState.COMPLETE and "quality_batches" in t.user_attrs:
-            names = tuple(p["name"] for p in t.user_attrs["passes"])
-            seen[names] = t.user_attrs["quality_batches"]
+        m = Measurement.of(t)
+        if t.state == optuna.trial.TrialState.COMPLETE and m.quality_batches is not None:
+            seen[tuple(p["name"] for p in m.passes)] = m.quality_batches
     dyn = [v for k, v in seen.items() if "torch-dynamic-int8" in k]
     static = [v for k, v in seen.items() if "torch-dynamic-int8" not in k]
     assert dyn and all(v.startswith("serving batches: 8 at a time in arrival order") for v in dyn)
@@ -238,12 +239,13 @@ def test_the_budget_must_hold_on_every_eval_set(search_recipe, tiny_bert_dir, tm
     study = optuna.load_study(study_name="confirmed", storage=f"sqlite:///{tmp_path / 'runs' / 'confirmed' / 'study.db'}")
     budget = recipe.budget
     for t in study.trials:
-        if t.state != optuna.trial.TrialState.COMPLETE or "same_as" in t.user_attrs:
+        m = Measurement.of(t)
+        if t.state != optuna.trial.TrialState.COMPLETE or m.same_as is not None:
             continue
-        sets = t.user_attrs["drops_by_set"]
+        sets = m.budget_drops()
         assert set(sets) == {"eval", "calib-part"}
         # the recorded violation is the worst set's
-        assert t.user_attrs["constraint"][0] == pytest.approx(max(budget.violation(d) for d in sets.values()))
+        assert m.violation == pytest.approx(max(budget.violation(d) for d in sets.values()))
     c = study.user_attrs["confirmation"]
     for a in c["attempts"]:
         if a["drop"] is not None:
@@ -294,11 +296,12 @@ def test_a_run_reports_each_eval_sets_drop(write_recipe, tiny_bert_dir, tmp_path
     out = capsys.readouterr().out
     result_file = next((tmp_path / "runs").glob("sets-*/result.json"))
     r = json.loads(result_file.read_text())
-    assert set(r["drops_by_set"]) == {"eval", "other"} and r["drops_by_set"]["eval"] == r["drops"]
-    assert r["drops_by_set"]["other"]["mrr"]["n"] == 30 and "eval set" in out and "other" in out
+    c = r["candidate"]
+    assert set(c["drops_by_set"]) == {"eval", "other"} and c["drops_by_set"]["eval"] == c["drops"]
+    assert c["drops_by_set"]["other"]["mrr"]["n"] == 30 and "eval set" in out and "other" in out
     report = build_report(open_source(str(result_file)))
     entry = report["chosen"]
     assert set(entry["drops_by_set"]) == {"eval", "other"}
     budget = report["budget"]
-    worst = max(d["relative_high"] for d in r["drops_by_set"].values() for m, d in [("mrr", d["mrr"])])
+    worst = max(d["mrr"]["relative_high"] for d in c["drops_by_set"].values())
     assert entry["violation"] == pytest.approx(worst - budget["max_drop"])

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
         "optimizer.objectives",
         "optimizer.formatting",
         "optimizer.budget",
+        "optimizer.measurement",
         "optimizer.signals",
         "optimizer.storage",
         "optimizer.tracking",

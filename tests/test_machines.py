@@ -8,6 +8,7 @@ import pytest
 
 import cost
 from optimizer.errors import UserError
+from optimizer.measurement import Measurement
 from optimizer.recipe import load_recipe
 
 XEON_AMX = {"model": "Intel(R) Xeon(R) Processor", "arch": "x86_64", "logical_cores": 2, "isa": ["AMX-INT8", "AVX-512"]}
@@ -85,10 +86,11 @@ def test_two_workers_on_different_machines_each_price_their_own_trials(search_re
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 4
     for t in done:
-        entry = t.user_attrs["hardware"]["catalog"]
-        assert t.user_attrs["cost"]["hardware"] == entry
-        assert t.user_attrs["cost"]["hourly_usd"] == pytest.approx(entries[entry])
-        assert t.user_attrs["baseline_objective"] == base[entry]  # its own worker's baseline
+        m = Measurement.of(t)
+        entry = m.hardware["catalog"]
+        assert m.cost["hardware"] == entry
+        assert m.cost["hourly_usd"] == pytest.approx(entries[entry])
+        assert m.baseline_objective == base[entry]  # its own worker's baseline
     assert main(["report", str(tmp_path / "runs" / "machines"), "--format", "md,json", "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## By machine" in md

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from optimizer.cli import main
+from optimizer.measurement import Measurement
 from optimizer.pipeline import operating_point
 from optimizer.recipe import Recipe
 
@@ -114,6 +115,6 @@ def test_a_search_prunes_trials_that_miss_the_latency_targets(write_recipe, tiny
         }
     )
     study = run_search(load_recipe(rec))
-    [t] = [t for t in study.trials if not t.user_attrs.get("repeat")]
+    [t] = [t for t in study.trials if not Measurement.of(t).repeat]
     assert t.state == optuna.trial.TrialState.PRUNED
-    assert t.user_attrs["pruned"].startswith("misses the latency targets at batch 2: time per output token p95")
+    assert Measurement.of(t).pruned.startswith("misses the latency targets at batch 2: time per output token p95")

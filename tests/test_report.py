@@ -90,7 +90,7 @@ def test_encoder_run_report_states_the_measured_money(encoder_run, tmp_path, cap
     by_metric = {q["metric"]: q for q in report["quality"]}
     assert set(by_metric) == set(result["baseline"]["quality"])
     assert by_metric["mrr"]["chosen"] == pytest.approx(result["candidate"]["quality"]["mrr"])
-    assert by_metric["mrr"]["drop"] == result["drops"]["mrr"] and by_metric["mrr"]["constrained"]
+    assert by_metric["mrr"]["drop"] == result["candidate"]["drops"]["mrr"] and by_metric["mrr"]["constrained"]
     assert report["chosen"]["footprint"]["weight_bytes"] < report["baseline"]["footprint"]["weight_bytes"]
 
     paths = write_report(report, tmp_path)

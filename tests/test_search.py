@@ -7,8 +7,9 @@ import pytest
 
 from optimizer.budget import Budget
 from optimizer.errors import UserError
+from optimizer.measurement import Measurement
 from optimizer.recipe import load_recipe
-from optimizer.study import CONSTRAINT, best_feasible, finished, run_search
+from optimizer.study import best_feasible, finished, run_search
 
 
 def _recipe(write_recipe, model_dir, tmp_path, **search):
@@ -53,21 +54,22 @@ def test_search_records_trials_and_resumes_without_redoing_them(write_recipe, ti
     assert len(trials) == 3 and finished(study) == 3
     assert study.metric_names == ["$ per 1M tokens (blended)"]  # what optuna-dashboard shows
     for t in trials:
-        assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("error")
-        assert len(t.user_attrs[CONSTRAINT]) == 1 and t.user_attrs["deployment"]["threads"] == 1
-        assert t.values[0] > 0 and t.user_attrs["cost"]["blended_usd_per_m"] == pytest.approx(t.values[0])
-        names = [p["name"] for p in t.user_attrs["passes"]]
+        m = Measurement.of(t)
+        assert t.state == optuna.trial.TrialState.COMPLETE, m.error
+        assert m.violation is not None and m.deployment["threads"] == 1
+        assert t.values[0] > 0 and m.cost["blended_usd_per_m"] == pytest.approx(t.values[0])
+        names = [p["name"] for p in m.passes]
         assert ("0.cast.dtype" in t.params) == ("cast" in names)  # conditional parameter
     again = run_search(recipe)  # same target: nothing new
     assert len(again.get_trials()) == 3
     more = run_search(recipe, trials=5)  # a higher target adds only the missing trials
     assert finished(more) == 5
     new = more.get_trials()[3:]
-    assert len(new) == 2 + sum(bool(t.user_attrs.get("repeat")) for t in new)  # repeats do not use up the target
+    assert len(new) == 2 + sum(bool(Measurement.of(t).repeat) for t in new)  # repeats do not use up the target
     assert [t.params for t in more.get_trials()][:3] == [t.params for t in trials]
     best = best_feasible(more)
     if best is not None:
-        assert best.user_attrs[CONSTRAINT][0] <= 0
+        assert Measurement.of(best).violation <= 0
 
 
 def test_failing_trial_is_recorded_and_search_goes_on(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
@@ -80,7 +82,7 @@ def test_failing_trial_is_recorded_and_search_goes_on(write_recipe, tiny_bert_di
     study = run_search(_recipe(write_recipe, tiny_bert_dir, tmp_path, trials=2))
     states = [t.state for t in study.get_trials()]
     assert states == [optuna.trial.TrialState.FAIL] * 2
-    assert all("out of memory" in t.user_attrs["error"] for t in study.get_trials())
+    assert all("out of memory" in Measurement.of(t).error for t in study.get_trials())
 
 
 def test_a_trial_failing_before_its_passes_counts_so_the_search_ends(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
@@ -94,7 +96,7 @@ def test_a_trial_failing_before_its_passes_counts_so_the_search_ends(write_recip
     monkeypatch.setattr(study_mod, "suggest", broken)
     study = run_search(_recipe(write_recipe, tiny_bert_dir, tmp_path, trials=2))
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2
-    assert all("not found in the given grid" in t.user_attrs["error"] for t in study.get_trials())
+    assert all("not found in the given grid" in Measurement.of(t).error for t in study.get_trials())
 
 
 def test_grid_covers_keep_sensitive_serving_knobs_and_list_choices(write_recipe, tiny_bert_dir, tmp_path):
@@ -163,9 +165,9 @@ def test_the_all_passes_off_configuration_is_not_measured_again(write_recipe, ti
         )
     )
     trials = run_search(recipe).get_trials()
-    off = [t for t in trials if not t.user_attrs["passes"]]
+    off = [t for t in trials if not Measurement.of(t).passes]
     assert off and len(off) < len(trials)  # the seed gives both
     for t in trials:
         assert (t.state == optuna.trial.TrialState.PRUNED) == (t in off)
-    assert all("baseline itself" in t.user_attrs["pruned"] for t in off)
-    assert best_feasible(run_search(recipe)).user_attrs["passes"] != []
+    assert all("baseline itself" in Measurement.of(t).pruned for t in off)
+    assert Measurement.of(best_feasible(run_search(recipe))).passes != []

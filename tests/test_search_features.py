@@ -12,9 +12,10 @@ import pytest
 import torch
 import yaml
 
+from optimizer.measurement import Measurement
 from optimizer.pipeline import eval_part
 from optimizer.recipe import load_recipe
-from optimizer.study import CONSTRAINT, MAX_REPEATS_IN_A_ROW, closest, finished, leaderboard, run_search
+from optimizer.study import MAX_REPEATS_IN_A_ROW, closest, finished, leaderboard, run_search
 
 States = optuna.trial.TrialState
 
@@ -52,8 +53,8 @@ def test_screening_prunes_a_clearly_broken_trial_before_the_full_evaluation(writ
     study = run_search(recipe)
     t = study.trials[0]
     assert t.state == States.PRUNED
-    assert "screened on 24 examples" in t.user_attrs["pruned"] and "over the" in t.user_attrs["pruned"]
-    assert t.user_attrs["screen"]["relative_low"] > 0.0001
+    assert "screened on 24 examples" in Measurement.of(t).pruned and "over the" in Measurement.of(t).pruned
+    assert Measurement.of(t).screen["relative_low"] > 0.0001
     assert full_evals == []  # neither the full evaluation nor the speed benchmark ran
     assert finished(study) == 1 and leaderboard(study)[0]["state"] == "pruned"
 
@@ -70,7 +71,7 @@ def test_screening_lets_a_good_trial_through(write_recipe, tiny_bert_dir, tmp_pa
     selection = len(eval_part(recipe, "select"))  # trials are judged on the search's part of the eval set
     assert 40 < selection < 80
     assert (
-        t.state == States.COMPLETE and t.user_attrs["screen"]["n"] == 2 * 24 and t.user_attrs["drop"]["n"] == 2 * selection
+        t.state == States.COMPLETE and Measurement.of(t).screen["n"] == 2 * 24 and Measurement.of(t).drop["n"] == 2 * selection
     )  # queries and documents
 
 
@@ -82,8 +83,8 @@ def test_a_configuration_is_built_once_then_reloaded_from_the_cache(write_recipe
     # one configuration in the space: measured once, then every proposal is a repeat, which does not count;
     # the search stops after MAX_REPEATS_IN_A_ROW of them
     assert finished(study) == 1 and len(study.trials) == 1 + MAX_REPEATS_IN_A_ROW
-    assert "pass onnx-export" in first.user_attrs["timings"] and "cache hit" not in first.user_attrs["timings"]
-    assert second.user_attrs["same_as"] == 0 and second.values == first.values  # measured once, not redone
+    assert "pass onnx-export" in Measurement.of(first).timings and "cache hit" not in Measurement.of(first).timings
+    assert Measurement.of(second).same_as == 0 and second.values == first.values  # measured once, not redone
     # a new process (say, a resumed search) reloads the chain from the cache instead of rebuilding it
     from optimizer.cache import ArtifactCache
     from optimizer.pipeline import Bench, apply_chain, resolved_passes
@@ -144,17 +145,18 @@ def test_runtime_batch_and_threads_are_part_of_the_space(write_recipe, tiny_bert
     study = run_search(recipe)
     runtimes = set()
     for t in study.trials:
-        assert t.state == States.COMPLETE, t.user_attrs.get("error")
-        dep, names = t.user_attrs["deployment"], [p["name"] for p in t.user_attrs["passes"]]
+        assert t.state == States.COMPLETE, Measurement.of(t).error
+        m = Measurement.of(t)
+        dep, names = m.deployment, [p["name"] for p in m.passes]
         runtimes.add(dep["runtime"])
         if dep["runtime"] == "torch":  # export off: the ONNX Runtime pass after it is off too, never a broken chain
             assert names == [] and "1.ort-int8-dynamic.per_channel" not in t.params
         else:
             assert names == ["onnx-export", "ort-int8-dynamic"]
         assert dep["batch_size"] == t.params["batch_size"] and dep["threads"] == t.params["threads"]
-        assert t.user_attrs["speed_detail"]["batch_size"] == dep["batch_size"]
-        assert t.user_attrs["speed_detail"]["threads"] == dep["threads"]
-        assert t.user_attrs["cost"]["replicas"] == 2 // dep["threads"]  # aws-c7a.large has 2 vCPUs
+        assert m.speed["batch_size"] == dep["batch_size"]
+        assert m.speed["threads"] == dep["threads"]
+        assert m.cost["replicas"] == 2 // dep["threads"]  # aws-c7a.large has 2 vCPUs
     assert runtimes == {"torch", "onnxruntime"}
     assert set(study.user_attrs["baseline"]["by_batch"]) == {"8", "4", "16"}  # the recipe's size and each choice
 
@@ -173,7 +175,7 @@ def test_a_trial_past_its_time_limit_fails_with_that_reason(write_recipe, tiny_b
     t0 = time.monotonic()
     t = run_search(recipe).trials[0]
     assert time.monotonic() - t0 < 25
-    assert t.state == States.FAIL and "time limit of 0.02 min" in t.user_attrs["error"]
+    assert t.state == States.FAIL and "time limit of 0.02 min" in Measurement.of(t).error
 
 
 def test_nan_outputs_fail_the_trial_with_that_reason(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
@@ -190,7 +192,7 @@ def test_nan_outputs_fail_the_trial_with_that_reason(write_recipe, tiny_bert_dir
     recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}], {"trials": 2})
     study = run_search(recipe)
     assert [t.state for t in study.trials] == [States.FAIL, States.FAIL]
-    assert all("NaN" in t.user_attrs["error"] for t in study.trials)
+    assert all("NaN" in Measurement.of(t).error for t in study.trials)
 
 
 DEPLOYABLE = {
@@ -284,9 +286,9 @@ def test_nothing_feasible_names_the_closest_trial(write_recipe, tiny_bert_dir, t
     recipe = load_recipe(recipe_file)
     study = optuna.load_study(study_name="tooStrict", storage=f"sqlite:///{tmp_path / 'runs' / 'tooStrict' / 'study.db'}")
     near = closest(study)
-    assert near is not None and near.user_attrs[CONSTRAINT][0] > 0
+    assert near is not None and Measurement.of(near).violation > 0
     assert "no configuration met fidelity drop <= 0% (relative)" in out and f"Closest: trial {near.number}" in out
-    assert f"over budget by {100 * near.user_attrs[CONSTRAINT][0]:.2f} points" in out
+    assert f"over budget by {100 * Measurement.of(near).violation:.2f} points" in out
     assert not (tmp_path / "runs" / "tooStrict" / "deploy.yaml").exists()
     assert recipe.search.constraint.max_drop == 0.0
 
@@ -345,7 +347,7 @@ def test_a_restarted_worker_reuses_a_recent_baseline_on_the_same_machine(write_r
     assert note.startswith("reused the speed measured"), note
     assert study.user_attrs["baseline"]["speed"] == first["speed"] and finished(study) == 2
     # the restart's trial was priced against the same baseline figure
-    assert study.trials[-1].user_attrs["baseline_objective"] == first["objective"]
+    assert Measurement.of(study.trials[-1]).baseline_objective == first["objective"]
     # turned off: measured again
     off = _recipe(write_recipe, tiny_bert_dir, tmp_path, passes, {"trials": 3, "sampler": "grid", "baseline_reuse_minutes": 0})
     study = run_search(off)

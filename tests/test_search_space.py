@@ -122,7 +122,8 @@ def test_within_budget_techniques_combine_along_the_cheapest_trials_path(write_r
 
 
 def test_a_search_queues_the_combination_once_after_the_singles(write_recipe, tiny_bert_dir):
-    from optimizer.study import COMBINED, CONSTRAINT, queue_combination
+    from optimizer.measurement import Measurement
+    from optimizer.study import COMBINED, queue_combination
 
     r = _two_paths(write_recipe, tiny_bert_dir)
     study = optuna.create_study()
@@ -142,7 +143,7 @@ def test_a_search_queues_the_combination_once_after_the_singles(write_recipe, ti
     for cost, violation in ((3.0, -0.1), (2.0, -0.1), (4.0, -0.1), (1.0, 0.2)):
         t = study.ask()
         suggest(t, r)
-        t.set_user_attr(CONSTRAINT, [violation])
+        Measurement(violation=violation).save(t)
         study.tell(t, cost)
     merged = queue_combination(study, r)
     # the cheapest within budget (OpenVINO) with the within-budget cap (64, not the over-budget 32)

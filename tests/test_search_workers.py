@@ -16,6 +16,7 @@ import optuna
 import pytest
 import yaml
 
+from optimizer.measurement import Measurement
 from optimizer.study import WORKER_PREFIX, counted
 
 States = optuna.trial.TrialState
@@ -109,7 +110,7 @@ def test_search_killed_with_sigkill_resumes_without_losing_or_redoing_trials(wri
     assert sum(counted(t) for t in trials) == 6  # exactly the target, counting only real outcomes
     assert not [t for t in trials if t.state in (States.RUNNING, States.WAITING)]
     for t in trials:  # the trial running at the kill was failed by the heartbeat check and run again
-        if t.state == States.FAIL and "error" not in t.user_attrs:
+        if t.state == States.FAIL and Measurement.of(t).error is None:
             retried = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
             # a kill between two suggestions leaves a partial configuration: the retry keeps what was
             # sampled and samples the rest (seen once: killed after the pruning parameter, before the cast's)
@@ -206,7 +207,7 @@ def test_sigterm_or_ctrl_c_fails_the_running_trial_with_its_reason_and_keeps_the
     after = {t.number: t.values for t in trials if t.state == States.COMPLETE}
     assert all(after[n] == v for n, v in before.items())
     stopped = [t for t in trials if t.state == States.FAIL]
-    assert len(stopped) <= 1 and all("interrupted" in t.user_attrs.get("error", "") for t in stopped)
+    assert len(stopped) <= 1 and all("interrupted" in (Measurement.of(t).error or "") for t in stopped)
 
 
 @pytest.mark.slow
@@ -251,8 +252,8 @@ def _check_shared_study(name: str, target: int, workers: list[subprocess.Popen])
             by_worker[t.user_attrs["worker"]] = by_worker.get(t.user_attrs["worker"], 0) + 1
         assert len(by_worker) == 2 and all(n >= 1 for n in by_worker.values()), by_worker
         for t in trials:
-            assert t.state == States.COMPLETE, t.user_attrs.get("error")
-            assert t.user_attrs["hardware"]["catalog"] == "aws-c7a.large" and t.user_attrs["cost"]["blended_usd_per_m"] > 0
+            assert t.state == States.COMPLETE, Measurement.of(t).error
+            assert Measurement.of(t).hardware["catalog"] == "aws-c7a.large" and Measurement.of(t).cost["blended_usd_per_m"] > 0
     finally:
         optuna.delete_study(study_name=name, storage=PG_URL)
 

@@ -10,6 +10,7 @@ import optuna
 import pytest
 
 from optimizer.errors import UserError
+from optimizer.measurement import Measurement
 from optimizer.passes import PassContext, build_pass
 from optimizer.recipe import ModelSpec, load_recipe
 from optimizer.runtimes import load_candidate
@@ -96,7 +97,7 @@ def test_search_ranks_blocks_once_and_keeps_the_k_most_sensitive_out(search_reci
     by_k = {}
     for t in study.trials:
         if t.state == optuna.trial.TrialState.COMPLETE:
-            exclude = t.user_attrs["passes"][1]["params"].get("exclude", [])
+            exclude = Measurement.of(t).passes[1]["params"].get("exclude", [])
             by_k[t.params["1.ort-int8-dynamic.keep_sensitive"]] = exclude
     assert by_k == {k: [u["pattern"] for u in units[:k]] for k in (0, 1, 2)}
     # a second search on the same study reads the ranking from the cache: no unit is rebuilt

@@ -7,6 +7,7 @@ import optuna
 import pytest
 
 from optimizer.errors import UserError
+from optimizer.measurement import Measurement
 from optimizer.pipeline import run_recipe
 from optimizer.recipe import ModelSpec, load_recipe
 from optimizer.runtimes import load_candidate
@@ -41,8 +42,8 @@ def test_run_times_the_speed_model_and_judges_model_source(write_recipe, tiny_ll
     for side in ("baseline", "candidate"):
         assert res[side]["speed"]["model"] == {"source": str(wide_llama_dir), "parameters": wide}
     assert res["candidate"]["footprint"]["parameters"] == tiny  # the artifact is model.source's
-    assert "speed.model pass cast" in res["timings"] and "pass cast" in res["timings"]
-    assert res["drops"]["kl"]["candidate"] > 0  # quality came from the cast tiny model, not the baseline again
+    assert "speed.model pass cast" in res["candidate"]["timings"] and "pass cast" in res["candidate"]["timings"]
+    assert res["candidate"]["drops"]["kl"]["candidate"] > 0  # quality came from the cast tiny model, not the baseline again
     assert any("speed.model" in n and "quality measured on" in n for n in res["notes"])
 
 
@@ -62,9 +63,9 @@ def test_search_prices_the_speed_model(write_recipe, tiny_llama_dir, wide_llama_
     wide = _params(wide_llama_dir)
     assert study.user_attrs["baseline"]["speed"]["model"]["parameters"] == wide
     for t in study.get_trials():
-        assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("error")
-        assert t.user_attrs["speed_detail"]["model"]["parameters"] == wide
-        assert any(k.startswith("speed.model pass cast") for k in t.user_attrs["timings"])
+        assert t.state == optuna.trial.TrialState.COMPLETE, Measurement.of(t).error
+        assert Measurement.of(t).speed["model"]["parameters"] == wide
+        assert any(k.startswith("speed.model pass cast") for k in Measurement.of(t).timings)
 
 
 def test_missing_speed_model_folder_names_the_field(write_recipe, tiny_llama_dir, tmp_path):

@@ -12,6 +12,12 @@ from optimizer.cli import main
 mlflow = pytest.importorskip("mlflow")
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """MLflow puts artifacts under ./mlruns next to a sqlite tracking store: keep them out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_search_logs_each_trial_to_mlflow(search_recipe, tiny_bert_dir, tmp_path, capsys):
     recipe = search_recipe(
         tiny_bert_dir, [{"name": "prune-magnitude", "sparsity": {"choice": [0.1, 0.3]}}], name="tracked", trials=2
@@ -31,7 +37,7 @@ def test_search_logs_each_trial_to_mlflow(search_recipe, tiny_bert_dir, tmp_path
         assert {"drop.mrr", "drop.fidelity", "speed.input_tokens_per_s", "cost.input_usd_per_m", "objective_0"} <= set(m)
         assert m["speed.input_tokens_per_s"] > 0 and m["cost.input_usd_per_m"] > 0
         record = Path(client.download_artifacts(run.info.run_id, "record.json", str(tmp_path / run.info.run_id)))
-        assert json.loads(record.read_text())["user_attrs"]["drops"]["mrr"]["relative"] == pytest.approx(m["drop.mrr"])
+        assert json.loads(record.read_text())["measurement"]["drops"]["mrr"]["relative"] == pytest.approx(m["drop.mrr"])
     sparsities = sorted(float(v) for r in runs for k, v in r.data.params.items() if k.endswith("sparsity"))
     assert sparsities == [0.1, 0.3]
 

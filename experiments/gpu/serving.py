@@ -99,7 +99,7 @@ def write_section(runs: list[dict[str, Any]], path: Path) -> None:
         if not baseline_done:
             lines.append(_row("fp32 (each run's baseline; this one's)", res.get("baseline"), "—"))
             baseline_done = True
-        d = (res.get("drops") or {}).get("perplexity") or {}
+        d = ((res.get("candidate") or {}).get("drops") or {}).get("perplexity") or {}
         drop = f"{100 * d['relative']:+.2f}%" if d.get("relative") is not None else ""
         lines.append(_row(r["label"], res.get("candidate"), drop))
     text = path.read_text() if path.is_file() else "# GPU results\n"

@@ -13,8 +13,9 @@ from typing import Any
 
 from cost.workload import Workload
 from optimizer.budget import Budget
+from optimizer.measurement import Measurement, run_candidate
 from optimizer.pipeline import speed_model_note
-from optimizer.recipe import Recipe
+from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.report import money
 from optimizer.report.advice import suggestions
 from optimizer.report.entries import family_best, make_entry, mark_pareto
@@ -24,36 +25,21 @@ SCHEMA = "costopt.report/1"
 VERSION = 1
 
 
-def _violation(drop: dict[str, Any] | None, budget: dict[str, Any]) -> float | None:
-    if not drop:
-        return None
-    return Budget(budget["metric"], budget["max_drop"], budget["relative"], budget["confidence"]).violation(drop)
-
-
-def _worst_violation(r: dict[str, Any], budget: dict[str, Any]) -> float | None:
-    """A run's violation: on its worst eval set when it has several (the budget must hold on each)."""
-    sets = r.get("drops_by_set") or {"eval": r.get("drops") or {}}
-    found = [v for d in sets.values() if (v := _violation(d.get(budget["metric"]), budget)) is not None]
-    return max(found) if found else None
-
-
 def _baseline_entry(b: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
     """The uncompressed model, placed at zero drop (it is its own reference)."""
     m = budget["metric"]
     zero = {"metric": m, "drop": 0.0, "low": 0.0, "high": 0.0, "relative": 0.0, "relative_low": 0.0, "relative_high": 0.0}
     cost = b.get("cost")
-    return make_entry(
-        "baseline",
-        [],
-        quality=b.get("quality"),
-        drops={m: zero},
+    record = Measurement(
         metric=m,
+        quality=b.get("quality") or {},
+        drops={m: zero},
         violation=-budget["max_drop"],
         cost=cost,
         speed=b.get("speed"),
         footprint=b.get("footprint"),
-        objective=b.get("objective", (cost or {}).get("blended_usd_per_m")),
     )
+    return make_entry("baseline", record, objective=b.get("objective", (cost or {}).get("blended_usd_per_m")))
 
 
 def _run_seconds(r: dict[str, Any]) -> float | None:
@@ -72,28 +58,16 @@ def _from_run(src: RunSource, budget: dict[str, Any]) -> dict[str, Any]:
     b = r["baseline"]
     base = _baseline_entry(b, budget)
     entries = []
-    c = r.get("candidate")
+    c = run_candidate(r)
     if r.get("passes"):
-        if c and c.get("speed"):
-            entries.append(
-                make_entry(
-                    "candidate",
-                    r["passes"],
-                    trial=None,
-                    quality=c.get("quality"),
-                    drops=r.get("drops"),
-                    metric=budget["metric"],
-                    violation=_worst_violation(r, budget),
-                    drops_by_set={n: d.get(budget["metric"]) for n, d in (r.get("drops_by_set") or {}).items()},
-                    cost=c.get("cost"),
-                    objective=(c.get("cost") or {}).get("blended_usd_per_m"),
-                    speed=c.get("speed"),
-                    footprint=c.get("footprint"),
-                    deployment={"runtime": c.get("runtime")},
-                )
-            )
+        if c is not None and c.speed:
+            c.metric = budget["metric"]  # judged on the report's budget, on the worst eval set when there are several
+            rule = Budget(budget["metric"], budget["max_drop"], budget["relative"], budget["confidence"])
+            c.violation = rule.worst(c.drops_by_set or {MAIN_EVAL: c.drops})[1] if c.drop else None
+            entries.append(make_entry("candidate", c, objective=(c.cost or {}).get("blended_usd_per_m")))
         else:
-            entries.append(make_entry("candidate", r["passes"], state="failed", reason=r.get("error") or "did not finish"))
+            failed = Measurement(passes=r["passes"], error=r.get("error") or "did not finish")
+            entries.append(make_entry("candidate", failed, state="failed"))
     return {
         "kind": "run",
         "name": r["recipe"],
@@ -117,7 +91,7 @@ def _from_run(src: RunSource, budget: dict[str, Any]) -> dict[str, Any]:
 def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
     import optuna
 
-    from optimizer.study import CONSTRAINT, REPEAT, WORKER_PREFIX, counted, objective_sign
+    from optimizer.study import WORKER_PREFIX, counted, objective_sign
 
     study = src.study
     States = optuna.trial.TrialState
@@ -127,33 +101,21 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
     state_names = {States.COMPLETE: "ok", States.PRUNED: "pruned", States.FAIL: "failed"}
     entries, job = [], 0.0
     # Counted trials, and repeats (answered from an earlier trial's figures; they show as such)
-    trials = [t for t in study.get_trials(deepcopy=False) if counted(t) or t.user_attrs.get(REPEAT)]
+    trials = [t for t in study.get_trials(deepcopy=False) if counted(t) or Measurement.of(t).repeat]
     for t in trials:
-        a = t.user_attrs
+        m = Measurement.of(t)
+        m.metric = budget["metric"]
         wall = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_start and t.datetime_complete else None
         job += wall or 0.0
         ok = t.state == States.COMPLETE
-        reason = a.get("error") or a.get("pruned") or (f"same configuration as trial {a['same_as']}" if "same_as" in a else None)
         entries.append(
             make_entry(
                 f"trial {t.number}",
-                a.get("passes", []),
+                m,
                 trial=t.number,
                 state=state_names[t.state],
-                quality=a.get("quality"),
-                drops=a.get("drops"),
-                metric=budget["metric"],
-                violation=a.get(CONSTRAINT, [None])[0] if ok else None,
-                cost=a.get("cost"),
                 objective=t.values[0] if ok and t.values else None,
-                speed=a.get("speed_detail"),
-                footprint=a.get("footprint"),
-                deployment=a.get("deployment"),
-                reason=reason,
                 seconds=wall,
-                screen=a.get("screen"),
-                same_as=a.get("same_as"),
-                drops_by_set=a.get("drops_by_set"),
             )
         )
     workers = {k[len(WORKER_PREFIX) :]: v for k, v in attrs.items() if k.startswith(WORKER_PREFIX)}
@@ -166,10 +128,8 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
         note += " (the baseline's measurement time was not recorded by this study's costopt version)"
     systems = [w["system"] for w in workers.values() if w.get("system")]
     if not systems and trials:  # older studies: what each trial recorded about its machine
-        systems = [
-            {"cpu": {"model": t.user_attrs.get("hardware", {}).get("cpu")}, "gpus": t.user_attrs.get("hardware", {}).get("gpus")}
-            for t in trials[:1]
-        ]
+        hw = Measurement.of(trials[0]).hardware
+        systems = [{"cpu": {"model": hw.get("cpu")}, "gpus": hw.get("gpus")}]
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     return {

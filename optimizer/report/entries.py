@@ -7,6 +7,7 @@ from typing import Any
 
 from optimizer.cli_format import chain_text
 from optimizer.formatting import drop_x
+from optimizer.measurement import Measurement
 from optimizer.passes import REGISTRY, runtime_of
 
 FAMILY_ORDER = ("distillation", "pruning", "quantization")
@@ -23,52 +24,42 @@ def family_of(passes: list[dict[str, Any]]) -> str:
 
 def make_entry(
     label: str,
-    passes: list[dict[str, Any]],
+    m: Measurement,
     *,
     trial: int | None = None,
     state: str = "ok",
-    quality: dict[str, float] | None = None,
-    drops: dict[str, Any] | None = None,
-    metric: str = "",
-    violation: float | None = None,
-    cost: dict[str, Any] | None = None,
     objective: float | None = None,
-    speed: dict[str, Any] | None = None,
-    footprint: dict[str, Any] | None = None,
-    deployment: dict[str, Any] | None = None,
-    reason: str | None = None,
     seconds: float | None = None,
-    screen: dict[str, Any] | None = None,
-    same_as: int | None = None,
-    drops_by_set: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    deployment = deployment or {}
+    """A report row from a measurement; only a fully measured one ("ok") is judged against the budget."""
+    dep, speed = m.deployment, m.speed or {}
+    violation = m.violation if state == "ok" else None
     return {
         "label": label,
         "trial": trial,
         "state": state,
-        "family": family_of(passes),
-        "chain": chain_text(passes),
-        "passes": [{"name": p["name"], "params": p.get("params", {})} for p in passes],
-        "runtime": deployment.get("runtime") or runtime_of(passes),
-        "batch_size": deployment.get("batch_size") or (speed or {}).get("batch_size"),
-        "threads": deployment.get("threads") or (speed or {}).get("threads"),
-        "streams": deployment.get("streams") or (speed or {}).get("streams") or 1,
-        "quality": quality or {},
-        "drops": drops or {},
-        "drop": (drops or {}).get(metric),
-        "drops_by_set": drops_by_set or {},  # with several eval sets: the budget metric's drop on each
+        "family": family_of(m.passes),
+        "chain": chain_text(m.passes),
+        "passes": [{"name": p["name"], "params": p.get("params", {})} for p in m.passes],
+        "runtime": dep.get("runtime") or runtime_of(m.passes),
+        "batch_size": dep.get("batch_size") or speed.get("batch_size"),
+        "threads": dep.get("threads") or speed.get("threads"),
+        "streams": dep.get("streams") or speed.get("streams") or 1,
+        "quality": m.quality,
+        "drops": m.drops,
+        "drop": m.drop,
+        "drops_by_set": m.budget_drops(),  # with several eval sets: the budget metric's drop on each
         "violation": violation,
         "feasible": None if violation is None else bool(violation <= 0),
-        "cost": cost,
-        "usd_per_m": (cost or {}).get("blended_usd_per_m"),
+        "cost": m.cost,
+        "usd_per_m": (m.cost or {}).get("blended_usd_per_m"),
         "objective": objective,
-        "speed": speed,
-        "footprint": footprint,
-        "reason": reason,
+        "speed": m.speed,
+        "footprint": m.footprint,
+        "reason": m.reason,
         "seconds": seconds,
-        "screen": screen,
-        "same_as": same_as,
+        "screen": m.screen,
+        "same_as": m.same_as,
         "pareto": False,  # same_as: a repeat of that trial's configuration, its figures reused
     }
 

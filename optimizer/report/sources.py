@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from optimizer.errors import UserError
+from optimizer.measurement import RUN_SCHEMAS
 from optimizer.recipe import Recipe, load_recipe
 
 _WHAT = (
@@ -50,8 +51,8 @@ def _load_run(path: Path, recipe_file: str | None) -> RunSource:
         result = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {path} as JSON ({e})", "give the result.json `costopt run` wrote") from None
-    if not isinstance(result, dict) or result.get("schema") != "costopt.trial/1":
-        raise UserError(f"{path} is not a costopt run result (schema costopt.trial/1)", f"give {_WHAT}")
+    if not isinstance(result, dict) or result.get("schema") not in RUN_SCHEMAS:
+        raise UserError(f"{path} is not a costopt run result (schema {' or '.join(RUN_SCHEMAS)})", f"give {_WHAT}")
     if "config" not in result or not result.get("baseline"):
         raise UserError(
             f"{path} holds no finished baseline (the run stopped early: {result.get('error')})",
