@@ -56,6 +56,7 @@ def test_search_records_trials_and_resumes_without_redoing_them(write_recipe, ti
     for t in trials:
         m = Measurement.of(t)
         assert t.state == optuna.trial.TrialState.COMPLETE, m.error
+        assert set(t.user_attrs) == {"worker", "measurement"}  # the claim, then one typed record
         assert m.violation is not None and m.deployment["threads"] == 1
         assert t.values[0] > 0 and m.cost["blended_usd_per_m"] == pytest.approx(t.values[0])
         names = [p["name"] for p in m.passes]

@@ -1,0 +1,72 @@
+"""The typed measurement record: what it derives, its JSON round trip, and reading what older versions stored."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from optimizer.budget import Budget
+from optimizer.measurement import ATTR, Measurement, run_candidate
+
+DROP = {"drop": 0.004, "low": -0.002, "high": 0.009, "relative": 0.008, "relative_low": -0.004, "relative_high": 0.018}
+OTHER = DROP | {"relative": 0.001, "relative_high": 0.006}
+
+
+def test_derived_figures_follow_the_budget_metric():
+    m = Measurement(metric="mrr", drops={"mrr": DROP, "recall@1": OTHER}, violation=Budget("mrr", 0.01).violation(DROP))
+    assert m.drop == DROP and m.violation == pytest.approx(0.008) and m.feasible is False and m.measured
+    m.drops_by_set = {"eval": {"mrr": DROP}, "extra": {"mrr": OTHER}}
+    assert m.budget_drops() == {"eval": DROP, "extra": OTHER}
+    assert Measurement(same_as=3).reason == "same configuration as trial 3: its figures"
+    assert Measurement(error="boom", same_as=3).reason == "boom" and Measurement().feasible is None
+    m.speed = {"input_tokens_per_s": {"median": 10.0, "min": 9.0}, "batch_size": 8}
+    assert m.tokens_per_s() == {"input_tokens_per_s": 10.0}
+    assert Measurement.from_json(m.to_json() | {"a key from a newer version": 1}) == m
+
+
+def test_a_trial_stores_one_attribute_and_older_loose_attributes_read_the_same():
+    study = optuna.create_study()
+    new, old = study.ask(), study.ask()
+    m = Measurement(
+        passes=[{"name": "cast", "params": {"dtype": "bfloat16"}}],
+        deployment={"runtime": "torch", "batch_size": 8},
+        metric="mrr",
+        drops={"mrr": DROP},
+        drops_by_set={"eval": {"mrr": DROP}, "extra": {"mrr": OTHER}},
+        violation=0.008,
+        speed={"batch_size": 8},
+        same_as=None,
+    )
+    m.save(new)
+    assert set(new.user_attrs) == {ATTR} and Measurement.of(new) == m
+    # what costopt stored before the record: one user attribute per part
+    for k, v in {
+        "passes": m.passes,
+        "deployment": m.deployment,
+        "drop": DROP,
+        "drops": m.drops,
+        "drops_by_set": {"eval": DROP, "extra": OTHER},
+        "constraint": [0.008],
+        "speed": {"input_tokens_per_s": 1.0},
+        "speed_detail": {"batch_size": 8},
+        "repeat": True,
+    }.items():
+        old.set_user_attr(k, v)
+    legacy = Measurement.of(old)
+    assert legacy.metric == "mrr" and legacy.violation == 0.008 and legacy.speed == {"batch_size": 8} and legacy.repeat
+    assert legacy.drops_by_set == m.drops_by_set and legacy.passes == m.passes
+
+
+def test_a_run_result_of_either_schema_gives_its_candidate():
+    c = Measurement(passes=[{"name": "cast", "params": {}}], deployment={"runtime": "torch"}, metric="mrr", drops={"mrr": DROP})
+    assert run_candidate({"schema": "costopt.trial/2", "candidate": c.to_json()}) == c
+    v1 = {
+        "schema": "costopt.trial/1",
+        "passes": c.passes,
+        "primary_metric": "mrr",
+        "candidate": {"runtime": "torch", "quality": {"mrr": 0.5}, "speed": {"batch_size": 8}},
+        "drops": {"mrr": DROP},
+    }
+    got = run_candidate(v1)
+    assert got.runtime == "torch" and got.drop == DROP and got.quality == {"mrr": 0.5} and got.speed == {"batch_size": 8}
+    assert run_candidate({"schema": "costopt.trial/2", "candidate": None}) is None
