@@ -1,24 +1,72 @@
-"""costopt: measure quality and speed of compressed open models, and what they cost to serve."""
+"""costopt: measure quality and speed of compressed open models, and what they cost to serve.
+
+The public names, importable from `optimizer` itself, are listed in `PUBLIC` (and `__all__`):
+
+- entry points: `run`, `search` (as the CLI's commands; see optimizer.api), `load_deployment`;
+- building blocks for measurement scripts (the experiments use only these): recipes, data, the `Bench`
+  a recipe's candidates are measured against, pass chains, the speed benchmarks and the statistics
+  behind every interval, and how figures are written.
+
+Each name is imported from its module on first use, so `import optimizer` loads no framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
+# public name -> (module, attribute in it)
+PUBLIC: dict[str, tuple[str, str]] = {
+    # entry points
+    "run": ("optimizer.api", "run"),
+    "search": ("optimizer.api", "search"),
+    "load_deployment": ("optimizer.deploy", "load_deployment"),
+    "read_deployment": ("optimizer.deploy", "read_deployment"),
+    "build_deployment": ("optimizer.deploy", "build"),
+    # recipes, data, models
+    "Recipe": ("optimizer.recipe", "Recipe"),
+    "load_recipe": ("optimizer.recipe", "load_recipe"),
+    "load_dataset": ("optimizer.data", "load_dataset"),
+    "reload_saved": ("optimizer.runtimes", "reload_saved"),
+    "UserError": ("optimizer.errors", "UserError"),
+    # measuring candidates against a baseline
+    "Bench": ("optimizer.pipeline", "Bench"),
+    "Measurement": ("optimizer.measurement", "Measurement"),
+    "apply_chain": ("optimizer.pipeline", "apply_chain"),
+    "footprint": ("optimizer.pipeline", "footprint"),
+    "resolve_device": ("optimizer.pipeline", "resolve_device"),
+    "PassContext": ("optimizer.passes", "PassContext"),
+    "build_pass": ("optimizer.passes", "build_pass"),
+    "make_batches": ("optimizer.tasks", "make_batches"),
+    "request_tokens": ("optimizer.tasks", "request_tokens"),
+    # speed, statistics, the machine
+    "set_threads": ("optimizer.measure.speed", "set_threads"),
+    "bench_encoder": ("optimizer.measure.speed", "bench_encoder"),
+    "bench_causal_lm": ("optimizer.measure.speed", "bench_causal_lm"),
+    "Stat": ("optimizer.measure.speed", "Stat"),
+    "MetricValues": ("optimizer.measure.stats", "MetricValues"),
+    "paired_bootstrap": ("optimizer.measure.stats", "paired_bootstrap"),
+    "ratio_interval": ("optimizer.measure.stats", "ratio_interval"),
+    "retrieval_values": ("optimizer.measure.quality", "retrieval_values"),
+    "fingerprint": ("optimizer.measure.system", "fingerprint"),
+    # how figures are written
+    "drop_text": ("optimizer.formatting", "drop_text"),
+    "ratio_text": ("optimizer.formatting", "ratio_text"),
+    "chain_text": ("optimizer.cli_format", "chain_text"),
+}
+__all__ = sorted(PUBLIC)
 
-def load_deployment(path, device=None):  # noqa: ANN001, ANN201 - re-exported; the real signature lives in deploy.py
-    """A deployment ready to call, from `costopt deploy`'s folder or a deploy.yaml; see optimizer.deploy."""
-    from optimizer.deploy import load_deployment as _load
 
-    return _load(path, device)
-
-
-def run(model, recipe, **kwargs):  # noqa: ANN001, ANN003, ANN201 - re-exported; see optimizer.api.run
-    """Measure a model under a recipe (path or dict), as `costopt run`; see optimizer.api."""
-    from optimizer.api import run as _run
-
-    return _run(model, recipe, **kwargs)
+def __getattr__(name: str) -> Any:
+    if name not in PUBLIC:
+        raise AttributeError(f"module 'optimizer' has no attribute {name!r}")
+    module, attr = PUBLIC[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
 
 
-def search(model, recipe, **kwargs):  # noqa: ANN001, ANN003, ANN201 - re-exported; see optimizer.api.search
-    """Search a recipe's space for a model, confirm and write deploy.yaml, as `costopt search`; see optimizer.api."""
-    from optimizer.api import search as _search
-
-    return _search(model, recipe, **kwargs)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(PUBLIC))

@@ -129,3 +129,29 @@ def test_no_private_name_crosses_a_module():
 
 def test_cost_imports_nothing_from_optimizer():
     assert not [t for p in (REPO / "cost").rglob("*.py") for t, _, _ in imports(p) if t.startswith("optimizer")]
+
+
+def test_experiments_use_only_the_public_api():
+    """Measurement scripts import `optimizer`'s public names (optimizer.PUBLIC), never its modules."""
+    import optimizer
+
+    inside = [
+        f"{p.relative_to(REPO)}:{line} {mod}" + (f" ({', '.join(sorted(set(names) - set(optimizer.PUBLIC)))})" if names else "")
+        for p in EXPERIMENTS
+        for mod, names, line in imports(p)
+        if mod.startswith("optimizer") and (mod != "optimizer" or not set(names) <= set(optimizer.PUBLIC))
+    ]
+    assert not inside, "experiments reaching past the public API:\n" + "\n".join(inside)
+
+
+def test_every_public_name_resolves_without_loading_a_framework():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, optimizer\n"
+        "assert not {'torch', 'transformers', 'onnxruntime', 'openvino'} & set(sys.modules)\n"
+        "missing = [n for n in optimizer.__all__ if getattr(optimizer, n, None) is None]\n"
+        "assert not missing, missing\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

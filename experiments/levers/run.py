@@ -34,16 +34,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
 
-    from optimizer import load_deployment
-    from optimizer.formatting import drop_text, ratio_text
-    from optimizer.measure import speed as speed_mod
-    from optimizer.measure.stats import ratio_interval
-    from optimizer.measure.system import fingerprint
-    from optimizer.passes import PassContext, build_pass
-    from optimizer.pipeline import Bench
-    from optimizer.recipe import load_recipe
+    from optimizer import (
+        Bench,
+        PassContext,
+        bench_encoder,
+        build_pass,
+        drop_text,
+        fingerprint,
+        load_deployment,
+        load_recipe,
+        ratio_interval,
+        ratio_text,
+        set_threads,
+    )
 
-    speed_mod.set_threads(2)
+    set_threads(2)
     recipe = load_recipe(args.recipe)
     bench = Bench.load_data(recipe, "cpu")
     base = bench.load_baseline()
@@ -71,13 +76,13 @@ def main() -> None:
     seconds: dict[str, list[float]] = {n: [] for n in arms}
     tokens = {}
     for n, (c, b, s) in arms.items():  # warm-up
-        tokens[n] = speed_mod.bench_encoder(c, texts, b, 1, 1, s)["real_tokens"]
+        tokens[n] = bench_encoder(c, texts, b, 1, 1, s)["real_tokens"]
     names = list(arms)
     for r in range(args.rounds):
         for n in names[r % len(names) :] + names[: r % len(names)]:
             c, b, s = arms[n]
             time.sleep(0.5)  # worker threads of the previous arm spin down
-            out = speed_mod.bench_encoder(c, texts, b, 0, 1, s)
+            out = bench_encoder(c, texts, b, 0, 1, s)
             seconds[n].append(out["real_tokens"] / out["input_tokens_per_s"]["median"])
     tps = {n: tokens[n] / statistics.median(v) for n, v in seconds.items()}
 

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from optimizer.formatting import drop_text
+from optimizer import drop_text
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -97,12 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import cost
-    from optimizer.deploy import read_deployment
-    from optimizer.measure import speed as speed_mod
-    from optimizer.measure.speed import Stat
-    from optimizer.measure.system import fingerprint
-    from optimizer.pipeline import Bench, apply_chain, resolve_device
-    from optimizer.recipe import load_recipe
+    from optimizer import (
+        Bench,
+        Stat,
+        apply_chain,
+        bench_causal_lm,
+        fingerprint,
+        load_recipe,
+        read_deployment,
+        resolve_device,
+        set_threads,
+    )
 
     recipe_path = Path(args.recipe or REPO / "recipes" / f"llm-{'gpu' if args.device == 'cuda' else 'cpu'}-search.yaml")
     stories = Path(os.environ.get("STORIES260K_DIR", REPO / "models" / "stories260K"))
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(recipe_path, overrides)
     budget = recipe.budget
     metric = budget.metric
-    threads = speed_mod.set_threads(recipe.hardware.threads)
+    threads = set_threads(recipe.hardware.threads)
     bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
     bench.load_baseline()
     base_quality = bench.baseline_quality()
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     def one(name: str) -> dict[str, Any]:
         if bench.device == "cpu":
             time.sleep(1.0)  # let the previous runtime's spinning worker threads go quiet
-        return speed_mod.bench_causal_lm(timed[name], texts, batch, s.prompt_tokens, s.new_tokens, 0, 1)
+        return bench_causal_lm(timed[name], texts, batch, s.prompt_tokens, s.new_tokens, 0, 1)
 
     for n in names:  # warm-up round (and the untimed first calls of each runtime)
         one(n)
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _same_chain(a: list[dict[str, Any]] | None, b: list[dict[str, Any]]) -> bool:
     """The same passes with the same parameters, once each pass's defaults are filled in."""
-    from optimizer.passes import build_pass
+    from optimizer import build_pass
 
     def norm(chain: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         return [(p["name"], build_pass(p["name"], p.get("params", {})).config.model_dump()) for p in chain]

