@@ -19,22 +19,11 @@ from cost.workload import Workload
 from optimizer.budget import Budget
 from optimizer.data import REFERENCE, DataSource
 from optimizer.errors import UserError, nearest
+from optimizer.metrics import default_metrics, task_metrics
 from optimizer.model import ModelSpec
 from optimizer.ranges import Choice, IntRange, parse_range
 
 Task = Literal["embedding", "causal-lm", "classification"]
-
-# Metrics each task can compute; the first is the default primary metric.
-TASK_METRICS: dict[str, list[str]] = {
-    "embedding": ["mrr", "recall@1", "ndcg@10", "fidelity", "spearman"],
-    "causal-lm": ["perplexity", "kl", "top1-agreement"],
-    "classification": ["accuracy", "f1", "agreement"],
-}
-DEFAULT_METRICS: dict[str, list[str]] = {
-    "embedding": ["mrr", "recall@1", "ndcg@10", "fidelity"],
-    "causal-lm": ["perplexity", "kl", "top1-agreement"],
-    "classification": ["accuracy", "f1", "agreement"],
-}
 
 
 class Strict(BaseModel):
@@ -223,7 +212,7 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> Recipe:
-        allowed = TASK_METRICS[self.task]
+        allowed = task_metrics(self.task)
         for i, m in enumerate(self.quality.metrics or []):
             if m not in allowed:
                 raise _FieldError(
@@ -258,7 +247,7 @@ class Recipe(Strict):
 
     @property
     def metrics(self) -> list[str]:
-        return self.quality.metrics or DEFAULT_METRICS[self.task]
+        return self.quality.metrics or default_metrics(self.task)
 
     @property
     def primary_metric(self) -> str:

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
         "optimizer.formatting",
         "optimizer.budget",
         "optimizer.measurement",
+        "optimizer.metrics",
         "optimizer.signals",
         "optimizer.storage",
         "optimizer.tracking",

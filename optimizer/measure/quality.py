@@ -12,17 +12,8 @@ from optimizer import tasks
 from optimizer.data import Dataset
 from optimizer.errors import UserError
 from optimizer.measure.stats import MetricValues
+from optimizer.metrics import METRICS
 from optimizer.runtimes import Candidate
-
-# Which metrics need which kind of eval data.
-NEEDS_KIND = {
-    "mrr": "pairs",
-    "recall@1": "pairs",
-    "ndcg@10": "pairs",
-    "spearman": "scored-pairs",
-    "accuracy": "labeled",
-    "f1": "labeled",
-}
 
 
 def retrieval_values(queries: np.ndarray, docs: np.ndarray) -> dict[str, np.ndarray]:
@@ -45,6 +36,11 @@ def retrieval_values(queries: np.ndarray, docs: np.ndarray) -> dict[str, np.ndar
     }
 
 
+def _values(name: str, per_example: np.ndarray) -> MetricValues:
+    m = METRICS[name]
+    return MetricValues(name, per_example, m.aggregate, m.higher_is_better)
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     na = np.linalg.norm(a, axis=1).clip(1e-12)
     nb = np.linalg.norm(b, axis=1).clip(1e-12)
@@ -53,7 +49,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def check_data(metrics: list[str], data: Dataset) -> None:
     for m in metrics:
-        need = NEEDS_KIND.get(m)
+        need = METRICS[m].needs
         if need and data.kind != need:
             raise UserError(
                 f"metric {m!r} needs {need} eval data, but data.eval gives {data.kind}",
@@ -96,13 +92,13 @@ class QualityEvaluator:
         if self.data.kind == "pairs":
             for name, v in retrieval_values(emb[:n], emb[n:]).items():
                 if name in self.metrics:
-                    out[name] = MetricValues(name, v, "mean", True)
+                    out[name] = _values(name, v)
         if "spearman" in self.metrics:
             pred = cosine_rows(emb[:n], emb[n:])
-            out["spearman"] = MetricValues("spearman", np.stack([pred, np.asarray(self.data.scores)], 1), "spearman", True)
+            out["spearman"] = _values("spearman", np.stack([pred, np.asarray(self.data.scores)], 1))
         if "fidelity" in self.metrics:
             fid = np.ones(len(emb)) if reference is None else cosine_rows(emb, self._reference(reference))
-            out["fidelity"] = MetricValues("fidelity", fid, "mean", True)
+            out["fidelity"] = _values("fidelity", fid)
         return out
 
     def _causal_lm(self, cand: Candidate, reference: Candidate | None) -> dict[str, MetricValues]:
@@ -112,9 +108,9 @@ class QualityEvaluator:
         if reference is None:
             s.agree = s.tokens.copy()  # the baseline agrees with itself on every token, KL 0
         out = {
-            "perplexity": MetricValues("perplexity", np.stack([s.nll, s.tokens], 1), "exp_ratio", False),
-            "kl": MetricValues("kl", np.stack([s.kl, s.tokens], 1), "ratio", False),
-            "top1-agreement": MetricValues("top1-agreement", np.stack([s.agree, s.tokens], 1), "ratio", True),
+            "perplexity": _values("perplexity", np.stack([s.nll, s.tokens], 1)),
+            "kl": _values("kl", np.stack([s.kl, s.tokens], 1)),
+            "top1-agreement": _values("top1-agreement", np.stack([s.agree, s.tokens], 1)),
         }
         return {k: v for k, v in out.items() if k in self.metrics}
 
@@ -124,9 +120,9 @@ class QualityEvaluator:
         labels = self._label_ids(cand)
         ref_pred = pred if reference is None else self._reference(reference).argmax(1)
         out = {
-            "accuracy": MetricValues("accuracy", (pred == labels).astype(float), "mean", True),
-            "f1": MetricValues("f1", np.stack([pred, labels], 1).astype(float), "macro_f1", True),
-            "agreement": MetricValues("agreement", (pred == ref_pred).astype(float), "mean", True),
+            "accuracy": _values("accuracy", (pred == labels).astype(float)),
+            "f1": _values("f1", np.stack([pred, labels], 1).astype(float)),
+            "agreement": _values("agreement", (pred == ref_pred).astype(float)),
         }
         return {k: v for k, v in out.items() if k in self.metrics}
 
