@@ -17,16 +17,18 @@ class Metric:
     higher_is_better: bool = True
     needs: str | None = None  # the eval data kind it reads (pairs, scored-pairs, labeled); None: any of the task's
     default: bool = True  # measured when the recipe's quality.metrics does not list metrics
+    # a continuous score against the baseline's outputs, moved by any change of them: what sensitivity ranks by
+    signal: bool = False
 
 
 METRICS: dict[str, Metric] = {
     "mrr": Metric("embedding", "mean", needs="pairs"),
     "recall@1": Metric("embedding", "mean", needs="pairs"),
     "ndcg@10": Metric("embedding", "mean", needs="pairs"),
-    "fidelity": Metric("embedding", "mean"),  # cosine to the baseline's embedding
+    "fidelity": Metric("embedding", "mean", signal=True),  # cosine to the baseline's embedding
     "spearman": Metric("embedding", "spearman", needs="scored-pairs", default=False),
     "perplexity": Metric("causal-lm", "exp_ratio", higher_is_better=False),
-    "kl": Metric("causal-lm", "ratio", higher_is_better=False),  # per token, from the baseline's distribution
+    "kl": Metric("causal-lm", "ratio", higher_is_better=False, signal=True),  # per token, from the baseline's distribution
     "top1-agreement": Metric("causal-lm", "ratio"),
     "accuracy": Metric("classification", "mean", needs="labeled"),
     "f1": Metric("classification", "macro_f1", needs="labeled"),

@@ -1,13 +1,14 @@
-"""Per-block sensitivity of a quantization pass: the quality drop when only one part of one block (its
-attention or its feed-forward layers) is quantized.
+"""Per-part sensitivity of a quantization pass: how much the outputs change when only one part of one
+block (its attention inputs, attention output projection, FFN input or FFN output) is quantized.
 
-A pass with `keep_sensitive` in the recipe is measured once per block (plus everything outside the
+A pass with `keep_sensitive` in the recipe is measured once per part (plus everything outside the
 blocks: heads, poolers) before the search, on the screening subset of the search's own eval part; the
-blocks are ranked by their drop, and a trial's `keep_sensitive: k` keeps the k most sensitive out of
-the pass (added to its `exclude`). Rankings are cached per model, chain and data, so a second search
-or worker on the same machine does not measure them again.
+parts are ranked by a continuous signal (`ranking_signal`: embedding fidelity or causal-LM KL when the
+recipe measures it), and a trial's `keep_sensitive: k` keeps the k most sensitive out of the pass (added
+to its `exclude`). Rankings are cached per model, chain and data, so a second search or worker on the
+same machine does not measure them again.
 
-Block names are matched by index in every runtime's naming: torch modules (model.layers.3.mlp),
+Blocks are matched by index in every runtime's naming: torch modules (model.layers.3.mlp),
 ONNX nodes (/encoder/layer.3/attention/...) and OpenVINO nodes (__module.model.layers.3.self_attn...).
 """
 
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from optimizer.cache import chain_key
 from optimizer.errors import UserError
+from optimizer.metrics import METRICS
 from optimizer.pipeline import apply_chain, resolved_passes
 from optimizer.ranges import Choice, FloatRange, IntRange, parse_range
 from optimizer.search_space import running_passes, single_technique
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from optimizer.recipe import Recipe
 
 REST = "outside the blocks"
+UNMOVED = 1e-12  # a signal drop within this of zero is floating-point rounding (a part the pass leaves as it was)
 
 
 def block_pattern(i: str | int) -> str:
@@ -42,16 +45,24 @@ def block_pattern(i: str | int) -> str:
 
 
 _ATTENTION = r"(.*[./])?(self_attn|attention)[./]"  # Llama's self_attn.*, BERT's attention.self.* and attention.output.*
+_ATTENTION_OUT = r"(.*[./])?(attention[./]output|self_attn[./]o_proj)"  # the attention's output projection
+_FFN_IN = r"(intermediate|mlp[./](gate|up)_proj)"  # BERT's up projection; Llama's gate and up projections
 
 
-def attention_pattern(i: int) -> str:
-    """Block i's attention: its projections (q/k/v and the output one), or ORT's fused Attention_i."""
-    return rf"((^|.*[./])layers?\.{i}[./]{_ATTENTION}|Attention_{i}$)"
+def _in_block(i: int) -> str:
+    return rf"(^|.*[./])layers?\.{i}[./]"
 
 
-def ffn_pattern(i: int) -> str:
-    """Block i's feed-forward part: everything in the block outside its attention."""
-    return rf"(^|.*[./])layers?\.{i}[./](?!{_ATTENTION})"
+# A block's four parts; together they are the whole block (a name of no known part falls in "FFN output"):
+# one part of a block is often what hurts (measured on MiniLM: keeping block 0's FFN and attention output
+# projection in float is enough, while its attention inputs can be int8).
+PARTS: dict[str, Callable[[int], str]] = {
+    # q/k/v and the score matmuls, or ONNX Runtime's fused Attention_i (which carries no module path)
+    "attention inputs": lambda i: rf"({_in_block(i)}(?!{_ATTENTION_OUT}){_ATTENTION}|Attention_{i}$)",
+    "attention output": lambda i: rf"{_in_block(i)}{_ATTENTION_OUT}",
+    "FFN input": lambda i: rf"{_in_block(i)}(?!{_ATTENTION}){_FFN_IN}",
+    "FFN output": lambda i: rf"{_in_block(i)}(?!{_ATTENTION})(?!{_FFN_IN})",
+}
 
 
 ANY_BLOCK = block_pattern(r"\d+")
@@ -69,8 +80,8 @@ class UnitDrop:
     unit: str
     pattern: str  # added to `exclude` to keep the unit out of the pass
     alone: str  # the `exclude` regex under which only this unit is quantized (how it was measured)
-    drop: dict[str, Any]
-    score: float  # the drop as the budget reads it (relative when relative), for the ranking
+    drop: dict[str, Any]  # the budget metric's drop
+    score: float  # the ranking signal's drop (Sensitivity.ranked_by), what the parts are ordered by
 
 
 @dataclass
@@ -85,6 +96,7 @@ class Sensitivity:
     seconds: float
     # units under which no example scored differently (nothing of the pass in them, or too little to show)
     unchanged: list[str] = field(default_factory=list)
+    ranked_by: str = ""  # the metric whose drop orders the units (ranking_signal); "" in older rankings: the budget's
 
     @property
     def patterns(self) -> list[str]:
@@ -97,6 +109,14 @@ class Sensitivity:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Sensitivity:
         return cls(**(d | {"units": [UnitDrop(**u) for u in d["units"]]}))
+
+
+def ranking_signal(metrics: list[str], budget_metric: str) -> str:
+    """What parts are ranked by: a continuous score against the baseline's outputs among the recipe's
+    metrics (embedding fidelity, causal-LM KL), else the budget's metric. On a few hundred screening
+    examples a rank metric moves only where an example's rank flips, so parts whose MRR drop intervals
+    all overlap zero rank by noise; how far each part moves the outputs is measured much more finely."""
+    return next((m for m in metrics if METRICS[m].signal), budget_metric)
 
 
 def wanted(recipe: Recipe) -> list[int]:
@@ -134,9 +154,10 @@ def measured_chain(recipe: Recipe, index: int) -> list[dict[str, Any]]:
     return resolved_passes(recipe, chosen)
 
 
-def _key(recipe: Recipe, device: str, passes: list[dict[str, Any]], bench: Bench, examples: int) -> str:
+def _key(recipe: Recipe, device: str, passes: list[dict[str, Any]], bench: Bench, examples: int, signal: str) -> str:
     data = bench.eval_data
     what = {"chain": chain_key(recipe, device, passes), "eval": [data.kind, data.all_texts()], "examples": examples}
+    what |= {"parts": list(PARTS), "signal": signal}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -155,7 +176,8 @@ def rank(
     passes = measured_chain(recipe, index)
     at = next(j for j, p in enumerate(passes) if p["name"] == recipe.passes[index].name)
     examples = recipe.search.screen_examples or 0
-    key = _key(recipe, bench.device, passes, bench, examples)
+    signal = ranking_signal(recipe.metrics, budget.metric)
+    key = _key(recipe, bench.device, passes, bench, examples, signal)
     stored = work_dir / "sensitivity" / f"{key}.json"
     if stored.is_file():
         return Sensitivity.from_json(json.loads(stored.read_text()))
@@ -166,10 +188,7 @@ def rank(
             "keep_sensitive: the model's config has no num_hidden_layers to rank blocks by", "list exclude patterns by hand"
         )
     # (unit, its keep-out pattern, the exclude under which it alone is quantized)
-    # Each block in two parts, its attention and its feed-forward layers, since one part of a block is often
-    # what hurts (measured on MiniLM: keeping block 0's FFN in float is enough; its attention can be int8).
-    parts = [("attention", attention_pattern), ("FFN", ffn_pattern)]
-    units = [(f"block {i} {part}", pat(i), only(pat(i))) for i in range(n) for part, pat in parts]
+    units = [(f"block {i} {part}", pat(i), only(pat(i))) for i in range(n) for part, pat in PARTS.items()]
     units.append((REST, only(ANY_BLOCK), ANY_BLOCK))
     rows: list[UnitDrop] = []
     unchanged: list[str] = []
@@ -178,18 +197,19 @@ def rank(
         chain[at] = chain[at] | {"params": chain[at]["params"] | {"exclude": [alone]}}
         cand = apply_chain(recipe, chain, bench.context(work_dir / "sensitivity" / "work"), {}, cache=cache)
         drops = (bench.screen(cand, examples) if examples else None) or bench.judge(cand)[1]
-        drop = drops[budget.metric]
-        score = drop["relative"] if budget.relative and drop.get("relative") is not None else drop["drop"]
+        drop, moved = drops[budget.metric], drops[signal]
         del cand
-        if drop["low"] == drop["high"] == 0:  # every example scored as before: nothing to keep out
+        if abs(moved["low"]) < UNMOVED and abs(moved["high"]) < UNMOVED:  # outputs as before, to rounding: nothing to keep out
             unchanged.append(unit)
-            log(f"sensitivity of {recipe.passes[index].name}: {unit} alone changes no example's score")
+            log(f"sensitivity of {recipe.passes[index].name}: {unit} alone changes no example's {signal}")
             continue
-        rows.append(UnitDrop(unit, pattern, alone, drop, float(score)))
-        log(f"sensitivity of {recipe.passes[index].name}, {unit} alone: {budget.amount(score)}")
+        rows.append(UnitDrop(unit, pattern, alone, drop, float(moved["drop"])))
+        log(f"sensitivity of {recipe.passes[index].name}, {unit} alone: {signal} drop {moved['drop']:.3g}")
     rows.sort(key=lambda u: u.score, reverse=True)
     used = min(examples, len(bench.eval_data)) if examples and len(bench.eval_data) >= 2 * examples else len(bench.eval_data)
-    result = Sensitivity(index, recipe.passes[index].name, passes, rows, used, round(time.perf_counter() - t0, 1), unchanged)
+    result = Sensitivity(
+        index, recipe.passes[index].name, passes, rows, used, round(time.perf_counter() - t0, 1), unchanged, signal
+    )
     stored.parent.mkdir(parents=True, exist_ok=True)
     stored.write_text(json.dumps(result.to_json(), indent=1, default=str))
     return result

@@ -14,7 +14,7 @@ from optimizer.measurement import Measurement
 from optimizer.passes import PassContext, build_pass
 from optimizer.recipe import ModelSpec, load_recipe
 from optimizer.runtimes import load_candidate
-from optimizer.sensitivity import ANY_BLOCK, attention_pattern, block_pattern, ffn_pattern, only
+from optimizer.sensitivity import ANY_BLOCK, PARTS, block_pattern, only
 
 
 def _names(folder: Path, task: str, chain: list[tuple[str, dict]], tmp_path: Path) -> list[str]:
@@ -52,11 +52,16 @@ def test_block_patterns_split_every_runtimes_names_by_block(tiny_bert_dir, tmp_p
     assert all("layer.1" in n or n == "Attention_1" for n in in_block[1])
     # `only(p)` excludes everything but the block
     assert [n for n in names if not re.search(only(block_pattern(1)), n)] == in_block[1]
-    # a block's two parts split it: attention (q/k/v, its output projection, or the fused node) and FFN
-    attention = [n for n in in_block[1] if re.search(attention_pattern(1), n)]
-    ffn = [n for n in in_block[1] if re.search(ffn_pattern(1), n)]
-    assert attention and ffn and sorted(attention + ffn) == sorted(in_block[1])
-    assert all("attention" in n or n == "Attention_1" for n in attention) and not any("attention" in n for n in ffn)
+    # a block's four parts split it, each part non-empty, under re.search and re.match alike
+    parts = {part: [n for n in in_block[1] if re.search(pat(1), n)] for part, pat in PARTS.items()}
+    assert all(parts.values()) and sorted(n for ns in parts.values() for n in ns) == sorted(in_block[1])
+    assert all(re.match(pat(1), n) for part, pat in PARTS.items() for n in parts[part])
+    assert all(
+        "query" in n or "key" in n or "value" in n or "self/MatMul" in n or n == "Attention_1" for n in parts["attention inputs"]
+    )
+    assert all("attention" in n and "output" in n for n in parts["attention output"])
+    assert all("intermediate" in n for n in parts["FFN input"])
+    assert all("attention" not in n and "output" in n for n in parts["FFN output"])
 
 
 def test_keep_sensitive_needs_a_pass_with_an_exclude_list(write_recipe, tiny_bert_dir):
@@ -88,9 +93,10 @@ def test_search_ranks_blocks_once_and_keeps_the_k_most_sensitive_out(search_reci
     study = optuna.load_study(study_name="sensitive", storage=f"sqlite:///{tmp_path / 'runs' / 'sensitive' / 'study.db'}")
     ranking = study.user_attrs["sensitivity"]["1"]
     units = ranking["units"]
-    # two blocks' attention and FFN and the rest of the graph, each measured; one that changed no example's
-    # score is not ranked
-    parts = {f"block {i} {p}" for i in (0, 1) for p in ("attention", "FFN")} | {"outside the blocks"}
+    # two blocks' four parts and the rest of the graph, each measured and ranked by fidelity (continuous);
+    # one whose outputs did not move is not ranked
+    assert ranking["ranked_by"] == "fidelity"
+    parts = {f"block {i} {p}" for i in (0, 1) for p in PARTS} | {"outside the blocks"}
     assert units and {u["unit"] for u in units} | set(ranking["unchanged"]) == parts
     assert [u["score"] for u in units] == sorted((u["score"] for u in units), reverse=True)
     assert all(u["drop"]["n"] > 0 and u["drop"]["low"] <= u["drop"]["drop"] <= u["drop"]["high"] for u in units)
@@ -126,3 +132,27 @@ def test_a_single_run_with_keep_sensitive_is_refused_in_one_line(write_recipe, t
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "keep_sensitive: the block ranking it reads is measured by `costopt search`" in err[0]
+
+
+LLAMA_BLOCK_1 = {  # block 1's matmul names as torch, the ONNX export and the OpenVINO export give them
+    "torch": ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.gate_proj",
+              "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"],
+    "onnx": ["/m/model/layers.1/self_attn/k_proj/MatMul", "/m/model/layers.1/self_attn/MatMul_1",
+             "/m/model/layers.1/self_attn/o_proj/MatMul", "/m/model/layers.1/mlp/up_proj/MatMul",
+             "/m/model/layers.1/mlp/down_proj/MatMul"],
+    "openvino": ["__module.m.model.layers.1.self_attn.v_proj/aten::linear/MatMul",
+                 "__module.m.model.layers.1.self_attn.o_proj/aten::linear/MatMul",
+                 "__module.m.model.layers.1.mlp.gate_proj/aten::linear/MatMul",
+                 "__module.m.model.layers.1.mlp.down_proj/aten::linear/MatMul"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(LLAMA_BLOCK_1))
+def test_llama_names_fall_in_the_expected_part(kind):
+    want = {"q_proj": "attention inputs", "k_proj": "attention inputs", "v_proj": "attention inputs",
+            "MatMul_1": "attention inputs", "o_proj": "attention output", "gate_proj": "FFN input",
+            "up_proj": "FFN input", "down_proj": "FFN output"}  # fmt: skip
+    for name in LLAMA_BLOCK_1[kind]:
+        [part] = [p for p, pat in PARTS.items() if re.match(pat(1), name)]  # exactly one part, NNCF's way too
+        assert part == next(v for k, v in want.items() if k in name), name
+        assert not any(re.search(pat(0), name) for pat in PARTS.values())  # no other block's

@@ -42,6 +42,8 @@ def _values(name: str, per_example: np.ndarray) -> MetricValues:
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # float64: a small change of an embedding moves its cosine by about its square, below float32's resolution
+    a, b = a.astype(np.float64), b.astype(np.float64)
     na = np.linalg.norm(a, axis=1).clip(1e-12)
     nb = np.linalg.norm(b, axis=1).clip(1e-12)
     return (a * b).sum(axis=1) / (na * nb)

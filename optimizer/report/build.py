@@ -370,7 +370,8 @@ def _sensitivity(src: RunSource | StudySource, chosen: dict[str, Any] | None) ->
         }
         units = [u | {"kept_out": u["pattern"] in excluded} for u in r["units"]]
         out.append(
-            {k: r[k] for k in ("index", "name", "examples", "seconds")} | {"units": units, "unchanged": r.get("unchanged", [])}
+            {k: r[k] for k in ("index", "name", "examples", "seconds")}
+            | {"units": units, "unchanged": r.get("unchanged", []), "ranked_by": r.get("ranked_by") or None}
         )
     return out
 

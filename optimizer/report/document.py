@@ -439,10 +439,10 @@ def _sensitivity_section(r: dict[str, Any], charts: dict[str, str]) -> Section |
     for s in rankings:
         sec.blocks.append(
             Para(
-                f"`{s['name']}` (passes[{s['index']}]) applied to one part of one block at a time (its attention or its "
-                f"feed-forward layers), the rest kept out of it; "
-                f"{r['budget']['metric']} drop on {s['examples']} examples of the search's own data, measured in "
-                f"{s['seconds']:.0f} s before the trials. `keep_sensitive: k` keeps the first k rows out of the pass."
+                f"`{s['name']}` (passes[{s['index']}]) applied to one part of one block at a time (attention inputs, "
+                f"attention output, FFN input, FFN output), the rest kept out of it; measured on {s['examples']} "
+                f"examples of the search's own data in {s['seconds']:.0f} s before the trials, ranked by the drop in "
+                f"{s.get('ranked_by') or r['budget']['metric']}. `keep_sensitive: k` keeps the first k rows out of the pass."
                 + (
                     f" Not ranked, as no example scored differently with them quantized: {', '.join(s['unchanged'])}."
                     if s.get("unchanged")
@@ -452,9 +452,15 @@ def _sensitivity_section(r: dict[str, Any], charts: dict[str, str]) -> Section |
         )
         sec.blocks.append(
             Table(
-                ["rank", "part", "drop with only it quantized (CI)", "kept out by the choice"],
                 [
-                    [str(n), u["unit"], drop_text(u["drop"], relative), "yes" if u["kept_out"] else ""]
+                    "rank",
+                    "part",
+                    f"{s.get('ranked_by') or r['budget']['metric']} drop",
+                    f"{r['budget']['metric']} drop (CI)",
+                    "kept out by the choice",
+                ],
+                [
+                    [str(n), u["unit"], f"{u['score']:.3g}", drop_text(u["drop"], relative), "yes" if u["kept_out"] else ""]
                     for n, u in enumerate(s["units"], 1)
                 ],
             )
