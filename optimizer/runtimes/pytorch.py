@@ -122,12 +122,33 @@ def compile_module(module: torch.nn.Module) -> Any:
     return torch.compile(module, dynamic=True)
 
 
+CACHE_ROUNDING = 64  # static caches are sized in steps of this many tokens: fewer shapes to compile
+
+
+def compile_decode_step(module: torch.nn.Module, device: str) -> Any:
+    """One decode step (batch x 1 token into a static KV cache), compiled for fixed shapes: on CUDA with
+    CUDA graphs ("reduce-overhead": the step's hundreds of kernel launches replayed as one), on the CPU
+    with Inductor's fused kernels."""
+    if device == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None:
+        raise UserError(
+            "torch.compile on the CPU needs a C++ compiler, and none is on PATH",
+            "install one (apt install g++), or set compile: false on torch-static-cache",
+        )
+    mode = "reduce-overhead" if device.startswith("cuda") else None
+    return torch.compile(module, mode=mode, fullgraph=True, dynamic=False)
+
+
 @dataclass
 class TorchCandidate(Candidate):
     module: torch.nn.Module | None = None
     runtime: str = "torch"
     compiled: bool = False  # served through torch.compile; compiled on the first call, once per process
+    # causal LMs: decode into a static KV cache with room for this many new tokens (0: the dynamic cache),
+    # its step compiled when compile_decode (once per batch size and cache length, per process)
+    static_cache: int = 0
+    compile_decode: bool = False
     _runner: Any = field(default=None, repr=False)
+    _step: Any = field(default=None, repr=False)
 
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, non_blocking=True)
@@ -150,14 +171,46 @@ class TorchCandidate(Candidate):
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
         mask = self._to(attention_mask)
+        if self.static_cache and bool(mask.all()):
+            return self._static_prefill(self._to(input_ids))
+        # padded prompts keep the dynamic cache: a static one would need each step's full-length mask
         out = self.model(input_ids=self._to(input_ids), attention_mask=mask, use_cache=True)
         return out.logits[:, -1, :].float().cpu(), {"cache": out.past_key_values, "mask": mask}
 
     @torch.inference_mode()
     def decode(self, next_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        if "position" in state:
+            return self._static_decode(self._to(next_ids), state)
         mask = torch.cat([state["mask"], state["mask"].new_ones((state["mask"].shape[0], 1))], dim=1)
         out = self.model(input_ids=self._to(next_ids), attention_mask=mask, past_key_values=state["cache"], use_cache=True)
         return out.logits[:, -1, :].float().cpu(), {"cache": out.past_key_values, "mask": mask}
+
+    def _static_prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        from transformers import StaticCache
+
+        n = ids.shape[1]
+        size = -(-(n + self.static_cache) // CACHE_ROUNDING) * CACHE_ROUNDING
+        cache = StaticCache(config=self.module.config, max_cache_len=size)
+        # the prompt runs eagerly (its length varies; it is compute-bound, launches matter little)
+        out = self.module(
+            input_ids=ids, past_key_values=cache, use_cache=True, cache_position=torch.arange(n, device=ids.device)
+        )
+        return out.logits[:, -1, :].float().cpu(), {"cache": cache, "position": n, "size": size}
+
+    def _static_decode(self, ids: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        at = state["position"]
+        if at >= state["size"]:
+            raise UserError(
+                f"decoding past the static KV cache ({state['size']} tokens: the prompt and "
+                f"torch-static-cache's new_tokens {self.static_cache})",
+                "raise new_tokens on torch-static-cache",
+            )
+        if self.compile_decode and self._step is None:
+            self._step = compile_decode_step(self.module, self.device)
+        step = self._step if self.compile_decode else self.module
+        position = torch.tensor([at], device=ids.device)
+        out = step(input_ids=ids, past_key_values=state["cache"], use_cache=True, cache_position=position)
+        return out.logits[:, -1, :].float().cpu(), state | {"position": at + 1}
 
     def concurrent(self, batches: Sequence[Pair], streams: int, latencies: list[float] | None) -> list[torch.Tensor]:
         # torch has one intra-op pool per process: each stream thread sets its own share, and the
@@ -185,7 +238,9 @@ class TorchCandidate(Candidate):
             torch.save(self.module.state_dict(), directory / QUANTIZED_STATE)
         else:
             self.module.save_pretrained(directory, safe_serialization=True)
-        self.write_common(directory, format=fmt, compiled=self.compiled)
+        self.write_common(
+            directory, format=fmt, compiled=self.compiled, static_cache=self.static_cache, compile_decode=self.compile_decode
+        )
         return directory
 
     def parameter_counts(self) -> tuple[int, int]:
@@ -234,4 +289,5 @@ def load_artifact(directory: Path, meta: dict[str, Any], device: str) -> TorchCa
             "rebuild it: costopt deploy <deploy.yaml>, or run the recipe again",
         )
     cand.compiled = bool(meta.get("compiled", False))
+    cand.static_cache, cand.compile_decode = int(meta.get("static_cache", 0)), bool(meta.get("compile_decode", False))
     return cand
