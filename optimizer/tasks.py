@@ -32,13 +32,21 @@ def make_batches(
 ) -> list[Batch]:
     tok = candidate.tokenizer
     max_length = max_length or candidate.info.limit
-    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i]) if sort else list(range(len(texts)))
+    # tokenized once (it is on every request's path); each batch is padded from these, on the tokenizer's side
+    ids = tok(texts, truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: -len(ids[i])) if sort else list(range(len(texts)))
+    left = tok.padding_side == "left"
     out = []
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        out.append(Batch(idx, enc["input_ids"], enc["attention_mask"]))
+        width = max(len(ids[i]) for i in idx)
+        input_ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            cols = slice(width - len(ids[i]), width) if left else slice(0, len(ids[i]))
+            input_ids[row, cols] = torch.tensor(ids[i], dtype=torch.long)
+            mask[row, cols] = 1
+        out.append(Batch(idx, input_ids, mask))
     return out
 
 

@@ -101,3 +101,21 @@ def test_causal_bench_rejects_impossible_shapes(tiny_llama_dir):
         speed.bench_causal_lm(cand, ["tiny"], 4, 64, 8, 0, 1)
     with pytest.raises(UserError, match="exceeds the model's context"):
         speed.bench_causal_lm(cand, ["word " * 3000], 1, 250, 64, 0, 1)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_batches_are_the_tokenizers_own_padded_batches(tiny_bert_dir, tiny_llama_dir, side):
+    """make_batches tokenizes once and pads each batch itself: the same tensors as the tokenizer padding
+    each batch, on either padding side, sorted or in arrival order."""
+    from optimizer.tasks import make_batches
+
+    texts = [("word " * n).strip() for n in (3, 17, 1, 9, 30, 5, 12)]
+    for folder, task in ((tiny_bert_dir, "embedding"), (tiny_llama_dir, "causal-lm")):
+        cand = load_candidate(ModelSpec(source=str(folder)), task, "cpu")
+        cand.tokenizer.padding_side = side
+        for sort in (True, False):
+            for b in make_batches(cand, texts, 3, max_length=16, sort=sort):
+                ref = cand.tokenizer(
+                    [texts[i] for i in b.index], padding=True, truncation=True, max_length=16, return_tensors="pt"
+                )
+                assert torch.equal(b.input_ids, ref["input_ids"]) and torch.equal(b.attention_mask, ref["attention_mask"])

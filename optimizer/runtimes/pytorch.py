@@ -192,9 +192,7 @@ class TorchCandidate(Candidate):
         size = -(-(n + self.static_cache) // CACHE_ROUNDING) * CACHE_ROUNDING
         cache = StaticCache(config=self.module.config, max_cache_len=size)
         # the prompt runs eagerly (its length varies; it is compute-bound, launches matter little)
-        out = self.module(
-            input_ids=ids, past_key_values=cache, use_cache=True, cache_position=torch.arange(n, device=ids.device)
-        )
+        out = self.module(input_ids=ids, past_key_values=cache, use_cache=True, cache_position=torch.arange(n, device=ids.device))
         return out.logits[:, -1, :].float().cpu(), {"cache": cache, "position": n, "size": size}
 
     def _static_decode(self, ids: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, Any]:
