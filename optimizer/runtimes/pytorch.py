@@ -109,14 +109,18 @@ def _torchao_codes(p: torch.Tensor) -> torch.Tensor | None:
     return getattr(p, "qdata", None) if type(p).__module__.startswith("torchao.") else None
 
 
+def need_cpp_compiler(otherwise: str) -> None:
+    """torch.compile's CPU backend (Inductor) builds C++: refuse in one line before compiling starts."""
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        raise UserError(
+            "torch.compile on the CPU needs a C++ compiler, and none is on PATH", f"install one (apt install g++), or {otherwise}"
+        )
+
+
 def compile_module(module: torch.nn.Module) -> Any:
     """torch.compile with dynamic shapes (batch and length vary): Inductor fuses torchao's
     quantize-matmul-rescale steps, which eager mode runs one by one (slower than fp32)."""
-    if shutil.which("g++") is None and shutil.which("c++") is None:
-        raise UserError(
-            "torch.compile on the CPU needs a C++ compiler, and none is on PATH",
-            "install one (apt install g++), or set compile: false on the pass",
-        )
+    need_cpp_compiler("set compile: false on the pass")
     # torchao's tensors do not hash for torch's compile cache: a notice on every first call, no advice
     warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching", category=UserWarning)
     return torch.compile(module, dynamic=True)
@@ -129,11 +133,8 @@ def compile_decode_step(module: torch.nn.Module, device: str) -> Any:
     """One decode step (batch x 1 token into a static KV cache), compiled for fixed shapes: on CUDA with
     CUDA graphs ("reduce-overhead": the step's hundreds of kernel launches replayed as one), on the CPU
     with Inductor's fused kernels."""
-    if device == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None:
-        raise UserError(
-            "torch.compile on the CPU needs a C++ compiler, and none is on PATH",
-            "install one (apt install g++), or set compile: false on torch-static-cache",
-        )
+    if device == "cpu":
+        need_cpp_compiler("set compile: false on torch-static-cache")
     mode = "reduce-overhead" if device.startswith("cuda") else None
     return torch.compile(module, mode=mode, fullgraph=True, dynamic=False)
 
