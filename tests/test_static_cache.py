@@ -67,3 +67,15 @@ def test_static_cache_is_kept_in_the_artifact_and_refused_for_encoders(tiny_llam
     )
     with pytest.raises(UserError, match="'torch-static-cache' does not apply to task 'embedding'"):
         load_recipe(path)
+
+
+def test_a_compiled_step_without_a_cpp_compiler_is_one_line(tiny_llama_dir, tmp_path, monkeypatch):
+    import shutil
+
+    cand = _static(tiny_llama_dir, tmp_path, new_tokens=4, compile=True)
+    ids = torch.randint(5, 200, (1, 3))
+    _, state = cand.prefill(ids, torch.ones_like(ids))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="torch.compile on the CPU needs a C\\+\\+ compiler") as e:
+        cand.decode(torch.tensor([[5]]), state)
+    assert "set compile: false on torch-static-cache" in e.value.fix
