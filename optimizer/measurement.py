@@ -112,7 +112,7 @@ class Measurement:
 
 
 def _legacy(attrs: dict[str, Any]) -> Measurement:
-    """A trial stored by costopt before 0.2: one user attribute per part."""
+    """A trial stored before the record existed: one user attribute per part."""
     m = Measurement.from_json({k: v for k, v in attrs.items() if k not in ("speed", "drop", "drops_by_set", ATTR)})
     m.speed = attrs.get("speed_detail")
     m.violation = (attrs.get("constraint") or [None])[0]
