@@ -17,6 +17,7 @@ from optimizer.cli_format import chain_text, table
 from optimizer.errors import UserError
 from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, serving_cell, serving_text
 from optimizer.measure.roofline import roofline_text
+from optimizer.measure.widths import check_text
 from optimizer.signals import Stopped, stop_on_signals
 
 EXIT_USER_ERROR = 2  # bad input: a one-line message names the problem and the fix
@@ -178,6 +179,8 @@ def render_result(r: dict[str, Any]) -> str:
         if roof:
             out.append(f"{label} {roofline_text(roof)}")
             out += [f"  flag: {f}" for f in roof["flags"]]
+    if cand and cand.get("widths"):
+        out.append(f"candidate outputs against the baseline's, at every input width: {check_text(cand['widths'])}")
     for n in r.get("notes", []):
         out.append(f"note: {n}")
     return "\n".join(out)
@@ -300,11 +303,11 @@ def cmd_search(args: argparse.Namespace) -> int:
             )
         return EXIT_NOTHING_MET
     if outcome.chosen is None:
-        tried = ", ".join(f"trial {a.trial} ({drop_text(a.drop) if a.drop else a.error})" for a in confirmation.attempts)
+        tried = "; ".join(f"trial {a.trial}: {drop_text(a.drop) if a.drop else a.status}" for a in confirmation.attempts)
         print(
             f"\nno configuration was confirmed: the {len(confirmation.attempts)} cheapest within budget on the "
-            f"selection part were over {budget} on the held-out part: {tried}. Nothing is written to deploy.yaml. "
-            "Try a larger eval set (narrower intervals), a looser max_drop, or milder settings."
+            f"selection part were over {budget} on the held-out part, or failed there: {tried}. Nothing is written "
+            "to deploy.yaml. Try a larger eval set (narrower intervals), a looser max_drop, or milder settings."
         )
         return EXIT_NOTHING_MET
     best, config, path = outcome.chosen, outcome.config, outcome.deploy_file

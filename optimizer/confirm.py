@@ -34,6 +34,7 @@ from optimizer.cache import ArtifactCache
 from optimizer.formatting import drop_text, ratio_text
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.stats import ratio_interval
+from optimizer.measure.widths import check_text
 from optimizer.measurement import Measurement
 from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent
@@ -62,8 +63,19 @@ class Attempt:
     drops_by_set: dict[str, Any] = field(default_factory=dict)  # with data.extra_eval: the budget metric's drop per set
     quality: dict[str, float] = field(default_factory=dict)
     quality_batches: str = ""
+    widths: dict[str, Any] | None = None  # measure.widths.WidthCheck: checked before its quality
     confirmed: bool = False
     error: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.confirmed:
+            return "confirmed"
+        if self.error:
+            return f"could not be rebuilt: {self.error}"
+        if self.widths and self.widths["defects"]:
+            return f"rejected: {check_text(self.widths)}"
+        return "over budget here"
 
 
 @dataclass
@@ -179,6 +191,11 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
         speed_mod.set_threads(int(dep.get("threads") or base_threads))
         try:
             cand = apply_chain(recipe, attempt.passes, bench.context(work / f"trial-{t.number}"), {}, cache=cache)
+            check = bench.check_widths(cand)  # the shapes serving will give it, which its trial was not judged at
+            attempt.widths = check.as_dict()
+            if not check.ok:
+                log.warning("trial %d: %s", t.number, check.text())
+                return False
             serving = batch_dependent(attempt.passes)
             batch = int(dep.get("batch_size") or recipe.speed.batch_size) if serving else recipe.quality.batch_size
             attempt.quality_batches = batches_text(batch, sort=not serving)
@@ -319,10 +336,9 @@ def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:
         f"each candidate tested at {c.confidence_each:.1%} confidence ({len(c.attempts)} tried)"
     ]
     for a in c.attempts:
-        status = "confirmed" if a.confirmed else ("could not be rebuilt: " + a.error if a.error else "over budget here")
         lines.append(
             f"  trial {a.trial}: {b['metric']} drop on selection {drop_text(a.selection_drop, rel)}, "
-            f"on held-out {drop_text(a.drop, rel) if a.drop else '–'} ({a.quality_batches or 'not measured'}): {status}"
+            f"on held-out {drop_text(a.drop, rel) if a.drop else '–'} ({a.quality_batches or 'not measured'}): {a.status}"
         )
         for name, d in a.drops_by_set.items():
             if name != MAIN_EVAL:

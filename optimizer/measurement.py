@@ -45,6 +45,7 @@ class Measurement:
         default_factory=dict
     )  # with data.extra_eval: set -> metric -> drop
     quality_batches: str | None = None  # how quality was batched (batch-dependent outputs are judged as served)
+    widths: dict[str, Any] | None = None  # measure.widths.WidthCheck: outputs at every servable input width vs the baseline
     screen: dict[str, Any] | None = None  # the budget metric's drop on the screening subset
     violation: float | None = None
     speed: dict[str, Any] | None = None  # measure.speed's figures (medians, spread, operating points, roofline)
@@ -64,7 +65,10 @@ class Measurement:
 
     @property
     def feasible(self) -> bool | None:
-        return None if self.violation is None else self.violation <= 0
+        """Within budget, and no input width where its outputs are a defect (when widths were checked)."""
+        if self.violation is None:
+            return None
+        return self.violation <= 0 and not (self.widths or {}).get("defects")
 
     @property
     def measured(self) -> bool:

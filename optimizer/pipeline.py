@@ -30,6 +30,7 @@ from optimizer.measure.contention import Watch
 from optimizer.measure.quality import QualityEvaluator
 from optimizer.measure.stats import MetricValues, paired_bootstrap
 from optimizer.measure.system import fingerprint
+from optimizer.measure.widths import WidthCheck, check_widths
 from optimizer.measurement import RUN_SCHEMAS, Measurement, Pruned
 from optimizer.passes import PassContext, batch_dependent, build_pass, check_chain, compute_dtype_of
 from optimizer.ranges import parse_range
@@ -516,6 +517,12 @@ class Bench:
             out[name] = self._drops(base, values, confidence)
         return out
 
+    def check_widths(self, cand: Candidate) -> WidthCheck:
+        """`cand` against the baseline at every input width it can be served at (measure.widths)."""
+        assert self.baseline is not None
+        texts = (self.calibration or self.eval_data).all_texts()
+        return check_widths(cand, self.baseline, texts)
+
     def context(self, work_dir: Path) -> PassContext:
         return pass_context(self.recipe, self.device, work_dir, self.calibration, self.train)
 
@@ -611,6 +618,7 @@ class Bench:
         confidence: float | None = None,
         screen_examples: int = 0,
         stop_early: bool = False,
+        widths: bool = False,
         cache: ArtifactCache | None = None,
         save: Callable[[Measurement], None] = lambda m: None,
     ) -> Measurement:
@@ -620,12 +628,18 @@ class Bench:
 
         Outputs that depend on the batch are judged in the batches serving forms. With `stop_early`
         (a search) it raises Pruned when the screen on `screen_examples` shows the drop is surely over
-        budget, or when serving this way misses the recipe's latency targets."""
+        budget, or when serving this way misses the recipe's latency targets.
+        With `widths`, its outputs are first checked at every input width it can be served at."""
         budget = self.recipe.budget
         batch, streams = m.deployment.get("batch_size"), m.deployment.get("streams")
         serving = batch_dependent(m.passes)
         judged_in = batch or (self.recipe.speed.batch_size if serving else None)
         m.quality_batches = batches_text(judged_in or self.recipe.quality.batch_size, sort=not serving)
+        if widths:
+            check = self.check_widths(cand)
+            m.widths = check.as_dict()
+            cand.notes.append(f"width check: {check.text()}")
+            save(m)
         if stop_early and screen_examples:
             screen = self.screen(cand, screen_examples, confidence, judged_in, sort=not serving)
             if screen is not None:
@@ -738,7 +752,7 @@ def run_recipe(
                 trial.notes.extend(cand.notes)
                 m.deployment["runtime"] = cand.runtime
             with _Stage(trial, "measure candidate", bar):
-                bench.measure(cand, m, run_dir / "work", artifact=run_dir / "artifact", save=save)
+                bench.measure(cand, m, run_dir / "work", artifact=run_dir / "artifact", widths=True, save=save)
             with _Stage(trial, "memory served alone", bar):
                 b = trial.baseline
                 for fp, sp, artifact in ((b["footprint"], b["speed"], None), (m.footprint, m.speed, run_dir / "artifact")):

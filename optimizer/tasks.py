@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,19 +36,25 @@ def make_batches(
     # tokenized once (it is on every request's path); each batch is padded from these, on the tokenizer's side
     ids = tok(texts, truncation=True, max_length=max_length)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: -len(ids[i])) if sort else list(range(len(texts)))
-    left = tok.padding_side == "left"
     out = []
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        width = max(len(ids[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            cols = slice(width - len(ids[i]), width) if left else slice(0, len(ids[i]))
-            input_ids[row, cols] = torch.tensor(ids[i], dtype=torch.long)
-            mask[row, cols] = 1
-        out.append(Batch(idx, input_ids, mask))
+        out.append(Batch(idx, *pad_rows(tok, [ids[i] for i in idx])))
     return out
+
+
+def pad_rows(tok: Any, rows: list[list[int]], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one batch (input_ids, attention_mask), padded to `width` (default: the longest row) on
+    the tokenizer's own side."""
+    width = width or max(len(r) for r in rows)
+    left = tok.padding_side == "left"
+    input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, r in enumerate(rows):
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        input_ids[row, cols] = torch.tensor(r, dtype=torch.long)
+        mask[row, cols] = 1
+    return input_ids, mask
 
 
 def request_tokens(candidate: Candidate, texts: list[str]) -> int:

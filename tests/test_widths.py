@@ -1,0 +1,122 @@
+"""Every servable input width checked against the baseline: the rule, the sweep on a model with a fault at
+one width, and the confirmation that rejects such a configuration before its held-out quality."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from optimizer.measure.widths import WidthCheck, check_text, check_widths, defects, widths_to_check
+from optimizer.measurement import Measurement
+
+FAULT_WIDTH = 17
+
+
+def test_the_rule_flags_one_shape_and_not_even_or_rising_errors():
+    rng = np.random.default_rng(0)
+    widths = list(range(3, 200))
+    even = list(0.08 + rng.normal(0, 0.006, len(widths)))  # int8's error: the same at every width
+    assert defects(widths, even) == []
+    spike = list(even)
+    spike[widths.index(32)] = 0.48  # OpenVINO bf16 + int8 at 32 tokens, as measured
+    found = defects(widths, spike)
+    assert [d["width"] for d in found] == [32] and found[0]["neighbours"] == pytest.approx(0.08, abs=0.01)
+    # error that grows with width (a model that degrades on long inputs) is quality, not a defect
+    assert defects(widths, [0.01 + 0.002 * w for w in widths]) == []
+    # an exact runtime: tiny noise that triples is still far below the margin
+    assert defects(widths, list(1e-7 * (1 + rng.random(len(widths))))) == []
+
+
+def test_widths_cover_every_short_width_and_each_kernel_block_boundary_beyond():
+    assert widths_to_check(128) == list(range(3, 129))
+    long = widths_to_check(1024)
+    assert long[:254] == list(range(3, 257)) and {287, 288, 289, 511, 512, 513, 1023, 1024} <= set(long)
+    assert max(long) == 1024 and len(long) < 254 + 3 * 24
+
+
+def _fault_at(cand, width: int):
+    """A real fault: the last block's output is shifted whenever the input is exactly `width` tokens wide."""
+    norm = cand.module.encoder.layer[-1].output.LayerNorm
+    return norm.register_forward_hook(lambda _m, _a, out: out + 1.0 if out.shape[1] == width else out)
+
+
+def _texts() -> list[str]:
+    from optimizer.data import stdlib_split
+
+    return [e.text for e in stdlib_split("calibration")][:40]
+
+
+def test_a_fault_at_one_width_is_found_and_named(tiny_bert_dir):
+    from optimizer.model import ModelSpec
+    from optimizer.runtimes import load_candidate
+
+    spec = ModelSpec(source=str(tiny_bert_dir))
+    base, cand = load_candidate(spec, "embedding", "cpu"), load_candidate(spec, "embedding", "cpu")
+    clean = check_widths(cand, base, _texts())
+    assert clean.ok and clean.widths == list(range(3, 129)) and max(clean.errors) < 1e-5
+    _fault_at(cand, FAULT_WIDTH)
+    faulty = check_widths(cand, base, _texts())
+    assert [d["width"] for d in faulty.defects] == [FAULT_WIDTH] and not faulty.ok
+    assert faulty.errors[faulty.widths.index(FAULT_WIDTH)] > 0.5
+    text = check_text(faulty.as_dict())
+    assert f"at width {FAULT_WIDTH} the outputs are" in text and "not servable as is" in text
+    # a record with a defect is not a feasible configuration, whatever its quality
+    m = Measurement(violation=-0.01, widths=faulty.as_dict())
+    assert m.feasible is False and Measurement(violation=-0.01, widths=clean.as_dict()).feasible is True
+    assert WidthCheck(**clean.as_dict()).ok
+
+
+def test_confirmation_rejects_a_configuration_with_a_defective_width(search_recipe, tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    from optimizer import confirm
+    from optimizer.cli import main
+
+    recipe_file = search_recipe(tiny_bert_dir, [{"name": "prune-magnitude", "sparsity": {"choice": [0.02, 0.05, 0.1]}}])
+    # The first candidate the confirmation rebuilds gets a real fault at one width; the check is the real one.
+    real, calls = confirm.Bench.check_widths, []
+
+    def check(self, cand):
+        calls.append(1)
+        if len(calls) == 1:
+            _fault_at(cand, FAULT_WIDTH)
+        return real(self, cand)
+
+    monkeypatch.setattr(confirm.Bench, "check_widths", check)
+    assert main(["search", str(recipe_file), "-q"]) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="confirmed", storage=f"sqlite:///{tmp_path / 'runs' / 'confirmed' / 'study.db'}")
+    first, second = study.user_attrs["confirmation"]["attempts"]
+    assert [d["width"] for d in first["widths"]["defects"]] == [FAULT_WIDTH] and not first["confirmed"]
+    assert first["drop"] is None  # rejected before its held-out quality was measured
+    assert second["confirmed"] and second["widths"]["defects"] == []
+    assert f"rejected: input widths 3-128 (126 checked): at width {FAULT_WIDTH}" in out
+    assert main(["report", str(tmp_path / "runs" / "confirmed"), "--format", "md", "--out", str(tmp_path / "rep")]) == 0
+    md = next((tmp_path / "rep").glob("*.md")).read_text()
+    assert f"Trial {first['trial']} was rejected before its held-out quality" in md
+    assert "at every input width it can be served at: input widths 3-128" in md
+
+
+def test_a_run_records_its_width_check(write_recipe, tiny_bert_dir, tmp_path, capsys):
+    import json
+
+    from optimizer.cli import main
+
+    recipe = write_recipe(
+        {
+            "name": "widths",
+            "model": {"source": str(tiny_bert_dir)},
+            "task": "embedding",
+            "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
+            "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 100},
+            "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+            "hardware": {"threads": 1},
+            "output_dir": str(tmp_path / "runs"),
+            "passes": [{"name": "cast", "dtype": "bfloat16"}],
+        }
+    )
+    assert main(["run", str(recipe), "-q"]) == 0
+    assert "candidate outputs against the baseline's, at every input width: input widths 3-128" in capsys.readouterr().out
+    result = json.loads(next((tmp_path / "runs").glob("widths-*/result.json")).read_text())
+    check = result["candidate"]["widths"]
+    assert check["widths"] == list(range(3, 129)) and check["defects"] == []
+    assert 0 < np.median(check["errors"]) < 0.05  # bf16 rounding, evenly across widths
