@@ -119,17 +119,27 @@ class Confirmation:
         return self.savings[0] if self.savings else None
 
 
-def first_confirmed(candidates: Sequence[T], test: Callable[[T], bool]) -> tuple[T | None, int]:
-    """The first candidate (in the order given: cheapest first) that passes `test`, and how many were tested."""
-    for i, c in enumerate(candidates):
-        if test(c):
-            return c, i + 1
-    return None, len(candidates)
+def first_confirmed(candidates: Sequence[T], test: Callable[[T], bool | None], tests: int | None = None) -> tuple[T | None, int]:
+    """The first candidate (in the order given: cheapest first) that passes `test`, and how many were tested.
+
+    `test` returns None for a candidate set aside before any statistical test (it could not be rebuilt, or
+    it is wrong at some input width): that does not count toward `tests`, the most quality tests to make
+    (the number the confidence of each was corrected for)."""
+    tested = 0
+    for c in candidates:
+        passed = test(c)
+        if passed:
+            return c, tested + 1
+        if passed is not None:
+            tested += 1
+            if tests is not None and tested >= tests:
+                break
+    return None, tested
 
 
-def ranked_candidates(study: optuna.Study, k: int, catalog: str | None = None) -> list[optuna.trial.FrozenTrial]:
-    """The k best within-budget trials on the selection part, one per distinct configuration; with
-    `catalog`, among those priced on that entry."""
+def ranked_candidates(study: optuna.Study, k: int | None = None, catalog: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The k best (default: all) within-budget trials on the selection part, one per distinct configuration;
+    with `catalog`, among those priced on that entry."""
     sign = objective_sign(study)
     done = [
         (t, m)
@@ -142,7 +152,7 @@ def ranked_candidates(study: optuna.Study, k: int, catalog: str | None = None) -
         if key not in seen:
             seen.add(key)
             out.append(t)
-    return out[:k]
+    return out if k is None else out[:k]
 
 
 def confirmation_confidence(budget: Budget, candidates: int) -> float:
@@ -172,7 +182,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
     # With workers on several machines, this one confirms (and times the saving of) its own machine's
     # candidates: re-timing another machine's choice here would price this machine's speed as that one's.
     here = recipe.hardware.catalog if len(machines(study)) > 1 else None
-    candidates = ranked_candidates(study, spec.candidates, here)
+    candidates = ranked_candidates(study, catalog=here)  # k of them get a quality test; set-aside ones do not count
     result.machine = here
     if not candidates:
         return result
@@ -183,7 +193,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
     work = folder / "confirm"
     built: dict[int, Any] = {}
 
-    def test(t: optuna.trial.FrozenTrial) -> bool:
+    def test(t: optuna.trial.FrozenTrial) -> bool | None:
         m = Measurement.of(t)
         dep = m.deployment
         attempt = Attempt(t.number, m.passes, dep, m.drop or {})
@@ -195,7 +205,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
             attempt.widths = check.as_dict()
             if not check.ok:
                 log.warning("trial %d: %s", t.number, check.text())
-                return False
+                return None
             serving = batch_dependent(attempt.passes)
             batch = int(dep.get("batch_size") or recipe.speed.batch_size) if serving else recipe.quality.batch_size
             attempt.quality_batches = batches_text(batch, sort=not serving)
@@ -204,7 +214,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
         except Exception as e:  # a candidate that cannot be rebuilt here is not confirmed; the next one is tried
             attempt.error = f"{type(e).__name__}: {e}"[:300]
             log.warning("trial %d could not be re-measured: %s", t.number, attempt.error)
-            return False
+            return None
         finally:
             speed_mod.set_threads(base_threads)
         attempt.drop = attempt.drops[budget.metric]
@@ -219,7 +229,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
         return attempt.confirmed
 
     try:
-        chosen, _ = first_confirmed(candidates, test)
+        chosen, _ = first_confirmed(candidates, test, spec.candidates)
         if chosen is not None:
             result.chosen = chosen.number
             _time_saving(recipe, bench, chosen, built[chosen.number], study, result, base_threads, objective.direction)

@@ -137,8 +137,10 @@ class ConfirmSpec(Strict):
     candidates: int = Field(
         default=3,
         ge=1,
-        description="the cheapest within-budget trials tried in cost order until one is confirmed; each is "
-        "tested at confidence 1-(1-c)/candidates, so all of them together keep the budget's confidence c",
+        description="how many of the cheapest within-budget trials get a held-out quality test, in cost order, "
+        "until one is confirmed; each is tested at confidence 1-(1-c)/candidates, so all of them together keep "
+        "the budget's confidence c (a trial set aside before its test, unbuildable or wrong at some input width, "
+        "does not count)",
     )
     rounds: int = Field(default=9, ge=3, description="alternating speed rounds of baseline and choice for the saving's interval")
 

@@ -70,6 +70,12 @@ def test_first_confirmed_tries_candidates_in_order_and_stops_at_the_first_pass()
     chosen, n = first_confirmed(["a", "b", "c", "d"], lambda c: tried.append(c) or c == "c")
     assert chosen == "c" and n == 3 and tried == ["a", "b", "c"]
     assert first_confirmed(["a"], lambda c: False) == (None, 1)
+    # at most `tests` quality tests; a candidate set aside before its test (None) does not count
+    tried.clear()
+    verdict = {"a": None, "b": False, "c": None, "d": False, "e": True}
+    assert first_confirmed(list(verdict), lambda c: tried.append(c) or verdict[c], tests=2) == (None, 2)
+    assert tried == ["a", "b", "c", "d"]
+    assert first_confirmed(list(verdict), verdict.get, tests=3) == ("e", 3)
 
 
 def test_bonferroni_confidence_per_candidate():
