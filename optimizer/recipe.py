@@ -300,13 +300,25 @@ def _expand_env(value: Any) -> Any:
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    """`a.b.c` in nested mappings (made where missing); a number indexes a list (`passes.0.tokens`)."""
     keys = dotted.split(".")
-    node = raw
-    for k in keys[:-1]:
-        if not isinstance(node.get(k), dict):
+    node: Any = raw
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                where = ".".join(keys[:i])
+                raise UserError(
+                    f"--set {dotted}: {where} is a list of {len(node)}, and {k!r} is not an index in it",
+                    f"use {where}.N with N from 0 to {len(node) - 1}",
+                )
+            k = int(k)
+        elif not last and not isinstance(node.get(k), dict | list):
             node[k] = {}
-        node = node[k]
-    node[keys[-1]] = value
+        if last:
+            node[k] = value
+        else:
+            node = node[k]
 
 
 def _loc(loc: tuple) -> str:

@@ -124,16 +124,27 @@ def keep_layers(model: nn.Module, keep: list[int]) -> None:
                 m.layer_idx = new_idx
 
 
+def _set_weight(lin: nn.Linear, weight: torch.Tensor | None) -> nn.Linear:
+    if weight is not None:
+        lin.weight.data.copy_(weight.to(lin.weight.dtype))
+    return lin
+
+
+def shrink_block_ffn(b: Block, keep: torch.Tensor, out_weight: torch.Tensor | None = None) -> None:
+    """Keep the FFN neurons `keep` (sorted) of one block; `out_weight` replaces the output projection's
+    kept columns (a refit), else they are kept as they were. The config is the caller's to update."""
+    for lin in b.ffn_in:
+        _replace(b.module, lin, _slice(lin, keep, 0))
+    _replace(b.module, b.ffn_out, _set_weight(_slice(b.ffn_out, keep, 1), out_weight))
+
+
 def shrink_ffn(model: nn.Module, keep: list[torch.Tensor]) -> None:
     """Keep the FFN neurons `keep[i]` in block i; all blocks must keep the same count (one config value)."""
     sizes = {len(k) for k in keep}
     if len(sizes) != 1:
         raise RuntimeError("every block must keep the same number of FFN neurons")
     for b, k in zip(blocks(model), keep, strict=False):
-        k = k.sort().values
-        for lin in b.ffn_in:
-            _replace(b.module, lin, _slice(lin, k, 0))
-        _replace(b.module, b.ffn_out, _slice(b.ffn_out, k, 1))
+        shrink_block_ffn(b, k.sort().values)
     model.config.intermediate_size = sizes.pop()
 
 
@@ -152,6 +163,28 @@ def head_layout(model: nn.Module) -> tuple[int, int, int]:
     return heads, kv, head_dim
 
 
+def group_columns(groups: list[int], per: int, hd: int) -> torch.Tensor:
+    """The o_proj input columns (query rows) of key/value head groups `groups`, `per` query heads of `hd` each."""
+    return torch.cat([torch.arange(h * hd, (h + 1) * hd) for g in groups for h in range(g * per, (g + 1) * per)])
+
+
+def shrink_block_heads(b: Block, groups: torch.Tensor, per: int, hd: int, out_weight: torch.Tensor | None = None) -> None:
+    """Keep the key/value head groups `groups` (sorted) of one block, with all their query heads;
+    `out_weight` replaces o_proj's kept columns (a refit). The config is the caller's to update."""
+    kv_rows = torch.cat([torch.arange(g * hd, (g + 1) * hd) for g in groups.tolist()])
+    q_rows = group_columns(groups.tolist(), per, hd)
+    _replace(b.module, b.q, _slice(b.q, q_rows, 0))
+    _replace(b.module, b.k, _slice(b.k, kv_rows, 0))
+    _replace(b.module, b.v, _slice(b.v, kv_rows, 0))
+    _replace(b.module, b.o, _set_weight(_slice(b.o, q_rows, 1), out_weight))
+
+
+def set_heads(model: nn.Module, kv_groups: int, per: int, hd: int) -> None:
+    model.config.head_dim = hd
+    model.config.num_key_value_heads = kv_groups
+    model.config.num_attention_heads = kv_groups * per
+
+
 def shrink_heads(model: nn.Module, keep_groups: list[torch.Tensor]) -> None:
     """Keep the key/value head groups `keep_groups[i]` in block i (with all their query heads)."""
     heads, kv, hd = head_layout(model)
@@ -160,15 +193,5 @@ def shrink_heads(model: nn.Module, keep_groups: list[torch.Tensor]) -> None:
     if len(sizes) != 1:
         raise RuntimeError("every block must keep the same number of head groups")
     for b, groups in zip(blocks(model), keep_groups, strict=False):
-        groups = groups.sort().values
-        kv_rows = torch.cat([torch.arange(g * hd, (g + 1) * hd) for g in groups.tolist()])
-        q_heads = [g * per + j for g in groups.tolist() for j in range(per)]
-        q_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in q_heads])
-        _replace(b.module, b.q, _slice(b.q, q_rows, 0))
-        _replace(b.module, b.k, _slice(b.k, kv_rows, 0))
-        _replace(b.module, b.v, _slice(b.v, kv_rows, 0))
-        _replace(b.module, b.o, _slice(b.o, q_rows, 1))
-    n = sizes.pop()
-    model.config.head_dim = hd
-    model.config.num_key_value_heads = n
-    model.config.num_attention_heads = n * per
+        shrink_block_heads(b, groups.sort().values, per, hd)
+    set_heads(model, sizes.pop(), per, hd)

@@ -258,6 +258,46 @@ def test_structured_pruning_shrinks_shapes_and_reloads(task, request, tmp_path):
     assert size(saved) < 0.8 * size(base.save(tmp_path / "base"))
 
 
+def test_refit_is_exact_when_a_removed_input_is_a_combination_of_kept_ones():
+    from optimizer.passes.prune import keep_and_refit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 6, generator=g, dtype=torch.float64)
+    x[:, 5] = x[:, 0] - 2 * x[:, 3]  # input 5 carries nothing the others do not
+    w = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    w = w / w.norm(dim=0)  # every input's weights of the same size ...
+    w[:, 5] *= 0.1  # ... but input 5's: it contributes least, so it is the one removed
+    gram = x.T @ x / len(x)
+    keep, refit = keep_and_refit(gram, w, 1, 5, refit=True)
+    assert keep.tolist() == [0, 1, 2, 3, 4]
+    full, kept = x @ w.T, x[:, keep]
+    _, none = keep_and_refit(gram, w, 1, 5, refit=False)
+    assert none is None
+    err_kept = (kept @ w[:, keep].T - full).norm() / full.norm()
+    err_refit = (kept @ refit.T - full).norm() / full.norm()  # its weight folded into inputs 0 and 3
+    assert err_refit < 5e-3 and err_refit < 0.05 * err_kept, (err_refit, err_kept)  # what is left is the ridge
+    # units of several columns (a head group): whole runs are kept or removed
+    keep2, refit2 = keep_and_refit(gram, w, 3, 1, refit=True)
+    assert keep2.numel() == 1 and refit2.shape == (3, 3)
+
+
+@pytest.mark.parametrize("task", ["embedding", "causal-lm"])
+def test_structured_pruning_with_reconstruction_stays_closer_than_without(task, request, tmp_path):
+    folder = request.getfixturevalue(WIDE[task])
+    params = {"neurons": 0.5, "samples": 64} | ({"heads": 0.5} if task == "causal-lm" else {})
+    ref = outputs(_load(folder, task))
+    close = {}
+    for refit in (False, True):
+        cand = build_pass("prune-structured", params | {"reconstruct": refit}).apply(
+            _load(folder, task), _ctx(tmp_path / str(refit), folder, task)
+        )
+        close[refit] = similarity(outputs(cand), ref)
+    assert 1 - close[True] < 0.8 * (1 - close[False]), close  # measurably closer to the baseline
+    assert any("refit by least squares" in n for n in cand.notes)
+    again = reload_saved(cand.save(tmp_path / "refit"))
+    assert similarity(outputs(again), outputs(cand)) > 0.99999
+
+
 def test_structured_head_pruning_refused_where_config_cannot_express_it(tiny_bert_dir, tmp_path):
     from optimizer.errors import UserError
 

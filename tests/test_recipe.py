@@ -99,6 +99,12 @@ def test_set_overrides_and_env_expansion(write_recipe, monkeypatch, tmp_path):
     assert rec.speed.batch_size == 8 and rec.hardware.threads == 1
     with pytest.raises(UserError, match="has no '='"):
         load_recipe(path, ["speed.batch_size"])
+    # a number indexes a list: one pass's parameter
+    assert load_recipe(path, ["passes.0.dtype=float16"]).passes[0].params == {"dtype": "float16"}
+    with pytest.raises(UserError, match=r"passes is a list of \d+, and '9' is not an index in it; fix: use passes.N"):
+        load_recipe(path, ["passes.9.x=1"])
+    with pytest.raises(UserError, match="is not an index"):
+        load_recipe(path, ["passes.first.x=1"])
     raw["model"]["source"] = "${COSTOPT_UNSET_VAR}"
     with pytest.raises(UserError, match="COSTOPT_UNSET_VAR is not set"):
         load_recipe(write_recipe(raw))

@@ -61,6 +61,39 @@ def input_norms(cand: TorchCandidate, linears: list[nn.Linear], data: list[tasks
     return [s.sqrt().float() for s in sums]
 
 
+class _Captured(Exception):
+    """Raised by a hook once it has what it needs: the rest of the forward is not run."""
+
+
+@torch.no_grad()
+def input_gram(cand: TorchCandidate, linear: nn.Linear, data: list[tasks.Batch]) -> torch.Tensor:
+    """E[x x^T] over the real calibration tokens of `linear`'s input (float64, [in, in]): what a least-squares
+    refit of that layer needs. Each forward stops at the layer."""
+    gram = torch.zeros(linear.in_features, linear.in_features, dtype=torch.float64)
+    mask: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].double()
+        m = mask[0].to(x.device).bool()
+        rows = x[m] if x.dim() == 3 and x.shape[:2] == m.shape else x.reshape(-1, x.shape[-1])
+        gram.add_((rows.T @ rows).cpu())
+        raise _Captured
+
+    handle = linear.register_forward_pre_hook(hook)
+    tokens = 0
+    try:
+        for b in data:
+            mask[:] = [b.attention_mask]
+            tokens += b.real_tokens
+            try:
+                _run(cand, [b])
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return gram / max(tokens, 1)
+
+
 @torch.no_grad()
 def block_influence(cand: TorchCandidate, layers: list[nn.Module], data: list[tasks.Batch]) -> torch.Tensor:
     """Per block, mean over real tokens of 1 - cos(input, output): how much the block changes the stream."""

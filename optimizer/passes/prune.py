@@ -193,10 +193,37 @@ class StructuredConfig(PassConfig):
     layers: int = Field(default=0, ge=0, description="number of whole blocks removed")
     samples: int = Field(default=64, ge=1, description="calibration texts for importance")
     multiple_of: int = Field(default=8, ge=1, description="round kept FFN widths to this (kernel-friendly shapes)")
+    reconstruct: bool = Field(
+        default=True,
+        description="refit each block's attention and FFN output projections by least squares on the calibration "
+        "activations, so what the block writes changes as little as it can (Kwon et al., 2022); off: the kept "
+        "weights stay as they were",
+    )
 
 
-def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    return scores.topk(keep).indices
+RIDGE = 1e-3  # of the Gram matrix's mean diagonal: keeps the refit well posed where kept inputs are collinear or dead
+
+
+def keep_and_refit(
+    gram: torch.Tensor, weight: torch.Tensor, unit: int, keep_n: int, refit: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Which `keep_n` of a layer's input units (contiguous runs of `unit` columns: one FFN neuron, or one
+    head group's outputs) to keep, and, with `refit`, the layer's new weight over their columns.
+
+    A unit's importance is the output energy it contributes, E||W_u x_u||^2 = tr(W_u G_uu W_u^T) with G the
+    input's Gram matrix; the refit is the least-squares W' = argmin E||W' x_kept - W x||^2, solved from G."""
+    import torch
+
+    w = weight.detach().double().cpu()
+    n = w.shape[1] // unit
+    energy = (gram * (w.T @ w)).view(n, unit, n, unit).diagonal(dim1=0, dim2=2).sum(dim=(0, 1))
+    keep = energy.topk(keep_n).indices.sort().values
+    cols = (keep[:, None] * unit + torch.arange(unit)).flatten()
+    if not refit:
+        return keep, None
+    g_kk = gram[cols][:, cols]
+    ridge = RIDGE * float(g_kk.diagonal().mean()) * torch.eye(len(cols), dtype=torch.float64)
+    return keep, torch.linalg.solve(g_kk + ridge, gram[cols] @ w.T).T
 
 
 class PruneStructured(Pass):
@@ -205,11 +232,12 @@ class PruneStructured(Pass):
     name = "prune-structured"
     family = "pruning"
     Config = StructuredConfig
+    VERSION = 2  # 2: importance as output energy; output projections refit by least squares (reconstruct)
 
     @no_grad
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         from optimizer import surgery
-        from optimizer.passes.calibration import batches, block_influence, input_norms
+        from optimizer.passes.calibration import batches, block_influence, input_gram
         from optimizer.runtimes import TorchCandidate
 
         assert isinstance(candidate, TorchCandidate)
@@ -217,38 +245,45 @@ class PruneStructured(Pass):
         model = candidate.module
         if not (c.heads or c.neurons or c.layers):
             raise UserError("prune-structured has nothing to remove", "set heads, neurons (fractions) or layers (a count)")
-        bl = surgery.blocks(model)
-        if c.layers >= len(bl):
+        n_blocks = len(surgery.blocks(model))
+        if c.layers >= n_blocks:
             raise UserError(
-                f"prune-structured layers={c.layers} would remove all {len(bl)} blocks", f"remove at most {len(bl) - 1}"
+                f"prune-structured layers={c.layers} would remove all {n_blocks} blocks", f"remove at most {n_blocks - 1}"
             )
         data = batches(candidate, ctx, c.samples)
         before = candidate.parameter_counts()[0]
         if c.heads:
             heads, kv, hd = surgery.head_layout(model)
-            keep_n = max(1, kv - round(c.heads * kv))
-            norms = input_norms(candidate, [b.o for b in bl], data)
-            keep = []
-            for b, n in zip(bl, norms, strict=False):
-                per_col = n.to(b.o.weight.device) * b.o.weight.float().norm(dim=0)  # contribution of each o_proj input
-                keep.append(_top(per_col.view(kv, -1).sum(1).cpu(), keep_n))  # per key/value group of heads
-            surgery.shrink_heads(model, keep)
-            bl = surgery.blocks(model)
+            per, keep_groups = heads // kv, max(1, kv - round(c.heads * kv))
         if c.neurons:
-            width = bl[0].ffn_out.in_features
-            keep_n = max(c.multiple_of, int(round(width * (1 - c.neurons) / c.multiple_of)) * c.multiple_of)
-            norms = input_norms(candidate, [b.ffn_out for b in bl], data)
-            keep = [
-                _top((n.to(b.ffn_out.weight.device) * b.ffn_out.weight.float().norm(dim=0)).cpu(), min(keep_n, width))
-                for b, n in zip(bl, norms, strict=False)
-            ]
-            surgery.shrink_ffn(model, keep)
-            bl = surgery.blocks(model)
+            width = surgery.blocks(model)[0].ffn_out.in_features
+            keep_neurons = min(width, max(c.multiple_of, int(round(width * (1 - c.neurons) / c.multiple_of)) * c.multiple_of))
+        # Block by block, heads then FFN: each refit sees the inputs the blocks before it now give.
+        for i in range(n_blocks):
+            if c.heads:
+                b = surgery.blocks(model)[i]
+                groups, w = keep_and_refit(input_gram(candidate, b.o, data), b.o.weight, per * hd, keep_groups, c.reconstruct)
+                surgery.shrink_block_heads(b, groups, per, hd, w)
+            if c.neurons:
+                b = surgery.blocks(model)[i]
+                neurons, w = keep_and_refit(
+                    input_gram(candidate, b.ffn_out, data), b.ffn_out.weight, 1, keep_neurons, c.reconstruct
+                )
+                surgery.shrink_block_ffn(b, neurons, w)
+        if c.heads:
+            surgery.set_heads(model, keep_groups, per, hd)
+        if c.neurons:
+            model.config.intermediate_size = keep_neurons
         if c.layers:
+            bl = surgery.blocks(model)
             influence = block_influence(candidate, [b.module for b in bl], data)
             drop = set(influence.topk(c.layers, largest=False).indices.tolist())
             surgery.keep_layers(model, [i for i in range(len(bl)) if i not in drop])
             candidate.notes.append(f"prune-structured removed blocks {sorted(drop)} (lowest 1 - cos(in, out) on calibration)")
         after = candidate.parameter_counts()[0]
-        candidate.notes.append(f"prune-structured: {before:,} -> {after:,} parameters ({1 - after / before:.1%} fewer)")
+        refit = f"; output projections refit by least squares on {sum(b.real_tokens for b in data):,} calibration tokens"
+        candidate.notes.append(
+            f"prune-structured: {before:,} -> {after:,} parameters ({1 - after / before:.1%} fewer)"
+            + (refit if c.reconstruct and (c.heads or c.neurons) else "")
+        )
         return candidate
