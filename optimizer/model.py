@@ -38,6 +38,11 @@ class ModelSpec(BaseModel):
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_length: int | None = Field(default=None, gt=0, description="token limit; default from the model")
+    random_weights: bool = Field(
+        default=False,
+        description="build the model from its config.json with seeded random weights (no weight file): a real "
+        "shape for speed; its quality figures mean nothing",
+    )
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -176,6 +181,8 @@ def load_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> tor
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+    if spec.random_weights:
+        return _random_module(info, spec, task, device)
     try:
         module = auto_class(task).from_pretrained(
             info.source, revision=spec.revision, dtype=torch_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code
@@ -195,6 +202,27 @@ def load_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> tor
             "download it again if a file was cut short",
         ) from None
     return module.eval().to(device)
+
+
+def _random_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> torch.nn.Module:
+    """The config's architecture with seeded random weights, made on `device` (an 8B shape never sits in
+    host memory in float32)."""
+    import torch
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            info.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"could not read the config of {info.source!r} for random weights: {str(e).splitlines()[0][:200]}",
+            "give a folder (or hub id) with a config.json",
+        ) from None
+    torch.manual_seed(0)
+    with torch.device(device):
+        module = auto_class(task).from_config(config, dtype=torch_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code)
+    return module.eval()
 
 
 def saved_spec(directory: Path) -> ModelSpec:

@@ -284,14 +284,17 @@ def timed_recipe(recipe: Recipe) -> Recipe:
 
 
 def speed_model_note(recipe: Recipe) -> str | None:
+    """Which figures belong to which model, when the timed model is not the judged one or has random weights."""
     m = recipe.speed.model
-    return (
-        None
-        if m is None
-        else (
-            f"speed and cost measured on speed.model {m.source} with the same passes; quality measured on {recipe.model.source}"
+    if m is not None:
+        random = " (random weights of a real shape)" if m.random_weights else ""
+        return (
+            f"speed and cost measured on speed.model {m.source}{random} with the same passes; "
+            f"quality measured on {recipe.model.source}"
         )
-    )
+    if recipe.model.random_weights:
+        return f"model {recipe.model.source} has random weights (model.random_weights): its speed and cost are real, its quality figures mean nothing"
+    return None
 
 
 EvalPart = Literal["all", "select", "confirm"]

@@ -117,15 +117,47 @@ def test_relative_paths_resolve_against_recipe_folder(tmp_path, write_recipe):
     assert Path(rec.data.eval.source) == (tmp_path / "eval.jsonl").resolve()
 
 
-def test_shipped_recipes_validate(tiny_llama_dir, monkeypatch):
-    root = Path(__file__).resolve().parents[1] / "recipes"
-    monkeypatch.setenv("SMOLLM_SHAPE_DIR", str(tiny_llama_dir))  # the LLM recipes' speed.model (built by their experiment)
-    shipped = sorted(root.glob("*.yaml"))
-    for f in shipped:  # everything they read is in the repository (stories260K is vendored under models/)
+def test_shipped_recipes_validate_with_nothing_outside_the_repository():
+    repo = Path(__file__).resolve().parents[1]
+    shipped = sorted(repo.glob("recipes/*.yaml")) + sorted(repo.glob("experiments/*/*.yaml"))
+    for f in shipped:  # stories260K and the shapes are vendored under models/
         rec = load_recipe(f)
-        if rec.speed.model is not None:
-            assert rec.speed.model.source == str(tiny_llama_dir)
-    assert len(shipped) >= 6
+        for spec in (rec.model, rec.speed.model):
+            if spec is not None and not spec.source.startswith("gt_"):
+                assert Path(spec.source).resolve().is_relative_to(repo / "models"), (f, spec.source)
+    assert len(shipped) >= 15
+
+
+def test_a_shape_loads_with_seeded_random_weights_and_no_weight_file(tiny_llama_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    from optimizer.model import ModelSpec
+    from optimizer.runtimes import load_candidate
+
+    shape = tmp_path / "shape"
+    shape.mkdir()
+    for f in tiny_llama_dir.iterdir():
+        if not f.name.endswith(".safetensors"):
+            shutil.copy(f, shape)
+    spec = ModelSpec(source=str(shape), random_weights=True)
+    a, b = load_candidate(spec, "causal-lm", "cpu"), load_candidate(spec, "causal-lm", "cpu")
+    trained = load_candidate(ModelSpec(source=str(tiny_llama_dir)), "causal-lm", "cpu")
+    with torch.no_grad():
+        for p in trained.module.parameters():
+            p.add_(1.0)
+    trained.module.save_pretrained(tmp_path / "saved")  # a folder whose weights differ from the seeded ones
+    shutil.copy(shape / "tokenizer.json", tmp_path / "saved")
+    c = load_candidate(ModelSpec(source=str(tmp_path / "saved"), random_weights=True), "causal-lm", "cpu")
+    wa, wb, wc, wt = (next(iter(x.module.state_dict().values())) for x in (a, b, c, trained))
+    assert torch.equal(wa, wb) and torch.equal(wa, wc)  # seeded: the same every time, whatever the folder holds
+    assert not torch.equal(wc, wt)  # the saved weights are not read
+    assert a.parameter_counts()[0] == trained.parameter_counts()[0]
+    ids = torch.tensor([[1, 5, 9, 3]])
+    assert a.forward(ids, torch.ones_like(ids)).shape == (1, 4, trained.module.config.vocab_size)
+    with pytest.raises(UserError, match="model.source|could not load"):
+        load_candidate(ModelSpec(source=str(shape)), "causal-lm", "cpu")  # without random_weights: no weights, one line
 
 
 def test_cli_validate_exit_codes(write_recipe, capsys):

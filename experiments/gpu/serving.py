@@ -6,14 +6,14 @@ serving-8b.yaml.
     python experiments/gpu/serving.py [--chains "bf16,fp8,int4,bf16 (eager decode)"] [--timeout 540]
 
 Writes results.serving.json and the "Serving the 8B shape" section of RESULTS.md next to this file. The
-shape has random weights (speed only); quality comes from stories260K as a proxy. Needs a CUDA GPU with
+shape (models/shapes/llama-3.1-8b) gets seeded random weights on the GPU (speed only); quality comes
+from stories260K as a proxy. Needs a CUDA GPU with
 about 40 GB free (the fp32 baseline); float8 needs compute capability 8.9+ (Hopper, Ada).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,20 +22,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SHAPE = HERE / ".cache" / "llama-3.1-8b-shape"
-LLAMA_8B = dict(
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=128256,
-    max_position_embeddings=8192,
-    rope_theta=500000.0,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=False,
-)
 BF16 = {"name": "cast", "dtype": "bfloat16"}
 # serving-grade decode: a static KV cache sized to the recipe's 64 new tokens, the step replayed as a CUDA graph
 STATIC = {"name": "torch-static-cache", "new_tokens": 64}
@@ -46,15 +32,6 @@ CHAINS: dict[str, list[dict[str, Any]]] = {
     "int4": [BF16, {"name": "torch-weight-only", "bits": 4, "group_size": 128, "algorithm": "hqq"}, STATIC],
 }
 HEADING = "## Serving the Llama-3.1-8B shape on one GPU"
-
-
-def build_shape(stories: Path) -> Path:
-    """Random-init bf16 Llama with Llama-3.1-8B's dimensions, made on the GPU (minutes on a CPU), with the
-    builder experiments/passes uses for the 135M shape."""
-    spec = importlib.util.spec_from_file_location("passes_run", HERE.parent / "passes" / "run.py")
-    passes_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(passes_run)
-    return passes_run.build_llama_shape(SHAPE, LLAMA_8B, stories, device="cuda", bf16=True)
 
 
 def run_chain(recipe: Path, label: str, chain: list[dict[str, Any]], timeout: int) -> dict[str, Any]:
@@ -119,14 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chains", default=",".join(CHAINS))
     ap.add_argument("--timeout", type=int, default=540, help="seconds per chain")
-    ap.add_argument("--stories", default=str(HERE.parents[1] / "models" / "stories260K"))
     args = ap.parse_args(argv)
     import torch
 
     if not torch.cuda.is_available():
         print("serving.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    build_shape(Path(args.stories))
     runs = [run_chain(HERE / "serving-8b.yaml", c, CHAINS[c], args.timeout) for c in args.chains.split(",")]
     (HERE / "results.serving.json").write_text(json.dumps(runs, indent=1, default=str))
     write_section(runs, HERE / "RESULTS.md")

@@ -4,7 +4,8 @@ the configuration `costopt search` chose.
     python experiments/llm-cpu/run.py                  (2 CPU threads; about 40 minutes on 2 cores: a 30-minute search, then the comparison)
     python experiments/gpu/run.py                      (the same on a CUDA GPU)
 
-1. Builds a random-weight Llama of SmolLM2-135M's shape (speed depends on shapes; its quality means nothing).
+1. The recipe's speed.model is a Llama of SmolLM2-135M's shape with seeded random weights (models/shapes;
+   speed depends on shapes; its quality means nothing).
 2. Runs `costopt search` on the recipe (recipes/llm-cpu-search.yaml or llm-gpu-search.yaml): quality on
    stories260K (real weights), speed and cost on the 135M-shaped model (the recipe's speed.model).
    Skipped with --deploy FILE, which compares an earlier search's choice instead.
@@ -36,7 +37,6 @@ from optimizer import drop_text
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-SHAPE_DIR = REPO / ".cache" / "smollm2-135m-shape"
 
 X = [{"name": "onnx-export"}]
 SINGLES: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -110,10 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     recipe_path = Path(args.recipe or REPO / "recipes" / f"llm-{'gpu' if args.device == 'cuda' else 'cpu'}-search.yaml")
-    stories = Path(os.environ.get("STORIES260K_DIR", REPO / "models" / "stories260K"))
-    shapes = _passes_module()  # the 135M-shaped model builder and chain format shared with experiments/passes
-    shape = shapes.build_smollm_shape(SHAPE_DIR, stories)
-    overrides = [f"speed.model.source={shape}", *args.set]
+    shapes = _passes_module()  # the chain format shared with experiments/passes
+    overrides = list(args.set)
     t0 = time.time()
     deploy = Path(args.deploy) if args.deploy else search(recipe_path, overrides, Path(args.runs))
     search_seconds = None if args.deploy else round(time.time() - t0, 1)
@@ -206,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": threads,
         "recipe": str(recipe_path.relative_to(REPO)),
         "quality_model": recipe.model.source,
-        "speed_model": str(shape),
-        "speed_model_shape": shapes.SMOLLM_SHAPE,
+        "speed_model": recipe.speed.model.model_dump() if recipe.speed.model else None,
         "batch_size": batch,
         "prompt_tokens": s.prompt_tokens,
         "new_tokens": s.new_tokens,

@@ -104,46 +104,11 @@ PRUNE_CHAINS = {
     "prune-wanda 50%": [{"name": "prune-wanda", "sparsity": 0.5, "samples": 128}],
     "prune-magnitude 50%": [{"name": "prune-magnitude", "sparsity": 0.5}],
 }
-SMOLLM_SHAPE = dict(
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    head_dim=64,
-    vocab_size=49152,
-    max_position_embeddings=2048,
-    rope_theta=100000.0,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=True,
-)
+SMOLLM = json.loads((REPO / "models" / "shapes" / "smollm2-135m" / "config.json").read_text())
 
 
 def resolved(chain: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"name": p["name"], "params": {k: v for k, v in p.items() if k != "name"}, "save": False} for p in chain]
-
-
-def build_llama_shape(folder: Path, shape: dict[str, Any], tokenizer_from: Path, device: str = "cpu", bf16: bool = False) -> Path:
-    """Random-init Llama of the given dimensions (speed only), built on `device` and saved once; the
-    stories260K tokenizer (ids < 512) feeds it."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    if (folder / "config.json").is_file():
-        return folder
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(tokenizer_from)
-    cfg = LlamaConfig(**shape, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).eval()
-    (model.to(torch.bfloat16) if bf16 else model).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def build_smollm_shape(folder: Path, tokenizer_from: Path) -> Path:
-    """Random-init Llama with SmolLM2-135M's dimensions."""
-    return build_llama_shape(folder, SMOLLM_SHAPE, tokenizer_from)
 
 
 def measure_part(
@@ -359,8 +324,8 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             "## SmolLM2-135M shape (random weights): speed only",
             "",
             _reproduce(p),
-            f"Llama with SmolLM2-135M's dimensions ({SMOLLM_SHAPE['num_hidden_layers']} layers, hidden {SMOLLM_SHAPE['hidden_size']}, "
-            f"vocab {SMOLLM_SHAPE['vocab_size']}), random init: its speed is real, its quality is meaningless. Batch {sp['batch_size']}, "
+            f"Llama with SmolLM2-135M's dimensions ({SMOLLM['num_hidden_layers']} layers, hidden {SMOLLM['hidden_size']}, "
+            f"vocab {SMOLLM['vocab_size']}; models/shapes/smollm2-135m), seeded random weights: its speed is real, its quality is meaningless. Batch {sp['batch_size']}, "
             f"{sp['prompt_tokens']}-token prompts of real text, {sp['new_tokens']} decoded tokens with the KV cache, "
             f"{sp['warmup']} warm-up + {sp['repeats']} timed.",
             "",
@@ -421,9 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "int4-stories":
             res = measure_part(HERE / "stories.yaml", INT4_CHAINS, True, [f"model.source={args.stories}"], log)
         else:
-            folder = build_smollm_shape(out / ".cache" / "smollm2-135m-shape", Path(args.stories))
             chains = INT4_CHAINS if part == "int4-smollm" else QUANT_CHAINS | PRUNE_CHAINS
-            res = measure_part(HERE / "smollm-shape.yaml", chains, False, [f"model.source={folder}"], log)
+            res = measure_part(HERE / "smollm-shape.yaml", chains, False, [], log)
         res |= {
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": f"python experiments/passes/run.py --only {part}",
