@@ -5,12 +5,15 @@
 - streams: one 2-thread stream against two 1-thread streams at once, for torch fp32 and for the
   search's chosen artifact, at batch 8 and 16;
 - sequence-length cap (the max-length pass): speed of torch fp32 at caps 256 (none), 192, 128 and 96,
-  requests always counted at 256 tokens, and the MRR drop each cap costs on the recipe's 961 pairs.
+  requests always counted at 256 tokens, and the MRR drop each cap costs on the recipe's 961 pairs;
+- OpenVINO's precision hint (a chosen OpenVINO artifact): bf16 against f32 for the float parts, at batch 16
+  on two streams, and each hint's outputs against the baseline's at every input width (measure.widths).
 
 Speed is the recipe's model-only benchmark (`measure.speed.bench_encoder`: the same 256 texts,
 tokenization outside the timed region), one warm-up, then rounds that alternate every configuration;
 each ratio gets a bootstrap interval over rounds. Writes RESULTS.md and results.json beside this file.
-The distilled-student figure comes from `costopt run experiments/levers/distill5.yaml` (see RESULTS.md).
+Sections of RESULTS.md after the generated one (the distilled student, pruning) come from `costopt run`
+commands they name, and are kept as written.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DISTILL_HEADER = "## Distilled student"
 REPO = HERE.parents[1]
 
 
@@ -73,6 +75,11 @@ def main() -> None:
         f"chosen artifact, batch {b}, {s} stream{'s' if s > 1 else ''}": (chosen, b, s) for b in (8, 16) for s in (1, 2)
     }
     arms |= {f"torch fp32, batch 16, cap {t}": (c, 16, 1) for t, c in caps.items()}
+    hints = {}
+    if chosen.runtime == "openvino":  # the plugin's precision for the float parts, which it picks by itself on AMX
+        hints = {h: chosen.derive(chosen.folder, precision=h) for h in ("f32", "bf16")}
+        arms |= {f"chosen artifact at the {h} hint, batch 16, 2 streams": (c, 16, 2) for h, c in hints.items()}
+    widths = {h: bench.check_widths(c) for h, c in hints.items()}
     seconds: dict[str, list[float]] = {n: [] for n in arms}
     tokens = {}
     for n, (c, b, s) in arms.items():  # warm-up
@@ -102,6 +109,16 @@ def main() -> None:
         comparisons.append(
             (f"torch fp32, batch 16: cap {t} vs no cap", gain("torch fp32, batch 16, 1 stream", f"torch fp32, batch 16, cap {t}"))
         )
+    if hints:
+        comparisons.append(
+            (
+                "chosen artifact, batch 16, 2 streams: bf16 hint vs f32 hint",
+                gain(
+                    "chosen artifact at the f32 hint, batch 16, 2 streams",
+                    "chosen artifact at the bf16 hint, batch 16, 2 streams",
+                ),
+            )
+        )
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python experiments/levers/run.py",
@@ -112,10 +129,11 @@ def main() -> None:
         "comparisons": {k: v for k, v in comparisons},
         "cap_quality": {str(t): q for t, q in quality.items()},
         "eval_pairs": len(bench.eval_data),
+        "widths": {h: w.as_dict() for h, w in widths.items()},
     }
     (HERE / "results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     lines = [
-        "# Serving levers one at a time: streams and the sequence-length cap",
+        "# Serving levers one at a time: streams, the sequence-length cap, OpenVINO's precision hint",
         "",
         f"Measured {result['date']} with `{result['command']}` on {result['machine']}, 2 threads, in one run: "
         f"{args.rounds} rounds alternating every configuration after a warm-up; model-only speed on the recipe's "
@@ -136,9 +154,16 @@ def main() -> None:
         *[f"- cap {t}: {drop_text(q)}" for t, q in quality.items()],
         "",
     ]
-    # the distilled student's section comes from another command (costopt run): kept as written
+    if widths:
+        lines += [
+            "The chosen artifact's outputs against the baseline's at every input width (measure.widths):",
+            "",
+            *[f"- {h} hint: {w.text()}" for h, w in widths.items()],
+            "",
+        ]
+    # the sections after the generated one come from other commands (costopt run): kept as written
     old = (HERE / "RESULTS.md").read_text() if (HERE / "RESULTS.md").is_file() else ""
-    kept = old[old.index(DISTILL_HEADER) :] if DISTILL_HEADER in old else ""
+    kept = old[old.index("\n## ") + 1 :] if "\n## " in old else ""
     (HERE / "RESULTS.md").write_text("\n".join(lines) + ("\n" + kept if kept else ""))
     print("\n".join(lines))
 
