@@ -350,6 +350,8 @@ def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:
             f"  trial {a.trial}: {b['metric']} drop on selection {drop_text(a.selection_drop, rel)}, "
             f"on held-out {drop_text(a.drop, rel) if a.drop else '–'} ({a.quality_batches or 'not measured'}): {a.status}"
         )
+        if a.confirmed and a.widths:
+            lines.append(f"    outputs at every input width: {check_text(a.widths)}")
         for name, d in a.drops_by_set.items():
             if name != MAIN_EVAL:
                 lines.append(f"    eval set {name}: held-out drop {drop_text(d, rel)}")
