@@ -34,10 +34,11 @@ from optimizer.cache import ArtifactCache
 from optimizer.formatting import drop_text, ratio_text
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.stats import ratio_interval
-from optimizer.measure.widths import check_text
+from optimizer.measure.widths import check_text, padded_text
 from optimizer.measurement import Measurement
 from optimizer.objectives import OBJECTIVES
-from optimizer.passes import batch_dependent
+from optimizer.passes import batch_dependent, build_pass
+from optimizer.passes.widths import PadWidths, around
 from optimizer.pipeline import Bench, apply_chain, batches_text, resolve_device
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.study import machines, objective_sign, priced_on, search_dir
@@ -64,6 +65,7 @@ class Attempt:
     quality: dict[str, float] = field(default_factory=dict)
     quality_batches: str = ""
     widths: dict[str, Any] | None = None  # measure.widths.WidthCheck: checked before its quality
+    padded_from: dict[str, Any] | None = None  # the first check, when its defects were served around (pad-widths)
     confirmed: bool = False
     error: str | None = None
 
@@ -200,11 +202,10 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
         result.attempts.append(attempt)
         speed_mod.set_threads(int(dep.get("threads") or base_threads))
         try:
-            cand = apply_chain(recipe, attempt.passes, bench.context(work / f"trial-{t.number}"), {}, cache=cache)
-            check = bench.check_widths(cand)  # the shapes serving will give it, which its trial was not judged at
-            attempt.widths = check.as_dict()
-            if not check.ok:
-                log.warning("trial %d: %s", t.number, check.text())
+            ctx = bench.context(work / f"trial-{t.number}")
+            cand = apply_chain(recipe, attempt.passes, ctx, {}, cache=cache)
+            cand = _right_at_every_width(bench, cand, attempt, ctx)
+            if cand is None:
                 return None
             serving = batch_dependent(attempt.passes)
             batch = int(dep.get("batch_size") or recipe.speed.batch_size) if serving else recipe.quality.batch_size
@@ -238,6 +239,28 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
     return result
 
 
+def _right_at_every_width(bench: Bench, cand: Any, attempt: Attempt, ctx: Any) -> Any:
+    """`cand` checked at every width it can be served at (shapes its trial was not judged at). Defective widths
+    that have a clean wider neighbour are served at it (pad-widths, added to the attempt's chain) and every
+    width is checked again; None when a defect remains."""
+    check = bench.check_widths(cand)
+    attempt.widths = check.as_dict()
+    if check.ok:
+        return cand
+    log.warning("trial %d: %s", attempt.trial, check.text())
+    fix = around([int(d["width"]) for d in check.defects], check.widths)
+    if fix is None or cand.runtime not in PadWidths.runtimes_in or cand.task not in PadWidths.tasks:
+        return None
+    pad = {"name": PadWidths.name, "params": {"widths": fix}}
+    cand = build_pass(pad["name"], pad["params"]).apply(cand, ctx)
+    again = bench.check_widths(cand)
+    attempt.padded_from, attempt.widths = check.as_dict(), again.as_dict()
+    if not again.ok:
+        return None
+    attempt.passes = [*attempt.passes, pad]
+    return cand
+
+
 def _time_saving(
     recipe: Recipe,
     bench: Bench,
@@ -261,7 +284,8 @@ def _time_saving(
             arms.append(
                 _Arm(f"baseline at its best batch ({best})", bench.timed_baseline, best, base_threads, recipe.speed.streams)
             )
-    timed = bench.timed(cand, m.passes, search_dir(recipe, study.study_name) / "confirm-speed", {})
+    passes = result.attempt.passes if result.attempt else m.passes  # with the confirmation's pad-widths, if added
+    timed = bench.timed(cand, passes, search_dir(recipe, study.study_name) / "confirm-speed", {})
     arms.append(
         _Arm(
             "choice",
@@ -350,6 +374,8 @@ def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:
             f"  trial {a.trial}: {b['metric']} drop on selection {drop_text(a.selection_drop, rel)}, "
             f"on held-out {drop_text(a.drop, rel) if a.drop else '–'} ({a.quality_batches or 'not measured'}): {a.status}"
         )
+        if a.padded_from:
+            lines.append(f"    {padded_text(a.passes[-1]['params']['widths'], a.padded_from)}")
         if a.confirmed and a.widths:
             lines.append(f"    outputs at every input width: {check_text(a.widths)}")
         for name, d in a.drops_by_set.items():

@@ -93,7 +93,7 @@ def deployment_config(
         "objective": recipe.search.objective,
         "value": trial.values[0] if trial.values else None,
         **m.deployment,
-        "passes": [{"name": p["name"], "params": p["params"]} for p in m.passes],
+        "passes": [{"name": p["name"], "params": p["params"]} for p in (attempt.passes if attempt is not None else m.passes)],
         "hardware": m.hardware,
         "measured": measured,
         "notes": m.notes,

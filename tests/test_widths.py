@@ -120,3 +120,84 @@ def test_a_run_records_its_width_check(write_recipe, tiny_bert_dir, tmp_path, ca
     check = result["candidate"]["widths"]
     assert check["widths"] == list(range(3, 129)) and check["defects"] == []
     assert 0 < np.median(check["errors"]) < 0.05  # bf16 rounding, evenly across widths
+
+
+# ----------------------------------------------------------------------------- serving around a defect
+def test_around_takes_the_nearest_clean_wider_width():
+    from optimizer.passes.widths import around
+
+    checked = list(range(3, 129))
+    assert around([32], checked) == {32: 33}
+    assert around([32, 33], checked) == {32: 34, 33: 34}
+    assert around([128], checked) is None  # nothing wider to serve it at
+
+
+def _ort(tiny_bert_dir, tmp_path):
+    from optimizer.model import ModelSpec
+    from optimizer.passes import PassContext, build_pass
+    from optimizer.runtimes import load_candidate
+
+    spec = ModelSpec(source=str(tiny_bert_dir))
+    ctx = PassContext(task="embedding", device="cpu", threads=1, seed=0, work_dir=tmp_path / "work", baseline=None)
+    return build_pass("onnx-export", {}).apply(load_candidate(spec, "embedding", "cpu"), ctx), ctx
+
+
+def test_padding_a_width_changes_no_output_and_is_kept_with_the_artifact(tiny_bert_dir, tmp_path):
+    import torch
+
+    from optimizer import tasks
+    from optimizer.passes import build_pass
+    from optimizer.runtimes import reload_saved
+
+    cand, ctx = _ort(tiny_bert_dir, tmp_path)
+    rows = [list(range(5, 5 + FAULT_WIDTH)), list(range(7, 17))]  # one row exactly that wide, one padded to it
+    ids, mask = tasks.pad_rows(cand.tokenizer, rows)
+    plain = cand.forward(ids, mask)
+    padded = build_pass("pad-widths", {"widths": {FAULT_WIDTH: FAULT_WIDTH + 3}}).apply(cand, ctx)
+    out = padded.forward(ids, mask)
+    assert out.shape == plain.shape and torch.allclose(out[mask.bool()], plain[mask.bool()], atol=1e-5)
+    again = reload_saved(padded.save(tmp_path / "saved"))
+    assert again.pad_widths == {FAULT_WIDTH: FAULT_WIDTH + 3}
+    assert "pad-widths: inputs 17 -> 20 tokens wide" in padded.notes[-1]
+
+
+def _fault_in_runtime(monkeypatch) -> None:
+    """A kernel defect at one shape: ONNX Runtime's outputs are shifted whenever it is fed exactly FAULT_WIDTH tokens."""
+    from optimizer.runtimes.ort import OrtCandidate
+
+    infer, infer_streams = OrtCandidate.infer, OrtCandidate.infer_streams
+
+    def shifted(feeds, outs):
+        return [outs[0] + 1.0, *outs[1:]] if feeds["input_ids"].shape[1] == FAULT_WIDTH else outs
+
+    monkeypatch.setattr(OrtCandidate, "infer", lambda self, feeds: shifted(feeds, infer(self, feeds)))
+    monkeypatch.setattr(
+        OrtCandidate,
+        "infer_streams",
+        lambda self, feeds, streams, lat: [shifted(f, o) for f, o in zip(feeds, infer_streams(self, feeds, streams, lat), strict=True)],
+    )
+
+
+def test_confirmation_serves_around_a_defective_width_and_deploys_it(search_recipe, tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from optimizer.cli import main
+    from optimizer.deploy import load_deployment
+
+    _fault_in_runtime(monkeypatch)
+    recipe_file = search_recipe(tiny_bert_dir, [{"name": "onnx-export"}], batch_size={"choice": [8, 16]})
+    assert main(["search", str(recipe_file), "-q"]) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="confirmed", storage=f"sqlite:///{tmp_path / 'runs' / 'confirmed' / 'study.db'}")
+    attempt = study.user_attrs["confirmation"]["attempts"][0]
+    assert attempt["confirmed"] and [d["width"] for d in attempt["padded_from"]["defects"]] == [FAULT_WIDTH]
+    assert attempt["widths"]["defects"] == [] and attempt["passes"][-1] == {
+        "name": "pad-widths",
+        "params": {"widths": {str(FAULT_WIDTH): FAULT_WIDTH + 1}},  # stored as JSON; the pass reads keys as ints
+    }
+    assert f"served width {FAULT_WIDTH} at {FAULT_WIDTH + 1} tokens (pad-widths), where the first check found" in out
+    deploy = tmp_path / "runs" / "confirmed" / "deploy.yaml"
+    assert yaml.safe_load(deploy.read_text())["passes"][-1]["name"] == "pad-widths"
+    assert main(["deploy", str(deploy), "--out", str(tmp_path / "built")]) == 0
+    built = load_deployment(tmp_path / "built")
+    assert built.candidate.pad_widths == {FAULT_WIDTH: FAULT_WIDTH + 1}

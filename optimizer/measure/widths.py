@@ -65,6 +65,12 @@ def check_text(check: dict[str, Any] | None) -> str | None:
     return WidthCheck(**check).text() if check else None
 
 
+def padded_text(widths: dict[Any, int], first: dict[str, Any]) -> str:
+    """What the confirmation did about a defect: which widths it serves wider, and what it had found."""
+    moved = ", ".join(f"{w} at {to}" for w, to in sorted((int(w), to) for w, to in widths.items()))
+    return f"served width {moved} tokens (pad-widths), where the first check found: {check_text(first)}"
+
+
 def widths_to_check(limit: int) -> list[int]:
     dense = list(range(FIRST, min(limit, DENSE_UP_TO) + 1))
     sparse = sorted({w for m in range(DENSE_UP_TO + 32, limit + 2, 32) for w in (m - 1, m, m + 1) if w <= limit})

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, serving_cell, serving_text, usd
-from optimizer.measure.widths import check_text
+from optimizer.measure.widths import check_text, padded_text
 
 
 @dataclass
@@ -174,6 +174,8 @@ def _confirmation_lines(r: dict[str, Any]) -> list[str]:
         if a.get("drops_by_set"):
             each = "; ".join(f"{n} {drop_text(d, rel)}" for n, d in a["drops_by_set"].items())
             out.append(f"Held-out drop on each eval set: {each}.")
+        if a.get("padded_from"):
+            out.append(f"It is {padded_text(a['passes'][-1]['params']['widths'], a['padded_from'])}.")
         if a.get("widths"):
             out.append(f"Outputs against the baseline's at every input width it can be served at: {check_text(a['widths'])}.")
     for x in conf["attempts"]:

@@ -38,6 +38,8 @@ def reload_saved(directory: Path, device: str = "cpu") -> Candidate:
     cand = importlib.import_module(MODULES[runtime]).load_artifact(directory, meta, device)
     cand.applied = meta.get("applied", [])
     cand.info.input_cap = meta.get("input_cap")
+    if meta.get("pad_widths"):  # JSON keys are strings
+        cand.pad_widths = {int(w): int(to) for w, to in meta["pad_widths"].items()}
     return cand
 
 

@@ -111,6 +111,7 @@ class OvCandidate(GraphCandidate):
             folder=folder,
             io=dict(self.io),
             precision=precision or self.precision,
+            pad_widths=dict(self.pad_widths),
         )
 
     def save(self, directory: Path) -> Path:
