@@ -17,7 +17,7 @@ from optimizer.cli import main
 from optimizer.errors import UserError
 from optimizer.model import ModelSpec
 from optimizer.passes import PassContext, build_pass, check_chain
-from optimizer.runtimes import load_candidate
+from optimizer.runtimes import load_candidate, reload_saved
 from optimizer.runtimes.threads import set_threads, threads
 
 
@@ -76,6 +76,12 @@ def test_inference_precision_is_explicit(tiny_bert_dir, tmp_path):
     else:
         with pytest.raises(UserError, match="does not offer BF16"):
             _export(tiny_bert_dir, "embedding", tmp_path / "b", inference_precision="bf16")
+    # auto: bf16 where the CPU has it, else f32; what it became is the candidate's and the note's
+    auto = _export(tiny_bert_dir, "embedding", tmp_path / "a", inference_precision="auto")
+    expect = "bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+    assert auto.precision == expect and _hint(auto) == expect
+    assert f"runs at inference precision {expect} (auto on this CPU)" in auto.notes[-1]
+    assert reload_saved(auto.save(tmp_path / "saved")).precision == expect
 
 
 def test_weight_compression_options_that_do_not_fit_the_mode_are_refused(tiny_bert_dir, tmp_path):

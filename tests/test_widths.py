@@ -174,7 +174,9 @@ def _fault_in_runtime(monkeypatch) -> None:
     monkeypatch.setattr(
         OrtCandidate,
         "infer_streams",
-        lambda self, feeds, streams, lat: [shifted(f, o) for f, o in zip(feeds, infer_streams(self, feeds, streams, lat), strict=True)],
+        lambda self, feeds, streams, lat: [
+            shifted(f, o) for f, o in zip(feeds, infer_streams(self, feeds, streams, lat), strict=True)
+        ],
     )
 
 

@@ -72,7 +72,7 @@ def peer_python(family: str) -> Path:
     venv, requirements = PEER_ENVS[family]
     py = venv / "bin" / "python"
     if not py.exists():
-        print(f"creating the {family} peers' environment in {venv} ({', '.join(requirements)})", flush=True)
+        print(f"creating the {family} peers' environment in {venv} ({'; '.join(' '.join(r) for r in requirements)})", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)  # first: the CPU build
         for step in requirements:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from optimizer.runtimes.ov import OvCandidate
 
 OV = frozenset({"openvino"})
-Precision = Literal["f32", "bf16", "f16"]
+Precision = Literal["auto", "f32", "bf16", "f16"]
 
 
 class OvPass(Pass):
@@ -41,7 +41,9 @@ class OvPass(Pass):
 
 class OvExportConfig(PassConfig):
     inference_precision: Precision = Field(
-        default="f32", description="CPU plugin precision for the float parts: f32, or bf16/f16 where the CPU has them"
+        default="f32",
+        description="CPU plugin precision for the float parts: f32, or bf16/f16 where the CPU has them; auto: bf16 "
+        "where the CPU has it (AVX-512 BF16 / AMX), else f32, resolved on the machine that builds it and recorded",
     )
     tolerance: float = Field(
         default=1e-3, gt=0, description="max |torch - openvino| on real tokens (at f32), relative to max |torch|"
@@ -60,7 +62,8 @@ class OvExport(OvPass):
 
     @classmethod
     def compute_dtype(cls, params: dict[str, Any]) -> str | None:
-        return {"bf16": "bf16", "f16": "fp16"}.get(params.get("inference_precision", "f32"))
+        precision = params.get("inference_precision", "f32")
+        return {"bf16": "bf16", "f16": "fp16"}.get(_supported(precision) if precision == "auto" else precision)
 
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         from optimizer.ov_export import convert
@@ -71,6 +74,7 @@ class OvExport(OvPass):
 
         assert isinstance(candidate, TorchCandidate)
         c = self.config
+        precision = _supported(c.inference_precision)  # before the export: a CPU without it is told at once
         folder = next_folder(ctx, self.name)
         module = candidate.module.float().cpu()
         reference = TorchCandidate(info=candidate.info, module=module, device="cpu")
@@ -86,17 +90,21 @@ class OvExport(OvPass):
         # parity is a property of the conversion, so it is checked at f32; a lower precision is a choice whose
         # effect the quality measurement shows
         note = check_parity(self.name, "OpenVINO", reference, f32, sample_texts(ctx, c.parity_texts), c.tolerance)
-        out = f32.derive(folder, precision=_supported(c.inference_precision))
-        out.notes.append(note + f"; runs at inference precision {out.precision}")
+        out = f32.derive(folder, precision=precision)
+        chosen = " (auto on this CPU)" if c.inference_precision == "auto" else ""
+        out.notes.append(note + f"; runs at inference precision {out.precision}{chosen}")
         candidate.module = None  # the torch weights are no longer needed
         return out
 
 
 def _supported(precision: str) -> str:
+    """The precision to compile with on this CPU (auto resolved); a one-line error where it has none such."""
     from optimizer.runtimes.ov import require_openvino
 
     ov = require_openvino()
     caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    if precision == "auto":
+        return "bf16" if "BF16" in caps else "f32"
     wanted = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}[precision]
     if wanted not in caps:
         raise UserError(
