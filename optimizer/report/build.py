@@ -13,6 +13,7 @@ from typing import Any
 
 from cost.workload import Workload
 from optimizer.budget import Budget
+from optimizer.cli_format import chain_text
 from optimizer.measurement import Measurement, run_candidate
 from optimizer.pipeline import speed_model_note
 from optimizer.recipe import MAIN_EVAL, Recipe
@@ -193,6 +194,14 @@ def _choose(d: dict[str, Any]) -> dict[str, Any] | None:
     return min(ok, key=lambda e: d["sign"] * e["objective"]) if ok else None
 
 
+def _deployed(chosen: dict[str, Any] | None, confirmation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The chosen entry with the chain the confirmation deployed (it may add pad-widths to the trial's)."""
+    attempt = next((a for a in (confirmation or {}).get("attempts", []) if chosen and a["trial"] == chosen["trial"]), None)
+    if chosen is None or attempt is None or attempt["passes"] == chosen["passes"]:
+        return chosen
+    return chosen | {"passes": attempt["passes"], "chain": chain_text(attempt["passes"])}
+
+
 def _deployment(chosen: dict[str, Any] | None, recipe: Recipe, d: dict[str, Any], src: Any) -> dict[str, Any] | None:
     if chosen is None:
         return None
@@ -275,7 +284,7 @@ def build_report(
     d = _from_run(src, budget) if isinstance(src, RunSource) else _from_study(src, budget)
     base, entries = d["baseline"], d["entries"]
     mark_pareto([base] + [e for e in entries if e["state"] == "ok" and e["same_as"] is None], budget["relative"], d["sign"])
-    chosen = _choose(d)
+    chosen = _deployed(_choose(d), d.get("confirmation"))
     alone = (d.get("confirmation") or {}).get("memory_alone") or {}
     for entry, key in ((base, "baseline"), (chosen, "choice")):  # a search measures it for the confirmed choice
         if entry is not None and alone.get(key):
