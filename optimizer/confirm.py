@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 SCHEMA = "costopt.confirmation/1"
 STUDY_ATTR = "confirmation"
 MAX_SPREAD = 0.25  # an interval wider than this share of its median: the saving is not established
+SET_ASIDE_FACTOR = 3  # confirmation rebuilds at most this many times search.confirm.candidates
 IDLE_BETWEEN_ARMS_S = 0.5  # runtime worker threads spin for a while after their last task
 T = TypeVar("T")
 
@@ -184,7 +185,9 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
     # With workers on several machines, this one confirms (and times the saving of) its own machine's
     # candidates: re-timing another machine's choice here would price this machine's speed as that one's.
     here = recipe.hardware.catalog if len(machines(study)) > 1 else None
-    candidates = ranked_candidates(study, catalog=here)  # k of them get a quality test; set-aside ones do not count
+    # k of them get a quality test; set-aside ones do not count, but at most 3k are rebuilt (a rebuild failing for
+    # every candidate, a missing extra say, would otherwise walk the whole study)
+    candidates = ranked_candidates(study, SET_ASIDE_FACTOR * spec.candidates, here)
     result.machine = here
     if not candidates:
         return result
