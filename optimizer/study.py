@@ -310,6 +310,16 @@ class TrialRunner:
         return out
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt as e:  # SIGTERM / Ctrl-C (signals.Stopped): Optuna fails the trial; say why
+            # wherever it landed: sampling, building, measuring or cleaning up
+            m = Measurement.of(trial)
+            m.error = f"interrupted ({e or 'KeyboardInterrupt'}) before the trial finished"
+            m.save(trial)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         s = self.recipe.search
         self.last_trial = trial.number
         trial.set_user_attr(WORKER, worker_id())  # first: a trial this worker leaves behind can be traced to it
@@ -380,9 +390,6 @@ class TrialRunner:
             raise optuna.TrialPruned(e.reason) from None
         except Exception as e:
             m.error = failure_reason(e)[:500]
-            raise
-        except KeyboardInterrupt as e:  # SIGTERM / Ctrl-C (signals.Stopped): Optuna fails the trial; say why
-            m.error = f"interrupted ({e or 'KeyboardInterrupt'}) while running; not measured"
             raise
         finally:
             speed_mod.set_threads(self.threads)

@@ -394,3 +394,22 @@ def test_a_trial_no_worker_ever_claimed_is_failed_once_older_than_the_grace_peri
     assert fail_orphans(study, unclaimed_after_s=0.01) == [unclaimed.number]
     assert study.trials[unclaimed.number].state == States.FAIL
     assert "never claimed" in study.user_attrs["orphans"][str(unclaimed.number)]
+
+
+@pytest.mark.parametrize("where", ["suggest", "_measured_twin"])
+def test_a_stop_that_lands_outside_the_build_still_fails_the_trial_with_its_reason(where, write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
+    import signal
+
+    import optimizer.study as study_mod
+    from optimizer.signals import Stopped
+
+    def stop(*a, **k):
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(study_mod, where, stop)
+    recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}], {"trials": 1})
+    with pytest.raises(Stopped):
+        run_search(recipe)
+    storage = f"sqlite:///{tmp_path / 'runs' / 'features' / 'study.db'}"
+    (t,) = optuna.load_study(study_name="features", storage=storage).trials
+    assert t.state == States.FAIL and Measurement.of(t).error.startswith("interrupted (SIGTERM)")
