@@ -397,7 +397,9 @@ def test_a_trial_no_worker_ever_claimed_is_failed_once_older_than_the_grace_peri
 
 
 @pytest.mark.parametrize("where", ["suggest", "_measured_twin"])
-def test_a_stop_that_lands_outside_the_build_still_fails_the_trial_with_its_reason(where, write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
+def test_a_stop_that_lands_outside_the_build_still_fails_the_trial_with_its_reason(
+    where, write_recipe, tiny_bert_dir, tmp_path, monkeypatch
+):
     import signal
 
     import optimizer.study as study_mod
