@@ -246,7 +246,8 @@ def _right_at_every_width(bench: Bench, cand: Any, attempt: Attempt, ctx: Any) -
     """`cand` checked at every width it can be served at (shapes its trial was not judged at). Defective widths
     that have a clean wider neighbour are served at it (pad-widths, added to the attempt's chain) and every
     width is checked again; None when a defect remains."""
-    check = bench.check_widths(cand)
+    batch, streams = attempt.deployment.get("batch_size"), attempt.deployment.get("streams")
+    check = bench.check_widths(cand, batch, streams)
     attempt.widths = check.as_dict()
     if check.ok:
         return cand
@@ -256,7 +257,7 @@ def _right_at_every_width(bench: Bench, cand: Any, attempt: Attempt, ctx: Any) -
         return None
     pad = {"name": PadWidths.name, "params": {"widths": fix}}
     cand = build_pass(pad["name"], pad["params"]).apply(cand, ctx)
-    again = bench.check_widths(cand)
+    again = bench.check_widths(cand, batch, streams)
     attempt.padded_from, attempt.widths = check.as_dict(), again.as_dict()
     if not again.ok:
         return None

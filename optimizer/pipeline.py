@@ -520,11 +520,14 @@ class Bench:
             out[name] = self._drops(base, values, confidence)
         return out
 
-    def check_widths(self, cand: Candidate) -> WidthCheck:
-        """`cand` against the baseline at every input width it can be served at (measure.widths)."""
+    def check_widths(self, cand: Candidate, batch: int | None = None, streams: int | None = None) -> WidthCheck:
+        """`cand` against the baseline at every input width it can be served at (measure.widths), served
+        as deployed: `batch` rows (default: the recipe's speed batch) on `streams` streams."""
         assert self.baseline is not None
         texts = (self.calibration or self.eval_data).all_texts()
-        return check_widths(cand, self.baseline, texts)
+        return check_widths(
+            cand, self.baseline, texts, batch or self.recipe.speed.batch_size, streams or self.recipe.speed.streams
+        )
 
     def context(self, work_dir: Path) -> PassContext:
         return pass_context(self.recipe, self.device, work_dir, self.calibration, self.train)
@@ -639,7 +642,7 @@ class Bench:
         judged_in = batch or (self.recipe.speed.batch_size if serving else None)
         m.quality_batches = batches_text(judged_in or self.recipe.quality.batch_size, sort=not serving)
         if widths:
-            check = self.check_widths(cand)
+            check = self.check_widths(cand, batch, streams)
             m.widths = check.as_dict()
             cand.notes.append(f"width check: {check.text()}")
             save(m)

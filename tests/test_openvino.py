@@ -84,6 +84,40 @@ def test_inference_precision_is_explicit(tiny_bert_dir, tmp_path):
     assert reload_saved(auto.save(tmp_path / "saved")).precision == expect
 
 
+def test_static_shapes_serve_what_one_dynamic_model_serves_with_few_compiled_shapes(tiny_bert_dir, tmp_path):
+    """Per-shape models (ov-static-shapes) give the dynamic model's embeddings at f32, on one stream and on
+    two, with a short last batch; rows go up to powers of two, widths to their buckets; the setting is kept."""
+    import numpy as np
+
+    from optimizer import tasks
+    from optimizer.data import stdlib_split
+    from optimizer.runtimes.ov import static_width
+
+    texts = [e.text for e in stdlib_split("eval")[:11]]  # batches of 4, 4 and 3 rows
+    dynamic = _export(tiny_bert_dir, "embedding", tmp_path)
+    static = build_pass("ov-static-shapes", {"step": 4}).apply(
+        _export(tiny_bert_dir, "embedding", tmp_path / "s"), _ctx(tmp_path, "embedding")
+    )
+    assert static.compiled_per_shape and not dynamic.compiled_per_shape
+    want = tasks.embed(dynamic, texts, 4)
+    for streams in (1, 2):
+        got = tasks.embed(static, texts, 4, streams=streams)
+        assert np.abs(got - want).max() < 1e-5
+    limit = static.info.limit
+    assert static._static and all(r in (1, 2, 4) and w == static_width(w, 4, limit) for r, w, _ in static._static)
+    assert {r for r, _, _ in static._static} == {4}  # the 3-row batch ran on the 4-row model
+    # its width check runs every width as served: in the serving batch's rows, each width at its bucket
+    from optimizer.measure.widths import check_widths
+
+    base = load_candidate(ModelSpec(source=str(tiny_bert_dir)), "embedding", "cpu")
+    fresh = reload_saved(static.save(tmp_path / "checked"))
+    check = check_widths(fresh, base, [e.text for e in stdlib_split("calibration")][:40], rows=4, streams=2)
+    assert check.ok and max(check.errors) < 1e-4 and {r for r, _, _ in fresh._static} == {4}
+    assert {w for _, w, _ in fresh._static} == {static_width(w, 4, limit) for w in check.widths}
+    again = reload_saved(static.save(tmp_path / "saved"))
+    assert again.static_step == 4 and np.abs(tasks.embed(again, texts, 4) - want).max() < 1e-5
+
+
 def test_weight_compression_options_that_do_not_fit_the_mode_are_refused(tiny_bert_dir, tmp_path):
     cand = _export(tiny_bert_dir, "embedding", tmp_path)
     with pytest.raises(UserError, match="apply to int4 modes"):

@@ -28,6 +28,20 @@ def test_the_rule_flags_one_shape_and_not_even_or_rising_errors():
     assert defects(widths, list(1e-7 * (1 + rng.random(len(widths))))) == []
 
 
+def test_a_defect_spanning_a_served_bucket_is_found_when_widths_are_compared_by_bucket():
+    from optimizer.runtimes.ov import static_width
+
+    rng = np.random.default_rng(1)
+    widths = list(range(3, 200))
+    served = [static_width(w, 8, 256) for w in widths]
+    errors = list(0.08 + rng.normal(0, 0.006, len(widths)))
+    for i, s in enumerate(served):  # the model compiled for 32 columns is wrong: every width served there is
+        if s == 32:
+            errors[i] = 0.5
+    assert defects(widths, errors) == []  # width by width, a defect 8 wide is its own neighbourhood
+    assert [d["width"] for d in defects(widths, errors, served)] == list(range(25, 33))
+
+
 def test_widths_cover_every_short_width_and_each_kernel_block_boundary_beyond():
     assert widths_to_check(128) == list(range(3, 129))
     long = widths_to_check(1024)
@@ -75,11 +89,11 @@ def test_confirmation_rejects_a_configuration_with_a_defective_width(search_reci
     # The first candidate the confirmation rebuilds gets a real fault at one width; the check is the real one.
     real, calls = confirm.Bench.check_widths, []
 
-    def check(self, cand):
+    def check(self, cand, *served):
         calls.append(1)
         if len(calls) == 1:
             _fault_at(cand, FAULT_WIDTH)
-        return real(self, cand)
+        return real(self, cand, *served)
 
     monkeypatch.setattr(confirm.Bench, "check_widths", check)
     assert main(["search", str(recipe_file), "-q"]) == 0
@@ -208,3 +222,13 @@ def test_confirmation_serves_around_a_defective_width_and_deploys_it(search_reci
     md = next((tmp_path / "rep").glob("*.md")).read_text()
     headline = next(line for line in md.splitlines() if "serves at" in line)
     assert "-> pad-widths(" in headline and f"served width {FAULT_WIDTH} at {FAULT_WIDTH + 1} tokens" in md
+
+
+def test_static_width_buckets_are_few_and_pad_little():
+    from optimizer.runtimes.ov import static_width
+
+    buckets = sorted({static_width(w, 8, 256) for w in range(1, 257)})
+    assert buckets == [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]
+    assert all(static_width(w, 8, 256) - w < max(8, w / 4) for w in range(1, 257))
+    assert static_width(250, 8, 250) == 250 and static_width(300, 8, 256) == 300  # never past the limit, never narrower
+    assert len({static_width(w, 16, 256) for w in range(1, 257)}) == 12

@@ -11,6 +11,11 @@ So a candidate runs, at each width from 3 tokens to the widths it serves (`width
 of real text: a row exactly that wide and a shorter row padded to it. Its outputs at real tokens are
 compared with the baseline's on the same batch. Compression moves the error evenly across widths;
 a width whose error stands far above its neighbours' is a defect at that shape (`defects`).
+
+Widths are compared by the shape they are served at (`Candidate.served_width`): a runtime that compiles one
+model per width bucket runs every width of a bucket through the same kernels, so a defect spans the
+bucket, and buckets are compared with buckets. Such a runtime also compiles per row count, so its check
+runs at the serving batch's rows (the two real rows repeated); others are checked at two rows.
 """
 
 from __future__ import annotations
@@ -77,16 +82,22 @@ def widths_to_check(limit: int) -> list[int]:
     return dense + sparse
 
 
-def defects(widths: list[int], errors: list[float]) -> list[dict[str, float]]:
-    """Widths whose error is far above the median of the WINDOW widths on each side."""
+def defects(widths: list[int], errors: list[float], served: list[int] | None = None) -> list[dict[str, float]]:
+    """Widths served at a shape whose error (the median over the widths served there) is far above the
+    median of the WINDOW served shapes on each side; every width served at a defective shape is listed."""
+    groups: dict[int, list[int]] = {}  # served width -> indices of the input widths served at it
+    for i, s in enumerate(served or widths):
+        groups.setdefault(s, []).append(i)
+    shapes = sorted(groups)
+    shape_error = [statistics.median(errors[i] for i in groups[s]) for s in shapes]
     out = []
-    for i, (w, e) in enumerate(zip(widths, errors, strict=True)):
-        around = errors[max(0, i - WINDOW) : i] + errors[i + 1 : i + 1 + WINDOW]
+    for j, s in enumerate(shapes):
+        around = shape_error[max(0, j - WINDOW) : j] + shape_error[j + 1 : j + 1 + WINDOW]
         if not around:
             continue
-        med = statistics.median(around)
+        med, e = statistics.median(around), shape_error[j]
         if e > RATIO * med and e - med > MARGIN:
-            out.append({"width": w, "error": e, "neighbours": med})
+            out += [{"width": widths[i], "error": errors[i], "neighbours": med} for i in groups[s]]
     return out
 
 
@@ -121,15 +132,16 @@ def _error(out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> float:
     return float(rel.mean())
 
 
-def check_widths(candidate: Candidate, reference: Candidate, texts: list[str]) -> WidthCheck:
-    """`candidate` against `reference` (the baseline) at every width it can be served at."""
+def check_widths(candidate: Candidate, reference: Candidate, texts: list[str], rows: int = 2, streams: int = 1) -> WidthCheck:
+    """`candidate` against `reference` (the baseline) at every width it can be served at, run as it is
+    served: on `streams` streams and, for a candidate compiled per shape, in batches of `rows`."""
     import torch
 
     with torch.inference_mode():
-        return _check(candidate, reference, texts)
+        return _check(candidate, reference, texts, rows if candidate.compiled_per_shape else 2, streams)
 
 
-def _check(candidate: Candidate, reference: Candidate, texts: list[str]) -> WidthCheck:
+def _check(candidate: Candidate, reference: Candidate, texts: list[str], rows: int, streams: int) -> WidthCheck:
     t0 = time.perf_counter()
     tok = candidate.tokenizer
     checked, errors = [], []
@@ -138,6 +150,13 @@ def _check(candidate: Candidate, reference: Candidate, texts: list[str]) -> Widt
         if batch is None:  # all the texts together are shorter than this width: so are wider ones
             break
         ids, mask = batch
-        errors.append(_error(candidate.forward(ids, mask), reference.forward(ids, mask), mask))
+        reps = -(-rows // 2)  # the two rows repeated up to the serving batch; the first two are compared
+        out = (
+            candidate.forward(ids.repeat(reps, 1)[:rows], mask.repeat(reps, 1)[:rows])[:2]
+            if rows > 2
+            else candidate.forward(ids, mask)
+        )
+        errors.append(_error(out, reference.forward(ids, mask), mask))
         checked.append(w)
-    return WidthCheck(checked, errors, defects(checked, errors), time.perf_counter() - t0)
+    served = [candidate.served_width(w) for w in checked]
+    return WidthCheck(checked, errors, defects(checked, errors, served), time.perf_counter() - t0)

@@ -234,6 +234,41 @@ class OvInt8Static(OvPass):
         return out
 
 
+# ---------------------------------------------------------------- static widths
+
+
+class OvStaticShapesConfig(PassConfig):
+    step: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="widths round up to a multiple of this (or of an eighth of the next power of two, when "
+        "coarser): 16 compiled models up to 256 tokens at 8",
+    )
+
+
+class OvStaticShapes(OvPass):
+    """Serve an encoder with one model compiled per input-width bucket instead of one for every width."""
+
+    name = "ov-static-shapes"
+    family = "export"  # changes how the model is served, not the model
+    tasks = frozenset({"embedding", "classification"})  # a causal LM's KV cache grows every step
+    runtimes_in = OV
+    requires = ("openvino",)
+    Config = OvStaticShapesConfig
+
+    def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
+        from optimizer.runtimes.ov import OvCandidate
+
+        assert isinstance(candidate, OvCandidate)
+        candidate.static_step = self.config.step
+        candidate.notes.append(
+            f"ov-static-shapes: one compiled model per input-width bucket (step {self.config.step}), each compiled when "
+            "first needed; inputs padded up to their bucket (masked out)"
+        )
+        return candidate
+
+
 # ---------------------------------------------------------------- weight compression
 
 

@@ -41,6 +41,16 @@ class Candidate(ABC):
     def tokenizer(self) -> Any:
         return self.info.tokenizer
 
+    @property
+    def compiled_per_shape(self) -> bool:
+        """True when each input shape (rows and width) runs its own compiled model, so a shape's outputs
+        can only be checked at that shape."""
+        return False
+
+    def served_width(self, width: int) -> int:
+        """The width an input `width` tokens wide is run at (wider: padded, masked out)."""
+        return width
+
     @abstractmethod
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token states [B, T, H] for embedding models; logits [B, T, V] or [B, C] otherwise."""

@@ -54,9 +54,12 @@ class GraphCandidate(Candidate):
         shape = (batch, self.io["kv_heads"], 0, self.io["head_dim"])
         return {n: np.zeros(shape, np.float32) for n in self.io["inputs"][2:]}
 
+    def served_width(self, width: int) -> int:
+        return self.pad_widths.get(width, width)
+
     def _feeds(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-        wider = self.pad_widths.get(ids.shape[1]) if self.task != "causal-lm" else None
-        if wider:
+        wider = self.served_width(ids.shape[1]) if self.task != "causal-lm" else ids.shape[1]
+        if wider > ids.shape[1]:
             extra = ((0, 0), (0, wider - ids.shape[1]))
             ids, mask = np.pad(ids, extra, constant_values=self.tokenizer.pad_token_id or 0), np.pad(mask, extra)
         feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
