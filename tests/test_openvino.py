@@ -114,8 +114,11 @@ def test_static_shapes_serve_what_one_dynamic_model_serves_with_few_compiled_sha
     check = check_widths(fresh, base, [e.text for e in stdlib_split("calibration")][:40], rows=4, streams=2)
     assert check.ok and max(check.errors) < 1e-4 and {r for r, _, _ in fresh._static} == {4}
     assert {w for _, w, _ in fresh._static} == {static_width(w, 4, limit) for w in check.widths}
+    bounded = reload_saved(static.save(tmp_path / "bounded"))
+    bounded.max_shapes = 2  # a bound on compiled shapes: the least recently used goes, and is compiled again
+    assert np.abs(tasks.embed(bounded, texts, 4) - want).max() < 1e-5 and len(bounded._static) == 2
     again = reload_saved(static.save(tmp_path / "saved"))
-    assert again.static_step == 4 and np.abs(tasks.embed(again, texts, 4) - want).max() < 1e-5
+    assert again.static_step == 4 and again.max_shapes == 16 and np.abs(tasks.embed(again, texts, 4) - want).max() < 1e-5
 
 
 def test_weight_compression_options_that_do_not_fit_the_mode_are_refused(tiny_bert_dir, tmp_path):

@@ -9,7 +9,7 @@ One command, one run, 2 threads, the same texts, batch size and token count for 
   as sbert.net's efficiency guide shows, in their own virtual environment (peer.py; created here on
   first use, because optimum-onnx and optimum-intel pin transformers < 5);
 - costopt's chosen configuration, loaded with optimizer.load_deployment(deploy.yaml), and the same with one
-  of its levers taken out at a time (two serving streams, OpenVINO's bf16 hint, int8), so the same rounds
+  of its levers taken out at a time (two serving streams, OpenVINO's bf16 hint, int8, per-shape models), so the same rounds
   show what each lever adds.
 
 Quality: MRR and Recall@1 over the recipe's retrieval pairs, each drop against the fp32 baseline with
@@ -89,6 +89,7 @@ ABLATIONS = {  # arm -> (its label, the lever it takes out)
     "costopt-one-stream": ("costopt's choice on one 2-thread stream", "two serving streams"),
     "costopt-f32-hint": ("costopt's choice at OpenVINO's f32 hint", "the bf16 hint"),
     "costopt-no-int8": ("costopt's choice without int8", "int8"),
+    "costopt-dynamic-shapes": ("costopt's choice on one model for every input shape", "per-shape models"),
 }
 QUANTIZERS = ("ov-int8-static", "ort-int8-dynamic")
 
@@ -102,6 +103,10 @@ def ablations(chosen: Any, deploy_file: Path, work: Path) -> dict[str, Any]:
         out["costopt-one-stream"] = dataclasses.replace(chosen, config=chosen.config | {"streams": 1})
     if cand.runtime == "openvino" and cand.precision != "f32":
         out["costopt-f32-hint"] = dataclasses.replace(chosen, candidate=cand.derive(cand.folder, precision="f32"))
+    if getattr(cand, "static_step", 0):
+        dynamic = cand.derive(cand.folder)
+        dynamic.static_step = 0
+        out["costopt-dynamic-shapes"] = dataclasses.replace(chosen, candidate=dynamic)
     if any(p["name"] in QUANTIZERS for p in config["passes"]):
         plain = work / "no-int8.yaml"
         plain.write_text(

@@ -245,6 +245,12 @@ class OvStaticShapesConfig(PassConfig):
         description="widths round up to a multiple of this (or of an eighth of the next power of two, when "
         "coarser): 16 compiled models up to 256 tokens at 8",
     )
+    max_shapes: int = Field(
+        default=16,
+        ge=1,
+        description="compiled shapes kept at once (each holds its own weights: about 90 MiB for the int8 MiniLM); "
+        "the least recently used one is dropped and compiled again when next needed",
+    )
 
 
 class OvStaticShapes(OvPass):
@@ -261,7 +267,7 @@ class OvStaticShapes(OvPass):
         from optimizer.runtimes.ov import OvCandidate
 
         assert isinstance(candidate, OvCandidate)
-        candidate.static_step = self.config.step
+        candidate.static_step, candidate.max_shapes = self.config.step, self.config.max_shapes
         candidate.notes.append(
             f"ov-static-shapes: one compiled model per input-width bucket (step {self.config.step}), each compiled when "
             "first needed; inputs padded up to their bucket (masked out)"
