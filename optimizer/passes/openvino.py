@@ -246,10 +246,12 @@ class OvStaticShapesConfig(PassConfig):
         "coarser): 16 compiled models up to 256 tokens at 8",
     )
     max_shapes: int = Field(
-        default=16,
+        default=32,
         ge=1,
         description="compiled shapes kept at once (each holds its own weights: about 90 MiB for the int8 MiniLM); "
-        "the least recently used one is dropped and compiled again when next needed",
+        "the least recently used one is dropped and compiled again when next needed. One serving setup meets at "
+        "most 16 widths (step 8) and a few short-batch row counts; costopt's own measurements also run one "
+        "stream's shapes beside the serving streams' (compiled per thread count)",
     )
 
 

@@ -100,7 +100,7 @@ class OvCandidate(GraphCandidate):
     _compiled: Any = field(default=None, repr=False)
     _stream_models: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)  # streams -> (compiled, queue)
     static_step: int = 0  # 0: one model for every width; n: one model per width bucket (static_width)
-    max_shapes: int = 16  # compiled shapes kept at once; the least recently used one goes first
+    max_shapes: int = 32  # compiled shapes kept at once; the least recently used one goes first
     _static: OrderedDict[tuple[int, int, int], _StaticModel] = field(
         default_factory=OrderedDict, repr=False
     )  # (rows, width, threads)
@@ -240,5 +240,5 @@ def load_artifact(directory: Path, meta: dict[str, Any], device: str) -> OvCandi
         io=meta["io"],
         precision=meta.get("precision", "f32"),
         static_step=int(meta.get("static_step", 0)),
-        max_shapes=int(meta.get("max_shapes", 16)),
+        max_shapes=int(meta.get("max_shapes", 32)),
     )
