@@ -11,8 +11,8 @@ import torch
 from optimizer import tasks
 from optimizer.data import stdlib_split
 from optimizer.errors import UserError
-from optimizer.passes.base import REGISTRY
 from optimizer.passes import PassContext, build_pass
+from optimizer.passes.base import REGISTRY
 from optimizer.recipe import ModelSpec
 from optimizer.runtimes import Candidate, load_candidate, reload_saved
 
