@@ -37,8 +37,7 @@ from optimizer.measure.stats import ratio_interval
 from optimizer.measure.widths import check_text, padded_text
 from optimizer.measurement import Measurement
 from optimizer.objectives import OBJECTIVES
-from optimizer.passes import batch_dependent, build_pass
-from optimizer.passes.widths import PadWidths, around
+from optimizer.passes import batch_dependent
 from optimizer.pipeline import Bench, apply_chain, batches_text, resolve_device
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.study import machines, objective_sign, priced_on, search_dir
@@ -247,22 +246,15 @@ def _right_at_every_width(bench: Bench, cand: Any, attempt: Attempt, ctx: Any) -
     that have a clean wider neighbour are served at it (pad-widths, added to the attempt's chain) and every
     width is checked again; None when a defect remains."""
     batch, streams = attempt.deployment.get("batch_size"), attempt.deployment.get("streams")
-    check = bench.check_widths(cand, batch, streams)
-    attempt.widths = check.as_dict()
-    if check.ok:
-        return cand
-    log.warning("trial %d: %s", attempt.trial, check.text())
-    fix = around([int(d["width"]) for d in check.defects], check.widths)
-    if fix is None or cand.runtime not in PadWidths.runtimes_in or cand.task not in PadWidths.tasks:
-        return None
-    pad = {"name": PadWidths.name, "params": {"widths": fix}}
-    cand = build_pass(pad["name"], pad["params"]).apply(cand, ctx)
-    again = bench.check_widths(cand, batch, streams)
-    attempt.padded_from, attempt.widths = check.as_dict(), again.as_dict()
-    if not again.ok:
-        return None
-    attempt.passes = [*attempt.passes, pad]
-    return cand
+    fixed, first, again, pad = bench.serve_around_defects(cand, ctx, batch, streams)
+    attempt.widths = first.as_dict()
+    if not first.ok:
+        log.warning("trial %d: %s", attempt.trial, first.text())
+    if again is not None:
+        attempt.padded_from, attempt.widths = first.as_dict(), again.as_dict()
+    if fixed is not None and pad is not None:
+        attempt.passes = [*attempt.passes, pad]
+    return fixed
 
 
 def _time_saving(

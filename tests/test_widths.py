@@ -224,6 +224,26 @@ def test_confirmation_serves_around_a_defective_width_and_deploys_it(search_reci
     assert "-> pad-widths(" in headline and f"served width {FAULT_WIDTH} at {FAULT_WIDTH + 1} tokens" in md
 
 
+@pytest.mark.parametrize("per_shape", [True, False])
+def test_a_search_trial_compiled_per_shape_is_judged_as_served_around_its_defect(
+    per_shape, search_recipe, tiny_bert_dir, tmp_path, monkeypatch
+):
+    from optimizer.recipe import load_recipe
+    from optimizer.runtimes.ort import OrtCandidate
+    from optimizer.study import run_search
+
+    _fault_in_runtime(monkeypatch)
+    monkeypatch.setattr(OrtCandidate, "compiled_per_shape", property(lambda self: per_shape))
+    recipe = load_recipe(search_recipe(tiny_bert_dir, [{"name": "onnx-export"}], trials=1))
+    (t,) = run_search(recipe).trials
+    m = Measurement.of(t)
+    if per_shape:  # checked in the trial, served around, judged so
+        assert m.widths["defects"] == [] and m.feasible
+        assert any(f"judged as served width {FAULT_WIDTH} at {FAULT_WIDTH + 1} tokens (pad-widths)" in n for n in m.notes)
+    else:  # a defect at one width is the confirmation's to find
+        assert m.widths is None and not any("judged as" in n for n in m.notes)
+
+
 def test_static_width_buckets_are_few_and_pad_little():
     from optimizer.runtimes.ov import static_width
 
