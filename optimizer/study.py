@@ -52,8 +52,10 @@ from optimizer.ranges import Choice, parse_range, values
 from optimizer.recipe import Recipe
 from optimizer.results import ensure_writable
 from optimizer.search_space import (
+    SERVING_KNOBS,
     combined_params,
     pass_ranges,
+    running_passes,
     seed_single_techniques,
     serving_ranges,
     space_size,
@@ -637,11 +639,25 @@ def queue_combination(study: optuna.Study, recipe: Recipe) -> dict[str, Any] | N
     )
     merged = combined_params(recipe, [t.params for t in within])
     study.set_user_attr(COMBINED, merged or "nothing to combine: fewer than two within-budget techniques fit one chain")
-    if merged is None or any(t.params == merged for t in study.get_trials(deepcopy=False)):
+    if merged is None:
         return None
-    study.enqueue_trial(merged, skip_if_exists=True)
-    log.info("queued the within-budget techniques together: %s", merged)
-    return merged
+    # Served as the cheapest was, and as the next cheapest trial whose techniques it holds was, when that
+    # differs: how a chain is best served (batch, streams) depends on the chain (per-shape models ran best on
+    # one stream alone, int8 on two), so the combination's serving is measured, not inherited from one trial.
+    variants = [merged]
+    for t in within:
+        ran = set(running_passes(recipe, t.params))
+        if ran and ran <= set(running_passes(recipe, merged)):
+            served = merged | {k: t.params[k] for k in SERVING_KNOBS if k in t.params}
+            if served not in variants:
+                variants.append(served)
+                break
+    done = [t.params for t in study.get_trials(deepcopy=False)]
+    for v in variants:
+        if v not in done:
+            study.enqueue_trial(v, skip_if_exists=True)
+            log.info("queued the within-budget techniques together: %s", v)
+    return merged if merged not in done else None
 
 
 def _record_study_context(study: optuna.Study, recipe: Recipe, runner: TrialRunner) -> None:

@@ -128,15 +128,28 @@ def test_a_search_queues_the_combination_once_after_the_singles(write_recipe, ti
     r = _two_paths(write_recipe, tiny_bert_dir)
     study = optuna.create_study()
     for params in (
-        {"0.onnx-export.enabled": True, "2.ov-export.enabled": False, "4.max-length.enabled": False},
+        {"0.onnx-export.enabled": True, "2.ov-export.enabled": False, "4.max-length.enabled": False, "streams": 1},
         {
             "0.onnx-export.enabled": False,
             "2.ov-export.enabled": True,
             "3.ov-int8-static.enabled": False,
             "4.max-length.enabled": False,
+            "streams": 1,
         },
-        {"0.onnx-export.enabled": False, "2.ov-export.enabled": False, "4.max-length.enabled": True, "4.max-length.tokens": 64},
-        {"0.onnx-export.enabled": False, "2.ov-export.enabled": False, "4.max-length.enabled": True, "4.max-length.tokens": 32},
+        {
+            "0.onnx-export.enabled": False,
+            "2.ov-export.enabled": False,
+            "4.max-length.enabled": True,
+            "4.max-length.tokens": 64,
+            "streams": 2,
+        },
+        {
+            "0.onnx-export.enabled": False,
+            "2.ov-export.enabled": False,
+            "4.max-length.enabled": True,
+            "4.max-length.tokens": 32,
+            "streams": 1,
+        },
     ):
         study.enqueue_trial(params)
     assert queue_combination(study, r) is None  # singles still waiting
@@ -148,5 +161,9 @@ def test_a_search_queues_the_combination_once_after_the_singles(write_recipe, ti
     merged = queue_combination(study, r)
     # the cheapest within budget (OpenVINO) with the within-budget cap (64, not the over-budget 32)
     assert merged["2.ov-export.enabled"] and merged["4.max-length.enabled"] and merged["4.max-length.tokens"] == 64
-    assert study.user_attrs[COMBINED] == merged and len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
+    # queued as the cheapest was served (one stream) and as the cap's trial was (two): the combination's serving
+    # is measured, not inherited
+    waiting = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
+    assert study.user_attrs[COMBINED] == merged and merged["streams"] == 1
+    assert waiting == [merged, merged | {"streams": 2}]
     assert queue_combination(study, r) is None  # once per study
