@@ -90,6 +90,12 @@ ABLATIONS = {  # arm -> (its label, the lever it takes out)
     "costopt-f32-hint": ("costopt's choice at OpenVINO's f32 hint", "the bf16 hint"),
     "costopt-no-int8": ("costopt's choice without int8", "int8"),
     "costopt-dynamic-shapes": ("costopt's choice on one model for every input shape", "per-shape models"),
+    # serving the other way round: what the choice would give on the streams it did not pick
+    "costopt-two-streams": ("costopt's choice on two 1-thread streams", "one 2-thread stream instead of two"),
+    "costopt-dynamic-two-streams": (
+        "costopt's choice on one model for every input shape, on two 1-thread streams",
+        "per-shape models on one stream instead of one model on two",
+    ),
 }
 QUANTIZERS = ("ov-int8-static", "ort-int8-dynamic")
 
@@ -107,6 +113,12 @@ def ablations(chosen: Any, deploy_file: Path, work: Path) -> dict[str, Any]:
         dynamic = cand.derive(cand.folder)
         dynamic.static_step = 0
         out["costopt-dynamic-shapes"] = dataclasses.replace(chosen, candidate=dynamic)
+        if int(config.get("streams") or 1) == 1 and int(config.get("threads") or 1) >= 2:
+            out["costopt-dynamic-two-streams"] = dataclasses.replace(
+                chosen, candidate=dynamic, config=chosen.config | {"streams": 2}
+            )
+    if int(config.get("streams") or 1) == 1 and int(config.get("threads") or 1) >= 2:
+        out["costopt-two-streams"] = dataclasses.replace(chosen, config=chosen.config | {"streams": 2})
     if any(p["name"] in QUANTIZERS for p in config["passes"]):
         plain = work / "no-int8.yaml"
         plain.write_text(
