@@ -151,11 +151,8 @@ def _check(candidate: Candidate, reference: Candidate, texts: list[str], rows: i
             break
         ids, mask = batch
         reps = -(-rows // 2)  # the two rows repeated up to the serving batch; the first two are compared
-        out = (
-            candidate.forward(ids.repeat(reps, 1)[:rows], mask.repeat(reps, 1)[:rows])[:2]
-            if rows > 2
-            else candidate.forward(ids, mask)
-        )
+        served = (ids.repeat(reps, 1)[:rows], mask.repeat(reps, 1)[:rows])
+        out = candidate.forward_batches([served], streams)[0][:2]  # on the serving streams' models
         errors.append(_error(out, reference.forward(ids, mask), mask))
         checked.append(w)
     served = [candidate.served_width(w) for w in checked]

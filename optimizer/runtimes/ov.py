@@ -220,7 +220,10 @@ class OvCandidate(GraphCandidate):
         directory = fresh_folder(directory)
         copy_files(self.model_path.parent, directory)
         self.write_common(
-            directory, io=self.io, precision=self.precision, **({"static_step": self.static_step} if self.static_step else {})
+            directory,
+            io=self.io,
+            precision=self.precision,
+            **({"static_step": self.static_step, "max_shapes": self.max_shapes} if self.static_step else {}),
         )
         return directory
 
