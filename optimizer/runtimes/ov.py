@@ -8,8 +8,9 @@ both speed and quality; a user must see and choose that. Causal LMs take and ret
 plain tensors (past.{i}.key -> present.{i}.key), like the ONNX graph, so prefill and decode are one model.
 
 Static widths (`static_step`, set by the ov-static-shapes pass): the CPU plugin runs a model compiled for
-one input width faster than the same model compiled for any width (1.2x on all-MiniLM-L6-v2 int8 at the
-bf16 hint, Xeon with AMX: the matmuls and the fused attention both pick better kernels), so an encoder
+one input shape faster than the same model compiled for any shape (1.10x [1.02, 1.15] on all-MiniLM-L6-v2
+int8 at the bf16 hint, Xeon with AMX, experiments/minilm-cpu: the matmuls and the fused attention both pick
+better kernels), so an encoder
 can be served by one compiled model per input shape: widths are padded (masked, on the right) up to their
 bucket and rows up to a power of two, each shape's model is compiled the first time a request needs it
 (about 0.4 s), and outputs come back at the caller's shape. Each compiled model holds its own repacked
