@@ -15,7 +15,7 @@ from typing import Any
 from cost.errors import CostInputError
 from optimizer.cli_format import chain_text, table
 from optimizer.errors import UserError
-from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, serving_cell, serving_text
+from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, served_text, serving_cell, serving_text
 from optimizer.measure.roofline import roofline_text
 from optimizer.measure.widths import check_text
 from optimizer.signals import Stopped, stop_on_signals
@@ -175,6 +175,9 @@ def render_result(r: dict[str, Any]) -> str:
             )
         if part and part.get("speed", {}).get("latency_misses"):
             out.append(f"{label} misses the latency targets: {'; '.join(part['speed']['latency_misses'])}")
+        served = part and part.get("speed", {}).get("served")
+        if served:
+            out.append(f"{label} served {served_text(served)}")
         roof = part and part.get("speed", {}).get("roofline")
         if roof:
             out.append(f"{label} {roofline_text(roof)}")

@@ -191,6 +191,45 @@ def measure_speed(
     return out
 
 
+def replicas_on(entry: Any, threads: int | None) -> int:
+    """Replicas of a `threads`-thread process the catalog entry holds: a run on fewer threads than the
+    instance has vCPUs leaves room for more replicas on it (assumed to scale linearly; said where priced)."""
+    return max(1, entry.vcpus // threads) if entry.vcpus and threads else 1
+
+
+def measure_requests(
+    cand: Candidate, recipe: Recipe, data: Dataset, batch_size: int, warmup: int | None, repeats: int | None
+) -> dict[str, Any]:
+    """speed.requests served at once by the candidate's engine (measure/requests.py), priced per 1M
+    tokens of that mix (input and output together) on the recipe's catalog entry."""
+    from optimizer.measure.requests import bench_requests
+
+    s = recipe.speed
+    texts = tasks.prompted(cand, data).interleaved()
+    with Watch() as watch:
+        out = bench_requests(
+            cand,
+            texts,
+            s.requests,
+            batch_size,
+            s.prompt_tokens,
+            s.new_tokens,
+            s.warmup if warmup is None else warmup,
+            repeats or s.repeats,
+            recipe.data.seed,
+        )
+    out["contention"] = watch.result.as_dict()
+    out["input_share"] = out["prompt_tokens"]["total"] / (out["prompt_tokens"]["total"] + out["new_tokens"]["total"])
+    if recipe.hardware.catalog:
+        import cost
+
+        hw = recipe.hardware
+        entry = cost.load_catalog(hw.catalog_file).get(hw.catalog)
+        tps = out["tokens_per_s"]["median"] * replicas_on(entry, out["threads"])
+        out["usd_per_m_tokens"] = cost.usd_per_million(tps, entry.hourly_usd(hw.pricing), hw.utilization)
+    return out
+
+
 def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
     """$ per 1M tokens on the recipe's catalog entry from measured tokens/s (None without an entry)."""
     if not recipe.hardware.catalog:
@@ -199,8 +238,7 @@ def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
 
     hw = recipe.hardware
     entry = cost.load_catalog(hw.catalog_file).get(hw.catalog)
-    # A run on fewer threads than the instance has vCPUs leaves room for more replicas on it.
-    replicas = max(1, entry.vcpus // speed["threads"]) if entry.vcpus and speed.get("threads") else 1
+    replicas = replicas_on(entry, speed.get("threads"))
     out_tps = speed["output_tokens_per_s"]["median"] * replicas if "output_tokens_per_s" in speed else None
     p = cost.token_price(entry, speed["input_tokens_per_s"]["median"] * replicas, out_tps, hw.utilization, hw.pricing)
     share = recipe.workload.input_share if recipe.workload else (1.0 if out_tps is None else 0.5)
@@ -605,7 +643,10 @@ class Bench:
             if self.recipe.speed.model is not None:  # say which model these figures belong to
                 speed["model"] = {"source": self.recipe.speed.model.source, "parameters": cand.parameter_counts()[0]}
             points.append((speed, price_speed(self.recipe, speed)))
-        return operating_point(self.recipe, points)
+        speed, cost = operating_point(self.recipe, points)
+        if s.requests and self.recipe.task == "causal-lm":
+            speed["served"] = measure_requests(cand, self.recipe, self.eval_data, speed["batch_size"], warmup, repeats)
+        return speed, cost
 
     def roofline(self, speed: dict[str, Any], fp: dict[str, Any], passes: list[dict[str, Any]]) -> dict[str, Any] | None:
         """A causal LM's measured speed against its roofline on the recipe's catalog entry (None for

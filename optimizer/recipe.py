@@ -78,6 +78,13 @@ class SpeedSpec(Strict):
     )
     ttft_p95_s: float | None = Field(default=None, gt=0, description="causal LM latency target: time to first token, p95")
     tpot_p95_s: float | None = Field(default=None, gt=0, description="causal LM latency target: time per output token, p95")
+    requests: int | None = Field(
+        default=None,
+        gt=0,
+        description="causal LM: also serve this many requests at once, as a server would: real-text prompts of "
+        "their own length (up to prompt_tokens), answers of new_tokens/4 to new_tokens tokens; in static batches of "
+        "the chosen batch size, or by continuous batching after torch-continuous-batching",
+    )
     model: ModelSpec | None = Field(
         default=None,
         description="time this model instead of model.source (the same passes applied to it): a model of "
@@ -231,7 +238,7 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _operating_points_are_for_causal_lms(self) -> Recipe:
         s = self.speed
-        for key in ("batch_sizes", "ttft_p95_s", "tpot_p95_s"):
+        for key in ("batch_sizes", "ttft_p95_s", "tpot_p95_s", "requests"):
             if getattr(s, key) is not None and self.task != "causal-lm":
                 raise _FieldError(f"speed.{key}", f"applies to causal LMs, not to task {self.task!r}", "remove it")
         return self

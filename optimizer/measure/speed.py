@@ -78,7 +78,7 @@ class PeakMemory:
             self.peak_cuda = int(torch.cuda.max_memory_allocated())
 
 
-def _sync(device: str) -> None:
+def sync_device(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -108,10 +108,10 @@ def bench_encoder(
     tps, seq_s, batch_lat = [], [], []
     with PeakMemory(cand.device) as mem:
         for _ in range(repeats):
-            _sync(cand.device)
+            sync_device(cand.device)
             t0 = time.perf_counter()
             cand.forward_batches(pairs, streams, batch_lat)
-            _sync(cand.device)
+            sync_device(cand.device)
             dt = time.perf_counter() - t0
             tps.append(real / dt)
             seq_s.append(len(texts) / dt)
@@ -171,18 +171,18 @@ def bench_causal_lm(
 
     def one_run(prompt: torch.Tensor) -> tuple[float, list[float]]:
         mask = torch.ones_like(prompt)
-        _sync(cand.device)
+        sync_device(cand.device)
         t0 = time.perf_counter()
         logits, state = cand.prefill(prompt, mask)
         nxt = logits.argmax(-1, keepdim=True)
-        _sync(cand.device)
+        sync_device(cand.device)
         t_prefill = time.perf_counter() - t0
         steps = []
         for _ in range(new_tokens):
             ts = time.perf_counter()
             logits, state = cand.decode(nxt, state)
             nxt = logits.argmax(-1, keepdim=True)
-            _sync(cand.device)
+            sync_device(cand.device)
             steps.append(time.perf_counter() - ts)
         return t_prefill, steps
 

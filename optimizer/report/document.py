@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, serving_cell, serving_text, usd
+from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, served_text, serving_cell, serving_text, usd
 from optimizer.measure.widths import check_text, padded_text
 
 
@@ -319,6 +319,8 @@ def _speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
                 out["decode / bandwidth bound, by batch"] = ", ".join(
                     f"{p['batch_size']}: {p['decode_fraction']:.0%}" for p in shares
                 )
+        if s.get("served"):
+            out["requests served at once"] = served_text(s["served"])
         if "latency_misses" in s:
             out["latency targets"] = "missed: " + "; ".join(s["latency_misses"]) if s["latency_misses"] else "met"
         roof = s.get("roofline")

@@ -148,6 +148,9 @@ class TorchCandidate(Candidate):
     # its step compiled when compile_decode (once per batch size and cache length, per process)
     static_cache: int = 0
     compile_decode: bool = False
+    # causal LMs served by transformers' continuous-batching engine: its ContinuousBatchingConfig settings
+    # (None: static batches); used where requests are served (measure.requests), not by prefill/decode
+    continuous: dict[str, Any] | None = None
     _runner: Any = field(default=None, repr=False)
     _step: Any = field(default=None, repr=False)
 
@@ -238,7 +241,12 @@ class TorchCandidate(Candidate):
         else:
             self.module.save_pretrained(directory, safe_serialization=True)
         self.write_common(
-            directory, format=fmt, compiled=self.compiled, static_cache=self.static_cache, compile_decode=self.compile_decode
+            directory,
+            format=fmt,
+            compiled=self.compiled,
+            static_cache=self.static_cache,
+            compile_decode=self.compile_decode,
+            continuous=self.continuous,
         )
         return directory
 
@@ -289,4 +297,5 @@ def load_artifact(directory: Path, meta: dict[str, Any], device: str) -> TorchCa
         )
     cand.compiled = bool(meta.get("compiled", False))
     cand.static_cache, cand.compile_decode = int(meta.get("static_cache", 0)), bool(meta.get("compile_decode", False))
+    cand.continuous = meta.get("continuous")
     return cand

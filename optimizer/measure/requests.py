@@ -1,0 +1,215 @@
+"""A causal LM serving a burst of real requests, as a server does: prompts and answers of mixed lengths.
+
+The fixed-shape benchmark (`speed.bench_causal_lm`) times prefill and decode of equal sequences. A
+server's requests differ: prompts are as long as their text, answers stop at different lengths. How an
+engine copes with that is its batching:
+
+- static batches (any runtime): `batch_size` requests at a time in arrival order, left-padded to the
+  longest prompt; the batch decodes until its longest answer is done, so a short answer's slot idles;
+- continuous batching (torch, after `torch-continuous-batching`): transformers' engine, which admits a
+  request as soon as another one leaves and runs prefill and decode together in paged attention.
+
+All requests arrive at once (an offline burst), so a request's time to first token includes its wait
+in the queue. Every answer runs exactly its drawn length (end-of-sequence does not stop it), so both
+engines do the same work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from optimizer.errors import UserError
+from optimizer.measure.speed import PERCENTILES, Stat, percentile, sync_device
+from optimizer.runtimes import Candidate
+from optimizer.runtimes.threads import threads
+
+MIN_PROMPT = 8  # shorter texts (one-word docstrings) are not requests anyone sends
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: list[int]
+    new_tokens: int
+
+
+@dataclass(frozen=True)
+class Served:
+    """One request's answer and its times from the burst's start (seconds)."""
+
+    first_token_s: float
+    finished_s: float
+    prompt_tokens: int
+    tokens: tuple[int, ...]
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def per_output_token_s(self) -> float | None:
+        """Time per output token after the first (None for a one-token answer)."""
+        return None if self.new_tokens < 2 else (self.finished_s - self.first_token_s) / (self.new_tokens - 1)
+
+
+def request_mix(cand: Candidate, texts: list[str], n: int, prompt_tokens: int, new_tokens: int, seed: int = 0) -> list[Request]:
+    """`n` requests, one per text in order: the text's first tokens up to `prompt_tokens` (texts under
+    MIN_PROMPT tokens skipped), answering a seeded draw of new_tokens/4 to new_tokens tokens."""
+    if prompt_tokens + new_tokens > cand.info.max_length:
+        raise UserError(
+            f"speed.prompt_tokens + speed.new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
+            f"context of {cand.info.max_length} tokens",
+            "lower them",
+        )
+    ids = cand.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    prompts = [seq[:prompt_tokens] for seq in ids if len(seq) >= MIN_PROMPT][:n]
+    if len(prompts) < n:
+        raise UserError(
+            f"speed.requests = {n}, but the eval texts hold only {len(prompts)} of at least {MIN_PROMPT} tokens",
+            "lower speed.requests or give more eval text",
+        )
+    rng = random.Random(seed)
+    return [Request(p, rng.randint(max(1, new_tokens // 4), new_tokens)) for p in prompts]
+
+
+def serve_static(cand: Candidate, mix: list[Request], batch_size: int) -> list[Served]:
+    """The mix in arrival-order batches of `batch_size`, each left-padded and decoded greedily until its
+    longest answer ends."""
+    pad = cand.tokenizer.pad_token_id if cand.tokenizer.pad_token_id is not None else 0
+    served: list[Served] = []
+    sync_device(cand.device)
+    t0 = time.perf_counter()
+    for g in range(0, len(mix), batch_size):
+        group = mix[g : g + batch_size]
+        width = max(len(r.prompt) for r in group)
+        ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in group])
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in group])
+        logits, state = cand.prefill(ids, mask)
+        nxt = logits.argmax(-1, keepdim=True)
+        sync_device(cand.device)
+        first = time.perf_counter() - t0
+        done, steps = {1: first}, [nxt]  # tokens produced -> when; each step's tokens
+        for step in range(2, max(r.new_tokens for r in group) + 1):
+            logits, state = cand.decode(nxt, state)
+            nxt = logits.argmax(-1, keepdim=True)
+            sync_device(cand.device)
+            done[step] = time.perf_counter() - t0
+            steps.append(nxt)
+        answers = torch.cat(steps, 1).tolist()
+        served += [
+            Served(first, done[r.new_tokens], len(r.prompt), tuple(a[: r.new_tokens]))
+            for r, a in zip(group, answers, strict=True)
+        ]
+    return served
+
+
+def cache_blocks(mix: list[Request], page_size: int) -> int:
+    """KV cache pages that hold every request of the burst at once (transformers would otherwise size
+    the cache from the whole machine's memory on a CPU)."""
+    return sum(-(-(len(r.prompt) + r.new_tokens) // page_size) for r in mix)
+
+
+@contextmanager
+def continuous_engine(cand: Candidate, mix: list[Request]) -> Iterator[Callable[[], list[Served]]]:
+    """transformers' continuous-batching engine for `cand` (`cand.continuous` holds its settings), started
+    and past its first request; yields a function that serves the burst once. One engine serves every
+    round, as a server keeps running."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    # eos -1: no token ends an answer, so each runs its drawn length (as in serve_static)
+    gen = GenerationConfig(do_sample=False, max_new_tokens=max(r.new_tokens for r in mix), eos_token_id=-1, pad_token_id=0)
+    settings = {"page_size": 256} | cand.continuous
+    settings.setdefault("num_blocks", cache_blocks(mix, settings["page_size"]))
+    manager = cand.module.init_continuous_batching(
+        generation_config=gen, continuous_batching_config=ContinuousBatchingConfig(**settings)
+    )
+    manager.start()
+    rounds = iter(range(1 << 30))
+
+    def burst(requests: list[Request]) -> list[Served]:
+        tag = next(rounds)
+        t0 = time.perf_counter()
+        for i, r in enumerate(requests):
+            manager.add_request(
+                r.prompt, request_id=f"{tag}-{i}", max_new_tokens=r.new_tokens, record_timestamps=True, eos_token_id=-1
+            )
+        results: dict[str, Any] = {}
+        while len(results) < len(requests):
+            out = manager.get_result(timeout=1)
+            if out is not None and out.is_finished():
+                results[out.request_id] = out
+            elif out is None and not manager.is_running():
+                raise RuntimeError("transformers' continuous-batching engine stopped before every request finished")
+        served = []
+        for i, r in enumerate(requests):
+            out = results[f"{tag}-{i}"]
+            if out.error or len(out.generated_tokens) != r.new_tokens:
+                raise RuntimeError(
+                    f"continuous batching answered request {i} with {len(out.generated_tokens)} tokens, not "
+                    f"{r.new_tokens}: {out.error or 'no error given'}"
+                )
+            served.append(Served(out.timestamps[0] - t0, out.timestamps[-1] - t0, len(r.prompt), tuple(out.generated_tokens)))
+        return served
+
+    try:
+        burst(mix[:1])  # the engine builds its cache on the first request, in its own thread: not timed
+        yield lambda: burst(mix)
+    finally:
+        manager.stop(block=True, timeout=30)
+        manager.destroy()
+
+
+def engine_of(cand: Candidate, batch_size: int) -> str:
+    return "continuous batching" if getattr(cand, "continuous", None) is not None else f"static batches of {batch_size}"
+
+
+def bench_requests(
+    cand: Candidate,
+    texts: list[str],
+    n: int,
+    batch_size: int,
+    prompt_tokens: int,
+    new_tokens: int,
+    warmup: int,
+    repeats: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The burst served `warmup` + `repeats` times by the candidate's engine; tokens/s per round
+    (median, spread), latency percentiles over every round's requests."""
+    mix = request_mix(cand, texts, n, prompt_tokens, new_tokens, seed)
+    with contextlib.ExitStack() as stack:
+        if getattr(cand, "continuous", None) is not None:
+            serve = stack.enter_context(continuous_engine(cand, mix))
+        else:
+            serve = functools.partial(serve_static, cand, mix, batch_size)
+        for _ in range(warmup):
+            serve()
+        rounds = [serve() for _ in range(repeats)]
+    walls = [max(s.finished_s for s in r) for r in rounds]
+    inputs = sum(len(r.prompt) for r in mix)
+    outputs = sum(r.new_tokens for r in mix)
+    ttft = [s.first_token_s for r in rounds for s in r]
+    tpot = [t for r in rounds for s in r if (t := s.per_output_token_s) is not None]
+    return {
+        "engine": engine_of(cand, batch_size),
+        "requests": n,
+        "threads": threads(),
+        "prompt_tokens": {"total": inputs, "min": min(len(r.prompt) for r in mix), "max": max(len(r.prompt) for r in mix)},
+        "new_tokens": {"total": outputs, "min": min(r.new_tokens for r in mix), "max": max(r.new_tokens for r in mix)},
+        "wall_s": asdict(Stat.of(walls)),
+        "requests_per_s": n / statistics.median(walls),
+        "tokens_per_s": asdict(Stat.of([(inputs + outputs) / w for w in walls])),
+        "output_tokens_per_s": asdict(Stat.of([outputs / w for w in walls])),
+        "time_to_first_token_s": {q: percentile(ttft, v) for q, v in PERCENTILES.items()},
+        "time_per_output_token_s": {q: percentile(tpot, v) for q, v in PERCENTILES.items()},
+    }
