@@ -378,3 +378,28 @@ def test_a_pass_whose_optional_library_is_missing_names_its_extra(name, modules,
     chain = [{"name": "onnx-export"}, {"name": name}] if name.startswith("ort") else [{"name": name}]
     with pytest.raises(UserError, match=rf"'{name}' needs {modules[0]}, which is not installed.*costopt\[{extra}\]"):
         check_chain(chain)
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [("ort-int8-dynamic", {}), ("ort-int4", {"block_size": 16}), ("ort-optimize", {})],
+    ids=["int8", "int4", "optimize"],
+)
+def test_ort_passes_keep_weights_beside_a_graph_that_keeps_them_there(tiny_llama_dir, tmp_path, name, params):
+    """Past protobuf's 2 GB (a 1B model in fp32) the export keeps its weights in files beside the graph; the
+    ORT passes must write theirs the same way, or saving fails. A tiny model saved that way stands in for it."""
+    import onnx
+
+    from optimizer.passes.onnx import external_data
+
+    ctx = _ctx(tmp_path, tiny_llama_dir, "causal-lm")
+    exported = build_pass("onnx-export", {}).apply(_load(tiny_llama_dir, "causal-lm"), ctx)
+    inline = build_pass(name, params).apply(exported, ctx)
+    assert not external_data(exported.model_path) and not external_data(inline.model_path)
+    graph = onnx.load(str(exported.model_path))
+    onnx.save(graph, str(exported.model_path), save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    assert external_data(exported.model_path)
+    beside = build_pass(name, params).apply(exported, ctx)
+    assert external_data(beside.model_path)
+    again = reload_saved(beside.save(tmp_path / "artifact"))
+    assert torch.allclose(outputs(again), outputs(inline), atol=1e-5)

@@ -79,3 +79,28 @@ def test_a_compiled_step_without_a_cpp_compiler_is_one_line(tiny_llama_dir, tmp_
     with pytest.raises(UserError, match="torch.compile on the CPU needs a C\\+\\+ compiler") as e:
         cand.decode(torch.tensor([[5]]), state)
     assert "set compile: false on torch-static-cache" in e.value.fix
+
+
+def test_a_compiled_step_that_disagrees_with_the_eager_one_is_refused(tiny_llama_dir, tmp_path, monkeypatch):
+    """Inductor miscompiled torchao int8 decode on the CPU (logits 10^4 off, impossibly fast): a compiled step
+    is checked against the eager step once per batch size, and refused when it disagrees."""
+    from optimizer.runtimes import pytorch
+
+    cand = _static(tiny_llama_dir, tmp_path, new_tokens=8, compile=True)
+    ids = torch.randint(5, 200, (1, 4))
+    _, state = cand.prefill(ids, torch.ones_like(ids))
+    cand.decode(torch.tensor([[5]]), state)  # a sound compiled step passes its check
+    assert cand._checked == {1}
+
+    class Broken:
+        def __call__(self, **kwargs):
+            out = cand.module(**kwargs)
+            out.logits = out.logits * 1e4
+            return out
+
+    monkeypatch.setattr(pytorch, "compile_decode_step", lambda module, device: Broken())
+    cand = _static(tiny_llama_dir, tmp_path, new_tokens=8, compile=True)
+    _, state = cand.prefill(ids, torch.ones_like(ids))
+    with pytest.raises(UserError, match="the compiled decode step disagrees with the eager one at batch 1") as e:
+        cand.decode(torch.tensor([[5]]), state)
+    assert "set compile: false on torch-static-cache" in e.value.fix

@@ -16,7 +16,6 @@ engines do the same work.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import random
 import statistics
@@ -173,6 +172,16 @@ def engine_of(cand: Candidate, batch_size: int) -> str:
     return "continuous batching" if getattr(cand, "continuous", None) is not None else f"static batches of {batch_size}"
 
 
+@contextmanager
+def server(cand: Candidate, mix: list[Request], batch_size: int) -> Iterator[Callable[[], list[Served]]]:
+    """A function that serves the burst once with the candidate's engine (`engine_of`)."""
+    if getattr(cand, "continuous", None) is None:
+        yield functools.partial(serve_static, cand, mix, batch_size)
+        return
+    with continuous_engine(cand, mix) as serve:
+        yield serve
+
+
 def bench_requests(
     cand: Candidate,
     texts: list[str],
@@ -187,27 +196,28 @@ def bench_requests(
     """The burst served `warmup` + `repeats` times by the candidate's engine; tokens/s per round
     (median, spread), latency percentiles over every round's requests."""
     mix = request_mix(cand, texts, n, prompt_tokens, new_tokens, seed)
-    with contextlib.ExitStack() as stack:
-        if getattr(cand, "continuous", None) is not None:
-            serve = stack.enter_context(continuous_engine(cand, mix))
-        else:
-            serve = functools.partial(serve_static, cand, mix, batch_size)
+    with server(cand, mix, batch_size) as serve:
         for _ in range(warmup):
             serve()
         rounds = [serve() for _ in range(repeats)]
+    return summarize(mix, rounds, engine_of(cand, batch_size))
+
+
+def summarize(mix: list[Request], rounds: list[list[Served]], engine: str) -> dict[str, Any]:
+    """Rounds of one burst: tokens/s per round (median, spread), latency percentiles over every round's requests."""
     walls = [max(s.finished_s for s in r) for r in rounds]
     inputs = sum(len(r.prompt) for r in mix)
     outputs = sum(r.new_tokens for r in mix)
     ttft = [s.first_token_s for r in rounds for s in r]
     tpot = [t for r in rounds for s in r if (t := s.per_output_token_s) is not None]
     return {
-        "engine": engine_of(cand, batch_size),
-        "requests": n,
+        "engine": engine,
+        "requests": len(mix),
         "threads": threads(),
         "prompt_tokens": {"total": inputs, "min": min(len(r.prompt) for r in mix), "max": max(len(r.prompt) for r in mix)},
         "new_tokens": {"total": outputs, "min": min(r.new_tokens for r in mix), "max": max(r.new_tokens for r in mix)},
         "wall_s": asdict(Stat.of(walls)),
-        "requests_per_s": n / statistics.median(walls),
+        "requests_per_s": len(mix) / statistics.median(walls),
         "tokens_per_s": asdict(Stat.of([(inputs + outputs) / w for w in walls])),
         "output_tokens_per_s": asdict(Stat.of([outputs / w for w in walls])),
         "time_to_first_token_s": {q: percentile(ttft, v) for q, v in PERCENTILES.items()},

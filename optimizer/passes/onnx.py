@@ -45,6 +45,15 @@ def _derive(cand: OrtCandidate, folder: Path) -> OrtCandidate:
     )
 
 
+def external_data(model_path: Path) -> bool:
+    """Whether the graph keeps its weights in files beside it: the exporter does so past protobuf's 2 GB
+    limit (a 1B-parameter model in fp32), and a quantizer's output must then do the same."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    return any(uses_external_data(t) for t in onnx.load(str(model_path), load_external_data=False).graph.initializer)
+
+
 # ---------------------------------------------------------------- export
 
 
@@ -143,6 +152,8 @@ class OrtOptimize(Pass):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         }[self.config.level]
         so.optimized_model_filepath = str(target)
+        if external_data(source):
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{MODEL_FILE}.data")
         ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
         if source != candidate.model_path:
             source.unlink()
@@ -208,6 +219,7 @@ class OrtInt8Dynamic(Pass):
             weight_type=QuantType.QInt8 if c.weight_type == "int8" else QuantType.QUInt8,
             nodes_to_exclude=excluded,
             extra_options=_QUANT_OPTIONS,
+            use_external_data_format=external_data(candidate.model_path),
         )
         return _derive(candidate, folder)
 
@@ -293,6 +305,7 @@ class OrtInt8Static(Pass):
             nodes_to_exclude=excluded,
             calibrate_method=method,
             extra_options=extra,
+            use_external_data_format=external_data(candidate.model_path),
         )
         for f in folder.glob("*.onnx-augmented*"):
             f.unlink()  # the calibration tool's temporary graph
@@ -350,6 +363,7 @@ class OrtInt4(Pass):
             raise UserError(f"ort-int4 block_size {c.block_size} is not a power of two", "use 16, 32, 64, 128 or 256")
         folder = next_folder(ctx, self.name)
         _, excluded = _node_choice(candidate.model_path, [], c.exclude)
+        big = external_data(candidate.model_path)
         q = MatMulNBitsQuantizer(
             onnx.load(str(candidate.model_path)),
             bits=4,
@@ -366,7 +380,7 @@ class OrtInt4(Pass):
             candidate.notes.append(f"ort-int4 kept {len(excluded)} nodes matching ({', '.join(c.exclude)}) out of int4")
         if c.algorithm == "hqq":
             candidate.notes.append(f"ort-int4 HQQ scales and zero points, block {c.block_size}")
-        q.model.save_model_to_file(str(folder / MODEL_FILE), use_external_data_format=False)
+        q.model.save_model_to_file(str(folder / MODEL_FILE), use_external_data_format=big)
         return _derive(candidate, folder)
 
 

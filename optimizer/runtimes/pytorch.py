@@ -7,6 +7,7 @@ write, is saved as the config plus its state dict (torchao tensors) and rebuilt 
 
 from __future__ import annotations
 
+import copy
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -126,6 +127,7 @@ def compile_module(module: torch.nn.Module) -> Any:
     return torch.compile(module, dynamic=True)
 
 
+COMPILED_TOLERANCE = 0.02  # compiled against eager decode logits, relative to the eager logits' largest
 CACHE_ROUNDING = 64  # static caches are sized in steps of this many tokens: fewer shapes to compile
 
 
@@ -153,6 +155,7 @@ class TorchCandidate(Candidate):
     continuous: dict[str, Any] | None = None
     _runner: Any = field(default=None, repr=False)
     _step: Any = field(default=None, repr=False)
+    _checked: set[int] = field(default_factory=set, repr=False)  # batch sizes whose compiled step agreed
 
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, non_blocking=True)
@@ -211,8 +214,30 @@ class TorchCandidate(Candidate):
             self._step = compile_decode_step(self.module, self.device)
         step = self._step if self.compile_decode else self.module
         position = torch.tensor([at], device=ids.device)
+        eager = None
+        if self.compile_decode and ids.shape[0] not in self._checked:  # the eager step on a copy of the cache
+            eager = self.module(
+                input_ids=ids, past_key_values=copy.deepcopy(state["cache"]), use_cache=True, cache_position=position
+            )
         out = step(input_ids=ids, past_key_values=state["cache"], use_cache=True, cache_position=position)
-        return out.logits[:, -1, :].float().cpu(), state | {"position": at + 1}
+        logits = out.logits[:, -1, :].float().cpu()
+        if eager is not None:
+            self._check_compiled(logits, eager.logits[:, -1, :].float().cpu())
+        return logits, state | {"position": at + 1}
+
+    def _check_compiled(self, compiled: torch.Tensor, eager: torch.Tensor) -> None:
+        """The compiled step's first logits at a batch size against the eager step's: Inductor has been
+        seen to miscompile a chain (torchao int8 on the CPU: logits 10^4 off, and five times faster than the
+        weights' bytes allow), so a compiled step is used only after it agrees."""
+        off = float((compiled - eager).abs().max() / eager.abs().max().clamp_min(1e-6))
+        if not off <= COMPILED_TOLERANCE:  # NaN fails too
+            raise UserError(
+                f"the compiled decode step disagrees with the eager one at batch {compiled.shape[0]} (largest "
+                f"difference {off:.3g} of the logits' range, allowed {COMPILED_TOLERANCE}): torch.compile "
+                "miscompiled this chain",
+                "set compile: false on torch-static-cache",
+            )
+        self._checked.add(compiled.shape[0])
 
     def concurrent(self, batches: Sequence[Pair], streams: int, latencies: list[float] | None) -> list[torch.Tensor]:
         # torch has one intra-op pool per process: each stream thread sets its own share, and the
