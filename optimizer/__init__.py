@@ -41,6 +41,7 @@ PUBLIC: dict[str, tuple[str, str]] = {
     "replicas_on": ("optimizer.pipeline", "replicas_on"),
     "PassContext": ("optimizer.passes", "PassContext"),
     "build_pass": ("optimizer.passes", "build_pass"),
+    "chain_of": ("optimizer.passes", "chain_of"),
     "make_batches": ("optimizer.tasks", "make_batches"),
     "request_tokens": ("optimizer.tasks", "request_tokens"),
     "prompted": ("optimizer.tasks", "prompted"),
@@ -63,6 +64,7 @@ PUBLIC: dict[str, tuple[str, str]] = {
     "drop_text": ("optimizer.formatting", "drop_text"),
     "ratio_text": ("optimizer.formatting", "ratio_text"),
     "chain_text": ("optimizer.cli_format", "chain_text"),
+    "write_section": ("optimizer.results", "write_section"),
 }
 __all__ = sorted(PUBLIC)
 

@@ -56,6 +56,20 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def write_section(path: str | Path, section: str) -> Path:
+    """Put `section` (markdown starting with its '## ' heading) in the file at `path`: in place of the section
+    with the same heading (up to the next '## '), or at the end. Experiments keep their part of a RESULTS.md
+    this way, and the rest of the file stays."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    head = section.splitlines()[0]
+    start = text.find(head)
+    if start < 0:
+        return write_text_atomic(path, text.rstrip("\n") + ("\n\n" if text.strip() else "") + section)
+    end = text.find("\n## ", start + len(head))
+    return write_text_atomic(path, text[:start] + section + ("" if end < 0 else text[end:]))
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, default=_default) + "\n")
 

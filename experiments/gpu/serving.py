@@ -60,7 +60,7 @@ def _row(label: str, part: dict[str, Any] | None, drop: str) -> str:
     )
 
 
-def write_section(runs: list[dict[str, Any]], path: Path) -> None:
+def write_table(runs: list[dict[str, Any]], path: Path) -> None:
     lines = [
         HEADING,
         "",
@@ -84,12 +84,11 @@ def write_section(runs: list[dict[str, Any]], path: Path) -> None:
         d = ((res.get("candidate") or {}).get("drops") or {}).get("perplexity") or {}
         drop = f"{100 * d['relative']:+.2f}%" if d.get("relative") is not None else ""
         lines.append(_row(r["label"], res.get("candidate"), drop))
-    text = path.read_text() if path.is_file() else "# GPU results\n"
-    if HEADING in text:  # replace this script's section, keep the rest
-        head, _, tail = text.partition(HEADING)
-        rest = tail.split("\n## ", 1)
-        text = head + ("## " + rest[1] if len(rest) > 1 else "")
-    path.write_text(text.rstrip() + "\n\n" + "\n".join(lines) + "\n")
+    from optimizer import write_section
+
+    if not path.is_file():
+        path.write_text("# GPU results\n")
+    write_section(path, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs = [run_chain(HERE / "serving-8b.yaml", c, CHAINS[c], args.timeout) for c in args.chains.split(",")]
     (HERE / "results.serving.json").write_text(json.dumps(runs, indent=1, default=str))
-    write_section(runs, HERE / "RESULTS.md")
+    write_table(runs, HERE / "RESULTS.md")
     return 0
 
 

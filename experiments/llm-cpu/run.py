@@ -20,7 +20,6 @@ the configuration `costopt search` chose.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from optimizer import drop_text
+from optimizer import drop_text, write_section
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -54,13 +53,6 @@ SINGLES: dict[str, dict[str, list[dict[str, Any]]]] = {
     },
 }
 BASELINE, CHOSEN = "torch fp32 (baseline)", "costopt search's choice"
-
-
-def _passes_module() -> Any:
-    spec = importlib.util.spec_from_file_location("passes_experiment", REPO / "experiments" / "passes" / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def costopt(*args: str) -> None:
@@ -92,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", action="store_true", help="only rewrite RESULTS.md from --out's results.json")
     args = ap.parse_args(argv)
     if args.report:
-        (Path(args.out) / "RESULTS.md").write_text(render(json.loads((Path(args.out) / "results.json").read_text())))
+        write_section(Path(args.out) / "RESULTS.md", render(json.loads((Path(args.out) / "results.json").read_text())))
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -102,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         Stat,
         apply_chain,
         bench_causal_lm,
+        chain_of,
         fingerprint,
         load_recipe,
         read_deployment,
@@ -110,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     recipe_path = Path(args.recipe or REPO / "recipes" / f"llm-{'gpu' if args.device == 'cuda' else 'cpu'}-search.yaml")
-    shapes = _passes_module()  # the chain format shared with experiments/passes
     overrides = list(args.set)
     t0 = time.time()
     deploy = Path(args.deploy) if args.deploy else search(recipe_path, overrides, Path(args.runs))
@@ -126,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     base_quality = bench.baseline_quality()
     s = recipe.speed
     batch = int(config.get("batch_size") or s.batch_size)
-    chains = {BASELINE: []} | {k: shapes.resolved(chain) for k, chain in SINGLES[bench.device].items()}
+    chains = {BASELINE: []} | {k: chain_of(chain) for k, chain in SINGLES[bench.device].items()}
     chains[CHOSEN] = [{"name": p["name"], "params": p["params"]} for p in config["passes"]]
 
     work = Path(tempfile.mkdtemp(prefix="costopt-llm-"))
@@ -225,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "RESULTS.md").write_text(render(result))
+    write_section(out / "RESULTS.md", render(result))  # its part only: later sections of the file stay
     print(render(result))
     return 0
 

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from optimizer import chain_of, write_section
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RECIPE = HERE / "operating-points.yaml"
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         serve, engine = {}, {}
         for model, chain in MODELS.items():
             log.info("building %s", model)
-            passes = [{"name": p["name"], "params": {k: v for k, v in p.items() if k != "name"}} for p in chain]
+            passes = chain_of(chain)
             ctx = bench.context(work / model.replace(" ", "_"))
             cand = apply_chain(timed, passes, ctx, {})
             served = [(f"{model}, static batches of {b}", cand, b) for b in batches]
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     entry = cost.load_catalog(recipe.hardware.catalog_file).get(recipe.hardware.catalog)
     rows = {}
+    ref = [max(s.finished_s for s in rnd) for rnd in rounds[reference]]
     for label in labels:
         row = summarize_requests(mix, rounds[label], engine[label])
         tps = row["tokens_per_s"]["median"] * replicas_on(entry, row["threads"])
@@ -122,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
             tps, entry.hourly_usd(recipe.hardware.pricing), recipe.hardware.utilization
         )
         walls = [max(s.finished_s for s in rnd) for rnd in rounds[label]]
-        ref = [max(s.finished_s for s in rnd) for rnd in rounds[reference]]
         row["cheaper_than_reference_x"] = ratio_interval(ref, walls)  # same tokens: time ratio = cost ratio
         row["answers_as_reference"] = answers_agree[label]
         row["walls_s"] = walls  # each round's, for ratios between any two rows
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(r: dict[str, Any]) -> str:
+    from optimizer import ratio_interval
+
     any_row = next(iter(r["rows"].values()))
     p, n = any_row["prompt_tokens"], any_row["new_tokens"]
     m = r["machine"]
@@ -198,9 +202,10 @@ def render(r: dict[str, Any]) -> str:
         b = rows[f"{model}, {CONTINUOUS}"]
         for size in r["batches"]:
             a = rows[f"{model}, static batches of {size}"]
+            x = ratio_interval(a["walls_s"], b["walls_s"])  # rounds are paired: both served in each round
             lines.append(
-                f"- {model}: continuous batching serves {b['tokens_per_s']['median'] / a['tokens_per_s']['median']:.2f}x "
-                f"the tokens/s of static batches of {size} (medians); time to first token p95 "
+                f"- {model}: continuous batching serves {x['median']:.2f}x [{x['low']:.2f}, {x['high']:.2f}] the "
+                f"tokens/s of static batches of {size}; time to first token p95 "
                 f"{b['time_to_first_token_s']['p95']:.1f} s against {a['time_to_first_token_s']['p95']:.1f} s, time per "
                 f"output token p95 {1e3 * b['time_per_output_token_s']['p95']:.0f} against "
                 f"{1e3 * a['time_per_output_token_s']['p95']:.0f} ms."
@@ -211,18 +216,6 @@ def render(r: dict[str, Any]) -> str:
         "are nearly flat; their quality is in the tables above (stories260K proxy)."
     )
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of RESULTS.md (from its heading to the next one), or append it."""
-    text = path.read_text() if path.exists() else ""
-    start = text.find(HEADING)
-    if start < 0:
-        path.write_text(text.rstrip("\n") + "\n\n" + section)
-        return
-    end = text.find("\n## ", start + len(HEADING))
-    rest = "" if end < 0 else text[end:]
-    path.write_text(text[:start] + section + rest)
 
 
 if __name__ == "__main__":

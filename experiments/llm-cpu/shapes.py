@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from optimizer import chain_of, write_section
+
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE / "operating-points.yaml"
 EXPORT, OV = {"name": "onnx-export"}, {"name": "ov-export"}
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for label in [BASELINE, *args.chains.split(",")]:
         chain = CHAINS.get(label, [])
-        passes = [{"name": p["name"], "params": {k: v for k, v in p.items() if k != "name"}} for p in chain]
+        passes = chain_of(chain)
         log.info("== %s", label)
         timings: dict[str, float] = {}
         started = time.time()
@@ -180,18 +182,6 @@ def render(r: dict[str, Any]) -> str:
             lines.append(f"| {label} | not measured: the run ended before this row | | | | | | | | |")
     lines += [""] + [f"- {n}" for n in r.get("notes", [])]
     return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this shape's section of RESULTS.md (from its heading to the next one), or append it."""
-    text = path.read_text() if path.exists() else ""
-    head = section.splitlines()[0]
-    start = text.find(head)
-    if start < 0:
-        path.write_text(text.rstrip("\n") + "\n\n" + section)
-        return
-    end = text.find("\n## ", start + len(head))
-    path.write_text(text[:start] + section + ("" if end < 0 else text[end:]))
 
 
 if __name__ == "__main__":

@@ -107,14 +107,10 @@ PRUNE_CHAINS = {
 SMOLLM = json.loads((REPO / "models" / "shapes" / "smollm2-135m" / "config.json").read_text())
 
 
-def resolved(chain: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"name": p["name"], "params": {k: v for k, v in p.items() if k != "name"}, "save": False} for p in chain]
-
-
 def measure_part(
     recipe_path: Path, chains: dict[str, list[dict[str, Any]]], quality: bool, overrides: list[str], log: logging.Logger
 ) -> dict[str, Any]:
-    from optimizer import Bench, UserError, apply_chain, footprint, load_recipe, resolve_device, set_threads
+    from optimizer import Bench, UserError, apply_chain, chain_of, footprint, load_recipe, resolve_device, set_threads
 
     recipe = load_recipe(recipe_path, overrides)
     set_threads(recipe.hardware.threads)
@@ -143,14 +139,14 @@ def measure_part(
         log.info("== %s", label)
         timings: dict[str, float] = {}
         try:
-            cand = apply_chain(recipe, resolved(chain), bench.context(work / "passes"), timings)
-            rows[label] = figures(label, cand) | {"passes": resolved(chain), "timings": timings}
+            cand = apply_chain(recipe, chain_of(chain), bench.context(work / "passes"), timings)
+            rows[label] = figures(label, cand) | {"passes": chain_of(chain), "timings": timings}
             del cand
         except UserError as e:  # a pass that refuses this model says why; the table shows it
-            rows[label] = {"passes": resolved(chain), "error": e.one_line()}
+            rows[label] = {"passes": chain_of(chain), "error": e.one_line()}
             log.warning("%s refused: %s", label, e.one_line())
         except Exception as e:  # keep going: one broken pass must not lose the others' figures
-            rows[label] = {"passes": resolved(chain), "error": f"{type(e).__name__}: {e}"}
+            rows[label] = {"passes": chain_of(chain), "error": f"{type(e).__name__}: {e}"}
             log.error("%s failed:\n%s", label, traceback.format_exc())
         shutil.rmtree(work / "passes", ignore_errors=True)
     rows["torch fp32 (baseline, again at the end)"] = {"speed": bench.speed_and_cost(baseline)[0]}

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from optimizer.errors import UserError
-from optimizer.measure.speed import PERCENTILES, Stat, percentile, sync_device
+from optimizer.measure.speed import PERCENTILES, Stat, check_context, percentile, sync_device
 from optimizer.runtimes import Candidate
 from optimizer.runtimes.threads import threads
 
@@ -63,12 +63,7 @@ class Served:
 def request_mix(cand: Candidate, texts: list[str], n: int, prompt_tokens: int, new_tokens: int, seed: int = 0) -> list[Request]:
     """`n` requests, one per text in order: the text's first tokens up to `prompt_tokens` (texts under
     MIN_PROMPT tokens skipped), answering a seeded draw of new_tokens/4 to new_tokens tokens."""
-    if prompt_tokens + new_tokens > cand.info.max_length:
-        raise UserError(
-            f"speed.prompt_tokens + speed.new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
-            f"context of {cand.info.max_length} tokens",
-            "lower them",
-        )
+    check_context(cand, prompt_tokens, new_tokens)
     ids = cand.tokenizer(texts, add_special_tokens=False)["input_ids"]
     prompts = [seq[:prompt_tokens] for seq in ids if len(seq) >= MIN_PROMPT][:n]
     if len(prompts) < n:

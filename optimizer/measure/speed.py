@@ -145,6 +145,16 @@ def request_latencies(cand: Candidate, texts: list[str], batch_size: int, stream
     return [t for b, t in zip(arrival, lat, strict=True) for _ in b.index]
 
 
+def check_context(cand: Candidate, prompt_tokens: int, new_tokens: int) -> None:
+    """A prompt and its answer must fit the model's context."""
+    if prompt_tokens + new_tokens > cand.info.max_length:
+        raise UserError(
+            f"speed.prompt_tokens + speed.new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
+            f"context of {cand.info.max_length} tokens",
+            "lower them",
+        )
+
+
 def bench_causal_lm(
     cand: Candidate, texts: list[str], batch_size: int, prompt_tokens: int, new_tokens: int, warmup: int, repeats: int
 ) -> dict:
@@ -161,13 +171,7 @@ def bench_causal_lm(
             f"speed.prompt_tokens = {batch_size * prompt_tokens}",
             "lower them or give more eval text",
         )
-    limit = cand.info.max_length
-    if prompt_tokens + new_tokens > limit:
-        raise UserError(
-            f"speed.prompt_tokens + speed.new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
-            f"context of {limit} tokens",
-            "lower them",
-        )
+    check_context(cand, prompt_tokens, new_tokens)
 
     def one_run(prompt: torch.Tensor) -> tuple[float, list[float]]:
         mask = torch.ones_like(prompt)

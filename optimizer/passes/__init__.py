@@ -10,6 +10,11 @@ from pydantic import ValidationError
 from optimizer.passes.base import REGISTRY, Pass, PassConfig, PassContext
 
 
+def chain_of(passes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Passes written as in a recipe ({name, param: value, ...}) in the form apply_chain takes."""
+    return [{"name": p["name"], "params": {k: v for k, v in p.items() if k != "name"}, "save": False} for p in passes]
+
+
 def validate_pass_params(spec: Any, task: str) -> tuple[str, str, str] | None:
     """Check a PassSpec's parameters (values or search ranges) against its pass's Config.
 
