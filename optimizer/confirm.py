@@ -11,7 +11,11 @@ candidates (Bonferroni), so the chance that an accepted configuration is over bu
 
 The saving is then timed in alternating rounds of baseline and choice in this process (same
 threads, warm), rounds in which something else used the cores are set aside, and the cost ratio
-gets a bootstrap interval over rounds.
+gets a bootstrap interval over rounds. The same rounds time the choice at the other serving settings
+the search could pick (streams, and batch sizes when its outputs do not depend on the batch): a
+search times each trial once, so between two settings a few percent apart its pick is a coin toss.
+The choice is served at the setting these paired rounds show better, when the interval says so and
+its outputs are right at every width there.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, TypeVar
 
 import optuna
 
+from optimizer import ranges
 from optimizer.budget import Budget
 from optimizer.cache import ArtifactCache
 from optimizer.formatting import drop_text, ratio_text
@@ -40,6 +45,7 @@ from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent
 from optimizer.pipeline import Bench, apply_chain, batches_text, resolve_device
 from optimizer.recipe import MAIN_EVAL, Recipe
+from optimizer.search_space import serving_ranges
 from optimizer.study import machines, objective_sign, priced_on, search_dir
 
 log = logging.getLogger(__name__)
@@ -104,6 +110,7 @@ class Confirmation:
     savings: list[Saving] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)  # per timed round: each arm's value and contention
     rounds_set_aside: int = 0
+    serving: dict[str, Any] = field(default_factory=dict)  # the serving decision (`_decide_serving`)
     # peak RSS of a process serving each alone (baseline, choice), as the choice is deployed
     memory_alone: dict[str, Any] = field(default_factory=dict)
     machine: str | None = None  # with workers on several machines: the entry whose candidates were confirmed
@@ -282,15 +289,15 @@ def _time_saving(
             )
     passes = result.attempt.passes if result.attempt else m.passes  # with the confirmation's pad-widths, if added
     timed = bench.timed(cand, passes, search_dir(recipe, study.study_name) / "confirm-speed", {})
-    arms.append(
-        _Arm(
-            "choice",
-            timed,
-            int(dep.get("batch_size") or base_batch),
-            int(dep.get("threads") or base_threads),
-            int(dep.get("streams") or recipe.speed.streams),
-        )
+    searched = _Arm(
+        "choice",
+        timed,
+        int(dep.get("batch_size") or base_batch),
+        int(dep.get("threads") or base_threads),
+        int(dep.get("streams") or recipe.speed.streams),
     )
+    others = _serving_alternatives(recipe, passes, searched)
+    arms += [*others, searched]
     objective = OBJECTIVES[recipe.search.objective]
 
     def run(arm: _Arm, warmup: int) -> tuple[float, dict[str, Any]]:
@@ -316,9 +323,9 @@ def _time_saving(
             continue
         for a in arms:
             a.values.append(measured[a.name][0])
-    choice = arms[-1]
+    choice = _decide_serving(bench, searched, others, result, recipe.search.constraint.confidence, direction)
     _memory_alone(bench, arms[0], choice, search_dir(recipe, study.study_name) / "confirm-memory", result, base_threads)
-    for arm in arms[:-1]:
+    for arm in arms[: len(arms) - len(others) - 1]:  # the baselines
         n = min(len(arm.values), len(choice.values))
         if n < 3:
             result.savings.append(
@@ -341,6 +348,67 @@ def _time_saving(
         result.savings.append(
             Saving(arm.name, r, statistics.median(arm.values), statistics.median(choice.values), established, why)
         )
+
+
+MAX_SERVING_ALTERNATIVES = 5  # each is one more timing per round
+
+
+def _serving_alternatives(recipe: Recipe, passes: list[dict[str, Any]], searched: _Arm) -> list[_Arm]:
+    """The choice at the other serving settings the search space holds, on the same threads: other stream
+    counts, and other batch sizes unless its outputs depend on the batch (its quality was judged in the
+    batches it was chosen with)."""
+    space = {k: ranges.values(rng) or [] for k, rng in serving_ranges(recipe).items()}
+    batches = [searched.batch] if batch_dependent(passes) else sorted(set(space.get("batch_size") or [searched.batch]))
+    streams = sorted({s for s in space.get("streams") or [searched.streams] if 1 <= s <= searched.threads})
+    out = [
+        _Arm(f"choice at batch {b} on {s} stream(s)", searched.cand, b, searched.threads, s)
+        for b in batches
+        for s in streams
+        if (b, s) != (searched.batch, searched.streams)
+    ]
+    return out[:MAX_SERVING_ALTERNATIVES]
+
+
+def _serving(arm: _Arm) -> dict[str, int]:
+    return {"batch_size": arm.batch, "streams": arm.streams, "threads": arm.threads}
+
+
+def _decide_serving(
+    bench: Bench, searched: _Arm, others: list[_Arm], result: Confirmation, confidence: float, direction: str
+) -> _Arm:
+    """The arm to serve and quote: another serving setting when the paired rounds show it better (the
+    interval of its ratio to the searched one excludes 1.0x) and its outputs are right at every width
+    served that way; else the searched one. Recorded in result.serving."""
+    pick = min if direction == "minimize" else max
+    timed = [a for a in (searched, *others) if len(a.values) >= 3]
+    result.serving = {
+        "searched": _serving(searched),
+        "served": _serving(searched),
+        "options": [_serving(a) | {"median": statistics.median(a.values)} for a in timed],
+    }
+    if not others or searched not in timed:
+        result.serving["why"] = "no other serving setting to compare" if not others else "too few rounds to compare"
+        return searched
+    best = pick(timed, key=lambda a: statistics.median(a.values))
+    if best is searched:
+        result.serving["why"] = "the searched setting was the best of the paired rounds"
+        return searched
+    n = min(len(best.values), len(searched.values))
+    num, den = (searched.values[:n], best.values[:n]) if direction == "minimize" else (best.values[:n], searched.values[:n])
+    r = ratio_interval(num, den, confidence)
+    result.serving["better_x"] = r
+    label = f"batch {best.batch} on {best.streams} stream(s)"
+    if r["low"] <= 1.0:
+        result.serving["why"] = f"{label} was {ratio_text(r)} better, not established: kept the searched setting"
+        return searched
+    check = bench.check_widths(best.cand, best.batch, best.streams)
+    result.serving["widths"] = check.as_dict()
+    if not check.ok:
+        result.serving["why"] = f"{label} was {ratio_text(r)} better but {check.text()}: kept the searched setting"
+        return searched
+    result.serving["served"] = _serving(best)
+    result.serving["why"] = f"{label} is {ratio_text(r)} better than the searched setting over {n} paired rounds"
+    return best
 
 
 def _memory_alone(bench: Bench, baseline: _Arm, choice: _Arm, folder: Path, result: Confirmation, base_threads: int) -> None:
@@ -377,6 +445,8 @@ def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:
         for name, d in a.drops_by_set.items():
             if name != MAIN_EVAL:
                 lines.append(f"    eval set {name}: held-out drop {drop_text(d, rel)}")
+    if c.serving.get("why"):
+        lines.append(f"  serving: {c.serving['why']}")
     for s in c.savings:
         fig = ratio_text(s.ratio) if s.ratio else "–"
         lines.append(f"  {label} vs {s.against}: {fig}; {s.why}")

@@ -85,6 +85,10 @@ def deployment_config(
             {"against": s.against, "times_better": s.ratio, "established": s.established, "why": s.why}
             for s in confirmation.savings
         ]
+        if confirmation.serving:
+            measured["serving"] = confirmation.serving
+    # the serving setting the confirmation's paired rounds chose, over the search's single timing
+    served = (confirmation.serving.get("served") if confirmation is not None else None) or {}
     return {
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -92,7 +96,7 @@ def deployment_config(
         "trial": trial.number,
         "objective": recipe.search.objective,
         "value": trial.values[0] if trial.values else None,
-        **m.deployment,
+        **(m.deployment | served),
         "passes": [{"name": p["name"], "params": p["params"]} for p in (attempt.passes if attempt is not None else m.passes)],
         "hardware": m.hardware,
         "measured": measured,

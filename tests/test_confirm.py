@@ -311,3 +311,87 @@ def test_a_run_reports_each_eval_sets_drop(write_recipe, tiny_bert_dir, tmp_path
     budget = report["budget"]
     worst = max(d["mrr"]["relative_high"] for d in c["drops_by_set"].values())
     assert entry["violation"] == pytest.approx(worst - budget["max_drop"])
+
+
+# ----------------------------------------------------------------------------- the serving decision
+class _Widths:
+    """Bench.check_widths' stand-in for the decision's unit tests: a width check that passes or finds a defect."""
+
+    def __init__(self, ok: bool) -> None:
+        from optimizer.measure.widths import WidthCheck
+
+        defects = [] if ok else [{"width": 32.0, "error": 0.39, "neighbours": 0.08}]
+        self.result, self.calls = WidthCheck([31, 32, 33], [0.08, 0.39 if not ok else 0.08, 0.08], defects), []
+
+    def check_widths(self, cand, batch, streams):
+        self.calls.append((batch, streams))
+        return self.result
+
+
+def _arms(searched_cost: list[float], other_cost: list[float]):
+    from optimizer.confirm import _Arm
+
+    return _Arm("choice", None, 16, 2, 1, list(searched_cost)), _Arm(
+        "choice at batch 16 on 2 stream(s)", None, 16, 2, 2, list(other_cost)
+    )
+
+
+def test_serving_moves_to_a_setting_the_paired_rounds_show_cheaper():
+    from optimizer.confirm import Confirmation, _decide_serving
+
+    result, bench = Confirmation({}, "cost", 10, 10, 0.95), _Widths(ok=True)
+    rng = np.random.default_rng(0)
+    searched_cost = list(1.0 + 0.03 * rng.standard_normal(9))
+    searched, other = _arms(searched_cost, [c / 1.10 for c in searched_cost])  # 10% cheaper every round
+    assert _decide_serving(bench, searched, [other], result, 0.95, "minimize") is other
+    assert bench.calls == [(16, 2)]  # the new setting's widths are checked before it is served
+    s = result.serving
+    assert s["searched"]["streams"] == 1 and s["served"] == {"batch_size": 16, "streams": 2, "threads": 2}
+    assert s["better_x"]["median"] == pytest.approx(1.10, rel=1e-6) and s["better_x"]["low"] > 1.0
+    assert "better than the searched setting over 9 paired rounds" in s["why"]
+
+
+def test_serving_stays_when_the_difference_is_noise_or_the_widths_are_wrong():
+    from optimizer.confirm import Confirmation, _decide_serving
+
+    rng = np.random.default_rng(1)
+    a, b = list(1.0 + 0.05 * rng.standard_normal(9)), list(1.0 + 0.05 * rng.standard_normal(9))
+    searched, other = _arms(a, b)
+    result = Confirmation({}, "cost", 10, 10, 0.95)
+    assert _decide_serving(_Widths(ok=True), searched, [other], result, 0.95, "minimize") is searched
+    assert result.serving["served"] == result.serving["searched"]
+    assert "not established" in result.serving["why"] or "was the best" in result.serving["why"]
+
+    searched, other = _arms([1.0] * 9, [0.8] * 9)  # clearly cheaper, but wrong at width 32 when served that way
+    result = Confirmation({}, "cost", 10, 10, 0.95)
+    assert _decide_serving(_Widths(ok=False), searched, [other], result, 0.95, "minimize") is searched
+    assert result.serving["served"]["streams"] == 1 and "at width 32" in result.serving["why"]
+
+
+def test_throughput_objectives_pick_the_larger_value():
+    from optimizer.confirm import Confirmation, _decide_serving
+
+    searched, other = _arms([100.0, 101.0, 99.0, 100.0], [120.0, 121.0, 119.0, 120.0])
+    result = Confirmation({}, "throughput", 10, 10, 0.95)
+    assert _decide_serving(_Widths(ok=True), searched, [other], result, 0.95, "maximize") is other
+
+
+def test_a_search_serves_its_choice_at_the_setting_the_confirmation_timed_best(search_recipe, tiny_bert_dir, tmp_path):
+    """End to end: the confirmation times the choice at the search space's other batch sizes (pruning does
+    not depend on the batch) in the same paired rounds, and deploy.yaml is served as it decided."""
+    from optimizer.cli import main
+
+    recipe_file = search_recipe(
+        tiny_bert_dir, [{"name": "prune-magnitude", "sparsity": 0.02}], trials=2, batch_size={"choice": [2, 8]}
+    )
+    assert main(["search", str(recipe_file), "-q"]) == 0
+    study = optuna.load_study(study_name="confirmed", storage=f"sqlite:///{tmp_path / 'runs' / 'confirmed' / 'study.db'}")
+    s = study.user_attrs["confirmation"]["serving"]
+    assert sorted(o["batch_size"] for o in s["options"]) == [2, 8] and all(o["median"] > 0 for o in s["options"])
+    assert s["why"]
+    deploy = yaml.safe_load((tmp_path / "runs" / "confirmed" / "deploy.yaml").read_text())
+    assert deploy["batch_size"] == s["served"]["batch_size"] and deploy["measured"]["serving"]["why"] == s["why"]
+    # the saving is quoted for the setting served
+    assert study.user_attrs["confirmation"]["savings"][0]["choice_value"] == pytest.approx(
+        next(o["median"] for o in s["options"] if o["batch_size"] == s["served"]["batch_size"])
+    )
