@@ -16,12 +16,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import importlib
-import inspect
 import json
 import logging
 import random
-import re
+import subprocess
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -114,116 +114,8 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------- stdlib-docs
-# Modules with long, well-written docstrings and no import side effects (no GUI, no printing).
-STDLIB_MODULES = (
-    "abc",
-    "argparse",
-    "array",
-    "ast",
-    "asyncio",
-    "base64",
-    "bisect",
-    "bz2",
-    "calendar",
-    "cmd",
-    "codecs",
-    "collections",
-    "collections.abc",
-    "concurrent.futures",
-    "configparser",
-    "contextlib",
-    "copy",
-    "csv",
-    "dataclasses",
-    "datetime",
-    "decimal",
-    "difflib",
-    "dis",
-    "email.message",
-    "email.utils",
-    "enum",
-    "filecmp",
-    "fnmatch",
-    "fractions",
-    "ftplib",
-    "functools",
-    "getopt",
-    "gettext",
-    "glob",
-    "gzip",
-    "hashlib",
-    "heapq",
-    "hmac",
-    "html",
-    "html.parser",
-    "http.client",
-    "http.cookiejar",
-    "http.server",
-    "imaplib",
-    "inspect",
-    "io",
-    "ipaddress",
-    "itertools",
-    "json",
-    "logging",
-    "logging.handlers",
-    "lzma",
-    "mailbox",
-    "mimetypes",
-    "multiprocessing.pool",
-    "numbers",
-    "operator",
-    "optparse",
-    "os",
-    "pathlib",
-    "pickle",
-    "pkgutil",
-    "platform",
-    "plistlib",
-    "poplib",
-    "pprint",
-    "queue",
-    "random",
-    "re",
-    "sched",
-    "secrets",
-    "selectors",
-    "shelve",
-    "shlex",
-    "shutil",
-    "signal",
-    "smtplib",
-    "socket",
-    "socketserver",
-    "sqlite3",
-    "statistics",
-    "string",
-    "struct",
-    "subprocess",
-    "tarfile",
-    "tempfile",
-    "textwrap",
-    "threading",
-    "timeit",
-    "tokenize",
-    "traceback",
-    "types",
-    "typing",
-    "unittest",
-    "unittest.mock",
-    "urllib.parse",
-    "urllib.request",
-    "uuid",
-    "warnings",
-    "weakref",
-    "xml.dom.minidom",
-    "xml.etree.ElementTree",
-    "zipfile",
-    "zoneinfo",
-)
 # Share of docstrings per role, by hash bucket out of 100.
 SPLIT_BUCKETS: dict[Role, range] = {"eval": range(0, 30), "calibration": range(30, 40), "train": range(40, 100)}
-_SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$")
 
 
 @dataclass(frozen=True)
@@ -237,54 +129,18 @@ class DocEntry:
         return f"{self.summary}\n{self.body}" if self.body else self.summary
 
 
-def _members(module: Any) -> list[tuple[str, Any]]:
-    out = [(module.__name__, module)]
-    for name, obj in sorted(vars(module).items()):
-        if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
-            continue
-        if inspect.isclass(obj):
-            out.append((f"{module.__name__}.{name}", obj))
-            for mname, meth in sorted(vars(obj).items()):
-                if not mname.startswith("_") and (inspect.isfunction(meth) or inspect.ismethoddescriptor(meth)):
-                    out.append((f"{module.__name__}.{name}.{mname}", meth))
-        elif inspect.isfunction(obj):
-            out.append((f"{module.__name__}.{name}", obj))
-    return out
-
-
-def _split_doc(doc: str) -> tuple[str, str]:
-    lines = doc.strip().splitlines()
-    while lines and _SIGNATURE.match(lines[0].strip()):  # C functions start with their signature
-        lines = lines[1:]
-        while lines and not lines[0].strip():
-            lines = lines[1:]
-    if not lines:
-        return "", ""
-    summary = lines[0].strip()
-    body = "\n".join(lines[1:]).strip()
-    return summary, body
-
-
 @lru_cache(maxsize=1)
 def stdlib_docs() -> tuple[DocEntry, ...]:
-    """All usable docstrings, sorted by qualified name, deduplicated by text."""
-    by_text: dict[str, DocEntry] = {}  # inherited or aliased docstrings: keep the smallest qualname
-    for modname in STDLIB_MODULES:
-        try:
-            module = importlib.import_module(modname)
-        except ImportError:  # a build without, say, sqlite3 or lzma
-            continue
-        for qualname, obj in _members(module):
-            doc = inspect.getdoc(obj)
-            if not doc:
-                continue
-            summary, body = _split_doc(doc)
-            if len(summary.split()) < 3 or not summary.isascii():
-                continue
-            key = " ".join((summary + " " + body).split())
-            if key not in by_text or qualname < by_text[key].qualname:
-                by_text[key] = DocEntry(qualname, summary, body)
-    return tuple(sorted(by_text.values(), key=lambda e: e.qualname))
+    """All usable docstrings, sorted by qualified name, deduplicated by text.
+
+    Read in a fresh interpreter without site-packages (stdlib_walk): third-party packages patch the
+    standard library when imported (transformers adds logging.Logger.warning_once, torch wraps
+    inspect.getfile), and the eval set must not depend on what this process imported before."""
+    script = Path(__file__).with_name("stdlib_walk.py")
+    done = subprocess.run([sys.executable, "-I", "-S", str(script)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"reading the standard library's docstrings failed: {done.stderr.strip()[-500:]}")
+    return tuple(DocEntry(*row) for row in json.loads(done.stdout))
 
 
 def _bucket(qualname: str) -> int:
@@ -314,13 +170,25 @@ def _stdlib_parts(split: str | None, role: Role) -> list[Role]:
     return parts  # type: ignore[return-value]
 
 
+PAIR_BODY_WORDS = 12
+
+
+@lru_cache(maxsize=1)
+def _shared_summaries() -> frozenset[str]:
+    """Summary lines of more than one retrieval-worthy docstring, over every split (so no split depends on another)."""
+    seen = Counter(e.summary for e in stdlib_docs() if len(e.body.split()) >= PAIR_BODY_WORDS)
+    return frozenset(s for s, n in seen.items() if n > 1)
+
+
 def _stdlib_dataset(kind: Kind, role: Role, split: str | None = None) -> Dataset:
     parts = _stdlib_parts(split, role)
     entries = [e for part in parts for e in stdlib_split(part)]
     role = "+".join(parts)  # type: ignore[assignment]
     if kind == "pairs":
-        # A retrieval pair needs a body with substance, else the task is guessing.
-        entries = [e for e in entries if len(e.body.split()) >= 12]
+        # A retrieval pair needs a body with substance, else the task is guessing, and a summary no other
+        # docstring shares (Event.wait's and Condition.wait's, say), else it has two right answers.
+        shared = _shared_summaries()
+        entries = [e for e in entries if len(e.body.split()) >= PAIR_BODY_WORDS and e.summary not in shared]
         return Dataset("pairs", [e.summary for e in entries], [e.body for e in entries], origin=f"stdlib-docs/{role}")
     if kind == "text":
         return Dataset("text", [e.text for e in entries if len(e.text.split()) >= 8], origin=f"stdlib-docs/{role}")
