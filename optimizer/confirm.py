@@ -356,12 +356,16 @@ MAX_SERVING_ALTERNATIVES = 5  # each is one more timing per round
 def _serving_alternatives(recipe: Recipe, passes: list[dict[str, Any]], searched: _Arm) -> list[_Arm]:
     """The choice at the other serving settings the search space holds, on the same threads: other stream
     counts, and other batch sizes unless its outputs depend on the batch (its quality was judged in the
-    batches it was chosen with)."""
+    batches it was chosen with) or it is compiled per shape."""
     space = {k: ranges.values(rng) or [] for k, rng in serving_ranges(recipe).items()}
-    batches = [searched.batch] if batch_dependent(passes) else sorted(set(space.get("batch_size") or [searched.batch]))
+    # A candidate compiled per shape gets a copy per setting (Candidate.serving_copy), each with its own compiled
+    # shapes (~16 per setting on MiniLM, each holding its repacked weights): other batch sizes only where that
+    # memory is not multiplied.
+    fixed_batch = batch_dependent(passes) or searched.cand.compiled_per_shape
+    batches = [searched.batch] if fixed_batch else sorted(set(space.get("batch_size") or [searched.batch]))
     streams = sorted({s for s in space.get("streams") or [searched.streams] if 1 <= s <= searched.threads})
     out = [
-        _Arm(f"choice at batch {b} on {s} stream(s)", searched.cand, b, searched.threads, s)
+        _Arm(f"choice at batch {b} on {s} stream(s)", searched.cand.serving_copy(), b, searched.threads, s)
         for b in batches
         for s in streams
         if (b, s) != (searched.batch, searched.streams)

@@ -9,7 +9,8 @@ One command, one run, 2 threads, the same texts, batch size and token count for 
   as sbert.net's efficiency guide shows, in their own virtual environment (peer.py; created here on
   first use, because optimum-onnx and optimum-intel pin transformers < 5);
 - costopt's chosen configuration, loaded with optimizer.load_deployment(deploy.yaml), and the same with one
-  of its levers taken out at a time (two serving streams, OpenVINO's bf16 hint, int8, per-shape models), so the same rounds
+  of its levers taken out at a time (two serving streams, OpenVINO's bf16 hint, int8, per-shape models, the
+  sequence-length cap), so the same rounds
   show what each lever adds.
 
 Quality: MRR and Recall@1 over the recipe's retrieval pairs, each drop against the fp32 baseline with
@@ -22,6 +23,7 @@ Writes RESULTS.md and results.json beside this file.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -90,6 +92,7 @@ ABLATIONS = {  # arm -> (its label, the lever it takes out)
     "costopt-f32-hint": ("costopt's choice at OpenVINO's f32 hint", "the bf16 hint"),
     "costopt-no-int8": ("costopt's choice without int8", "int8"),
     "costopt-dynamic-shapes": ("costopt's choice on one model for every input shape", "per-shape models"),
+    "costopt-no-cap": ("costopt's choice without its sequence-length cap", "the sequence-length cap"),
     # serving the other way round: what the choice would give on the streams it did not pick
     "costopt-two-streams": ("costopt's choice on two 1-thread streams", "one 2-thread stream instead of two"),
     "costopt-dynamic-two-streams": (
@@ -106,7 +109,9 @@ def ablations(chosen: Any, deploy_file: Path, work: Path) -> dict[str, Any]:
 
     config, cand, out = read_deployment(deploy_file), chosen.candidate, {}
     if int(config.get("streams") or 1) > 1:
-        out["costopt-one-stream"] = dataclasses.replace(chosen, config=chosen.config | {"streams": 1})
+        out["costopt-one-stream"] = dataclasses.replace(
+            chosen, candidate=cand.serving_copy(), config=chosen.config | {"streams": 1}
+        )
     if cand.runtime == "openvino" and cand.precision != "f32":
         out["costopt-f32-hint"] = dataclasses.replace(chosen, candidate=cand.derive(cand.folder, precision="f32"))
     if getattr(cand, "static_step", 0):
@@ -118,7 +123,13 @@ def ablations(chosen: Any, deploy_file: Path, work: Path) -> dict[str, Any]:
                 chosen, candidate=dynamic, config=chosen.config | {"streams": 2}
             )
     if int(config.get("streams") or 1) == 1 and int(config.get("threads") or 1) >= 2:
-        out["costopt-two-streams"] = dataclasses.replace(chosen, config=chosen.config | {"streams": 2})
+        out["costopt-two-streams"] = dataclasses.replace(
+            chosen, candidate=cand.serving_copy(), config=chosen.config | {"streams": 2}
+        )
+    if cand.info.input_cap:
+        uncapped = copy.copy(cand.serving_copy())  # its own compiled shapes, and its own model description
+        uncapped.info = dataclasses.replace(cand.info, input_cap=None)
+        out["costopt-no-cap"] = dataclasses.replace(chosen, candidate=uncapped)
     if any(p["name"] in QUANTIZERS for p in config["passes"]):
         plain = work / "no-int8.yaml"
         plain.write_text(

@@ -51,6 +51,12 @@ class Candidate(ABC):
         """The width an input `width` tokens wide is run at (wider: padded, masked out)."""
         return width
 
+    def serving_copy(self) -> Candidate:
+        """The candidate to serve another setting (streams, batch size) with, timed beside this one. Candidates
+        compiled per shape keep a bounded cache of compiled shapes; two settings sharing one would evict each
+        other's shapes every round and time compilation: those get their own copy."""
+        return self
+
     @abstractmethod
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token states [B, T, H] for embedding models; logits [B, T, V] or [B, C] otherwise."""

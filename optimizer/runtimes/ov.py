@@ -217,6 +217,9 @@ class OvCandidate(GraphCandidate):
             max_shapes=self.max_shapes,
         )
 
+    def serving_copy(self) -> OvCandidate:
+        return self.derive(self.folder) if self.static_step else self
+
     def save(self, directory: Path) -> Path:
         directory = fresh_folder(directory)
         copy_files(self.model_path.parent, directory)
