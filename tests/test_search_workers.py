@@ -109,7 +109,13 @@ def test_search_killed_with_sigkill_resumes_without_losing_or_redoing_trials(wri
     assert all(after[n] == v for n, v in before.items())  # finished trials kept, untouched: not redone
     assert sum(counted(t) for t in trials) == 6  # exactly the target, counting only real outcomes
     assert not [t for t in trials if t.state in (States.RUNNING, States.WAITING)]
+    orphans = study.user_attrs.get("orphans", {})
     for t in trials:  # the trial running at the kill was failed by the heartbeat check and run again
+        if str(t.number) in orphans:
+            # killed between creating a trial and claiming it: no heartbeat, so the check cannot see it; it held
+            # no work, and the search fails it when it ends, with the reason (seen once in CI)
+            assert t.state == States.FAIL and "never claimed" in orphans[str(t.number)]
+            continue
         if t.state == States.FAIL and Measurement.of(t).error is None:
             retried = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
             # a kill between two suggestions leaves a partial configuration: the retry keeps what was
