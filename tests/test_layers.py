@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cost",),
     (
         "optimizer.errors",
+        "optimizer.stdlib_walk",
         "optimizer.ranges",
         "optimizer.results",
         "optimizer.cli_format",
