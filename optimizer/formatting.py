@@ -80,10 +80,12 @@ def served_text(s: dict[str, Any]) -> str:
     """A served burst of requests (measure/requests.py) in one line."""
     ttft, tpot = s["time_to_first_token_s"], s["time_per_output_token_s"]
     price = f"; {usd(s['usd_per_m_tokens'])} per 1M tokens of this mix" if s.get("usd_per_m_tokens") is not None else ""
+    rate = s.get("arrival_rate")
+    arrivals = f"arriving at {rate:g}/s" if rate else "at once"
     return (
-        f"{s['requests']} requests at once ({s['prompt_tokens']['min']}-{s['prompt_tokens']['max']} prompt tokens, "
+        f"{s['requests']} requests {arrivals} ({s['prompt_tokens']['min']}-{s['prompt_tokens']['max']} prompt tokens, "
         f"{s['new_tokens']['min']}-{s['new_tokens']['max']} answer tokens) by {s['engine']}: "
         f"{s['tokens_per_s']['median']:,.0f} tokens/s ({s['output_tokens_per_s']['median']:,.1f} output), "
-        f"time to first token p50/p95 {ttft['p50']:.2f}/{ttft['p95']:.2f} s (queueing included), "
+        f"time to first token p50/p95 {ttft['p50']:.2f}/{ttft['p95']:.2f} s (from arrival, queueing included), "
         f"per output token p50/p95 {1e3 * tpot['p50']:.1f}/{1e3 * tpot['p95']:.1f} ms{price}"
     )

@@ -217,6 +217,7 @@ def measure_requests(
             s.warmup if warmup is None else warmup,
             repeats or s.repeats,
             recipe.data.seed,
+            s.arrival_rate,
         )
     out["contention"] = watch.result.as_dict()
     out["input_share"] = out["prompt_tokens"]["total"] / (out["prompt_tokens"]["total"] + out["new_tokens"]["total"])

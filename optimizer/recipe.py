@@ -85,6 +85,12 @@ class SpeedSpec(Strict):
         "their own length (up to prompt_tokens), answers of new_tokens/4 to new_tokens tokens; in static batches of "
         "the chosen batch size, or by continuous batching after torch-continuous-batching",
     )
+    arrival_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="causal LM, with speed.requests: the requests arrive at this many per second (seeded exponential "
+        "gaps, a Poisson process) instead of all at once; times to first token count from each request's arrival",
+    )
     model: ModelSpec | None = Field(
         default=None,
         description="time this model instead of model.source (the same passes applied to it): a model of "
@@ -238,9 +244,15 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _operating_points_are_for_causal_lms(self) -> Recipe:
         s = self.speed
-        for key in ("batch_sizes", "ttft_p95_s", "tpot_p95_s", "requests"):
+        for key in ("batch_sizes", "ttft_p95_s", "tpot_p95_s", "requests", "arrival_rate"):
             if getattr(s, key) is not None and self.task != "causal-lm":
                 raise _FieldError(f"speed.{key}", f"applies to causal LMs, not to task {self.task!r}", "remove it")
+        if s.arrival_rate is not None and s.requests is None:
+            raise _FieldError(
+                "speed.arrival_rate",
+                "is the rate speed.requests arrive at, and speed.requests is not set",
+                "set speed.requests too, or remove it",
+            )
         return self
 
     @model_validator(mode="after")

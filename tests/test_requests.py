@@ -124,3 +124,52 @@ def test_a_run_serves_the_burst_with_each_engine_and_prices_it(write_recipe, tin
         hourly = 0.10264  # aws-c7a.large on demand, 1 thread of its 2 vCPUs: 2 replicas, 50% busy
         want = hourly / (served["tokens_per_s"]["median"] * 2 * 3600 * 0.5) * 1e6
         assert served["usd_per_m_tokens"] == pytest.approx(want, rel=1e-6)
+    # the same requests arriving one by one at 50 a second (speed.arrival_rate)
+    assert main(["run", str(rec), "-q", "--set", "speed.arrival_rate=50"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline served 8 requests arriving at 50/s" in out and "(from arrival, queueing included)" in out
+
+
+def test_requests_arriving_at_a_rate_wait_only_for_what_came_before_them(tiny_llama_dir, tmp_path):
+    """speed.arrival_rate: seeded Poisson arrivals; a static server takes what has arrived when it is free, the
+    continuous engine gets each request at its arrival; times to first token count from arrival."""
+    from optimizer.measure.requests import summarize
+
+    plain = _plain(tiny_llama_dir)
+    burst = request_mix(plain, TEXTS, 6, prompt_tokens=20, new_tokens=6, seed=2)
+    mix = request_mix(plain, TEXTS, 6, prompt_tokens=20, new_tokens=6, seed=2, rate=20.0)
+    assert [r.arrival_s for r in burst] == [0.0] * 6
+    arrivals = [r.arrival_s for r in mix]
+    assert arrivals[0] == 0.0 and arrivals == sorted(arrivals) and len(set(arrivals)) == 6
+    assert 0.05 < arrivals[-1] < 1.5  # 5 gaps of mean 50 ms
+    assert [(r.prompt, r.new_tokens) for r in mix] == [(r.prompt, r.new_tokens) for r in burst]  # a rate moves only the arrivals
+    assert mix == request_mix(plain, TEXTS, 6, prompt_tokens=20, new_tokens=6, seed=2, rate=20.0)  # seeded
+    want = [_alone(plain, r) for r in mix]
+    static = serve_static(plain, mix, batch_size=4)
+    with continuous_engine(_continuous(tiny_llama_dir, tmp_path, max_batch_tokens=64), mix) as serve:
+        continuous = serve()
+    for served in (static, continuous):
+        assert [s.tokens for s in served] == want
+        assert all(s.first_token_s >= s.arrival_s == r.arrival_s for s, r in zip(served, mix, strict=True))
+        assert max(s.finished_s for s in served) >= arrivals[-1]  # the round lasts at least until the last arrival
+    summary = summarize(mix, [static], "static batches of 4", 20.0)
+    assert summary["arrival_rate"] == 20.0 and summary["last_arrival_s"] == arrivals[-1]
+    waits = sorted(s.waited_for_first_token_s for s in static)
+    assert summary["time_to_first_token_s"]["p50"] == pytest.approx(waits[2] + (waits[3] - waits[2]) * 0.5, rel=0.2)
+
+
+def test_an_arrival_rate_needs_requests(write_recipe, tiny_llama_dir, capsys):
+    from optimizer.cli import main
+
+    recipe = write_recipe(
+        {
+            "name": "rate-alone",
+            "model": {"source": str(tiny_llama_dir)},
+            "task": "causal-lm",
+            "data": {"eval": {"source": "stdlib-docs", "limit": 8}},
+            "speed": {"arrival_rate": 2.0},
+        }
+    )
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "speed.arrival_rate" in err and "set speed.requests too" in err and len(err.strip().splitlines()) == 1
