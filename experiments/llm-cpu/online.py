@@ -17,21 +17,19 @@ Random weights of the 135M shape: speed only. Writes online-<rate>.json and the 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
-import tempfile
 import time
-from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from optimizer import chain_of, write_section
+from serving import requests_for, served_rounds  # this folder is on the path when run as a script
+
+from optimizer import write_section
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-RECIPE = HERE / "operating-points.yaml"
 HEADING = "## Requests arriving one by one at {rate:g} a second: which engine carries it within the latency targets"
 ENGINES: dict[str, list[dict[str, Any]]] = {
     "torch fp32": [],
@@ -51,59 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
     log = logging.getLogger("online")
 
-    from optimizer import (
-        Bench,
-        apply_chain,
-        build_pass,
-        fingerprint,
-        load_recipe,
-        prompted,
-        request_engine,
-        request_mix,
-        request_server,
-        resolve_device,
-        set_threads,
-        summarize_requests,
-        timed_recipe,
-    )
+    from optimizer import fingerprint, summarize_requests
 
-    recipe = load_recipe(RECIPE)
-    set_threads(recipe.hardware.threads)
-    bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
-    bench.load_baseline()
-    texts = prompted(bench.timed_baseline, bench.eval_data).interleaved()
-    s = recipe.speed
-    mix = request_mix(bench.timed_baseline, texts, args.requests, s.prompt_tokens, s.new_tokens, recipe.data.seed, args.rate)
-    work = Path(tempfile.mkdtemp(prefix="costopt-online-"))
+    recipe, bench, mix = requests_for(args.requests, rate=args.rate)
     t0 = time.time()
-    with ExitStack() as stack:
-        serve, engine = {}, {}
-        for model, chain in ENGINES.items():
-            log.info("building %s", model)
-            ctx = bench.context(work / model.replace(" ", "_"))
-            cand = apply_chain(timed_recipe(recipe), chain_of(chain), ctx, {})
-            served = [(f"{model}, static batches of {BATCH}", cand)]
-            if cand.runtime == "torch":
-                served.append(
-                    (f"{model}, continuous batching", build_pass("torch-continuous-batching", {}).apply(copy.copy(cand), ctx))
-                )
-            for label, c in served:
-                serve[label] = stack.enter_context(request_server(c, mix, BATCH))
-                engine[label] = request_engine(c, BATCH)
-                serve[label]()  # warm-up round
-        labels = list(serve)
-        rounds: dict[str, list[Any]] = {k: [] for k in labels}
-        for r in range(args.rounds):
-            for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
-                rounds[label].append(serve[label]())
-            log.info("round %d of %d done", r + 1, args.rounds)
+    rounds, engine = served_rounds(recipe, bench, ENGINES, [BATCH], mix, args.rounds, log)
+    labels = list(rounds)
     rows = {label: summarize_requests(mix, rounds[label], engine[label], args.rate) for label in labels}
     result = {
         "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": f"python experiments/llm-cpu/online.py --rate {args.rate:g} --requests {args.requests} --rounds {args.rounds}",
         "machine": fingerprint(),
-        "speed_model": str(Path(s.model.source).resolve().relative_to(REPO)),
-        "targets": {"ttft_p95_s": s.ttft_p95_s, "tpot_p95_s": s.tpot_p95_s},
+        "speed_model": str(Path(recipe.speed.model.source).resolve().relative_to(REPO)),
+        "targets": {"ttft_p95_s": recipe.speed.ttft_p95_s, "tpot_p95_s": recipe.speed.tpot_p95_s},
         "seconds": round(time.time() - t0, 1),
         "rows": rows,
     }

@@ -61,57 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("serving")
 
     import cost
-    from optimizer import (
-        Bench,
-        apply_chain,
-        build_pass,
-        fingerprint,
-        load_recipe,
-        prompted,
-        ratio_interval,
-        replicas_on,
-        request_engine,
-        request_mix,
-        request_server,
-        resolve_device,
-        set_threads,
-        summarize_requests,
-        timed_recipe,
-    )
+    from optimizer import fingerprint, ratio_interval, replicas_on, summarize_requests
 
-    recipe = load_recipe(RECIPE)
-    set_threads(recipe.hardware.threads)
-    bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
-    bench.load_baseline()
-    timed = timed_recipe(recipe)
-    texts = prompted(bench.timed_baseline, bench.eval_data).interleaved()
-    mix = request_mix(bench.timed_baseline, texts, args.requests, args.prompt_tokens, args.new_tokens, recipe.data.seed)
-    work = Path(tempfile.mkdtemp(prefix="costopt-serving-"))
+    recipe, bench, mix = requests_for(args.requests, args.prompt_tokens, args.new_tokens)
     t0 = time.time()
     batches = [int(b) for b in args.batches.split(",")]
     reference = f"torch fp32, static batches of {batches[0]}"
-    with ExitStack() as stack:
-        serve, engine = {}, {}
-        for model, chain in MODELS.items():
-            log.info("building %s", model)
-            passes = chain_of(chain)
-            ctx = bench.context(work / model.replace(" ", "_"))
-            cand = apply_chain(timed, passes, ctx, {})
-            served = [(f"{model}, static batches of {b}", cand, b) for b in batches]
-            if cand.runtime == "torch":  # the same weights, served by transformers' engine
-                cb = build_pass("torch-continuous-batching", {}).apply(copy.copy(cand), ctx)
-                served.append((f"{model}, {CONTINUOUS}", cb, batches[0]))
-            for label, c, b in served:
-                serve[label] = stack.enter_context(request_server(c, mix, b))
-                engine[label] = request_engine(c, b)
-                serve[label]()  # warm-up round
-        labels = list(serve)
-        rounds: dict[str, list[Any]] = {k: [] for k in labels}
-        for r in range(args.rounds):
-            order = labels[r % len(labels) :] + labels[: r % len(labels)]
-            for label in order:
-                rounds[label].append(serve[label]())
-            log.info("round %d of %d done", r + 1, args.rounds)
+    rounds, engine = served_rounds(recipe, bench, MODELS, batches, mix, args.rounds, log)
+    labels = list(rounds)
     answers_agree = {
         label: sum(a.tokens == b.tokens for a, b in zip(rounds[label][0], rounds[reference][0], strict=True)) for label in labels
     }
@@ -147,6 +104,60 @@ def main(argv: list[str] | None = None) -> int:
     write_section(args.out / "RESULTS.md", render(result))
     print(render(result))
     return 0
+
+
+def requests_for(
+    n: int, prompt_tokens: int | None = None, new_tokens: int | None = None, rate: float | None = None
+) -> tuple[Any, Any, list[Any]]:
+    """The operating-points recipe, its bench (threads set, baseline loaded) and `n` of its real-text requests:
+    prompts up to `prompt_tokens`, answers up to `new_tokens` (default: the recipe's), arriving at `rate` a
+    second, or all at once."""
+    from optimizer import Bench, load_recipe, prompted, request_mix, resolve_device, set_threads
+
+    recipe = load_recipe(RECIPE)
+    set_threads(recipe.hardware.threads)
+    bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device))
+    bench.load_baseline()
+    texts = prompted(bench.timed_baseline, bench.eval_data).interleaved()
+    s = recipe.speed
+    mix = request_mix(
+        bench.timed_baseline, texts, n, prompt_tokens or s.prompt_tokens, new_tokens or s.new_tokens, recipe.data.seed, rate
+    )
+    return recipe, bench, mix
+
+
+def served_rounds(
+    recipe: Any, bench: Any, models: dict[str, list[dict[str, Any]]], batches: list[int], mix: list[Any], rounds: int, log: Any
+) -> tuple[dict[str, list[Any]], dict[str, str]]:
+    """Each model built once and served by static batches of each size in `batches` (and, on torch, by
+    transformers' continuous batching), a warm-up round each, then `rounds` rounds in an order rotated every
+    round. Returns each engine's rounds and its description, by label."""
+    from optimizer import apply_chain, build_pass, request_engine, request_server, timed_recipe
+
+    work = Path(tempfile.mkdtemp(prefix="costopt-serving-"))
+    timed = timed_recipe(recipe)
+    out: dict[str, list[Any]] = {}
+    with ExitStack() as stack:
+        serve, engine = {}, {}
+        for model, chain in models.items():
+            log.info("building %s", model)
+            ctx = bench.context(work / model.replace(" ", "_"))
+            cand = apply_chain(timed, chain_of(chain), ctx, {})
+            served = [(f"{model}, static batches of {b}", cand, b) for b in batches]
+            if cand.runtime == "torch":  # the same weights, served by transformers' engine
+                cb = build_pass("torch-continuous-batching", {}).apply(copy.copy(cand), ctx)
+                served.append((f"{model}, {CONTINUOUS}", cb, batches[0]))
+            for label, c, b in served:
+                serve[label] = stack.enter_context(request_server(c, mix, b))
+                engine[label] = request_engine(c, b)
+                serve[label]()  # warm-up round
+        labels = list(serve)
+        out = {k: [] for k in labels}
+        for r in range(rounds):
+            for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+                out[label].append(serve[label]())
+            log.info("round %d of %d done", r + 1, rounds)
+    return out, engine
 
 
 def render(r: dict[str, Any]) -> str:
