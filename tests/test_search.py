@@ -136,7 +136,9 @@ def test_search_command_prints_a_leaderboard(write_recipe, tiny_bert_dir, tmp_pa
             "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
             "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
             "output_dir": str(tmp_path / "runs"),
-            "search": {"trials": 2},
+            # a loose budget: this test is about the printing; a half-precision random model on 20 held-out
+            # pairs lands near a 1% budget, either side of it from run to run
+            "search": {"trials": 2, "constraint": {"metric": "mrr", "max_drop": 0.2}},
             "passes": [{"name": "cast", "dtype": {"choice": ["bfloat16", "float16"]}}],
         },
         "cli.yaml",
