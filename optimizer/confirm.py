@@ -377,29 +377,48 @@ def _serving(arm: _Arm) -> dict[str, int]:
     return {"batch_size": arm.batch, "streams": arm.streams, "threads": arm.threads}
 
 
+def _better_than(arm: _Arm, searched: _Arm, confidence: float, direction: str) -> dict[str, float]:
+    """How many times better `arm` served than `searched` over their paired rounds (over 1.0x: better)."""
+    n = min(len(arm.values), len(searched.values))
+    num, den = (searched.values[:n], arm.values[:n]) if direction == "minimize" else (arm.values[:n], searched.values[:n])
+    return ratio_interval(num, den, confidence)
+
+
 def _decide_serving(
     bench: Bench, searched: _Arm, others: list[_Arm], result: Confirmation, confidence: float, direction: str
 ) -> _Arm:
     """The arm to serve and quote: another serving setting when the paired rounds show it better (the
     interval of its ratio to the searched one excludes 1.0x) and its outputs are right at every width
-    served that way; else the searched one. Recorded in result.serving."""
+    served that way; else the searched one. Recorded in result.serving, with every timed alternative's
+    ratio to the searched setting and its interval (`better_x`)."""
     pick = min if direction == "minimize" else max
     timed = [a for a in (searched, *others) if len(a.values) >= 3]
+    compared = searched in timed
     result.serving = {
         "searched": _serving(searched),
         "served": _serving(searched),
-        "options": [_serving(a) | {"median": statistics.median(a.values)} for a in timed],
+        "options": [
+            _serving(a)
+            | {"median": statistics.median(a.values)}
+            | ({"better_x": _better_than(a, searched, confidence, direction)} if compared and a is not searched else {})
+            for a in timed
+        ],
     }
-    if not others or searched not in timed:
+    if not others or not compared:
         result.serving["why"] = "no other serving setting to compare" if not others else "too few rounds to compare"
         return searched
     best = pick(timed, key=lambda a: statistics.median(a.values))
     if best is searched:
-        result.serving["why"] = "the searched setting was the best of the paired rounds"
+        runner_up = pick([a for a in timed if a is not searched], key=lambda a: statistics.median(a.values), default=None)
+        result.serving["why"] = "the searched setting was the best of the paired rounds" + (
+            ""
+            if runner_up is None
+            else f" (the next, batch {runner_up.batch} on {runner_up.streams} stream(s): "
+            f"{ratio_text(_better_than(runner_up, searched, confidence, direction))})"
+        )
         return searched
+    r = _better_than(best, searched, confidence, direction)
     n = min(len(best.values), len(searched.values))
-    num, den = (searched.values[:n], best.values[:n]) if direction == "minimize" else (best.values[:n], searched.values[:n])
-    r = ratio_interval(num, den, confidence)
     result.serving["better_x"] = r
     label = f"batch {best.batch} on {best.streams} stream(s)"
     if r["low"] <= 1.0:

@@ -368,6 +368,21 @@ def test_serving_stays_when_the_difference_is_noise_or_the_widths_are_wrong():
     assert result.serving["served"]["streams"] == 1 and "at width 32" in result.serving["why"]
 
 
+def test_every_timed_alternative_carries_its_paired_ratio_to_the_searched_setting():
+    from optimizer.confirm import Confirmation, _decide_serving
+
+    rng = np.random.default_rng(2)
+    searched_cost = list(1.0 + 0.02 * rng.standard_normal(9))
+    searched, other = _arms(searched_cost, [c * 1.25 for c in searched_cost])  # 1.25x dearer every round
+    result = Confirmation({}, "cost", 10, 10, 0.95)
+    assert _decide_serving(_Widths(ok=True), searched, [other], result, 0.95, "minimize") is searched
+    [mine, theirs] = result.serving["options"]
+    assert "better_x" not in mine and theirs["better_x"]["median"] == pytest.approx(0.8, rel=1e-6)
+    assert theirs["better_x"]["high"] < 1.0  # established worse, and said with its interval
+    assert result.serving["why"].startswith("the searched setting was the best of the paired rounds (the next, batch 16 on 2")
+    assert "0.80x [" in result.serving["why"]
+
+
 def test_throughput_objectives_pick_the_larger_value():
     from optimizer.confirm import Confirmation, _decide_serving
 
