@@ -157,6 +157,7 @@ def render_result(r: dict[str, Any]) -> str:
                             "-" if pt["input_usd_per_m"] is None else f"${pt['input_usd_per_m']:.4f}",
                             "-" if pt["output_usd_per_m"] is None else f"${pt['output_usd_per_m']:.4f}",
                             "-" if pt.get("decode_fraction") is None else f"{pt['decode_fraction']:.0%}",
+                            "-" if pt.get("machine_decode_fraction") is None else f"{pt['machine_decode_fraction']:.0%}",
                         ]
                         for pt in points
                     ],
@@ -170,9 +171,12 @@ def render_result(r: dict[str, Any]) -> str:
                         "$/1M in",
                         "$/1M out",
                         "decode / bandwidth bound",
+                        "(this machine's)",
                     ],
                 )
             )
+            if part["speed"].get("sweep_stopped"):
+                out.append(f"{label} sweep stopped: {part['speed']['sweep_stopped']}")
         if part and part.get("speed", {}).get("latency_misses"):
             out.append(f"{label} misses the latency targets: {'; '.join(part['speed']['latency_misses'])}")
         served = part and part.get("speed", {}).get("served")

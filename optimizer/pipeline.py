@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
 import torch
 
 from optimizer import tasks
@@ -32,15 +33,15 @@ from optimizer.measure.stats import MetricValues, paired_bootstrap
 from optimizer.measure.system import fingerprint
 from optimizer.measure.widths import WidthCheck, check_widths, padded_text
 from optimizer.measurement import RUN_SCHEMAS, Measurement, Pruned
-from optimizer.passes import PassContext, batch_dependent, build_pass, check_chain, compute_dtype_of
+from optimizer.passes import PassContext, batch_dependent, build_pass, check_chain, compute_dtype_of, runtime_of
 from optimizer.ranges import parse_range
 from optimizer.recipe import AUTO_CATALOG, MAIN_EVAL, Recipe
 from optimizer.results import ensure_writable, write_json_atomic
 from optimizer.runtimes import Candidate, folder_size, load_candidate
+from optimizer.runtimes.base import WEIGHT_SUFFIXES
 
 log = logging.getLogger(__name__)
 SCHEMA = RUN_SCHEMAS[-1]  # 2: the candidate is a measurement.Measurement, its drops inside it
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".data", ".pt")
 
 
 def resolve_device(requested: str) -> str:
@@ -634,36 +635,86 @@ class Bench:
         streams: int | None = None,
         request_latency: bool = False,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Speed and its price; a causal LM with speed.batch_sizes and no batch given is measured at each
-        size and served at its operating point (`operating_point`)."""
+        """Speed and its price; a causal LM with speed.batch_sizes or speed.max_batch_size and no batch given
+        is measured at each size (`next_batch` says when the sweep stops) and served at its operating point
+        (`operating_point`)."""
         s = self.recipe.speed
-        sweep = self.recipe.task == "causal-lm" and batch_size is None and s.batch_sizes
-        points = []
-        for b in s.batch_sizes if sweep else [batch_size]:
-            speed = measure_speed(cand, self.recipe, self.eval_data, b, warmup, repeats, streams, request_latency)
+        sweep = self.recipe.task == "causal-lm" and batch_size is None and (s.batch_sizes or s.max_batch_size)
+        sizes = list(s.batch_sizes or [s.batch_size]) if sweep else [batch_size]
+        points, stopped = [], None
+        while sizes:
+            b = sizes.pop(0)
+            try:
+                speed = measure_speed(cand, self.recipe, self.eval_data, b, warmup, repeats, streams, request_latency)
+            except torch.OutOfMemoryError:  # the sweep's memory limit on a GPU (a CPU is checked before: next_batch)
+                if not points:
+                    raise
+                stopped = f"batch {b} ran out of device memory"
+                break
             if self.recipe.speed.model is not None:  # say which model these figures belong to
                 speed["model"] = {"source": self.recipe.speed.model.source, "parameters": cand.parameter_counts()[0]}
             points.append((speed, price_speed(self.recipe, speed)))
+            if sweep and s.max_batch_size and not sizes:
+                grow, stopped = self.next_batch(cand, speed)
+                sizes += [grow] if grow else []
         speed, cost = operating_point(self.recipe, points)
+        if sweep and s.max_batch_size:
+            speed["sweep_stopped"] = stopped
         if s.requests and self.recipe.task == "causal-lm":
             speed["served"] = measure_requests(cand, self.recipe, self.eval_data, speed["batch_size"], warmup, repeats)
         return speed, cost
 
-    def roofline(self, speed: dict[str, Any], fp: dict[str, Any], passes: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """A causal LM's measured speed against its roofline on the recipe's catalog entry (None for
-        encoders or without an entry). With speed.model, the timed model's weight bytes are its
-        parameters at the bytes per parameter the chain gave the quality model."""
+    def next_batch(self, cand: Candidate, speed: dict[str, Any]) -> tuple[int | None, str | None]:
+        """The sweep's next batch after the point `speed` (twice its batch), or None and why it stops: the point
+        misses a latency target (a larger batch only waits longer), the next would pass speed.max_batch_size, or
+        its KV cache and prompt logits would not fit in 80% of the free memory (a CPU process over it is killed,
+        not told)."""
+        from transformers import AutoConfig
+
+        from optimizer.measure.roofline import kv_bytes_per_token
+
+        s, b = self.recipe.speed, speed["batch_size"]
+        misses = latency_misses(self.recipe, speed)
+        if misses:
+            return None, f"batch {b} misses the latency targets ({'; '.join(misses)})"
+        if 2 * b > (s.max_batch_size or 0):
+            return None, f"batch {b} is the last under speed.max_batch_size ({s.max_batch_size})"
+        config = AutoConfig.from_pretrained(self.timed_baseline.info.source)
+        # at fp32, an upper bound for every chain's cache
+        need = (
+            2 * b * ((s.prompt_tokens + s.new_tokens) * kv_bytes_per_token(config, 4) + s.prompt_tokens * config.vocab_size * 4)
+        )
+        on_gpu = cand.device.startswith("cuda") and cand.runtime == "torch"
+        free = torch.cuda.mem_get_info()[0] if on_gpu else psutil.virtual_memory().available
+        if need > 0.8 * free:
+            return (
+                None,
+                f"batch {2 * b} would need {need / 2**30:.1f} GiB for its KV cache and logits, {free / 2**30:.1f} GiB free",
+            )
+        return 2 * b, None
+
+    def roofline(
+        self, speed: dict[str, Any], fp: dict[str, Any], passes: list[dict[str, Any]], timed_weight_bytes: int | None = None
+    ) -> dict[str, Any] | None:
+        """A causal LM's measured speed against its roofline on the recipe's catalog entry and on this
+        machine's measured bounds (None for encoders or without an entry). With speed.model, the timed
+        model's weight bytes are `timed_weight_bytes` (`Candidate.weight_bytes`) where it could tell, else its
+        parameters at the bytes per parameter the chain gave the quality model (a small model's chain may
+        leave more of it unquantized than the timed shape's)."""
         if self.recipe.task != "causal-lm" or not self.recipe.hardware.catalog:
             return None
         from transformers import AutoConfig
 
         import cost
+        from optimizer.measure.machine_bounds import machine_bounds
         from optimizer.measure.roofline import kv_bytes_per_token, llm_roofline
 
         entry = cost.load_catalog(self.recipe.hardware.catalog_file).get(self.recipe.hardware.catalog)
         dtype = compute_dtype_of(passes)
+        # ONNX Runtime and OpenVINO chains run on the CPU whatever the recipe's device
+        machine = machine_bounds(self.device if runtime_of(passes) == "torch" else "cpu", dtype)
         params = (speed.get("model") or {}).get("parameters") or fp["parameters"]
-        weight_bytes = fp["weight_bytes"] * params / fp["parameters"]
+        weight_bytes = timed_weight_bytes or fp["weight_bytes"] * params / fp["parameters"]
         config = AutoConfig.from_pretrained(self.timed_baseline.info.source)
         kv = kv_bytes_per_token(config, 2 if dtype in ("bf16", "fp16") else 4)
         for p in speed.get("operating_points", []):  # each batch size's shares too (batch 1: the bandwidth check)
@@ -672,9 +723,11 @@ class Bench:
                 "input_tokens_per_s": {"median": p["input_tokens_per_s"]},
                 "output_tokens_per_s": {"median": p["output_tokens_per_s"]},
             }
-            r = llm_roofline(at, entry, params, int(weight_bytes), kv, dtype)
+            r = llm_roofline(at, entry, params, int(weight_bytes), kv, dtype, machine)
             p["decode_fraction"], p["prefill_fraction"] = r["decode_fraction"], r["prefill_fraction"]
-        return llm_roofline(speed, entry, params, int(weight_bytes), kv, dtype)
+            p["machine_decode_fraction"] = r["machine"]["decode_fraction"]
+            p["machine_prefill_fraction"] = r["machine"]["prefill_fraction"]
+        return llm_roofline(speed, entry, params, int(weight_bytes), kv, dtype, machine)
 
     def measure(
         self,
@@ -739,6 +792,7 @@ class Bench:
         save(m)
         timed = self.timed(cand, m.passes, work / "speed-model", m.timings, cache)
         m.speed, m.cost = self.speed_and_cost(timed, batch, streams=streams, request_latency=True)
+        timed_bytes = timed.weight_bytes() if timed is not cand else None
         del timed
         if stop_early and m.speed.get("latency_misses"):
             save(m)
@@ -747,7 +801,7 @@ class Bench:
             m.footprint = footprint(cand, artifact or Path(tmp) / "artifact")
         if artifact is None:
             m.footprint["artifact"] = None
-        m.speed["roofline"] = self.roofline(m.speed, m.footprint, m.passes)
+        m.speed["roofline"] = self.roofline(m.speed, m.footprint, m.passes, timed_bytes)
         m.notes = list(cand.notes)
         save(m)
         return m
@@ -815,7 +869,9 @@ def run_recipe(
             with tempfile.TemporaryDirectory() as tmp:
                 trial.baseline["footprint"] = footprint(baseline, Path(tmp) / "baseline")
                 trial.baseline["footprint"]["artifact"] = None
-            trial.baseline["speed"]["roofline"] = bench.roofline(trial.baseline["speed"], trial.baseline["footprint"], [])
+            trial.baseline["speed"]["roofline"] = bench.roofline(
+                trial.baseline["speed"], trial.baseline["footprint"], [], bench.timed_baseline.weight_bytes()
+            )
         write_json_atomic(result_path, trial.to_json())
 
         if passes:

@@ -76,6 +76,13 @@ class SpeedSpec(Strict):
         description="causal LM operating points: serve at each of these batch sizes (concurrent sequences); "
         "the cheapest that meets the latency targets is the one priced",
     )
+    max_batch_size: int | None = Field(
+        default=None,
+        gt=0,
+        description="causal LM operating points: after speed.batch_sizes (default: speed.batch_size), keep doubling "
+        "the batch up to this size while the last point meets the latency targets and the next one's KV cache fits "
+        "in free memory; the sweep stops at the first miss (a larger batch only waits longer)",
+    )
     ttft_p95_s: float | None = Field(default=None, gt=0, description="causal LM latency target: time to first token, p95")
     tpot_p95_s: float | None = Field(default=None, gt=0, description="causal LM latency target: time per output token, p95")
     requests: int | None = Field(
@@ -244,9 +251,16 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _operating_points_are_for_causal_lms(self) -> Recipe:
         s = self.speed
-        for key in ("batch_sizes", "ttft_p95_s", "tpot_p95_s", "requests", "arrival_rate"):
+        for key in ("batch_sizes", "max_batch_size", "ttft_p95_s", "tpot_p95_s", "requests", "arrival_rate"):
             if getattr(s, key) is not None and self.task != "causal-lm":
                 raise _FieldError(f"speed.{key}", f"applies to causal LMs, not to task {self.task!r}", "remove it")
+        start = max(s.batch_sizes or [s.batch_size])
+        if s.max_batch_size is not None and s.max_batch_size < start:
+            raise _FieldError(
+                "speed.max_batch_size",
+                f"is {s.max_batch_size}, below the batch the sweep starts from ({start})",
+                f"set it to at least {start}, or remove it",
+            )
         if s.arrival_rate is not None and s.requests is None:
             raise _FieldError(
                 "speed.arrival_rate",

@@ -286,7 +286,7 @@ class TrialRunner:
             with tempfile.TemporaryDirectory() as tmp:
                 fp = footprint(baseline, Path(tmp) / "baseline")
             self.baseline["footprint"] = {k: v for k, v in fp.items() if k != "artifact"}
-            speed["roofline"] = self.bench.roofline(speed, fp, [])
+            speed["roofline"] = self.bench.roofline(speed, fp, [], self.bench.timed_baseline.weight_bytes())
         self.baseline |= {"machine": machine, "measured_key": measured_key(recipe)}
         self.baseline["seconds"] = round(time.perf_counter() - t0, 1)  # part of the job's cost (break-even)
         self.trials_dir = work_dir / "trials"

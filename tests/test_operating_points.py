@@ -90,6 +90,57 @@ def test_a_run_sweeps_batch_sizes_and_prices_the_chosen_point(write_recipe, tiny
         assert chosen["decode_fraction"] == pytest.approx(sp["roofline"]["decode_fraction"])
 
 
+def _sweep(tiny_llama_dir, **speed) -> dict:
+    """The baseline's speed on the tiny Llama, measured as `costopt run` measures it."""
+    from optimizer.pipeline import Bench
+
+    recipe = Recipe.model_validate(
+        {
+            "name": "sweep",
+            "model": {"source": str(tiny_llama_dir)},
+            "task": "causal-lm",
+            "data": {"eval": {"source": "stdlib-docs", "limit": 20}},
+            "speed": {"prompt_tokens": 8, "new_tokens": 2, "warmup": 0, "repeats": 1, **speed},
+            "hardware": {"threads": 1},
+        }
+    )
+    bench = Bench.load_data(recipe, "cpu")
+    return bench.speed_and_cost(bench.load_baseline())[0]
+
+
+def test_the_batch_sweep_doubles_up_to_max_batch_size(tiny_llama_dir):
+    speed = _sweep(tiny_llama_dir, batch_sizes=[1], max_batch_size=5, tpot_p95_s=10.0)
+    assert [p["batch_size"] for p in speed["operating_points"]] == [1, 2, 4]
+    assert speed["sweep_stopped"] == "batch 4 is the last under speed.max_batch_size (5)"
+
+
+def test_the_batch_sweep_stops_at_the_first_point_that_misses_a_target(tiny_llama_dir):
+    speed = _sweep(tiny_llama_dir, batch_sizes=[1], max_batch_size=64, tpot_p95_s=1e-9)
+    assert speed["batch_size"] == 1 and "operating_points" not in speed  # batch 2 was never measured
+    assert speed["sweep_stopped"].startswith("batch 1 misses the latency targets (time per output token p95")
+
+
+def test_the_batch_sweep_stops_before_a_batch_that_would_not_fit_in_free_memory(tiny_llama_dir, monkeypatch):
+    import types
+
+    import optimizer.pipeline
+
+    monkeypatch.setattr(optimizer.pipeline.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=4096))
+    speed = _sweep(tiny_llama_dir, batch_size=2, max_batch_size=64)
+    assert speed["batch_size"] == 2
+    assert speed["sweep_stopped"].startswith("batch 4 would need") and speed["sweep_stopped"].endswith("GiB free")
+
+
+def test_a_max_batch_size_below_the_sweeps_start_is_refused(write_recipe, capsys):
+    base = {"name": "op", "model": {"source": "x"}, "task": "causal-lm", "data": {"eval": {"source": "stdlib-docs"}}}
+    rec = write_recipe(base | {"speed": {"batch_sizes": [1, 8], "max_batch_size": 4}})
+    assert main(["validate", str(rec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "speed.max_batch_size" in err and "at least 8" in err
+    rec = write_recipe(base | {"task": "embedding", "speed": {"max_batch_size": 64}})
+    assert main(["validate", str(rec)]) == 2
+
+
 def test_a_search_prunes_trials_that_miss_the_latency_targets(write_recipe, tiny_llama_dir, tmp_path):
     import optuna
 

@@ -3,8 +3,9 @@
     python experiments/llm-cpu/shapes.py --shape smollm2-135m|llama-3.2-1b [--chains "ORT int8,OV int4,..."]
 
 Each configuration is timed on seeded random weights of the shape (models/shapes/<shape>: speed only) at
-the operating points of operating-points.yaml (batch 1 and 8, latency targets), priced per 1M input and
-per 1M output tokens at the cheapest point within the targets, with the roofline of every point. Its
+the operating points of operating-points.yaml (batch 1 and 8, then doubling while a point meets the latency
+targets), priced per 1M input and per 1M output tokens at the cheapest point within the targets, with every
+point's share of this machine's measured roofline. Its
 quality is the same chain on stories260K (real weights), a proxy. The fp32 baseline is timed once, first;
 configurations run one after another (no alternating rounds: the table's ratios carry no interval).
 Writes shapes-<shape>.json and the shape's section of RESULTS.md.
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 timed = bench.timed(cand, passes, work / "timed", timings)
             speed, cost = bench.speed_and_cost(timed)
             fp = footprint(cand, work / "artifact")
-            speed["roofline"] = bench.roofline(speed, fp, passes)
+            speed["roofline"] = bench.roofline(speed, fp, passes, timed.weight_bytes())
             rows[label] = {"passes": passes, "drops": drops, "speed": speed, "cost": cost, "timings": timings}
             if label == BASELINE:  # measured: its weights go (a 1B shape's 5 GB), its config stays for the roofline
                 bench.timed_baseline.module = None
@@ -132,14 +133,23 @@ def heading(shape: str) -> str:
     return f"## One table, one process: the {shape} shape on torch, ONNX Runtime and OpenVINO"
 
 
-def _cell(points: dict[int, dict[str, Any]], key: str, fmt: str) -> str:
-    return " / ".join(fmt.format(points[b][key]) if b in points else "–" for b in (1, 8))
+def _cell(points: dict[int, dict[str, Any]], key: str, fmt: str, at: tuple[int, ...]) -> str:
+    return " / ".join(fmt.format(points[b][key]) if points.get(b, {}).get(key) is not None else "–" for b in at)
 
 
 def render(r: dict[str, Any]) -> str:
     from optimizer import drop_text
 
     s, m = r["speed_settings"], r["machine"]["cpu"]
+    listed = " and ".join(str(b) for b in s["batch_sizes"])
+    measured = any(
+        "machine_decode_fraction" in p for row in r["rows"].values() for p in row.get("speed", {}).get("operating_points", [])
+    )
+    sweep = (
+        f"Batch {listed}, then doubling up to {s['max_batch_size']} while a point meets the targets"
+        if s.get("max_batch_size")
+        else f"Batch {listed}"
+    )
     lines = [
         heading(r["shape"]),
         "",
@@ -148,39 +158,50 @@ def render(r: dict[str, Any]) -> str:
         f"- Machine: {m['model']} ({', '.join(m.get('isa') or [])}), {r['machine']['cpu']['usable_cores']} cores, "
         "2 threads for every runtime.",
         f"- Speed: seeded random weights of the {r['shape']} shape (models/shapes/{r['shape']}): speed only. "
-        f"Batch {' and '.join(str(b) for b in s['batch_sizes'])}, {s['prompt_tokens']}-token prompts of real text, "
+        f"{sweep}; {s['prompt_tokens']}-token prompts of real text, "
         f"{s['new_tokens']} greedy decode steps; {s['warmup']} warm-up and {s['repeats']} timed runs per point. The fp32 "
         "baseline first, then each configuration, one after another (no alternating rounds: ratios carry no interval).",
         f"- Operating point: the cheapest batch within time to first token p95 ≤ {s['ttft_p95_s']} s and time per "
         f"output token p95 ≤ {1e3 * s['tpot_p95_s']:.0f} ms (else the nearest miss); priced on {r['catalog']}.",
+        "- Roofline: shares of this machine's own bounds, measured in the same process with the same threads "
+        "(`optimizer/measure/machine_bounds.py`: the best read bandwidth over twice the last-level cache, and torch's "
+        "best square matmul in the chain's arithmetic), with the timed model's own weight bytes; the catalog entry's "
+        "shares are in the json."
+        if measured
+        else f"- Roofline: shares of {r['catalog']}'s catalog bounds.",
         "- Quality: the same chain on stories260K (real weights), perplexity change with its 95% interval: a proxy.",
         "",
-        "| configuration | perplexity change (stories260K proxy) | prefill tok/s (b1 / b8) | decode tok/s (b1 / b8) | "
-        "TPOT p95 (b1 / b8) | chosen batch | $/1M in | $/1M out | decode / bandwidth bound (b1 / b8) | "
-        "prefill / compute bound (b8) |",
+        "| configuration | perplexity change (stories260K proxy) | prefill tok/s (b1 / b8 / chosen) | "
+        "decode tok/s (b1 / b8 / chosen) | TPOT p95 (b1 / b8 / chosen) | chosen batch | $/1M in | $/1M out | "
+        "decode / bandwidth bound (b1 / chosen) | prefill / matmul bound (chosen) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    sweeps = []
     for label, row in r["rows"].items():
         if "error" in row:
             lines.append(f"| {label} | failed: {row['error']} | | | | | | | | |")
             continue
         sp, cost = row["speed"], row["cost"] or {}
         points = {p["batch_size"]: p for p in sp.get("operating_points", [])}
+        chosen = sp["batch_size"]
         d = (row["drops"] or {}).get("perplexity")
         drop = "—" if not d else drop_text(d)
         miss = "" if not sp.get("latency_misses") else " (misses)"
+        machine = "machine_decode_fraction" if measured else "decode_fraction"
+        prefill = machine.replace("decode", "prefill")
         lines.append(
-            f"| {label} | {drop} | {_cell(points, 'input_tokens_per_s', '{:,.0f}')} | "
-            f"{_cell(points, 'output_tokens_per_s', '{:,.1f}')} | "
-            f"{_cell(points, 'time_per_output_token_p95_s', '{:.3f} s')} | {sp['batch_size']}{miss} | "
+            f"| {label} | {drop} | {_cell(points, 'input_tokens_per_s', '{:,.0f}', (1, 8, chosen))} | "
+            f"{_cell(points, 'output_tokens_per_s', '{:,.1f}', (1, 8, chosen))} | "
+            f"{_cell(points, 'time_per_output_token_p95_s', '{:.3f} s', (1, 8, chosen))} | {chosen}{miss} | "
             f"${cost.get('input_usd_per_m', float('nan')):.4f} | ${cost.get('output_usd_per_m', float('nan')):.4f} | "
-            f"{_cell(points, 'decode_fraction', '{:.0%}')} | "
-            f"{points.get(8, {}).get('prefill_fraction', float('nan')):.0%} |"
+            f"{_cell(points, machine, '{:.0%}', (1, chosen))} | {_cell(points, prefill, '{:.0%}', (chosen,))} |"
         )
+        if sp.get("sweep_stopped"):
+            sweeps.append(f"  - {label}: batches {', '.join(str(b) for b in points)}; {sp['sweep_stopped']}")
     for label in r.get("chains", []):
         if label not in r["rows"]:
             lines.append(f"| {label} | not measured: the run ended before this row | | | | | | | | |")
-    lines += [""] + [f"- {n}" for n in r.get("notes", [])]
+    lines += [""] + (["- Where each sweep stopped:", *sweeps] if sweeps else []) + [f"- {n}" for n in r.get("notes", [])]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

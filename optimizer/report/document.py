@@ -319,6 +319,8 @@ def _speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
                 out["decode / bandwidth bound, by batch"] = ", ".join(
                     f"{p['batch_size']}: {p['decode_fraction']:.0%}" for p in shares
                 )
+        if s.get("sweep_stopped"):
+            out["batch sweep stopped"] = s["sweep_stopped"]
         if s.get("served"):
             out["requests served at once"] = served_text(s["served"])
         if "latency_misses" in s:
@@ -331,6 +333,15 @@ def _speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
             out[f"prefill / compute bound ({roof['entry']})"] = (
                 f"{roof['prefill_fraction']:.0%} of {num(roof['prefill_bound_tokens_per_s'])} tokens/s ({roof['compute_dtype']})"
             )
+            m = roof.get("machine")
+            if m:
+                out[f"decode / this machine's read bandwidth ({m['read_gb_s']:.0f} GB/s, measured)"] = (
+                    f"{m['decode_fraction']:.0%} of {num(m['decode_bound_tokens_per_s'])} tokens/s"
+                )
+                if m["prefill_fraction"] is not None:
+                    out[f"prefill / this machine's {m['matmul_dtype']} matmul ({m['matmul_tflops']:.2f} TFLOP/s, measured)"] = (
+                        f"{m['prefill_fraction']:.0%} of {num(m['prefill_bound_tokens_per_s'])} tokens/s"
+                    )
     else:
         out["encode tokens/s"] = stat("input_tokens_per_s")
         out["sequences/s"] = stat("sequences_per_s")

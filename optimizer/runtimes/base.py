@@ -22,6 +22,7 @@ import torch
 from optimizer.model import ModelInfo
 
 META_FILE = "costopt.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".data", ".pt")  # an artifact's weight files
 Pair = tuple[torch.Tensor, torch.Tensor]  # (input_ids, attention_mask) of one batch
 
 
@@ -98,6 +99,11 @@ class Candidate(ABC):
     @abstractmethod
     def parameter_counts(self) -> tuple[int, int]:
         """(parameters, non-zero parameters)."""
+
+    def weight_bytes(self) -> int | None:
+        """Bytes of the weights as this candidate serves them, without saving it; None where only a saved
+        artifact tells (the roofline then scales the quality model's artifact)."""
+        return None
 
     def write_common(self, directory: Path, **meta: Any) -> None:
         """Tokenizer, sentence-transformers sidecars and costopt.json: what every runtime's artifact holds."""

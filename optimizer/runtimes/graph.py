@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from optimizer.runtimes.base import Candidate, Pair
+from optimizer.runtimes.base import WEIGHT_SUFFIXES, Candidate, Pair
 
 
 @dataclass
@@ -34,6 +34,12 @@ class GraphCandidate(Candidate):
     def model_path(self) -> Path:
         assert self.folder is not None
         return self.folder / self.MODEL_FILE
+
+    def weight_bytes(self) -> int | None:
+        if self.folder is None:
+            return None
+        files = self.model_path.parent.rglob("*")
+        return sum(f.stat().st_size for f in files if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
 
     @abstractmethod
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

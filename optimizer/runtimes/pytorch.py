@@ -275,6 +275,16 @@ class TorchCandidate(Candidate):
         )
         return directory
 
+    def weight_bytes(self) -> int | None:
+        """Plain tensors' bytes (tied weights once); None for torchao and bitsandbytes tensors, whose
+        packed storage only the saved artifact shows."""
+        seen: dict[int, int] = {}
+        for p in self.module.parameters():
+            if type(p) not in (torch.nn.Parameter, torch.Tensor) or _torchao_codes(p) is not None:
+                return None
+            seen[p.data_ptr()] = p.numel() * p.element_size()
+        return sum(seen.values())
+
     def parameter_counts(self) -> tuple[int, int]:
         seen: set[int] = set()
         total = nonzero = 0
