@@ -316,6 +316,20 @@ def operating_point(
     return speed, cost
 
 
+def batch_between(recipe: Recipe, speeds: list[dict[str, Any]]) -> int | None:
+    """The middle power of two between the largest measured batch that meets the latency targets and the
+    smallest larger one measured (which misses them); None when no point meets them or none is left between."""
+    met = [sp["batch_size"] for sp in speeds if not latency_misses(recipe, sp)]
+    if not met:
+        return None
+    lo = max(met)
+    hi = min((sp["batch_size"] for sp in speeds if sp["batch_size"] > lo), default=None)
+    if hi is None:
+        return None
+    between = [2**k for k in range(hi.bit_length()) if lo < 2**k < hi]
+    return between[len(between) // 2] if between else None
+
+
 def timed_recipe(recipe: Recipe) -> Recipe:
     """The recipe whose model is timed: speed.model in place of model.source when the recipe sets one."""
     if recipe.speed.model is None:
@@ -636,12 +650,13 @@ class Bench:
         request_latency: bool = False,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Speed and its price; a causal LM with speed.batch_sizes or speed.max_batch_size and no batch given
-        is measured at each size (`next_batch` says when the sweep stops) and served at its operating point
-        (`operating_point`)."""
+        is measured at each size and served at its operating point (`operating_point`). With max_batch_size the
+        sweep goes on doubling (`next_batch` says when it stops), then measures the powers of two between the
+        largest batch that meets the targets and the first that misses them (`batch_between`)."""
         s = self.recipe.speed
         sweep = self.recipe.task == "causal-lm" and batch_size is None and (s.batch_sizes or s.max_batch_size)
         sizes = list(s.batch_sizes or [s.batch_size]) if sweep else [batch_size]
-        points, stopped = [], None
+        points, stopped, growing, refined = [], None, True, False
         while sizes:
             b = sizes.pop(0)
             try:
@@ -649,14 +664,22 @@ class Bench:
             except torch.OutOfMemoryError:  # the sweep's memory limit on a GPU (a CPU is checked before: next_batch)
                 if not points:
                     raise
+                torch.cuda.empty_cache()
                 stopped = f"batch {b} ran out of device memory"
                 break
             if self.recipe.speed.model is not None:  # say which model these figures belong to
                 speed["model"] = {"source": self.recipe.speed.model.source, "parameters": cand.parameter_counts()[0]}
             points.append((speed, price_speed(self.recipe, speed)))
             if sweep and s.max_batch_size and not sizes:
-                grow, stopped = self.next_batch(cand, speed)
-                sizes += [grow] if grow else []
+                if growing:
+                    grow, stopped = self.next_batch(cand, speed)
+                    growing = grow is not None
+                nxt = grow if growing else batch_between(self.recipe, [sp for sp, _ in points])
+                if nxt and not growing:
+                    refined = True
+                sizes += [nxt] if nxt else []
+        if refined:
+            stopped = f"{stopped}; then refined by powers of two below the first batch that misses them"
         speed, cost = operating_point(self.recipe, points)
         if sweep and s.max_batch_size:
             speed["sweep_stopped"] = stopped
@@ -666,9 +689,9 @@ class Bench:
 
     def next_batch(self, cand: Candidate, speed: dict[str, Any]) -> tuple[int | None, str | None]:
         """The sweep's next batch after the point `speed` (twice its batch), or None and why it stops: the point
-        misses a latency target (a larger batch only waits longer), the next would pass speed.max_batch_size, or
-        its KV cache and prompt logits would not fit in 80% of the free memory (a CPU process over it is killed,
-        not told)."""
+        misses a latency target (a larger batch only waits longer), or the next would pass speed.max_batch_size,
+        or, off the GPU, its KV cache and prompt logits would not fit in 80% of the free memory (a CPU process
+        over it is killed, not told; a GPU's out-of-memory error is caught where it is measured)."""
         from transformers import AutoConfig
 
         from optimizer.measure.roofline import kv_bytes_per_token
@@ -679,13 +702,11 @@ class Bench:
             return None, f"batch {b} misses the latency targets ({'; '.join(misses)})"
         if 2 * b > (s.max_batch_size or 0):
             return None, f"batch {b} is the last under speed.max_batch_size ({s.max_batch_size})"
+        if cand.device.startswith("cuda") and cand.runtime == "torch":
+            return 2 * b, None
         config = AutoConfig.from_pretrained(self.timed_baseline.info.source)
-        # at fp32, an upper bound for every chain's cache
-        need = (
-            2 * b * ((s.prompt_tokens + s.new_tokens) * kv_bytes_per_token(config, 4) + s.prompt_tokens * config.vocab_size * 4)
-        )
-        on_gpu = cand.device.startswith("cuda") and cand.runtime == "torch"
-        free = torch.cuda.mem_get_info()[0] if on_gpu else psutil.virtual_memory().available
+        per_sequence = (s.prompt_tokens + s.new_tokens) * kv_bytes_per_token(config, 4) + s.prompt_tokens * config.vocab_size * 4
+        need, free = 2 * b * per_sequence, psutil.virtual_memory().available  # the cache at fp32: an upper bound
         if need > 0.8 * free:
             return (
                 None,

@@ -81,7 +81,8 @@ class SpeedSpec(Strict):
         gt=0,
         description="causal LM operating points: after speed.batch_sizes (default: speed.batch_size), keep doubling "
         "the batch up to this size while the last point meets the latency targets and the next one's KV cache fits "
-        "in free memory; the sweep stops at the first miss (a larger batch only waits longer)",
+        "in free memory (a larger batch than one that misses only waits longer), then the powers of two between the "
+        "largest batch that meets the targets and the first that misses them",
     )
     ttft_p95_s: float | None = Field(default=None, gt=0, description="causal LM latency target: time to first token, p95")
     tpot_p95_s: float | None = Field(default=None, gt=0, description="causal LM latency target: time per output token, p95")

@@ -131,6 +131,58 @@ def test_the_batch_sweep_stops_before_a_batch_that_would_not_fit_in_free_memory(
     assert speed["sweep_stopped"].startswith("batch 4 would need") and speed["sweep_stopped"].endswith("GiB free")
 
 
+def test_batch_between_halves_the_powers_of_two_between_the_last_meet_and_the_first_miss():
+    from optimizer.pipeline import batch_between
+
+    recipe = _recipe(tpot_p95_s=0.05)
+
+    def points(**tpot_by_batch: float) -> list[dict]:
+        return [_point(int(b[1:]), 0.1, t, 1.0)[0] for b, t in tpot_by_batch.items()]
+
+    assert batch_between(recipe, points(b1=0.01, b8=0.08)) == 4
+    assert batch_between(recipe, points(b1=0.01, b8=0.08, b4=0.06)) == 2
+    assert batch_between(recipe, points(b1=0.01, b8=0.08, b4=0.04)) is None  # nothing left between 4 and 8
+    assert batch_between(recipe, points(b1=0.01, b32=0.5)) == 8  # 2, 4, 8, 16: the middle
+    assert batch_between(recipe, points(b1=0.09, b8=0.2)) is None  # no point meets the targets
+    assert batch_between(recipe, points(b1=0.01, b8=0.02)) is None  # no point misses them
+
+
+def test_the_sweep_refines_below_the_first_batch_that_misses(tiny_llama_dir, monkeypatch):
+    import optimizer.pipeline
+
+    real = optimizer.pipeline.measure_speed
+
+    def measure(cand, recipe, data, batch, *args):  # a time per output token that grows with the batch
+        speed = real(cand, recipe, data, batch, *args)
+        speed["token_latency_s"]["p95"] = 0.01 * batch
+        return speed
+
+    monkeypatch.setattr(optimizer.pipeline, "measure_speed", measure)
+    speed = _sweep(tiny_llama_dir, batch_sizes=[1, 8], max_batch_size=64, tpot_p95_s=0.05)
+    assert [p["batch_size"] for p in speed["operating_points"]] == [1, 8, 4]
+    assert speed["sweep_stopped"].startswith("batch 8 misses the latency targets")
+    assert speed["sweep_stopped"].endswith("then refined by powers of two below the first batch that misses them")
+    assert speed["batch_size"] in (1, 4) and not speed["latency_misses"]
+
+
+def test_an_out_of_memory_error_ends_the_sweep_and_keeps_the_points_measured(tiny_llama_dir, monkeypatch):
+    import torch
+
+    import optimizer.pipeline
+
+    real = optimizer.pipeline.measure_speed
+
+    def measure(cand, recipe, data, batch, *args):
+        if batch >= 4:  # what a GPU says when the batch's KV cache does not fit
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(cand, recipe, data, batch, *args)
+
+    monkeypatch.setattr(optimizer.pipeline, "measure_speed", measure)
+    speed = _sweep(tiny_llama_dir, batch_sizes=[1], max_batch_size=64, tpot_p95_s=10.0)
+    assert [p["batch_size"] for p in speed["operating_points"]] == [1, 2]
+    assert speed["sweep_stopped"] == "batch 4 ran out of device memory"
+
+
 def test_a_max_batch_size_below_the_sweeps_start_is_refused(write_recipe, capsys):
     base = {"name": "op", "model": {"source": "x"}, "task": "causal-lm", "data": {"eval": {"source": "stdlib-docs"}}}
     rec = write_recipe(base | {"speed": {"batch_sizes": [1, 8], "max_batch_size": 4}})
