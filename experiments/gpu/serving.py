@@ -49,14 +49,14 @@ def run_chain(recipe: Path, label: str, chain: list[dict[str, Any]], timeout: in
 
 def _row(label: str, part: dict[str, Any] | None, drop: str) -> str:
     if not part:
-        return f"| {label} | not measured | | | | | |"
+        return f"| {label} | not measured | | | | | | |"
     sp, cost = part["speed"], part.get("cost") or {}
     points = {p["batch_size"]: p for p in sp.get("operating_points", [])}
     b1 = points.get(1, {})
     return (
         f"| {label} | {drop} | {sp['batch_size']} | ${cost.get('input_usd_per_m', float('nan')):.4f} | "
         f"${cost.get('output_usd_per_m', float('nan')):.4f} | {b1.get('output_tokens_per_s', float('nan')):,.1f} | "
-        f"{b1.get('decode_fraction', float('nan')):.0%} |"
+        f"{b1.get('decode_fraction', float('nan')):.0%} | {b1.get('machine_decode_fraction', float('nan')):.0%} |"
     )
 
 
@@ -69,13 +69,14 @@ def write_table(runs: list[dict[str, Any]], path: Path) -> None:
         "(no alternating rounds, so no saving interval). Random weights of Llama-3.1-8B's shape (speed only); "
         "perplexity change on stories260K as a proxy for each chain's effect.",
         "",
-        "| configuration | perplexity change (stories260K proxy) | chosen batch | $/1M in | $/1M out | decode tok/s at batch 1 | batch-1 decode / bandwidth bound |",
-        "|---|---|---|---|---|---|---|",
+        "| configuration | perplexity change (stories260K proxy) | chosen batch | $/1M in | $/1M out | decode tok/s at batch 1 | "
+        "batch-1 decode / the entry's bandwidth bound | / this GPU's measured read bandwidth |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     baseline_done = False
     for r in runs:
         if "error" in r:
-            lines.append(f"| {r['label']} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {r['label']} | failed: {r['error']} | | | | | | |")
             continue
         res = r["result"]
         if not baseline_done:
