@@ -7,6 +7,7 @@ with the same thread count, so their figures compare.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import tempfile
@@ -518,6 +519,14 @@ class Bench:
     screen_evaluator: QualityEvaluator | None = None
     screen_quality: dict[str, MetricValues] = field(default_factory=dict)
 
+    @functools.cached_property
+    def timed_config(self) -> Any:
+        """The timed model's transformers config (its shape: layers, KV heads, vocabulary), read once."""
+        from transformers import AutoConfig
+
+        assert self.timed_baseline is not None
+        return AutoConfig.from_pretrained(self.timed_baseline.info.source)
+
     @classmethod
     def load_data(cls, recipe: Recipe, device: str, part: EvalPart = "all") -> Bench:
         """`part`: the whole eval set, or the search's share of it ("select") or the held-out rest ("confirm")."""
@@ -656,7 +665,9 @@ class Bench:
         s = self.recipe.speed
         sweep = self.recipe.task == "causal-lm" and batch_size is None and (s.batch_sizes or s.max_batch_size)
         sizes = list(s.batch_sizes or [s.batch_size]) if sweep else [batch_size]
-        points, stopped, growing, refined = [], None, True, False
+        # which model these figures belong to (counted once: a graph's count reads the whole file)
+        timed = {"source": s.model.source, "parameters": cand.parameter_counts()[0]} if s.model is not None else None
+        points, stopped, refined = [], None, False
         while sizes:
             b = sizes.pop(0)
             try:
@@ -667,16 +678,16 @@ class Bench:
                 torch.cuda.empty_cache()
                 stopped = f"batch {b} ran out of device memory"
                 break
-            if self.recipe.speed.model is not None:  # say which model these figures belong to
-                speed["model"] = {"source": self.recipe.speed.model.source, "parameters": cand.parameter_counts()[0]}
+            if timed is not None:
+                speed["model"] = dict(timed)
             points.append((speed, price_speed(self.recipe, speed)))
             if sweep and s.max_batch_size and not sizes:
-                if growing:
-                    grow, stopped = self.next_batch(cand, speed)
-                    growing = grow is not None
-                nxt = grow if growing else batch_between(self.recipe, [sp for sp, _ in points])
-                if nxt and not growing:
-                    refined = True
+                nxt = None
+                if stopped is None:  # still doubling
+                    nxt, stopped = self.next_batch(cand, speed)
+                if nxt is None:
+                    nxt = batch_between(self.recipe, [sp for sp, _ in points])
+                    refined = refined or nxt is not None
                 sizes += [nxt] if nxt else []
         if refined:
             stopped = f"{stopped}; then refined by powers of two below the first batch that misses them"
@@ -692,8 +703,6 @@ class Bench:
         misses a latency target (a larger batch only waits longer), or the next would pass speed.max_batch_size,
         or, off the GPU, its KV cache and prompt logits would not fit in 80% of the free memory (a CPU process
         over it is killed, not told; a GPU's out-of-memory error is caught where it is measured)."""
-        from transformers import AutoConfig
-
         from optimizer.measure.roofline import kv_bytes_per_token
 
         s, b = self.recipe.speed, speed["batch_size"]
@@ -704,7 +713,7 @@ class Bench:
             return None, f"batch {b} is the last under speed.max_batch_size ({s.max_batch_size})"
         if cand.device.startswith("cuda") and cand.runtime == "torch":
             return 2 * b, None
-        config = AutoConfig.from_pretrained(self.timed_baseline.info.source)
+        config = self.timed_config
         per_sequence = (s.prompt_tokens + s.new_tokens) * kv_bytes_per_token(config, 4) + s.prompt_tokens * config.vocab_size * 4
         need, free = 2 * b * per_sequence, psutil.virtual_memory().available  # the cache at fp32: an upper bound
         if need > 0.8 * free:
@@ -724,8 +733,6 @@ class Bench:
         leave more of it unquantized than the timed shape's)."""
         if self.recipe.task != "causal-lm" or not self.recipe.hardware.catalog:
             return None
-        from transformers import AutoConfig
-
         import cost
         from optimizer.measure.machine_bounds import machine_bounds
         from optimizer.measure.roofline import kv_bytes_per_token, llm_roofline
@@ -736,7 +743,7 @@ class Bench:
         machine = machine_bounds(self.device if runtime_of(passes) == "torch" else "cpu", dtype)
         params = (speed.get("model") or {}).get("parameters") or fp["parameters"]
         weight_bytes = timed_weight_bytes or fp["weight_bytes"] * params / fp["parameters"]
-        config = AutoConfig.from_pretrained(self.timed_baseline.info.source)
+        config = self.timed_config
         kv = kv_bytes_per_token(config, 2 if dtype in ("bf16", "fp16") else 4)
         for p in speed.get("operating_points", []):  # each batch size's shares too (batch 1: the bandwidth check)
             at = {k: speed[k] for k in ("prompt_tokens", "new_tokens")} | {

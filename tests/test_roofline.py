@@ -64,7 +64,7 @@ def test_the_engine_check_uses_this_machines_bounds_where_measured():
     assert r["decode_fraction"] > ENGINE_FLAG > m["decode_fraction"]
     assert any("decode reaches" in f and "on this machine" in f for f in r["flags"])
     # no matmul in the chain's arithmetic here: prefill is judged on the entry's bound
-    none = llm_roofline(_speed(100.0, 20.0), entry, params, weights, kv, "fp32", here.__class__("cpu", 2, 32.0, "fp8", None))
+    none = llm_roofline(_speed(100.0, 20.0), entry, params, weights, kv, "fp32", MachineBounds("cpu", 2, 32.0, "fp8", None))
     assert none["machine"]["prefill_fraction"] is None
     assert any("aws-c7i.large's fp32 compute bound" in f for f in none["flags"])
     assert "on this machine (32 GB/s read, measured)" in roofline_text(r)
@@ -82,3 +82,15 @@ def test_this_machines_bounds_are_measured_once_a_process():
     assert machine_bounds("cpu", "fp32") == first
     assert time.perf_counter() - start < 0.05  # cached, not measured again
     assert machine_bounds("cpu", "fp8").matmul_tflops is None  # torch has no plain fp8 matmul
+
+
+def test_a_dtype_without_a_matmul_kernel_here_has_no_compute_bound(monkeypatch):
+    import torch
+
+    from optimizer.measure.machine_bounds import matmul_tflops
+
+    def no_kernel(a, b):
+        raise RuntimeError('"_int_mm" not implemented for this device')
+
+    monkeypatch.setattr(torch, "_int_mm", no_kernel)
+    assert matmul_tflops("cpu", -1, "int8") is None  # threads -1: its own cache entry

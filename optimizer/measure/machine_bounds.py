@@ -13,6 +13,7 @@ beat torch's own matmul (a runtime's fused int8 kernel, say); the share is then 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 READ_MIB = 512  # at least; on a CPU twice its last-level cache (a GPU's L2 is far smaller)
 MATMUL_SIDE = {"cpu": 2048, "cuda": 8192}  # large enough to reach the peak, small enough to take well under a second
 
@@ -100,7 +102,8 @@ def matmul_tflops(device: str, threads: int, dtype: str, repeats: int = 3) -> fl
         op = lambda: a @ b  # noqa: E731
     try:
         seconds = _best_seconds(op, _sync(device), repeats)
-    except (RuntimeError, NotImplementedError):  # no kernel for this dtype on this device
+    except (RuntimeError, NotImplementedError) as e:  # no kernel for this dtype here: prefill is judged on the entry's bound
+        log.info("no %s matmul on %s to bound prefill with (%s)", dtype, device, str(e).splitlines()[0][:120])
         return None
     return 2 * n**3 / seconds / 1e12
 
