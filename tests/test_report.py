@@ -329,3 +329,42 @@ def test_reports_carry_provenance_command_version_hashes_and_price_source(encode
 
         md = to_markdown(build_document(report, {}))
         assert "## Provenance" in md and p["recipe_sha256"] in md
+
+
+def test_a_trial_with_a_width_defect_is_never_the_reports_winner(feasible_search):
+    """One feasibility rule (the record's): the search rejects a configuration with a defect at some input
+    width, so the report may not mark it within budget nor headline it, however cheap it is."""
+    import optuna
+
+    from optimizer.measurement import ATTR, Measurement
+    from optimizer.report.sources import StudySource
+
+    folder, _ = feasible_search
+    src = open_source(str(folder / "runs" / "rep-search"))
+    winner = build_report(src)["chosen"]["trial"]
+    copy = optuna.create_study(directions=src.study.directions)
+    for key, value in src.study.user_attrs.items():
+        copy.set_user_attr(key, value)
+    for t in src.study.trials:
+        attrs = dict(t.user_attrs)
+        if t.number == winner:
+            m = Measurement.of(t)
+            m.widths = {"checked": [31, 32, 33], "errors": [0.01, 0.48, 0.01], "seconds": 1.0,
+                        "defects": [{"width": 32, "error": 0.48, "neighbours": 0.01}]}  # fmt: skip
+            attrs[ATTR] = m.to_json()
+        copy.add_trial(
+            optuna.trial.create_trial(
+                state=t.state,
+                params=t.params,
+                distributions=t.distributions,
+                values=t.values,
+                user_attrs=attrs,
+                system_attrs=t.system_attrs,
+                intermediate_values=t.intermediate_values,
+            )  # fmt: skip
+        )
+    report = build_report(StudySource(src.location, None, copy, src.recipe))
+    entry = next(e for e in report["trials"] if e["trial"] == winner)
+    assert entry["feasible"] is False
+    assert report["chosen"] is not None and report["chosen"]["trial"] != winner
+    assert all(f["trial"] != winner for f in report["families"] if f["feasible"])

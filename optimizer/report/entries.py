@@ -50,7 +50,7 @@ def make_entry(
         "drop": m.drop,
         "drops_by_set": m.budget_drops(),  # with several eval sets: the budget metric's drop on each
         "violation": violation,
-        "feasible": None if violation is None else bool(violation <= 0),
+        "feasible": m.feasible if state == "ok" else None,  # the record's one rule: width defects included
         "cost": m.cost,
         "usd_per_m": (m.cost or {}).get("blended_usd_per_m"),
         "objective": objective,
