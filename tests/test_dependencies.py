@@ -54,3 +54,20 @@ def test_transformers_is_held_below_the_next_major_version():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     [spec] = [d for d in project["dependencies"] if d.startswith("transformers")]
     assert "<6" in spec
+
+
+def test_the_fingerprint_names_every_runtime_and_every_library_a_pass_imports():
+    """An upgrade of any of them changes figures, so provenance and baseline reuse must see it."""
+    from optimizer.measure.system import KEY_LIBRARIES
+    from optimizer.passes.base import REGISTRY
+
+    distributions = importlib.metadata.packages_distributions()
+    missing = []
+    for name, cls in sorted(REGISTRY.items()):
+        for module in cls.requires:
+            known = distributions.get(module, []) + [DISTRIBUTION_OF.get(module, module).replace("_", "-")]
+            if not any(d.lower().replace("_", "-") in KEY_LIBRARIES for d in known):
+                missing.append(f"{module} (required by {name})")
+    runtimes = {"torch", "torchao", "onnxruntime", "openvino", "nncf"}
+    missing += sorted(runtimes - set(KEY_LIBRARIES))
+    assert not missing, f"not in measure/system.KEY_LIBRARIES: {missing}"

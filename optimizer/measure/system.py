@@ -11,15 +11,24 @@ from typing import Any
 
 import psutil
 
+# Distributions whose version changes a figure: every runtime, every library a pass imports (its `requires`,
+# pinned by tests/test_dependencies.py), and what reads the data. Provenance and baseline reuse key on these.
 KEY_LIBRARIES = (
     "costopt",
     "torch",
+    "torchao",
     "transformers",
     "tokenizers",
     "safetensors",
     "onnx",
     "onnxruntime",
+    "onnx-ir",
+    "openvino",
+    "nncf",
     "bitsandbytes",
+    "accelerate",
+    "llama-cpp-python",
+    "gguf",
     "optuna",
     "numpy",
     "pydantic",
