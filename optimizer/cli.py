@@ -321,9 +321,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     args.result |= {"chosen": config, "deploy_file": str(path)}
     m = config["measured"]
     saving = ""
-    if confirmation is not None and confirmation.headline is not None:
-        h = confirmation.headline
-        saving = f", {ratio_text(h.ratio)} better than the {h.against} (confirmed, {h.why.split(':')[0]})"
+    h = confirmation.headline if confirmation is not None else None
+    if h is not None:
+        saving = f"\n  saving: {ratio_text(h.ratio)} better than the {h.against} (confirmed, {h.why.split(':')[0]})"
     elif "cheaper_x" in m:
         x, was = m["cheaper_x"], f"the baseline's ${m['baseline_usd_per_m_tokens']:.5f}"
         saving = f", {x:.2f}x cheaper than {was}" if x >= 1 else f", {1 / x:.2f}x the cost of {was} (no saving)"
@@ -331,11 +331,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         saving += "; the cheapest choice within budget is the model without compression, at this batch size and thread count"
     print(
         f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, "
-        f"{serving_text(config['batch_size'], config['threads'], config.get('streams'))}\n  {kind} {_fmt_num(best.values[0], 6)}{saving}; {metric} drop {drop_text(m['drop'])} "
-        f"({m.get('drop_measured_on', 'on the eval set')}) within {budget}\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR"
+        f"{serving_text(config['batch_size'], config['threads'], config.get('streams'))}{saving}\n  "
+        f"{metric} drop {drop_text(m['drop'])} ({m.get('drop_measured_on', 'on the eval set')}) within {budget}; "
+        f"{kind} {_fmt_num(best.values[0], 6)} in the search\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR"
     )
     if confirmation is not None:
-        for s in confirmation.savings[1:]:
+        for s in confirmation.savings[:-1]:  # the headline is the last
             print(f"  against the {s.against}: {ratio_text(s.ratio) if s.ratio else '–'}; {s.why}")
     elif "baseline_best_batch" in m:
         bb = m["baseline_best_batch"]

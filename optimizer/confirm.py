@@ -125,7 +125,9 @@ class Confirmation:
 
     @property
     def headline(self) -> Saving | None:
-        return self.savings[0] if self.savings else None
+        """The one saving to lead with: against the baseline at its own best operating point, which
+        `_time_saving` times last (the baseline at the recipe's batch first, when that is another batch)."""
+        return self.savings[-1] if self.savings else None
 
 
 def first_confirmed(candidates: Sequence[T], test: Callable[[T], bool | None], tests: int | None = None) -> tuple[T | None, int]:

@@ -62,6 +62,62 @@ def ratio_text(r: dict[str, Any] | None) -> str:
     return f"{r['median']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
 
 
+def count(x: float) -> str:
+    """1.2B, 340M, 5.6k: token volumes at a glance."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.0f}"
+
+
+def days(d: float | None) -> str:
+    if d is None:
+        return "never (no saving)"
+    if d < 1 / 24:
+        minutes = max(1, round(d * 24 * 60))
+        return f"{minutes} minute" + ("" if minutes == 1 else "s")
+    if d < 2:
+        return f"{d * 24:.1f} hours"
+    return f"{d:,.1f} days"
+
+
+def saving_text(s: dict[str, Any]) -> str:
+    """A report's one headline saving: '**1.15x [1.03, 1.31] cheaper** than the baseline at its best batch (16)
+    (confirmed on held-out data, ...)', or the unconfirmed figure said to be one."""
+    x = f"{s['cheaper_x']:.2f}x" + (f" [{s['cheaper_low']:.2f}, {s['cheaper_high']:.2f}]" if s.get("cheaper_low") else "")
+    how = f"confirmed after the search, {s['why']}" if s["confirmed"] else "the search's own measurement, not confirmed"
+    if s["cheaper_x"] < 1:
+        return f"**{x}: no cheaper** than the {s['against']}; {how}"
+    return f"**{x} cheaper** than the {s['against']}; {how}"
+
+
+def money_text(s: dict[str, Any], workload: dict[str, Any]) -> str:
+    """The money of that saving: a month, a year and the break-even, each with its interval when there is one."""
+
+    def between(lo: float | None, hi: float | None, show: Any) -> str:
+        return f" [{show(lo)}, {show(hi)}]" if lo is not None and hi is not None else ""
+
+    tokens = count(workload["input_tokens_per_month"] + workload["output_tokens_per_month"])
+    if s["monthly_usd"] <= 0:
+        return (
+            f"At {tokens} tokens a month ({workload['origin']} workload) it saves nothing: {usd(-s['monthly_usd'])} a month more."
+        )
+    return (
+        f"At {tokens} tokens a month ({workload['origin']} workload) that saves **{usd(s['monthly_usd'])} a month**"
+        + between(s.get("monthly_low"), s.get("monthly_high"), usd)
+        + f", {usd(s['yearly_usd'])} a year"
+        + between(s.get("yearly_low"), s.get("yearly_high"), usd)
+        + f"; the optimization job ({s['job_hours']:.2f} h, {usd(s['job_usd'])}) pays for itself in "
+        + days(s["break_even_days"])
+        + (
+            f" [{days(s['break_even_low'])}, {days(s['break_even_high'])}]"
+            if s.get("monthly_low") is not None and s["break_even_days"] is not None
+            else ""
+        )
+        + "."
+    )
+
+
 SERVING_COLUMN = "batch/threads/streams"
 
 

@@ -334,24 +334,39 @@ def test_reports_carry_provenance_command_version_hashes_and_price_source(encode
 def test_a_trial_with_a_width_defect_is_never_the_reports_winner(feasible_search):
     """One feasibility rule (the record's): the search rejects a configuration with a defect at some input
     width, so the report may not mark it within budget nor headline it, however cheap it is."""
-    import optuna
-
     from optimizer.measurement import ATTR, Measurement
-    from optimizer.report.sources import StudySource
 
     folder, _ = feasible_search
     src = open_source(str(folder / "runs" / "rep-search"))
     winner = build_report(src)["chosen"]["trial"]
-    copy = optuna.create_study(directions=src.study.directions)
-    for key, value in src.study.user_attrs.items():
-        copy.set_user_attr(key, value)
-    for t in src.study.trials:
-        attrs = dict(t.user_attrs)
+
+    def with_defect(t, attrs):
         if t.number == winner:
             m = Measurement.of(t)
             m.widths = {"checked": [31, 32, 33], "errors": [0.01, 0.48, 0.01], "seconds": 1.0,
                         "defects": [{"width": 32, "error": 0.48, "neighbours": 0.01}]}  # fmt: skip
             attrs[ATTR] = m.to_json()
+
+    report = build_report(_edited_copy(src, with_defect))
+    entry = next(e for e in report["trials"] if e["trial"] == winner)
+    assert entry["feasible"] is False
+    assert report["chosen"] is not None and report["chosen"]["trial"] != winner
+    assert all(f["trial"] != winner for f in report["families"] if f["feasible"])
+
+
+def _edited_copy(src, edit_trial=None, study_attrs=None):
+    """An in-memory copy of a finished study, its trials' attributes edited by `edit_trial(trial, attrs)`."""
+    import optuna
+
+    from optimizer.report.sources import StudySource
+
+    copy = optuna.create_study(directions=src.study.directions)
+    for key, value in (src.study.user_attrs | (study_attrs or {})).items():
+        copy.set_user_attr(key, value)
+    for t in src.study.trials:
+        attrs = dict(t.user_attrs)
+        if edit_trial is not None:
+            edit_trial(t, attrs)
         copy.add_trial(
             optuna.trial.create_trial(
                 state=t.state,
@@ -363,8 +378,39 @@ def test_a_trial_with_a_width_defect_is_never_the_reports_winner(feasible_search
                 intermediate_values=t.intermediate_values,
             )  # fmt: skip
         )
-    report = build_report(StudySource(src.location, None, copy, src.recipe))
-    entry = next(e for e in report["trials"] if e["trial"] == winner)
-    assert entry["feasible"] is False
-    assert report["chosen"] is not None and report["chosen"]["trial"] != winner
-    assert all(f["trial"] != winner for f in report["families"] if f["feasible"])
+    return StudySource(src.location, None, copy, src.recipe)
+
+
+def test_the_headline_is_one_confirmed_saving_and_the_money_follows_from_it(feasible_search, tmp_path):
+    """Against the baseline at its best batch, with its interval, first; the search's own figure and the
+    saving against the recipe's batch below it; every dollar and the break-even from the headline's ratio."""
+    folder, _ = feasible_search
+    src = open_source(str(folder / "runs" / "rep-search"))
+    winner = build_report(src)["chosen"]["trial"]
+    confirmation = {
+        "budget": {}, "objective": "cost", "selection_examples": 10, "confirmation_examples": 10,
+        "confidence_each": 0.95, "chosen": winner, "rounds": [], "rounds_set_aside": 0, "serving": {},
+        "memory_alone": {}, "machine": None,
+        "attempts": [{"trial": winner, "passes": [], "deployment": {}, "selection_drop": {}, "drop": None,
+                      "drops": {}, "quality": {}, "quality_batches": "", "widths": None, "confirmed": True}],
+        "savings": [
+            {"against": "baseline at batch 32", "ratio": {"median": 2.13, "low": 1.37, "high": 3.1},
+             "baseline_value": 2.13, "choice_value": 1.0, "established": True, "why": "established over 7 rounds"},
+            {"against": "baseline at its best batch (16)", "ratio": {"median": 1.15, "low": 1.03, "high": 1.31},
+             "baseline_value": 1.15, "choice_value": 1.0, "established": True, "why": "established over 7 rounds"},
+        ],
+    }  # fmt: skip
+    report = build_report(_edited_copy(src, None, {"confirmation": confirmation}))
+    m = report["money"]
+    s, chosen_month = m["saving"], m["chosen"]["monthly_usd"]
+    assert s["confirmed"] and s["against"].startswith("baseline at its best batch (16)")
+    assert (s["cheaper_x"], s["cheaper_low"], s["cheaper_high"]) == (1.15, 1.03, 1.31)
+    assert s["monthly_usd"] == pytest.approx(0.15 * chosen_month)
+    assert (s["monthly_low"], s["monthly_high"]) == (pytest.approx(0.03 * chosen_month), pytest.approx(0.31 * chosen_month))
+    assert s["yearly_usd"] == pytest.approx(12 * s["monthly_usd"]) and s["yearly_low"] == pytest.approx(12 * s["monthly_low"])
+    assert s["break_even_days"] == pytest.approx(s["job_usd"] / (s["monthly_usd"] / DAYS_PER_MONTH))
+    assert s["break_even_low"] < s["break_even_days"] < s["break_even_high"]
+    md = write_report(report, tmp_path, ["md"])["md"].read_text()
+    first = next(line for line in md.splitlines() if "cheaper" in line)
+    assert "**1.15x [1.03, 1.31] cheaper** than the baseline at its best batch (16)" in first and "2.13" not in first
+    assert md.index("1.15x [1.03, 1.31]") < md.index("2.13x [1.37, 3.10]")  # the rest is detail, below

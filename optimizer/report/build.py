@@ -248,18 +248,6 @@ def _money(
     other = chosen if chosen is not None else closest
     if other is not None and other.get("cost"):
         out["chosen" if chosen is not None else "closest"] = money.monthly(other["cost"], wl, grid)
-    if chosen is not None and chosen.get("cost"):
-        hours = (d["job_seconds"] or 0.0) / 3600
-        rate = job_usd_per_hour if job_usd_per_hour is not None else base["cost"]["hourly_usd"]
-        out["saving"] = money.saving_of(base["cost"], chosen["cost"], wl, hours, rate)
-        out["saving"]["job_note"] = d["job_note"] + (
-            f", priced at ${rate:g}/hour"
-            + (
-                ""
-                if job_usd_per_hour is not None
-                else f" ({base['cost']['hardware']}'s rate, the machine the figures were priced on)"
-            )
-        )
     by_batch = d.get("by_batch") or {}
     if chosen is not None and len(by_batch) > 1 and d["objective_kind"] == "cost" and chosen.get("usd_per_m"):
         best_b = min(by_batch, key=by_batch.get)
@@ -268,7 +256,35 @@ def _money(
             "usd_per_m": by_batch[best_b],
             "cheaper_x": by_batch[best_b] / chosen["usd_per_m"],
         }
+    if chosen is not None and chosen.get("cost"):
+        hours = (d["job_seconds"] or 0.0) / 3600
+        rate = job_usd_per_hour if job_usd_per_hour is not None else base["cost"]["hourly_usd"]
+        ratio, against, confirmed = _headline_ratio(d, out)
+        out["saving"] = money.saving_at_ratio(out["chosen"]["monthly_usd"], ratio, against, confirmed, hours, rate)
+        out["saving"]["job_note"] = d["job_note"] + (
+            f", priced at ${rate:g}/hour"
+            + (
+                ""
+                if job_usd_per_hour is not None
+                else f" ({base['cost']['hardware']}'s rate, the machine the figures were priced on)"
+            )
+        )
     return out
+
+
+def _headline_ratio(d: dict[str, Any], m: dict[str, Any]) -> tuple[dict[str, float], str, str | None]:
+    """The one saving a report leads with: the confirmed one against the baseline at its own best operating
+    point (timed in alternating rounds, with its interval) when the search confirmed a choice on cost; else
+    the best the measurement has, said to be unconfirmed. Returns (ratio, against what, how the confirmation
+    judged it; None when not confirmed)."""
+    savings = [s for s in ((d.get("confirmation") or {}).get("savings") or []) if s["ratio"]]
+    if savings and d["objective_kind"] == "cost":
+        s = savings[-1]  # the confirmation times the baseline at its best batch last (confirm._time_saving)
+        return s["ratio"], s["against"], s["why"]
+    if "baseline_best_batch" in m:
+        bb = m["baseline_best_batch"]
+        return {"median": bb["cheaper_x"]}, f"baseline at its best batch ({bb['batch_size']})", None
+    return {"median": m["baseline"]["monthly_usd"] / m["chosen"]["monthly_usd"]}, "baseline", None
 
 
 def build_report(

@@ -6,7 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, served_text, serving_cell, serving_text, usd
+from optimizer.formatting import (
+    SERVING_COLUMN,
+    count,
+    drop_text,
+    money_text,
+    ratio_text,
+    saving_text,
+    served_text,
+    serving_cell,
+    serving_text,
+    usd,
+)
 from optimizer.measure.widths import check_text, padded_text
 
 
@@ -64,14 +75,6 @@ def num(x: float | None, unit: str = "") -> str:
     return s + unit
 
 
-def count(x: float) -> str:
-    """1.2B, 340M, 5.6k: token volumes at a glance."""
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{unit}"
-    return f"{x:.0f}"
-
-
 def tokens_per_s(e: dict[str, Any] | None, key: str = "input_tokens_per_s") -> float | None:
     v = ((e or {}).get("speed") or {}).get(key)
     return None if not v else v["median"]
@@ -79,17 +82,6 @@ def tokens_per_s(e: dict[str, Any] | None, key: str = "input_tokens_per_s") -> f
 
 def mib(b: float | None) -> str:
     return "–" if b is None else f"{b / 2**20:,.1f} MiB"
-
-
-def days(d: float | None) -> str:
-    if d is None:
-        return "never (no saving)"
-    if d < 1 / 24:
-        minutes = max(1, round(d * 24 * 60))
-        return f"{minutes} minute" + ("" if minutes == 1 else "s")
-    if d < 2:
-        return f"{d * 24:.1f} hours"
-    return f"{d:,.1f} days"
 
 
 # ----------------------------------------------------------------------------- sections
@@ -101,18 +93,22 @@ def _headline(r: dict[str, Any]) -> list[str]:
     if c is not None:
         where = f"{c['runtime']}, {serving_text(c['batch_size'], c['threads'], c.get('streams'))}"
         status = "within" if r["met"] else "**over**"
+        s = m.get("saving")
+        if s:  # one figure first: the saving the money is computed from
+            lines.append(f"**{c['label']}** (`{c['chain']}`; {where}): {saving_text(s)}.")
+            lines.append(money_text(s, m["workload"]))
         if c["usd_per_m"] is not None and b["usd_per_m"]:
             lines.append(
-                f"**{c['label']}** (`{c['chain']}`; {where}) serves at **{usd(c['usd_per_m'])}** per 1M tokens "
-                f"against the baseline's {usd(b['usd_per_m'])}: **{b['usd_per_m'] / c['usd_per_m']:.2f}x cheaper**"
-                + (" in the search's own measurement (confirmed figures below)." if r.get("confirmation") else ".")
+                ("In" if s else f"**{c['label']}** (`{c['chain']}`; {where}) serves, in")
+                + f" the search's own measurement, at {usd(c['usd_per_m'])} per 1M tokens against the baseline's "
+                f"{usd(b['usd_per_m'])} at batch {b['batch_size']}: {b['usd_per_m'] / c['usd_per_m']:.2f}x."
             )
         elif c["objective"] is not None and b["objective"]:
             lines.append(
                 f"**{c['label']}** (`{c['chain']}`; {where}): {r['objective']} {num(c['objective'])} "
                 f"against the baseline's {num(b['objective'])}."
             )
-        else:  # no price and no objective (a run without hardware.catalog): speed says it
+        elif not s:  # no price and no objective (a run without hardware.catalog): speed says it
             key, what = ("output_tokens_per_s", "decodes") if r["task"] == "causal-lm" else ("input_tokens_per_s", "encodes")
             cs, bs = tokens_per_s(c, key), tokens_per_s(b, key)
             lines.append(
@@ -128,20 +124,11 @@ def _headline(r: dict[str, Any]) -> list[str]:
             each = "; ".join(f"{n} {drop_text(d, rel)}" for n, d in c["drops_by_set"].items())
             lines.append(f"On each eval set (the budget must hold on every one): {each}.")
         lines += _confirmation_lines(r)
-        s = m.get("saving")
-        if s:
-            wl = m["workload"]
-            lines.append(
-                f"At {count(wl['input_tokens_per_month'] + wl['output_tokens_per_month'])} tokens a month "
-                f"({wl['origin']} workload) that saves "
-                f"**{usd(s['monthly_usd'])} a month** ({usd(s['yearly_usd'])} a year); the optimization job "
-                f"({s['job_hours']:.2f} h, {usd(s['job_usd'])}) pays for itself in {days(s['break_even_days'])}."
-            )
         if "baseline_best_batch" in m:
             bb = m["baseline_best_batch"]
             lines.append(
-                f"Against the baseline at its own best batch size ({bb['batch_size']}, {usd(bb['usd_per_m'])}): "
-                f"{bb['cheaper_x']:.2f}x cheaper."
+                f"Against the baseline at its own best batch size ({bb['batch_size']}, {usd(bb['usd_per_m'])}) in the "
+                f"search's measurement: {bb['cheaper_x']:.2f}x."
             )
     elif r["closest"] is not None:
         cl = r["closest"]
@@ -249,14 +236,8 @@ def _cost_section(r: dict[str, Any]) -> Section:
     ]
     s = m.get("saving")
     if s:
-        items.insert(
-            0, f"Saving: **{usd(s['monthly_usd'])} a month, {usd(s['yearly_usd'])} a year** ({s['cheaper_x']:.2f}x cheaper)."
-        )
-        items.insert(
-            1,
-            f"Break-even: the optimization job cost {usd(s['job_usd'])} ({s['job_hours']:.2f} h: "
-            f"{s['job_note']}); it pays for itself in {days(s['break_even_days'])}.",
-        )
+        items.insert(0, money_text(s, wl))
+        items.insert(1, f"The job: {s['job_note']}.")
     items += m["notes"]
     sec.blocks.append(Bullets(items))
     return sec

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cost.pricing import TokenPrice
-from cost.workload import DAYS_PER_MONTH, Workload, monthly_cost, monthly_energy_kwh, saving, whole_instances
+from cost.workload import DAYS_PER_MONTH, Workload, monthly_cost, monthly_energy_kwh, whole_instances
 
 ASSUMED_TOKENS_PER_MONTH = 1e9  # only when neither the recipe nor the command line gives a workload
 
@@ -72,20 +72,49 @@ def monthly(cost: dict[str, Any], workload: Workload, grid: float | None) -> dic
     }
 
 
-def saving_of(
-    base_cost: dict[str, Any], chosen_cost: dict[str, Any], workload: Workload, job_hours: float, job_usd_per_hour: float
+def saving_at_ratio(
+    chosen_monthly_usd: float,
+    ratio: dict[str, float],
+    against: str,
+    confirmed: str | None,
+    job_hours: float,
+    job_usd_per_hour: float,
 ) -> dict[str, Any]:
-    s = saving(token_price(base_cost), token_price(chosen_cost), workload, job_hours, job_usd_per_hour)
+    """The money of one saving: the chosen configuration's monthly bill and how many times cheaper it is than
+    the baseline (`ratio`: median and, when measured, low / high); `confirmed`: how the confirmation judged
+    that ratio, None for the search's own figure. Every dollar figure, its interval and the
+    break-even follow from that one ratio, so the headline and the money can never tell different stories."""
+    job = job_hours * job_usd_per_hour
+
+    def monthly(x: float | None) -> float | None:
+        return None if x is None else chosen_monthly_usd * (x - 1.0)
+
+    def break_even(saved: float | None) -> float | None:
+        return job / (saved / DAYS_PER_MONTH) if saved is not None and saved > 0 else None
+
+    m, lo, hi = monthly(ratio["median"]), monthly(ratio.get("low")), monthly(ratio.get("high"))
     return {
-        "baseline_monthly_usd": s.baseline_monthly_usd,
-        "chosen_monthly_usd": s.optimized_monthly_usd,
-        "monthly_usd": s.monthly_usd,
-        "yearly_usd": s.yearly_usd,
-        "cheaper_x": s.ratio,
+        "against": against,
+        "confirmed": confirmed is not None,
+        "why": confirmed,
+        "cheaper_x": ratio["median"],
+        "cheaper_low": ratio.get("low"),
+        "cheaper_high": ratio.get("high"),
+        "baseline_monthly_usd": chosen_monthly_usd * ratio["median"],
+        "chosen_monthly_usd": chosen_monthly_usd,
+        "monthly_usd": m,
+        "monthly_low": lo,
+        "monthly_high": hi,
+        "yearly_usd": 12 * m,
+        "yearly_low": None if lo is None else 12 * lo,
+        "yearly_high": None if hi is None else 12 * hi,
         "job_hours": job_hours,
         "job_usd_per_hour": job_usd_per_hour,
-        "job_usd": job_hours * job_usd_per_hour,
-        "break_even_days": s.break_even_days,
+        "job_usd": job,
+        "break_even_days": break_even(m),
+        # the break-even's range: the larger saving pays back sooner
+        "break_even_low": break_even(hi),
+        "break_even_high": break_even(lo),
     }
 
 
