@@ -14,14 +14,11 @@ from typing import Any
 
 from cost.errors import CostInputError
 from optimizer.cli_format import chain_text, table
-from optimizer.errors import UserError
+from optimizer.errors import EXIT_NOTHING_MET, EXIT_USER_ERROR, UserError
 from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, served_text, serving_cell, serving_text
 from optimizer.measure.roofline import roofline_text
 from optimizer.measure.widths import check_text
 from optimizer.signals import Stopped, stop_on_signals
-
-EXIT_USER_ERROR = 2  # bad input: a one-line message names the problem and the fix
-EXIT_NOTHING_MET = 3  # ran fine, but no configuration met the budget (or fits): nothing to deploy
 
 
 def _fmt_num(x: float | None, digits: int = 4) -> str:

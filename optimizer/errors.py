@@ -4,6 +4,11 @@ The CLI prints these as a single line (problem and fix) and exits 2; everything 
 and keeps its traceback.
 """
 
+# The command line's exit codes, shared by the CLI and the search's outcome.
+EXIT_OK = 0
+EXIT_USER_ERROR = 2  # bad input: a one-line message names the problem and the fix
+EXIT_NOTHING_MET = 3  # ran fine, but no configuration met the budget (or fits): nothing to deploy
+
 
 class UserError(Exception):
     """A mistake the user can fix: bad recipe, missing file, unknown name, model that does not fit."""

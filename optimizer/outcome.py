@@ -14,11 +14,10 @@ import optuna
 from optimizer import confirm
 from optimizer.confirm import STUDY_ATTR, Confirmation
 from optimizer.deploy import deployment_config, write_deployment
+from optimizer.errors import EXIT_NOTHING_MET, EXIT_OK
 from optimizer.pipeline import priced_here
 from optimizer.recipe import Recipe
 from optimizer.study import best_feasible, closest, machines, search_dir
-
-EXIT_OK, EXIT_NOTHING_MET = 0, 3
 
 
 @dataclass
