@@ -33,7 +33,7 @@ class ModelSpec(BaseModel):
     """Where a model comes from: the recipe's `model:` (and `speed.model:`) section."""
 
     model_config = ConfigDict(extra="forbid")
-    source: str = Field(description="Hugging Face id, local folder, or installed model package")
+    source: str = Field(description="Hugging Face id, local folder, installed model package, or GGUF file")
     revision: str | None = None
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -83,7 +83,13 @@ class ModelInfo:
 
 
 def resolve_source(source: str) -> tuple[str, Literal["folder", "package", "hub"]]:
-    """Folder path -> itself; importable model package -> its bundled folder; else a hub id."""
+    """Folder path -> itself; importable model package -> its bundled folder; a GGUF file (or a folder or
+    package shipping one) -> its materialized Hugging Face folder (gguf_file.py); else a hub id."""
+    from optimizer import gguf_file
+
+    found = gguf_file.find_gguf(source)
+    if found is not None:
+        return str(gguf_file.materialize(found)), "folder" if Path(source).exists() else "package"
     p = Path(source)
     if p.is_dir():
         return str(p.resolve()), "folder"

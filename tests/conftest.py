@@ -162,7 +162,7 @@ def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _tiny_llama(folder: Path, hidden: int) -> Path:
+def _tiny_llama(folder: Path, hidden: int, heads: int = 4) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -172,8 +172,8 @@ def _tiny_llama(folder: Path, hidden: int) -> Path:
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
         max_position_embeddings=256,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,

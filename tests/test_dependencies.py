@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # a module whose distribution is not installed here, so the installed mapping cannot name it
-DISTRIBUTION_OF = {"pynvml": "nvidia-ml-py"}
+DISTRIBUTION_OF = {"pynvml": "nvidia-ml-py", "llama_cpp": "llama-cpp-python"}
 
 
 def _imported_top_level_modules() -> set[str]:

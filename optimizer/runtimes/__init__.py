@@ -1,4 +1,4 @@
-"""Runtimes: where a model runs (torch, ONNX Runtime, OpenVINO), each as a Candidate.
+"""Runtimes: where a model runs (torch, ONNX Runtime, OpenVINO, llama.cpp), each as a Candidate.
 
 This layer sits below passes and measurement and imports nothing above it. Each runtime module
 owns its Candidate, how its artifact is saved, and `load_artifact` to read one back;
@@ -16,7 +16,12 @@ from optimizer.runtimes.base import META_FILE, Candidate, folder_size
 from optimizer.runtimes.pytorch import TorchCandidate, load_candidate
 
 # runtime name -> module holding its Candidate and load_artifact (imported when an artifact needs it)
-MODULES = {"torch": "optimizer.runtimes.pytorch", "onnxruntime": "optimizer.runtimes.ort", "openvino": "optimizer.runtimes.ov"}
+MODULES = {
+    "torch": "optimizer.runtimes.pytorch",
+    "onnxruntime": "optimizer.runtimes.ort",
+    "openvino": "optimizer.runtimes.ov",
+    "llamacpp": "optimizer.runtimes.llamacpp",
+}
 
 
 def reload_saved(directory: Path, device: str = "cpu") -> Candidate:

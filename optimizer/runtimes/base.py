@@ -105,6 +105,12 @@ class Candidate(ABC):
         artifact tells (the roofline then scales the quality model's artifact)."""
         return None
 
+    def serve_command(self, parallel: int, context_per_slot: int, model_path: str | None = None) -> str | None:
+        """The command line of the runtime's own server that serves this artifact as it was measured
+        (`parallel` sequences of `context_per_slot` positions each); None where costopt's own
+        `load_deployment` is the server."""
+        return None
+
     def write_common(self, directory: Path, **meta: Any) -> None:
         """Tokenizer, sentence-transformers sidecars and costopt.json: what every runtime's artifact holds."""
         self.tokenizer.save_pretrained(directory)
