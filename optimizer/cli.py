@@ -100,7 +100,7 @@ def render_result(r: dict[str, Any]) -> str:
         rows = [[name, m, drop_text(d)] for name, on_set in by_set.items() for m, d in on_set.items()]
         out += [table(rows, ["eval set", "metric", "drop (95% CI)"]), ""]
     s_rows = _speed_rows("baseline", sp)
-    if cand:
+    if cand and cand.get("speed"):
         s_rows += _speed_rows("candidate", cand["speed"])
     out += [table(s_rows, ["model", "speed", "median (spread over repeats)"]), ""]
     f_rows = []
@@ -134,11 +134,12 @@ def render_result(r: dict[str, Any]) -> str:
             "this machine's measured speed priced at that rate):",
             table(c_rows, ["model", "$/1M input", "$/1M output", "$/1M blended", "per month"]),
         ]
-    if cand and cand["speed"]["input_tokens_per_s"]["median"]:
+    if cand and cand.get("speed") and cand["speed"]["input_tokens_per_s"]["median"]:
         ratio = cand["speed"]["input_tokens_per_s"]["median"] / sp["input_tokens_per_s"]["median"]
         out += ["", f"input speedup over baseline: {ratio:.2f}x"]
     for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
-        points = part and part.get("speed", {}).get("operating_points")
+        speed = (part or {}).get("speed") or {}
+        points = speed.get("operating_points")
         if points:
             out += ["", f"{label} operating points (the chosen one: batch {part['speed']['batch_size']}):"]
             out.append(
@@ -174,12 +175,12 @@ def render_result(r: dict[str, Any]) -> str:
             )
             if part["speed"].get("sweep_stopped"):
                 out.append(f"{label} sweep stopped: {part['speed']['sweep_stopped']}")
-        if part and part.get("speed", {}).get("latency_misses"):
+        if speed.get("latency_misses"):
             out.append(f"{label} misses the latency targets: {'; '.join(part['speed']['latency_misses'])}")
-        served = part and part.get("speed", {}).get("served")
+        served = speed.get("served")
         if served:
             out.append(f"{label} served {served_text(served)}")
-        roof = part and part.get("speed", {}).get("roofline")
+        roof = speed.get("roofline")
         if roof:
             out.append(f"{label} {roofline_text(roof)}")
             out += [f"  flag: {f}" for f in roof["flags"]]
@@ -187,6 +188,8 @@ def render_result(r: dict[str, Any]) -> str:
         out.append(f"candidate outputs against the baseline's, at every input width: {check_text(cand['widths'])}")
     for n in r.get("notes", []):
         out.append(f"note: {n}")
+    if r.get("status") == "broken":
+        out.append(f"{r['error']}: its speed was not measured and it is not priced")
     return "\n".join(out)
 
 
@@ -231,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.result["mlflow_run"] = tracker.log_result(result)
     print(render_result(result))
     print(f"\nresult: {path}")
-    return 0
+    return EXIT_NOTHING_MET if result["status"] == "broken" else 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -345,7 +348,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from optimizer.deploy import build, read_deployment
+    from optimizer.deploy import SERVE_FILE, build, read_deployment
 
     config = read_deployment(Path(args.deploy_file))
     out = build(Path(args.deploy_file), Path(args.out))
@@ -355,6 +358,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         f"({config.get('runtime')}) in {out} ({size / 2**20:.1f} MiB)\n"
         f"load it with: optimizer.load_deployment({str(out)!r})"
     )
+    if (out / SERVE_FILE).is_file():
+        command = (out / SERVE_FILE).read_text().splitlines()[-1].removeprefix("exec ")
+        print(f"serve it as measured ({out / SERVE_FILE}):\n  {command}")
     return 0
 
 

@@ -29,6 +29,7 @@ from optimizer.runtimes import Candidate
 log = logging.getLogger(__name__)
 SCHEMA = "costopt.deploy/1"
 DEPLOY_FILE = "deploy.yaml"
+SERVE_FILE = "serve.sh"  # in a built deployment whose runtime has its own server (llama.cpp: llama-server)
 # Recipe sections the artifact depends on; passes come resolved, search and report are not needed.
 _REBUILD_SECTIONS = ("name", "model", "task", "data", "quality", "speed", "hardware", "workload", "output_dir")
 
@@ -152,6 +153,11 @@ def build(deploy_file: Path, out_dir: Path, progress: bool = True) -> Path:
         with atomic_folder(out_dir) as folder:  # a concurrent or interrupted deploy never leaves a mix
             cand.save(folder)
             write_deployment(folder / DEPLOY_FILE, config)
+            s = recipe.speed
+            command = cand.serve_command(out_dir.resolve(), int(config.get("batch_size") or 1), s.prompt_tokens + s.new_tokens)
+            if command is not None:  # the runtime's own server, with the settings it was measured with
+                (folder / SERVE_FILE).write_text(f"#!/bin/sh\n# serves {out_dir.name} as costopt measured it\nexec {command}\n")
+                (folder / SERVE_FILE).chmod(0o755)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir

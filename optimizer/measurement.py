@@ -25,6 +25,11 @@ class Pruned(Exception):
         self.reason, self.constraint = reason, constraint
 
 
+class Broken(Pruned):
+    """The chain's quality is past a metric's `broken` bound (`metrics.broken_by`): it broke the model, so
+    its speed is not measured and it is never priced, in a search or a single run."""
+
+
 @dataclass
 class Measurement:
     """Figures of one chain served one way, against the baseline its worker measured.
@@ -56,6 +61,7 @@ class Measurement:
     seconds: float | None = None  # the whole measurement's wall time
     error: str | None = None
     pruned: str | None = None  # why it stopped early on purpose
+    broken: str | None = None  # why its quality says the chain broke the model (then also `pruned`)
     same_as: int | None = None  # a repeat of that trial's configuration: its figures, not measured again
     repeat: bool = False  # answered without measuring (a repeat, or the baseline itself); not counted
 

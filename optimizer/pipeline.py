@@ -33,7 +33,8 @@ from optimizer.measure.quality import QualityEvaluator
 from optimizer.measure.stats import MetricValues, paired_bootstrap
 from optimizer.measure.system import fingerprint
 from optimizer.measure.widths import WidthCheck, check_widths, padded_text
-from optimizer.measurement import RUN_SCHEMAS, Measurement, Pruned
+from optimizer.measurement import RUN_SCHEMAS, Broken, Measurement, Pruned
+from optimizer.metrics import broken_by
 from optimizer.passes import PassContext, batch_dependent, build_pass, check_chain, compute_dtype_of, runtime_of
 from optimizer.ranges import parse_range
 from optimizer.recipe import AUTO_CATALOG, MAIN_EVAL, Recipe
@@ -817,6 +818,15 @@ class Bench:
         if self.extra:  # data.extra_eval: each set's drops; the budget must hold on each
             m.drops_by_set = {MAIN_EVAL: m.drops} | self.judge_extra(cand, confidence, judged_in, sort=not serving)
         m.violation = budget.worst(m.drops_by_set or {MAIN_EVAL: m.drops})[1]
+        broken = [
+            f"{name}: {why}" if self.extra else why
+            for name, ds in (m.drops_by_set or {MAIN_EVAL: m.drops}).items()
+            for why in broken_by(ds)
+        ]
+        if broken:
+            m.broken = m.pruned = f"broken chain: {'; '.join(broken)}"
+            save(m)
+            raise Broken(m.broken, constraint=m.violation)
         save(m)
         timed = self.timed(cand, m.passes, work / "speed-model", m.timings, cache)
         m.speed, m.cost = self.speed_and_cost(timed, batch, streams=streams, request_latency=True)
@@ -915,14 +925,19 @@ def run_recipe(
                 trial.extra["intermediate"] = [str(f) for f in saved]
                 trial.notes.extend(cand.notes)
                 m.deployment["runtime"] = cand.runtime
-            with _Stage(trial, "measure candidate", bar):
-                bench.measure(cand, m, run_dir / "work", artifact=run_dir / "artifact", widths=True, save=save)
-            with _Stage(trial, "memory served alone", bar):
-                b = trial.baseline
-                for fp, sp, artifact in ((b["footprint"], b["speed"], None), (m.footprint, m.speed, run_dir / "artifact")):
-                    fp["memory_alone"] = bench.memory_alone(sp["batch_size"], sp.get("streams", 1), artifact)
-                trial.candidate = m.to_json()
-        trial.status = "ok"
+            try:
+                with _Stage(trial, "measure candidate", bar):
+                    bench.measure(cand, m, run_dir / "work", artifact=run_dir / "artifact", widths=True, save=save)
+            except Broken as e:  # measured, and what was measured says the model no longer serves
+                trial.status, trial.error = "broken", e.reason
+            else:
+                with _Stage(trial, "memory served alone", bar):
+                    b = trial.baseline
+                    for fp, sp, artifact in ((b["footprint"], b["speed"], None), (m.footprint, m.speed, run_dir / "artifact")):
+                        fp["memory_alone"] = bench.memory_alone(sp["batch_size"], sp.get("streams", 1), artifact)
+                    trial.candidate = m.to_json()
+        if trial.status == "running":
+            trial.status = "ok"
     except BaseException as e:
         trial.status = "failed"
         trial.error = e.one_line() if isinstance(e, UserError) else f"{type(e).__name__}: {e}"

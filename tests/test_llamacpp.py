@@ -209,8 +209,17 @@ def test_serving_knobs_and_threads_reach_llama_cpp(wide_llama_dir, tmp_path):
         assert ll.llama_n_ubatch(ctx.ctx) == 64
         for r, g in zip(ref, _logits(cand), strict=True):
             assert float(torch.nn.functional.cosine_similarity(r, g, dim=-1).min()) > 0.99
-        line = cand.serve_command(parallel=4, context_per_slot=160, model_path="model.gguf")
-        for flag in ("-m model.gguf", "-t 1", "-tb 2", "--parallel 4", "-c 640", "-ub 64", "-fa on", "-ctk q8_0 -ctv q8_0"):
+        line = cand.serve_command(Path("/srv/smol"), parallel=4, context_per_slot=160)
+        for flag in (
+            "-m /srv/smol/model.gguf",
+            "-t 1",
+            "-tb 2",
+            "--parallel 4",
+            "-c 640",
+            "-ub 64",
+            "-fa on",
+            "-ctk q8_0 -ctv q8_0",
+        ):
             assert flag in line, flag
     finally:
         set_threads(before)

@@ -14,6 +14,7 @@ from optimizer.measure.quality import QualityEvaluator, cosine_rows, retrieval_v
 from optimizer.measure.stats import paired_bootstrap
 from optimizer.recipe import ModelSpec
 from optimizer.runtimes import load_candidate
+from tests.conftest import STORIES, needs_stories
 
 
 def test_retrieval_known_ranks():
@@ -107,3 +108,51 @@ def test_classification_metrics(tiny_classifier_dir):
 def test_metric_needs_matching_data():
     with pytest.raises(UserError, match="needs scored-pairs"):
         QualityEvaluator("embedding", _pairs(4), ["spearman"], 2)
+
+
+def test_broken_bounds_name_each_metric_past_them():
+    """A chain is broken, not degraded, past a metric's bound: perplexity 10x the baseline's, KL of 2 nats,
+    top-1 agreement of 0.2, embedding fidelity of 0.5; inside them nothing is said."""
+    from optimizer.metrics import broken_by
+
+    def d(base: float, cand: float) -> dict:
+        return {"baseline": base, "candidate": cand}
+
+    assert broken_by({"perplexity": d(30.0, 2.9e6), "kl": d(0.0, 12.0), "top1-agreement": d(1.0, 0.01)}) == [
+        "perplexity 2.9e+06 is 96,667x the baseline's 30",
+        "kl 12 (broken at 2 or more)",
+        "top1-agreement 0.01 (broken at 0.2 or less)",
+    ]
+    assert broken_by({"perplexity": d(30.0, 290.0), "kl": d(0.0, 1.9), "top1-agreement": d(1.0, 0.21)}) == []
+    assert broken_by({"fidelity": d(1.0, 0.4), "mrr": d(0.9, 0.0)}) == ["fidelity 0.4 (broken at 0.5 or less)"]
+
+
+@needs_stories
+def test_a_chain_that_breaks_a_real_model_is_reported_not_priced(write_recipe, tmp_path, capsys):
+    """stories260K with 97% of its weights pruned: `costopt run` measures its quality, says in one line
+    that the chain broke the model, measures no speed, prices nothing and exits 3; the result keeps it."""
+    import json
+
+    from optimizer.cli import main
+
+    recipe = write_recipe(
+        {
+            "name": "broken",
+            "model": {"source": str(STORIES)},
+            "task": "causal-lm",
+            "data": {"eval": {"source": "stdlib-docs", "limit": 24}},
+            "quality": {"metrics": ["perplexity", "kl", "top1-agreement"], "bootstrap": 200},
+            "speed": {"batch_size": 2, "prompt_tokens": 16, "new_tokens": 4, "warmup": 0, "repeats": 1},
+            "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
+            "output_dir": str(tmp_path / "runs"),
+            "passes": [{"name": "prune-magnitude", "sparsity": 0.97}],
+        }
+    )
+    assert main(["run", str(recipe), "-q"]) == 3
+    out = capsys.readouterr().out
+    assert "broken chain: " in out and "its speed was not measured and it is not priced" in out
+    result = json.loads(next((tmp_path / "runs").glob("broken-*/result.json")).read_text())
+    assert result["status"] == "broken" and result["error"].startswith("broken chain: ")
+    cand = result["candidate"]
+    assert cand["broken"] == result["error"] and cand["speed"] is None and cand["cost"] is None
+    assert cand["drops"]["kl"]["candidate"] >= 2.0 or cand["drops"]["top1-agreement"]["candidate"] <= 0.2

@@ -24,6 +24,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 READ_MIB = 512  # at least; on a CPU twice its last-level cache (a GPU's L2 is far smaller)
 MATMUL_SIDE = {"cpu": 2048, "cuda": 8192}  # large enough to reach the peak, small enough to take well under a second
+# ... where the arithmetic has a kernel. Without one (bf16 or fp16 on an AVX2 CPU: emulated, 100x slower) a
+# 2048-side matmul takes tens of seconds; the side grows from 256 only while one product takes under this.
+MATMUL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -89,19 +92,23 @@ def matmul_tflops(device: str, threads: int, dtype: str, repeats: int = 3) -> fl
     """Best FLOP/s of one square matmul in `dtype` (fp32, bf16, fp16, int8); None where torch has none."""
     import torch
 
-    n = MATMUL_SIDE["cuda" if device.startswith("cuda") else "cpu"]
-    if dtype == "int8":
-        a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
-        b = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
-        op: Callable[[], object] = lambda: torch._int_mm(a, b)  # noqa: E731
-    else:
-        kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
-        if kind is None:
-            return None
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    if kind is None and dtype != "int8":
+        return None
+
+    def product(n: int) -> Callable[[], object]:
+        if dtype == "int8":
+            a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
+            b = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
+            return lambda: torch._int_mm(a, b)
         a, b = (torch.randn(n, n, device=device).to(kind) for _ in range(2))
-        op = lambda: a @ b  # noqa: E731
+        return lambda: a @ b
+
+    largest, n, sync = MATMUL_SIDE["cuda" if device.startswith("cuda") else "cpu"], 256, _sync(device)
     try:
-        seconds = _best_seconds(op, _sync(device), repeats)
+        while n < largest and _best_seconds(product(n), sync, 1) < MATMUL_SECONDS / 8:  # 8x the work at twice the side
+            n *= 2
+        seconds = _best_seconds(product(n), sync, repeats)
     except (RuntimeError, NotImplementedError) as e:  # no kernel for this dtype here: prefill is judged on the entry's bound
         log.info("no %s matmul on %s to bound prefill with (%s)", dtype, device, str(e).splitlines()[0][:120])
         return None

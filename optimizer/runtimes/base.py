@@ -22,7 +22,7 @@ import torch
 from optimizer.model import ModelInfo
 
 META_FILE = "costopt.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".data", ".pt")  # an artifact's weight files
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".data", ".pt", ".gguf")  # an artifact's weight files
 Pair = tuple[torch.Tensor, torch.Tensor]  # (input_ids, attention_mask) of one batch
 
 
@@ -105,10 +105,10 @@ class Candidate(ABC):
         artifact tells (the roofline then scales the quality model's artifact)."""
         return None
 
-    def serve_command(self, parallel: int, context_per_slot: int, model_path: str | None = None) -> str | None:
-        """The command line of the runtime's own server that serves this artifact as it was measured
-        (`parallel` sequences of `context_per_slot` positions each); None where costopt's own
-        `load_deployment` is the server."""
+    def serve_command(self, folder: Path, parallel: int, context_per_slot: int) -> str | None:
+        """The command line of the runtime's own server that serves this candidate's artifact, saved in
+        `folder`, as it was measured (`parallel` sequences of `context_per_slot` positions each); None where
+        `load_deployment` is how it is served."""
         return None
 
     def write_common(self, directory: Path, **meta: Any) -> None:

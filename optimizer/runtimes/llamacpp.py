@@ -308,9 +308,8 @@ class LlamaCppCandidate(Candidate):
         self.write_common(directory, settings=asdict(self.settings), gguf=self.gguf_info)
         return directory
 
-    def serve_command(self, parallel: int, context_per_slot: int, model_path: str | None = None) -> str:
-        assert self.gguf is not None
-        return command_line(model_path or str(self.gguf), self.settings, parallel, context_per_slot)
+    def serve_command(self, folder: Path, parallel: int, context_per_slot: int) -> str:
+        return command_line(str(Path(folder) / MODEL_FILE), self.settings, parallel, context_per_slot)
 
     def parameter_counts(self) -> tuple[int, int]:
         from optimizer.gguf_file import tensor_elements
