@@ -105,7 +105,7 @@ def render_result(r: dict[str, Any]) -> str:
     out += [table(s_rows, ["model", "speed", "median (spread over repeats)"]), ""]
     f_rows = []
     for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
-        if part and "footprint" in part:
+        if part and part.get("footprint"):
             f = part["footprint"]
             alone = f.get("memory_alone")
             f_rows.append(
