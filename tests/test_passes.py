@@ -423,3 +423,25 @@ def test_weight_bytes_as_served_match_the_saved_artifact(tiny_llama_dir, tmp_pat
     assert (
         build_pass("torch-dynamic-int8", {"compile": False}).apply(_load(tiny_llama_dir, "causal-lm"), ctx).weight_bytes() is None
     )
+
+
+def test_ort_dynamic_int8_defaults_keep_an_llms_ffn_output_in_float_and_fit_the_cpus_int8_dots(tiny_llama_dir, tmp_path, monkeypatch):
+    """On a causal LM the FFN output projections stay float unless `exclude` is given; weights are 7-bit
+    exactly where the CPU's int8 dot products saturate (monkeypatched both ways), and the note says so."""
+    import onnx
+
+    from optimizer.measure import system
+
+    def quantized(monkeypatch_value: bool, **params: object) -> tuple[list[str], list[str]]:
+        monkeypatch.setattr(system, "int8_dot_saturates", lambda: monkeypatch_value)
+        ctx = _ctx(tmp_path / str(len(list(tmp_path.iterdir()))), tiny_llama_dir, "causal-lm")
+        cand = build_pass("onnx-export", {}).apply(_load(tiny_llama_dir, "causal-lm"), ctx)
+        cand = build_pass("ort-int8-dynamic", params).apply(cand, ctx)
+        nodes = onnx.load(str(cand.model_path), load_external_data=False).graph.node
+        return [n.name for n in nodes if n.op_type == "MatMulInteger"], cand.notes
+
+    names, notes = quantized(True)
+    assert names and not [n for n in names if "down_proj" in n]
+    assert any("7-bit weights (auto on this CPU); kept in float: 2 nodes" in n for n in notes)
+    names, notes = quantized(False, exclude=[])
+    assert [n for n in names if "down_proj" in n] and any("8-bit weights (auto on this CPU)" in n for n in notes)
