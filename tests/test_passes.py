@@ -425,7 +425,9 @@ def test_weight_bytes_as_served_match_the_saved_artifact(tiny_llama_dir, tmp_pat
     )
 
 
-def test_ort_dynamic_int8_defaults_keep_an_llms_ffn_output_in_float_and_fit_the_cpus_int8_dots(tiny_llama_dir, tmp_path, monkeypatch):
+def test_ort_dynamic_int8_defaults_keep_an_llms_ffn_output_in_float_and_fit_the_cpus_int8_dots(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
     """On a causal LM the FFN output projections stay float unless `exclude` is given; weights are 7-bit
     exactly where the CPU's int8 dot products saturate (monkeypatched both ways), and the note says so."""
     import onnx

@@ -219,10 +219,9 @@ class OrtInt8Dynamic(Pass):
     def apply(self, candidate: Candidate, ctx: PassContext) -> Candidate:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        from optimizer.measure.system import int8_dot_saturates
         from optimizer.passes.calibration import next_folder
         from optimizer.runtimes.ort import MODEL_FILE, OrtCandidate
-
-        from optimizer.measure.system import int8_dot_saturates
 
         assert isinstance(candidate, OrtCandidate)
         folder = next_folder(ctx, self.name)
