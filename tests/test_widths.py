@@ -47,6 +47,8 @@ def test_widths_cover_every_short_width_and_each_kernel_block_boundary_beyond():
     long = widths_to_check(1024)
     assert long[:254] == list(range(3, 257)) and {287, 288, 289, 511, 512, 513, 1023, 1024} <= set(long)
     assert max(long) == 1024 and len(long) < 254 + 3 * 24
+    causal = widths_to_check(256, 64, 16)  # a causal LM's: dense to 64, then every 16th and its neighbours
+    assert causal[:62] == list(range(3, 65)) and {79, 80, 81, 255, 256} <= set(causal) and 100 not in causal
 
 
 def _fault_at(cand, width: int):
