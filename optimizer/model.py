@@ -137,6 +137,14 @@ def _read_file(source: str, kind: str, rel: str, revision: str | None) -> bytes 
         return None
 
 
+def cache_kwarg(module: torch.nn.Module) -> str:
+    """The name under which this model's forward takes its KV cache: transformers 5.x renames
+    `past_key_values` to `cache` model by model (the old name warns on the models already renamed)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(module).forward).parameters else "past_key_values"
+
+
 def auto_class(task: str) -> Any:
     import transformers
 

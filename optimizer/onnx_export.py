@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from transformers import AttentionInterface, DynamicCache
 
+from optimizer.model import cache_kwarg
+
 OPSET = 17
 EXPORT_ATTENTION = "costopt_export"
 
@@ -93,8 +95,8 @@ class CausalGraph(torch.nn.Module):
             input_ids=input_ids,
             attention_mask=_additive(keep, self.m.dtype),
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_kwarg(self.m): cache},
         )
         present: list[torch.Tensor] = []
         for layer in out.past_key_values.layers[: self.layers]:

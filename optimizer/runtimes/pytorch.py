@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from optimizer.errors import UserError
-from optimizer.model import ModelSpec, auto_class, load_model_info, load_module, saved_spec
+from optimizer.model import ModelSpec, auto_class, cache_kwarg, load_model_info, load_module, saved_spec
 from optimizer.runtimes.base import Candidate, Pair, fresh_folder, run_streams
 from optimizer.runtimes.threads import threads
 
@@ -169,6 +169,10 @@ class TorchCandidate(Candidate):
             self._runner = compile_module(self.module)
         return self._runner
 
+    @property
+    def _cache_kw(self) -> str:
+        return cache_kwarg(self.module)
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=self._to(input_ids), attention_mask=self._to(attention_mask))
@@ -189,7 +193,7 @@ class TorchCandidate(Candidate):
         if "position" in state:
             return self._static_decode(self._to(next_ids), state)
         mask = torch.cat([state["mask"], state["mask"].new_ones((state["mask"].shape[0], 1))], dim=1)
-        out = self.model(input_ids=self._to(next_ids), attention_mask=mask, past_key_values=state["cache"], use_cache=True)
+        out = self.model(input_ids=self._to(next_ids), attention_mask=mask, use_cache=True, **{self._cache_kw: state["cache"]})
         return out.logits[:, -1, :].float().cpu(), {"cache": out.past_key_values, "mask": mask}
 
     def _static_prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -199,7 +203,9 @@ class TorchCandidate(Candidate):
         size = -(-(n + self.static_cache) // CACHE_ROUNDING) * CACHE_ROUNDING
         cache = StaticCache(config=self.module.config, max_cache_len=size)
         # the prompt runs eagerly (its length varies; it is compute-bound, launches matter little)
-        out = self.module(input_ids=ids, past_key_values=cache, use_cache=True, cache_position=torch.arange(n, device=ids.device))
+        out = self.module(
+            input_ids=ids, use_cache=True, cache_position=torch.arange(n, device=ids.device), **{self._cache_kw: cache}
+        )
         return out.logits[:, -1, :].float().cpu(), {"cache": cache, "position": n, "size": size}
 
     def _static_decode(self, ids: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, Any]:
@@ -217,9 +223,9 @@ class TorchCandidate(Candidate):
         eager = None
         if self.compile_decode and ids.shape[0] not in self._checked:  # the eager step on a copy of the cache
             eager = self.module(
-                input_ids=ids, past_key_values=copy.deepcopy(state["cache"]), use_cache=True, cache_position=position
+                input_ids=ids, use_cache=True, cache_position=position, **{self._cache_kw: copy.deepcopy(state["cache"])}
             )
-        out = step(input_ids=ids, past_key_values=state["cache"], use_cache=True, cache_position=position)
+        out = step(input_ids=ids, use_cache=True, cache_position=position, **{self._cache_kw: state["cache"]})
         logits = out.logits[:, -1, :].float().cpu()
         if eager is not None:
             self._check_compiled(logits, eager.logits[:, -1, :].float().cpu())
