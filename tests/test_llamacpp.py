@@ -116,7 +116,7 @@ def test_prefill_of_a_padded_batch_equals_each_prompt_alone(wide_llama_dir, tmp_
 
 def test_gguf_quantize_with_imatrix_and_kept_tensors(wide_llama_dir, tmp_path):
     """Q8_0 stays close to the f16 export and shrinks the file; the importance matrix changes the rounding
-    (so it is used); `keep: F16` keeps the output tensor at f16; an IQ type without the matrix is refused."""
+    (so it is used), also after the export was saved and reloaded; `keep: F16` keeps the output tensor at f16; an IQ type without the matrix is refused."""
     from optimizer import gguf_file
 
     exported = _apply(_load(wide_llama_dir), tmp_path / "a", ("gguf-export", {"dtype": "f32"}))
@@ -133,11 +133,12 @@ def test_gguf_quantize_with_imatrix_and_kept_tensors(wide_llama_dir, tmp_path):
         tmp_path / "b",
         ("gguf-quantize", {"type": "Q4_0", "imatrix": False}),
     )
-    weighted = _apply(
-        _apply(_load(wide_llama_dir), tmp_path / "c", ("gguf-export", {"dtype": "f32"})),
-        tmp_path / "c",
-        ("gguf-quantize", {"type": "Q4_0", "imatrix": True, "keep": "F16"}),
+    # the export saved and reloaded first, as a search's artifact cache serves a chain's shared prefix:
+    # the importance matrix travels with the file
+    cached = reload_saved(
+        _apply(_load(wide_llama_dir), tmp_path / "c", ("gguf-export", {"dtype": "f32"})).save(tmp_path / "kept")
     )
+    weighted = _apply(cached, tmp_path / "c", ("gguf-quantize", {"type": "Q4_0", "imatrix": True, "keep": "F16"}))
     assert plain.gguf.read_bytes() != weighted.gguf.read_bytes()
     reader = gguf_file._reader(weighted.gguf)
     assert {t.name: t.tensor_type.name for t in reader.tensors}["output.weight"] == "F16"

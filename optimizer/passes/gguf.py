@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 LLAMACPP = frozenset({"llamacpp"})
 CAUSAL = frozenset({"causal-lm"})
-IMATRIX_FILE = "imatrix.npz"
 # relative max |diff| of the logits on real tokens: llama.cpp's kernels round activations to the weights'
 # type (f16 / bf16) before each dot product, so those formats sit a rounding step from torch fp32
 TOLERANCE = {"f32": 1e-2, "f16": 5e-2, "bf16": 1e-1, "source": 1e-1}
@@ -102,6 +101,7 @@ class GgufExport(Pass):
     requires = ("llama_cpp", "gguf")
     extra = "llamacpp"
     Config = ExportConfig
+    VERSION = 2  # 2: its importance matrix travels with the candidate (saved and cached beside the file)
 
     @classmethod
     def compute_dtype(cls, params: dict[str, Any]) -> str | None:
@@ -116,7 +116,7 @@ class GgufExport(Pass):
         from optimizer.passes.calibration import next_folder, sample_texts
         from optimizer.passes.parity import check_parity
         from optimizer.runtimes import TorchCandidate
-        from optimizer.runtimes.llamacpp import MODEL_FILE, LlamaCppCandidate, LlamaSettings
+        from optimizer.runtimes.llamacpp import IMATRIX_FILE, MODEL_FILE, LlamaCppCandidate, LlamaSettings
 
         assert isinstance(candidate, TorchCandidate)
         c = self.config
@@ -147,8 +147,10 @@ class GgufExport(Pass):
                 Path(source["file"]) if source else None,
                 name=Path(candidate.info.source).name,
             )
+        matrix = None
         if c.imatrix_texts:
-            np.savez(folder / IMATRIX_FILE, **importance_matrix(reference, ctx, c.imatrix_texts))
+            matrix = folder / IMATRIX_FILE
+            np.savez(matrix, **importance_matrix(reference, ctx, c.imatrix_texts))
         out = LlamaCppCandidate(
             info=candidate.info,
             device=ctx.device,
@@ -157,6 +159,7 @@ class GgufExport(Pass):
             gguf=target,
             settings=LlamaSettings(),  # threads: the process's, as the run sets them
             gguf_info=gguf_file.describe(target),
+            imatrix=matrix,
         )
         tolerance = c.tolerance or TOLERANCE[c.dtype]
         out.notes.append(check_parity(self.name, "llama.cpp", reference, out, sample_texts(ctx, c.parity_texts), tolerance))
@@ -205,10 +208,10 @@ class GgufQuantize(Pass):
         p.allow_requantize = candidate.gguf_info.get("quantized", False)
         if c.keep != "default":
             p.output_tensor_type = p.token_embedding_type = KEEP_TYPES[c.keep]
-        matrix = candidate.gguf.parent / IMATRIX_FILE
         keepalive: list[Any] = []
         if c.imatrix:
-            if not matrix.is_file():
+            matrix = candidate.imatrix
+            if matrix is None or not matrix.is_file():
                 raise UserError(
                     "gguf-quantize(imatrix=true) needs the importance matrix gguf-export computes",
                     "set gguf-export's imatrix_texts above 0, or gguf-quantize's imatrix to false",
@@ -234,6 +237,7 @@ class GgufQuantize(Pass):
             gguf=target,
             settings=candidate.settings,
             gguf_info=gguf_file.describe(target),
+            imatrix=candidate.imatrix,
         )
         candidate.close()
         return out

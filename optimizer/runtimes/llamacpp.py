@@ -30,6 +30,7 @@ from optimizer.runtimes.base import Candidate, Pair, fresh_folder, run_streams
 from optimizer.runtimes.threads import threads
 
 MODEL_FILE = "model.gguf"
+IMATRIX_FILE = "imatrix.npz"  # the importance matrix gguf-export computed, kept beside the file it describes
 EXTRA = "pip install 'costopt[llamacpp]'"
 DECODE_ROOM = 512  # KV positions reserved per sequence beyond its prompt for the tokens it generates
 KV_TYPES = {"f16": 1, "q8_0": 8, "f32": 0, "bf16": 30}  # ggml type ids
@@ -177,6 +178,7 @@ class LlamaCppCandidate(Candidate):
     gguf: Path | None = None
     settings: LlamaSettings = field(default_factory=LlamaSettings)
     gguf_info: dict[str, Any] = field(default_factory=dict)  # gguf_file.describe of the file served
+    imatrix: Path | None = None  # the importance matrix for llama.cpp's quantizer (saved and cached with the file)
     _model: Any = field(default=None, repr=False)
     _contexts: dict[tuple[int, int], _Context] = field(default_factory=dict, repr=False)
     _vocab: int = 0
@@ -302,6 +304,8 @@ class LlamaCppCandidate(Candidate):
         assert self.gguf is not None
         directory = fresh_folder(directory)
         shutil.copy2(self.gguf, directory / MODEL_FILE)
+        if self.imatrix is not None:
+            shutil.copy2(self.imatrix, directory / IMATRIX_FILE)
         config = Path(self.info.source) / "config.json"
         if config.is_file():  # the tokenizer's reload reads the model type from it
             shutil.copy2(config, directory / "config.json")
@@ -330,4 +334,5 @@ def load_artifact(directory: Path, meta: dict[str, Any], device: str) -> LlamaCp
         gguf=Path(directory) / MODEL_FILE,
         settings=LlamaSettings(**meta.get("settings", {})),
         gguf_info=meta.get("gguf", {}),
+        imatrix=matrix if (matrix := Path(directory) / IMATRIX_FILE).is_file() else None,
     )
