@@ -203,6 +203,23 @@ def failure_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+class _FailureInOneLine(logging.Filter):
+    """Optuna logs a failed trial with the error in one line and then its traceback: the user reads the
+    line (the trial's record keeps the reason too). `costopt -v` keeps the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not log.isEnabledFor(logging.DEBUG):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _FailureInOneLine) for f in handler.filters):
+            handler.addFilter(_FailureInOneLine())
+
+
 def worker_id() -> str:
     """This process as a worker of a study: host and pid."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -518,7 +535,7 @@ def run_search(
     Several processes (or machines, through a shared storage URL) can run this at once on one study.
     `callbacks` are Optuna trial callbacks (experiment tracking: optimizer.tracking.MlflowTracker).
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_optuna()
     recipe = priced_here(recipe)  # each worker prices its own machine when hardware.catalog is auto
     study = open_study(recipe, storage)
     with warnings.catch_warnings():

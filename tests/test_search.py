@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import logging
+
 import optuna
 import pytest
 
@@ -74,16 +77,22 @@ def test_search_records_trials_and_resumes_without_redoing_them(write_recipe, ti
 
 
 def test_failing_trial_is_recorded_and_search_goes_on(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
+    """Its reason is in the record and in one line on the terminal: no traceback."""
     from optimizer.passes.prune import PruneMagnitude
 
     def boom(self, cand, ctx):
         raise RuntimeError("out of memory (simulated)")
 
     monkeypatch.setattr(PruneMagnitude, "apply", boom)
+    terminal = io.StringIO()
+    for handler in logging.getLogger("optuna").handlers:  # what Optuna writes to the terminal
+        monkeypatch.setattr(handler, "stream", terminal)
     study = run_search(_recipe(write_recipe, tiny_bert_dir, tmp_path, trials=2))
     states = [t.state for t in study.get_trials()]
     assert states == [optuna.trial.TrialState.FAIL] * 2
     assert all("out of memory" in Measurement.of(t).error for t in study.get_trials())
+    err = terminal.getvalue()
+    assert "because of the following error: RuntimeError('out of memory (simulated)')" in err and "Traceback" not in err
 
 
 def test_a_trial_failing_before_its_passes_counts_so_the_search_ends(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
