@@ -1,6 +1,6 @@
 """Money and capacity: a hardware catalog and plain arithmetic. Imports nothing from optimizer/."""
 
-from cost.catalog import Catalog, Entry, load_catalog
+from cost.catalog import Catalog, Entry, cpu_family, load_catalog
 from cost.errors import CostInputError
 from cost.planning import (
     accelerators_to_serve,
@@ -18,6 +18,7 @@ from cost.workload import Saving, Workload, monthly_cost, monthly_energy_kwh, sa
 __all__ = [
     "Catalog",
     "Entry",
+    "cpu_family",
     "load_catalog",
     "CostInputError",
     "accelerators_to_serve",

@@ -49,6 +49,12 @@ class Entry(BaseModel):
     kind: Literal["cpu", "gpu"]
     provider: str
     description: str = ""
+    family: str | None = Field(
+        default=None, description="CPU generation, as CPU_FAMILIES names it (Sapphire Rapids, Genoa, Milan, ...)"
+    )
+    isa: list[str] = Field(
+        default=[], description="CPU instruction sets as `costopt hardware` names them (AVX2, AVX-512, AMX-INT8, ...)"
+    )
     vcpus: int | None = Field(default=None, gt=0)
     gpu: str | None = None
     gpus: int = Field(default=0, ge=0)
@@ -92,7 +98,7 @@ class Entry(BaseModel):
         raise CostInputError(f"{self.name} has no peak FLOP/s for {dtype}", f"use one of: {have}")
 
 
-# CPU generation from what a machine reports about itself -> the words catalog descriptions use for it.
+# CPU generation from what a machine reports about itself -> the `family` catalog entries declare.
 # Cloud VMs hide the exact model ("Intel(R) Xeon(R) Processor"), so the instruction set decides.
 CPU_FAMILIES: list[tuple[str, str, set[str]]] = [  # (vendor word in the model / arch, family, ISA flags it needs)
     ("Intel", "Sapphire Rapids", {"AMX-INT8"}),
@@ -101,6 +107,13 @@ CPU_FAMILIES: list[tuple[str, str, set[str]]] = [  # (vendor word in the model /
     ("aarch64", "Neoverse V1", {"SVE"}),
     ("aarch64", "Neoverse N1", set()),
 ]
+
+
+def cpu_family(cpu: dict[str, Any]) -> str | None:
+    """This machine's CPU family from its fingerprint (vendor word in model / arch, and its ISA), or None."""
+    where = f"{cpu.get('model', '')} {cpu.get('arch', '')}"
+    isa = set(cpu.get("isa") or [])
+    return next((f for vendor, f, need in CPU_FAMILIES if vendor in where and need <= isa), None)
 
 
 def _gpu_key(text: str) -> str:
@@ -113,8 +126,8 @@ class Catalog(BaseModel):
     def for_machine(self, cpu: dict[str, Any], gpus: list[str]) -> tuple[Entry | None, list[str]]:
         """The entry that prices this machine, from its fingerprint: with GPUs, the entries with as many
         of that GPU (its catalog name within the device name: "H100" in "NVIDIA H100 80GB HBM3"); else
-        the CPU entries of its generation (from vendor and instruction set) with as many vCPUs as it has
-        logical cores. The cheapest of several, with the others' names; (None, []) when nothing fits."""
+        the CPU entries of its family (`cpu_family`: vendor and instruction set) with as many vCPUs as it
+        has logical cores. The cheapest of several, with the others' names; (None, []) when nothing fits."""
         if gpus:
             name = _gpu_key(gpus[0])
             fits = [
@@ -123,18 +136,24 @@ class Catalog(BaseModel):
                 if e.kind == "gpu" and e.gpu and e.gpus == len(gpus) and all(_gpu_key(p) in name for p in e.gpu.split("-"))
             ]
         else:
-            where = f"{cpu.get('model', '')} {cpu.get('arch', '')}"
-            isa = set(cpu.get("isa") or [])
-            family = next((f for vendor, f, need in CPU_FAMILIES if vendor in where and need <= isa), None)
+            family = cpu_family(cpu)
             fits = [
                 e
                 for e in self.entries.values()
-                if family and e.kind == "cpu" and family in e.description and e.vcpus == cpu.get("logical_cores")
+                if family and e.kind == "cpu" and e.family == family and e.vcpus == cpu.get("logical_cores")
             ]
         if not fits:
             return None, []
         fits.sort(key=lambda e: e.hourly_usd())
         return fits[0], [e.name for e in fits[1:]]
+
+    def nearest_cpu(self, cpu: dict[str, Any], n: int = 3) -> list[str]:
+        """The CPU entries nearest this machine when none fits: same family first, then the most shared
+        instruction sets, then the nearest vCPU count; as 'name (family, N vCPU)'."""
+        family, isa, cores = cpu_family(cpu), set(cpu.get("isa") or []), cpu.get("logical_cores") or 0
+        cpus = [e for e in self.entries.values() if e.kind == "cpu"]
+        cpus.sort(key=lambda e: (e.family != family, -len(isa & set(e.isa)), abs((e.vcpus or 0) - cores), e.hourly_usd()))
+        return [f"{e.name} ({e.family or 'family not declared'}, {e.vcpus} vCPU)" for e in cpus[:n]]
 
     def get(self, name: str) -> Entry:
         if name in self.entries:

@@ -37,7 +37,7 @@ from optimizer.measurement import RUN_SCHEMAS, Broken, Measurement, Pruned
 from optimizer.metrics import broken_by
 from optimizer.passes import PassContext, batch_dependent, build_pass, check_chain, compute_dtype_of, runtime_of
 from optimizer.ranges import parse_range
-from optimizer.recipe import AUTO_CATALOG, MAIN_EVAL, Recipe
+from optimizer.recipe import AUTO_CATALOG, MAIN_EVAL, Recipe, speed_model_note
 from optimizer.results import ensure_writable, write_json_atomic
 from optimizer.runtimes import Candidate, folder_size, load_candidate
 from optimizer.runtimes.base import WEIGHT_SUFFIXES
@@ -67,12 +67,17 @@ def priced_here(recipe: Recipe) -> Recipe:
 
     fp = fingerprint()
     gpus = [g["name"] for g in fp.get("gpus") or []] if resolve_device(hw.device) == "cuda" else []
-    entry, others = cost.load_catalog(hw.catalog_file).for_machine(fp["cpu"], gpus)
+    catalog = cost.load_catalog(hw.catalog_file)
+    entry, others = catalog.for_machine(fp["cpu"], gpus)
     if entry is None:
-        what = ", ".join(gpus) or f"{fp['cpu']['model']}, {fp['cpu']['logical_cores']} logical cores"
+        cpu = fp["cpu"]
+        family = cost.cpu_family(cpu) or "an unknown family"
+        what = ", ".join(gpus) or f"{cpu.get('model')}, {family}, {cpu.get('logical_cores')} logical cores"
+        near = "" if gpus else f"; nearest: {', '.join(catalog.nearest_cpu(cpu))}"
         raise UserError(
-            f"hardware.catalog: auto found no catalog entry for this machine ({what})",
-            "name one: --set hardware.catalog=<entry> (see `costopt hardware list`), or add this machine to a catalog file",
+            f"hardware.catalog: auto found no catalog entry for this machine ({what}){near}",
+            "name one: --set hardware.catalog=<entry> (see `costopt hardware list`), or add this machine to a catalog "
+            "file with its family: and vcpus:",
         )
     log.info("hardware.catalog auto: priced as %s%s", entry.name, f" (also fits: {', '.join(others)})" if others else "")
     return recipe.model_copy(update={"hardware": hw.model_copy(update={"catalog": entry.name})})
@@ -337,20 +342,6 @@ def timed_recipe(recipe: Recipe) -> Recipe:
     if recipe.speed.model is None:
         return recipe
     return recipe.model_copy(update={"model": recipe.speed.model})
-
-
-def speed_model_note(recipe: Recipe) -> str | None:
-    """Which figures belong to which model, when the timed model is not the judged one or has random weights."""
-    m = recipe.speed.model
-    if m is not None:
-        random = " (random weights of a real shape)" if m.random_weights else ""
-        return (
-            f"speed and cost measured on speed.model {m.source}{random} with the same passes; "
-            f"quality measured on {recipe.model.source}"
-        )
-    if recipe.model.random_weights:
-        return f"model {recipe.model.source} has random weights (model.random_weights): its speed and cost are real, its quality figures mean nothing"
-    return None
 
 
 EvalPart = Literal["all", "select", "confirm"]

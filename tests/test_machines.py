@@ -56,6 +56,20 @@ def test_auto_catalog_resolves_where_the_command_runs_and_refuses_an_unknown_mac
     with pytest.raises(UserError, match="auto found no catalog entry for this machine") as e:
         pipeline.priced_here(recipe)
     assert "--set hardware.catalog=" in e.value.fix
+    # an AVX2 EPYC with a core count no entry has: the one-line error names the nearest entries, its family's first
+    avx2_epyc = {"model": "AMD EPYC", "arch": "x86_64", "logical_cores": 6, "isa": ["AVX2", "FMA"]}
+    monkeypatch.setattr(pipeline, "fingerprint", lambda: {"cpu": avx2_epyc, "gpus": []})
+    with pytest.raises(UserError, match=r"AMD EPYC, Milan, 6 logical cores\); nearest: azure-d4as-v5 \(Milan, 4 vCPU\), gcp-n2d"):
+        pipeline.priced_here(recipe)
+
+
+def test_every_packaged_cpu_entry_declares_its_family_and_an_isa_the_fingerprint_names():
+    from cost.catalog import CPU_FAMILIES
+    from optimizer.measure.system import ISA_FLAGS
+
+    cpus = [e for e in cost.load_catalog().entries.values() if e.kind == "cpu"]
+    assert cpus and all(e.family in {f for _, f, _ in CPU_FAMILIES} for e in cpus)
+    assert all(e.isa and set(e.isa) <= set(ISA_FLAGS.values()) for e in cpus)
 
 
 def test_two_workers_on_different_machines_each_price_their_own_trials(search_recipe, tiny_bert_dir, tmp_path, monkeypatch):
