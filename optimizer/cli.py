@@ -242,7 +242,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from optimizer.measurement import Measurement
     from optimizer.outcome import conclude
     from optimizer.recipe import load_recipe
-    from optimizer.study import WORKER_PREFIX, leaderboard, run_search, worker_id
+    from optimizer.study import leaderboard, run_search, worker_id
+    from optimizer.trials import WORKER_PREFIX
 
     recipe = load_recipe(args.recipe, args.set)
     tracker = _tracker(args, recipe.name)

@@ -46,7 +46,7 @@ from optimizer.passes import batch_dependent
 from optimizer.pipeline import Bench, apply_chain, batches_text, resolve_device
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.search_space import serving_ranges
-from optimizer.study import machines, objective_sign, priced_on, search_dir
+from optimizer.trials import machines, objective_sign, priced_on, search_dir
 
 log = logging.getLogger(__name__)
 SCHEMA = "costopt.confirmation/1"

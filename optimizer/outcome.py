@@ -17,7 +17,7 @@ from optimizer.deploy import deployment_config, write_deployment
 from optimizer.errors import EXIT_NOTHING_MET, EXIT_OK
 from optimizer.pipeline import priced_here
 from optimizer.recipe import Recipe
-from optimizer.study import best_feasible, closest, machines, search_dir
+from optimizer.trials import best_feasible, closest, machines, search_dir
 
 
 @dataclass

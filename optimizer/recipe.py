@@ -528,3 +528,17 @@ def recipe_schema() -> dict[str, Any]:
     spec["description"] = "One pass: its name, `enabled`, and its parameters (a value or a search range each)."
     schema["x-pass-parameters"] = {n: REGISTRY[n].Config.model_json_schema() for n in sorted(REGISTRY)}
     return schema
+
+
+def speed_model_note(recipe: Recipe) -> str | None:
+    """Which figures belong to which model, when the timed model is not the judged one or has random weights."""
+    m = recipe.speed.model
+    if m is not None:
+        random = " (random weights of a real shape)" if m.random_weights else ""
+        return (
+            f"speed and cost measured on speed.model {m.source}{random} with the same passes; "
+            f"quality measured on {recipe.model.source}"
+        )
+    if recipe.model.random_weights:
+        return f"model {recipe.model.source} has random weights (model.random_weights): its speed and cost are real, its quality figures mean nothing"
+    return None

@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("optimizer.passes",),
     ("optimizer.recipe",),
-    ("optimizer.cache", "optimizer.pipeline", "optimizer.search_space"),
+    ("optimizer.cache", "optimizer.pipeline", "optimizer.search_space", "optimizer.trials"),
     ("optimizer.sensitivity",),
     ("optimizer.study", "optimizer.deploy"),
     ("optimizer.confirm", "optimizer.outcome"),

@@ -414,3 +414,22 @@ def test_the_headline_is_one_confirmed_saving_and_the_money_follows_from_it(feas
     first = next(line for line in md.splitlines() if "cheaper" in line)
     assert "**1.15x [1.03, 1.31] cheaper** than the baseline at its best batch (16)" in first and "2.13" not in first
     assert md.index("1.15x [1.03, 1.31]") < md.index("2.13x [1.37, 3.10]")  # the rest is detail, below
+
+
+def test_a_search_report_is_written_without_loading_torch_or_the_measuring_side(feasible_search, tmp_path):
+    """`costopt report` reads the record only: in a fresh interpreter it never imports torch, a runtime,
+    the pipeline or the search runner."""
+    import sys
+
+    folder, _ = feasible_search
+    code = (
+        "import sys; from optimizer.cli import main; rc = main(['report', sys.argv[1], '--out', sys.argv[2]]); "
+        "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('optimizer.runtimes', 'optimizer.pipeline', "
+        "'optimizer.study', 'optimizer.measure.speed'))); print('loaded:', heavy); sys.exit(rc)"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(folder / "runs" / "rep-search"), str(tmp_path)], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    assert "loaded: []" in p.stdout, p.stdout
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.json").is_file()

@@ -15,12 +15,12 @@ from cost.workload import Workload
 from optimizer.budget import Budget
 from optimizer.cli_format import chain_text
 from optimizer.measurement import Measurement, run_candidate
-from optimizer.pipeline import speed_model_note
-from optimizer.recipe import MAIN_EVAL, Recipe
+from optimizer.recipe import MAIN_EVAL, Recipe, speed_model_note
 from optimizer.report import money
 from optimizer.report.advice import suggestions
 from optimizer.report.entries import family_best, make_entry, mark_pareto
 from optimizer.report.sources import RunSource, StudySource
+from optimizer.trials import WORKER_PREFIX, counted, objective_sign
 
 SCHEMA = "costopt.report/1"
 VERSION = 1
@@ -91,8 +91,6 @@ def _from_run(src: RunSource, budget: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- searches
 def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
     import optuna
-
-    from optimizer.study import WORKER_PREFIX, counted, objective_sign
 
     study = src.study
     States = optuna.trial.TrialState

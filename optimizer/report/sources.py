@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from optimizer.errors import UserError
 from optimizer.measurement import RUN_SCHEMAS
 from optimizer.recipe import Recipe, load_recipe
+from optimizer.trials import default_storage, search_dir
 
 _WHAT = (
     "a run folder or its result.json (from `costopt run`), a search folder runs/<study>/ or its study.db, "
@@ -115,8 +116,6 @@ def open_source(target: str, study: str | None = None, recipe_file: str | None =
     if path.suffix in (".db", ".sqlite", ".sqlite3"):
         return _load_study(f"sqlite:///{path.resolve()}", study, target, path.parent, recipe_file)
     if path.suffix in (".yaml", ".yml"):
-        from optimizer.study import default_storage, search_dir
-
         recipe = load_recipe(path)
         name = study or recipe.search.study_name or recipe.name
         folder = search_dir(recipe, name)
