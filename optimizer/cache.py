@@ -25,7 +25,7 @@ from optimizer.runtimes import Candidate
 
 log = logging.getLogger(__name__)
 ENTRY_META = "cache.json"
-CACHE_VERSION = 2  # the key's layout; a pass's own changes bump that pass's VERSION
+CACHE_VERSION = 3  # the key's layout (3: artifacts record the token limit they were measured at); a pass's own changes bump that pass's VERSION
 
 
 def chain_key(recipe: Recipe, device: str, passes: list[dict[str, Any]]) -> str:

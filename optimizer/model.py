@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+META_FILE = "costopt.json"  # what a saved artifact says about itself (written by runtimes.base.Candidate.write_common)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -240,7 +241,14 @@ def _random_module(info: ModelInfo, spec: ModelSpec, task: str, device: str) -> 
 
 
 def saved_spec(directory: Path) -> ModelSpec:
-    """The spec that reloads a saved artifact folder in the dtype it was saved in."""
+    """The spec that reloads a saved artifact folder in the dtype it was saved in, with the token limit it
+    was measured at (a recipe's model.max_length; the tokenizer's own limit may be far longer)."""
+    directory = Path(directory)
     config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else {}
     saved_dtype = config.get("dtype") or config.get("torch_dtype")
-    return ModelSpec(source=str(directory), dtype=saved_dtype if saved_dtype in DTYPE_NAMES else "float32")
+    meta = json.loads((directory / META_FILE).read_text()) if (directory / META_FILE).is_file() else {}
+    return ModelSpec(
+        source=str(directory),
+        dtype=saved_dtype if saved_dtype in DTYPE_NAMES else "float32",
+        max_length=meta.get("max_length"),
+    )

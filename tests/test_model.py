@@ -60,6 +60,16 @@ def test_save_and_reload_keeps_task_pooling_and_outputs(tiny_bert_dir, tmp_path)
     assert tasks.embed(again, texts, 2) == pytest.approx(tasks.embed(cand, texts, 2), abs=1e-6)
 
 
+def test_a_saved_artifact_keeps_the_token_limit_it_was_measured_at(tiny_llama_dir, tmp_path):
+    """A recipe's model.max_length below the tokenizer's own limit survives save and reload (the search's
+    artifact cache and deployments reload artifacts): otherwise a reloaded LLM reads whole texts, and its
+    perplexity is measured on other tokens than the baseline's."""
+    cand = load_candidate(ModelSpec(source=str(tiny_llama_dir), max_length=24), "causal-lm", "cpu")
+    assert cand.info.tokenizer.model_max_length > 24
+    again = reload_saved(cand.save(tmp_path / "artifact"))
+    assert again.info.max_length == cand.info.max_length == 24
+
+
 @pytest.mark.parametrize("mode", ["mean", "cls", "max", "lasttoken", "mean_sqrt_len"])
 def test_numpy_pooling_matches_the_torch_pooling(mode):
     from optimizer.tasks import pool, pool_numpy

@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
-from optimizer.model import ModelInfo
+from optimizer.model import META_FILE, ModelInfo
 
-META_FILE = "costopt.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".data", ".pt", ".gguf")  # an artifact's weight files
 Pair = tuple[torch.Tensor, torch.Tensor]  # (input_ids, attention_mask) of one batch
 
@@ -115,7 +114,8 @@ class Candidate(ABC):
         """Tokenizer, sentence-transformers sidecars and costopt.json: what every runtime's artifact holds."""
         self.tokenizer.save_pretrained(directory)
         self.info.write_sidecars(directory)
-        meta = {"task": self.task, "runtime": self.runtime, **meta, "applied": self.applied}
+        # the token limit it was measured at, which the saved tokenizer alone would not restore
+        meta = {"task": self.task, "runtime": self.runtime, "max_length": self.info.max_length, **meta, "applied": self.applied}
         if self.info.input_cap is not None:
             meta["input_cap"] = self.info.input_cap
         (Path(directory) / META_FILE).write_text(json.dumps(meta, indent=2))
