@@ -22,7 +22,7 @@ from typing import Any, Literal
 import psutil
 import torch
 
-from optimizer import tasks
+from optimizer import gguf_file, tasks
 from optimizer.cache import ArtifactCache, chain_key
 from optimizer.data import Dataset, DataSource, load_dataset
 from optimizer.errors import UserError
@@ -155,12 +155,14 @@ def provenance(recipe: Recipe, data: Dataset) -> dict[str, Any]:
     def sha(obj: Any) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    gguf = gguf_file.find_gguf(recipe.model.source)  # the baseline's file and quant type, when it came from one
     return {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "costopt": source_version(),
         "recipe_sha256": sha(recipe.model_dump(mode="json")),
         "eval_sha256": sha([data.kind, data.all_texts(), getattr(data, "labels", None)]),
         "eval_examples": len(data),
+        "model_file": gguf_file.describe(gguf) if gguf else None,
         "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

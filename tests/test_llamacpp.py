@@ -155,6 +155,9 @@ def test_a_gguf_file_is_a_model_source(wide_llama_dir, tmp_path, monkeypatch):
     result names the file and its type; gguf-export(dtype=source) serves that file as shipped, and refuses
     after a pass that changed the weights."""
     from optimizer import gguf_file
+    from optimizer.data import Dataset
+    from optimizer.pipeline import provenance
+    from optimizer.recipe import Recipe
 
     monkeypatch.setenv("COSTOPT_CACHE", str(tmp_path / "cache"))
     exported = _apply(_load(wide_llama_dir), tmp_path, ("gguf-export", {"dtype": "f32", "imatrix_texts": 0}))
@@ -168,6 +171,11 @@ def test_a_gguf_file_is_a_model_source(wide_llama_dir, tmp_path, monkeypatch):
         assert cand.info.max_length == 256  # the file's context, not transformers' 512 default
         for r, g in zip(_logits(_load(wide_llama_dir)), _logits(cand), strict=True):
             assert torch.allclose(r, g, atol=1e-4)
+        recipe = Recipe.model_validate(
+            {"name": "p", "model": {"source": str(source)}, "task": "causal-lm", "data": {"eval": {"source": "stdlib-docs"}}}
+        )
+        recorded = provenance(recipe, Dataset("text", TEXTS))["model_file"]  # what a result says it came from
+        assert recorded["file"].endswith("tiny.gguf") and recorded["file_type"] == "F32"
     served = _apply(_load(shipped), tmp_path, ("gguf-export", {"dtype": "source", "imatrix_texts": 0}))
     assert served.gguf.read_bytes() == (shipped / "tiny.gguf").read_bytes()
     with pytest.raises(UserError, match=r"gguf-export\(dtype=source\) after cast"):

@@ -595,6 +595,11 @@ def _provenance_section(r: dict[str, Any]) -> Section | None:
         items.append(f"Command: `{p['command']}` (recorded {p.get('recorded', '')})")
     if p.get("costopt"):
         items.append(f"costopt: {p['costopt']}")
+    if f := p.get("model_file"):
+        items.append(
+            f"Model file: `{f['file']}` ({f.get('file_type')}, {f.get('bytes', 0) / 1e6:,.0f} MB), loaded into torch fp32 "
+            "for the baseline; a quantized file's weights keep its grid"
+        )
     if p.get("recipe_sha256"):
         items.append(f"Recipe (resolved) sha256: `{p['recipe_sha256']}`")
     if p.get("eval_sha256"):
