@@ -70,6 +70,12 @@ def int8_dot_saturates() -> bool:
     return x86 and not (_cpuinfo()[1] & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX-512 BF16, AMX, or Arm's BF16). Elsewhere torch
+    emulates them: on an AVX2 AMD EPYC its bf16 matmuls ran at 0.0014 TFLOP/s against fp32's 0.15 (measured)."""
+    return bool(_cpuinfo()[1] & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def source_version() -> str:
     """The version written in pyproject.toml, for a source tree that was never installed."""
     import re
