@@ -129,8 +129,9 @@ def _first_choices(i: int, spec: Any) -> dict[str, Any]:
 
 def single_technique(recipe: Recipe, i: int) -> dict[str, Any] | None:
     """Trial parameters that switch optional pass i on alone (with the nearest optional export before it
-    that produces its runtime), every other optional pass off; the passes switched on take the first
-    value of each of their `choice` lists. None when no export before it produces its runtime."""
+    that produces its runtime), every other optional pass off; the passes switched on, and the searched
+    serving knobs, take the first value of each of their `choice` lists. None when no export before it
+    produces its runtime."""
     from optimizer.passes import REGISTRY
 
     optional = [j for j, spec in enumerate(recipe.passes) if isinstance(spec.enabled, Choice)]
@@ -146,6 +147,11 @@ def single_technique(recipe: Recipe, i: int) -> dict[str, Any] | None:
         j = int(key.split(".")[0])
         if on and (j == i or j in optional):
             params |= _first_choices(j, recipe.passes[j])
+    # served at the first value of each searched serving knob too: a sampled batch size that misses the latency
+    # targets prunes the trial, and SmolLM2's single techniques, sampled at batch 8, were never timed at 4
+    for knob, rng in serving_ranges(recipe).items():
+        if isinstance(rng, Choice) and all(isinstance(v, _PRIMITIVE) for v in rng.choice):
+            params[knob] = rng.choice[0]
     return params
 
 

@@ -140,7 +140,7 @@ def test_runtime_batch_and_threads_are_part_of_the_space(write_recipe, tiny_bert
         tiny_bert_dir,
         tmp_path,
         passes,
-        {"trials": 6, "sampler": "random", "seed": 2, "batch_size": {"choice": [4, 16]}, "threads": {"choice": [1, 2]}},
+        {"trials": 6, "sampler": "random", "seed": 3, "batch_size": {"choice": [4, 16]}, "threads": {"choice": [1, 2]}},
     )
     study = run_search(recipe)
     runtimes = set()

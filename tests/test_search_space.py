@@ -167,3 +167,33 @@ def test_a_search_queues_the_combination_once_after_the_singles(write_recipe, ti
     assert study.user_attrs[COMBINED] == merged and merged["streams"] == 1
     assert waiting == [merged, merged | {"streams": 2}]
     assert queue_combination(study, r) is None  # once per study
+
+
+def test_single_technique_trials_take_the_first_choice_of_each_pass_and_serving_knob(write_recipe, tiny_bert_dir):
+    """A recipe lists its preferred settings first; a single technique is measured at them, batch size included
+    (sampled, a batch that misses the latency targets would prune the only trial of that technique)."""
+    from optimizer.search_space import single_technique
+
+    r = load_recipe(
+        write_recipe(
+            {
+                "name": "seeds",
+                "model": {"source": str(tiny_bert_dir)},
+                "task": "embedding",
+                "data": {"eval": {"source": "stdlib-docs"}},
+                "search": {"batch_size": {"choice": [4, 1, 8]}, "streams": {"choice": [2, 1]}},
+                "passes": [
+                    {"name": "onnx-export", "enabled": {"choice": [True, False]}},
+                    {"name": "ort-int8-dynamic", "enabled": {"choice": [True, False]}, "per_channel": {"choice": [False, True]}},
+                ],
+            }
+        )
+    )
+    params = single_technique(r, 1)
+    assert params == {
+        "0.onnx-export.enabled": True,
+        "1.ort-int8-dynamic.enabled": True,
+        "1.ort-int8-dynamic.per_channel": False,
+        "batch_size": 4,
+        "streams": 2,
+    }
