@@ -60,6 +60,8 @@ PUBLIC: dict[str, tuple[str, str]] = {
     "ratio_interval": ("optimizer.measure.stats", "ratio_interval"),
     "retrieval_values": ("optimizer.measure.quality", "retrieval_values"),
     "fingerprint": ("optimizer.measure.system", "fingerprint"),
+    "native_bf16": ("optimizer.measure.system", "native_bf16"),
+    "broken_by": ("optimizer.metrics", "broken_by"),
     # how figures are written
     "drop_text": ("optimizer.formatting", "drop_text"),
     "ratio_text": ("optimizer.formatting", "ratio_text"),

@@ -89,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         Bench,
         apply_chain,
         bench_causal_lm,
+        broken_by,
         fingerprint,
         load_recipe,
+        native_bf16,
         ratio_interval,
         read_deployment,
         set_threads,
     )
-    from optimizer.measure.system import native_bf16
-    from optimizer.metrics import broken_by
 
     recipe = load_recipe(args.recipe)
     threads = set_threads(recipe.hardware.threads)
