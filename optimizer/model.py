@@ -6,6 +6,7 @@ the sentence-transformers config files for embedding models), and the maximum le
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -141,9 +142,14 @@ def _read_file(source: str, kind: str, rel: str, revision: str | None) -> bytes 
 def cache_kwarg(module: torch.nn.Module) -> str:
     """The name under which this model's forward takes its KV cache: transformers 5.x renames
     `past_key_values` to `cache` model by model (the old name warns on the models already renamed)."""
+    return _cache_kwarg_of(type(module))
+
+
+@functools.cache
+def _cache_kwarg_of(cls: type) -> str:  # once per model class: decode steps are timed, a signature read is not free
     import inspect
 
-    return "cache" if "cache" in inspect.signature(type(module).forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def auto_class(task: str) -> Any:
