@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     import cost
     from optimizer import (
         Bench,
+        Stat,
         apply_chain,
         bench_causal_lm,
         broken_by,
@@ -178,22 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         return price.blended_usd_per_m(share)
 
     for (label, b), runs in samples.items():
-        pre = sorted(x["input_tokens_per_s"]["median"] for x in runs)[len(runs) // 2]
-        dec = sorted(x["output_tokens_per_s"]["median"] for x in runs)[len(runs) // 2]
-        price = cost.token_price(entry, pre, dec, recipe.hardware.utilization)
+        pre = Stat.of([x["input_tokens_per_s"]["median"] for x in runs])  # over rounds
+        dec = Stat.of([x["output_tokens_per_s"]["median"] for x in runs])
+        price = cost.token_price(entry, pre.median, dec.median, recipe.hardware.utilization)
         ttft = max(x["time_to_first_token_p95_s"] for x in runs)
         tpot = max(x["token_latency_s"]["p95"] for x in runs)
         rows[label].setdefault("points", {})[b] = {
-            "prefill_tokens_per_s": pre,
-            "decode_tokens_per_s": dec,
-            "prefill_range": [
-                min(x["input_tokens_per_s"]["median"] for x in runs),
-                max(x["input_tokens_per_s"]["median"] for x in runs),
-            ],
-            "decode_range": [
-                min(x["output_tokens_per_s"]["median"] for x in runs),
-                max(x["output_tokens_per_s"]["median"] for x in runs),
-            ],
+            "prefill_tokens_per_s": pre.median,
+            "decode_tokens_per_s": dec.median,
+            "prefill_range": [pre.min, pre.max],
+            "decode_range": [dec.min, dec.max],
             "ttft_p95_s": ttft,
             "tpot_p95_s": tpot,
             "meets_targets": ttft <= (s.ttft_p95_s or float("inf")) and tpot <= (s.tpot_p95_s or float("inf")),
