@@ -268,7 +268,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(
         f"study {study.study_name}: {len(board)} finished trials; "
         f"baseline {kind}: {_fmt_num(baseline.get('objective'), 6)} (batch {recipe.speed.batch_size})"
-        + ("; by batch: " + ", ".join(f"{b}: {_fmt_num(v, 6)}" for b, v in by_batch.items()) if len(by_batch) > 1 else "")
+        + (
+            "; by batch: "
+            + ", ".join(
+                f"{b}: {_fmt_num(v, 6)}" + (" (misses the latency targets)" if b in (baseline.get("late_batches") or {}) else "")
+                for b, v in by_batch.items()
+            )
+            if len(by_batch) > 1
+            else ""
+        )
     )
     rows = []
     for r in leaderboard(study, args.top):

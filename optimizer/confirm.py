@@ -46,7 +46,7 @@ from optimizer.passes import batch_dependent
 from optimizer.pipeline import Bench, apply_chain, batches_text, resolve_device
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.search_space import serving_ranges
-from optimizer.trials import machines, objective_sign, priced_on, search_dir
+from optimizer.trials import baseline_best_batch, machines, objective_sign, priced_on, search_dir
 
 log = logging.getLogger(__name__)
 SCHEMA = "costopt.confirmation/1"
@@ -178,6 +178,12 @@ class _Arm:
     threads: int
     streams: int = 1
     values: list[float] = field(default_factory=list)
+    misses: list[list[str]] = field(default_factory=list)  # per counted round: the latency targets it missed
+
+    @property
+    def late(self) -> bool:
+        """Missed a latency target in most of its counted rounds (one round's p95 is noisy)."""
+        return 2 * sum(bool(m) for m in self.misses) > len(self.misses)
 
 
 def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
@@ -281,14 +287,9 @@ def _time_saving(
     dep = m.deployment
     base_batch = recipe.speed.batch_size
     arms = [_Arm(f"baseline at batch {base_batch}", bench.timed_baseline, base_batch, base_threads, recipe.speed.streams)]
-    by_batch = (study.user_attrs.get("baseline") or {}).get("by_batch") or {}
-    if len(by_batch) > 1:
-        pick = min if direction == "minimize" else max
-        best = int(pick(by_batch, key=by_batch.get))
-        if best != base_batch:
-            arms.append(
-                _Arm(f"baseline at its best batch ({best})", bench.timed_baseline, best, base_threads, recipe.speed.streams)
-            )
+    best = baseline_best_batch(study.user_attrs.get("baseline") or {}, direction)
+    if best is not None and best != base_batch:
+        arms.append(_Arm(f"baseline at its best batch ({best})", bench.timed_baseline, best, base_threads, recipe.speed.streams))
     passes = result.attempt.passes if result.attempt else m.passes  # with the confirmation's pad-widths, if added
     timed = bench.timed(cand, passes, search_dir(recipe, study.study_name) / "confirm-speed", {})
     searched = _Arm(
@@ -302,14 +303,14 @@ def _time_saving(
     arms += [*others, searched]
     objective = OBJECTIVES[recipe.search.objective]
 
-    def run(arm: _Arm, warmup: int) -> tuple[float, dict[str, Any]]:
+    def run(arm: _Arm, warmup: int) -> tuple[float, dict[str, Any], list[str]]:
         speed_mod.set_threads(arm.threads)
         try:
             time.sleep(IDLE_BETWEEN_ARMS_S)
             speed, cost = bench.speed_and_cost(arm.cand, arm.batch, warmup=warmup, repeats=1, streams=arm.streams)
         finally:
             speed_mod.set_threads(base_threads)
-        return objective.read(speed, cost), speed["contention"]
+        return objective.read(speed, cost), speed["contention"], list(speed.get("latency_misses") or [])
 
     for arm in arms:  # warm-up: first calls compile kernels and fill caches
         run(arm, warmup=1)
@@ -318,13 +319,17 @@ def _time_saving(
         order = arms[attempts % len(arms) :] + arms[: attempts % len(arms)]  # none always goes first
         attempts += 1
         measured = {a.name: run(a, warmup=0) for a in order}
-        busy = [n for n, (_, c) in measured.items() if c["busy"]]
-        result.rounds.append({n: {"value": v, "contention": c} for n, (v, c) in measured.items()} | {"set_aside": bool(busy)})
+        busy = [n for n, (_, c, _) in measured.items() if c["busy"]]
+        result.rounds.append(
+            {n: {"value": v, "contention": c, "latency_misses": m} for n, (v, c, m) in measured.items()}
+            | {"set_aside": bool(busy)}
+        )
         if busy:  # timings under different contention do not compare: this round does not count
             result.rounds_set_aside += 1
             continue
         for a in arms:
             a.values.append(measured[a.name][0])
+            a.misses.append(measured[a.name][2])
     choice = _decide_serving(bench, searched, others, result, recipe.search.constraint.confidence, direction)
     _memory_alone(bench, arms[0], choice, search_dir(recipe, study.study_name) / "confirm-memory", result, base_threads)
     for arm in arms[: len(arms) - len(others) - 1]:  # the baselines
@@ -401,7 +406,7 @@ def _decide_serving(
         "served": _serving(searched),
         "options": [
             _serving(a)
-            | {"median": statistics.median(a.values)}
+            | {"median": statistics.median(a.values), "meets_targets": not a.late}
             | ({"better_x": _better_than(a, searched, confidence, direction)} if compared and a is not searched else {})
             for a in timed
         ],
@@ -409,6 +414,8 @@ def _decide_serving(
     if not others or not compared:
         result.serving["why"] = "no other serving setting to compare" if not others else "too few rounds to compare"
         return searched
+    # a setting that misses the recipe's latency targets is not served, however cheap (the searched one met them)
+    timed = [a for a in timed if a is searched or not a.late]
     best = pick(timed, key=lambda a: statistics.median(a.values))
     if best is searched:
         runner_up = pick([a for a in timed if a is not searched], key=lambda a: statistics.median(a.values), default=None)

@@ -25,6 +25,7 @@ from optimizer.measurement import Measurement
 from optimizer.recipe import Recipe
 from optimizer.results import atomic_folder
 from optimizer.runtimes import Candidate
+from optimizer.trials import baseline_best_batch
 
 log = logging.getLogger(__name__)
 SCHEMA = "costopt.deploy/1"
@@ -63,13 +64,13 @@ def deployment_config(
         measured["usd_per_m_tokens"] = cost["blended_usd_per_m"]
         measured["baseline_usd_per_m_tokens"] = base_cost["blended_usd_per_m"]
         measured["cheaper_x"] = round(base_cost["blended_usd_per_m"] / cost["blended_usd_per_m"], 4)
-        by_batch = baseline.get("by_batch") or {}
-        if len(by_batch) > 1 and recipe.search.objective == "cost":  # the baseline at its own best batch size
-            best_b = min(by_batch, key=by_batch.get)
+        best_b = baseline_best_batch(baseline) if recipe.search.objective == "cost" else None
+        if best_b is not None:  # the baseline at its own best batch size that meets the latency targets
+            usd = baseline["by_batch"][str(best_b)]
             measured["baseline_best_batch"] = {
-                "batch_size": int(best_b),
-                "usd_per_m_tokens": by_batch[best_b],
-                "cheaper_x": round(by_batch[best_b] / cost["blended_usd_per_m"], 4),
+                "batch_size": best_b,
+                "usd_per_m_tokens": usd,
+                "cheaper_x": round(usd / cost["blended_usd_per_m"], 4),
             }
         measured["cost"] = cost
     attempt = confirmation.attempt if confirmation is not None else None

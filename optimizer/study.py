@@ -293,7 +293,8 @@ class TrialRunner:
         quality = self.bench.baseline_quality()  # always: trials are paired with its per-example values
         reuse, self.baseline_origin = reusable_baseline(previous, recipe, machine)
         if reuse is not None:  # a restarted worker: the timings are the expensive part, and still hold
-            self.baseline = {k: reuse[k] for k in ("speed", "cost", "objective", "by_batch", "footprint", "measured_at")}
+            keep = ("speed", "cost", "objective", "by_batch", "late_batches", "footprint", "measured_at")
+            self.baseline = {k: reuse[k] for k in keep if k in reuse}
             self.baseline |= {"quality": quality, "passes": [], "worker": worker_id()}
         else:
             speed, cost = self.bench.speed_and_cost(self.bench.timed_baseline, request_latency=True)
@@ -306,7 +307,9 @@ class TrialRunner:
                 "worker": worker_id(),
                 "measured_at": time.time(),
             }
-            self.baseline["by_batch"] = self._baseline_per_batch(self.bench.timed_baseline, speed, cost)
+            self.baseline["by_batch"], self.baseline["late_batches"] = self._baseline_per_batch(
+                self.bench.timed_baseline, speed, cost
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 fp = footprint(baseline, Path(tmp) / "baseline")
             self.baseline["footprint"] = {k: v for k, v in fp.items() if k != "artifact"}
@@ -323,17 +326,23 @@ class TrialRunner:
         else:
             self.sensitive = rank_all(self.bench, self.budget, work_dir, self.cache, log=log.info)
 
-    def _baseline_per_batch(self, baseline: Any, speed: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, Any]:
+    def _baseline_per_batch(
+        self, baseline: Any, speed: dict[str, Any], cost: dict[str, Any] | None
+    ) -> tuple[dict[str, float], dict[str, list[str]]]:
         """When the search picks the batch size, the baseline is measured at every candidate size too,
-        so a saving is never just the baseline's badly chosen batch."""
+        so a saving is never just the baseline's badly chosen batch: its objective per size, and the sizes
+        that miss the recipe's latency targets (never its best batch: a trial there is pruned)."""
         rng = parse_range(self.recipe.search.batch_size)
         sizes = values(rng) if rng is not None else []
         out = {str(self.recipe.speed.batch_size): self.objective.value(speed, cost)}
+        late = {str(self.recipe.speed.batch_size): speed["latency_misses"]} if speed.get("latency_misses") else {}
         for b in sizes:
             if str(b) not in out:
                 sp, co = self.bench.speed_and_cost(baseline, int(b))
                 out[str(b)] = self.objective.value(sp, co)
-        return out
+                if sp.get("latency_misses"):
+                    late[str(b)] = sp["latency_misses"]
+        return out, late
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:

@@ -5,6 +5,7 @@ these without loading the measuring side (torch, the runtimes)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -65,6 +66,17 @@ def best_feasible(study: optuna.Study, catalog: str | None = None) -> optuna.tri
     if not feasible:
         return None
     return min(feasible, key=lambda t: objective_sign(study) * t.values[0])
+
+
+def baseline_best_batch(baseline: dict[str, Any], direction: str = "minimize") -> int | None:
+    """The batch size the baseline served best at among those meeting the recipe's latency targets
+    (`by_batch` holds its objective at each searched size, `late_batches` those that missed a target);
+    None when it was measured at one size only."""
+    by_batch = {b: v for b, v in (baseline.get("by_batch") or {}).items() if b not in (baseline.get("late_batches") or {})}
+    if len(baseline.get("by_batch") or {}) < 2 or not by_batch:
+        return None
+    pick = min if direction == "minimize" else max
+    return int(pick(by_batch, key=by_batch.get))
 
 
 def closest(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

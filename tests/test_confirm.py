@@ -383,6 +383,33 @@ def test_every_timed_alternative_carries_its_paired_ratio_to_the_searched_settin
     assert "0.80x [" in result.serving["why"]
 
 
+def test_a_cheaper_setting_that_misses_the_latency_targets_is_not_served():
+    from optimizer.confirm import Confirmation, _decide_serving
+
+    searched, other = _arms([1.0] * 9, [0.8] * 9)  # 1.25x cheaper every round ...
+    late = ["time to first token p95 2.310 s > 2 s"]
+    other.misses = [late] * 5 + [[]] * 4  # ... but late in most rounds
+    result = Confirmation({}, "cost", 10, 10, 0.95)
+    assert _decide_serving(_Widths(ok=True), searched, [other], result, 0.95, "minimize") is searched
+    assert result.serving["served"] == result.serving["searched"]
+    assert [o["meets_targets"] for o in result.serving["options"]] == [True, False]
+
+    other.misses = [late] * 4 + [[]] * 5  # late in a minority of rounds: one round's p95 is noise
+    result = Confirmation({}, "cost", 10, 10, 0.95)
+    assert _decide_serving(_Widths(ok=True), searched, [other], result, 0.95, "minimize") is other
+
+
+def test_the_baselines_best_batch_is_one_that_meets_the_latency_targets():
+    from optimizer.trials import baseline_best_batch
+
+    baseline = {"by_batch": {"4": 0.50, "1": 0.80, "8": 0.40}, "late_batches": {"8": ["time to first token"]}}
+    assert baseline_best_batch(baseline) == 4
+    assert baseline_best_batch(baseline | {"late_batches": {}}) == 8
+    assert baseline_best_batch(baseline, "maximize") == 1
+    assert baseline_best_batch({"by_batch": {"4": 0.5}}) is None  # measured at one size: no other to pick
+    assert baseline_best_batch({"by_batch": {"4": 0.5, "8": 0.4}, "late_batches": {"4": [], "8": []}}) is None
+
+
 def test_throughput_objectives_pick_the_larger_value():
     from optimizer.confirm import Confirmation, _decide_serving
 

@@ -20,7 +20,7 @@ from optimizer.report import money
 from optimizer.report.advice import suggestions
 from optimizer.report.entries import family_best, make_entry, mark_pareto
 from optimizer.report.sources import RunSource, StudySource
-from optimizer.trials import WORKER_PREFIX, counted, objective_sign
+from optimizer.trials import WORKER_PREFIX, baseline_best_batch, counted, objective_sign
 
 SCHEMA = "costopt.report/1"
 VERSION = 1
@@ -144,6 +144,7 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
         "notes": [n for n in [speed_model_note(src.recipe)] if n],
         "objective_kind": src.recipe.search.objective,
         "by_batch": b.get("by_batch") or {},
+        "late_batches": b.get("late_batches") or {},
         "sign": objective_sign(study),
         "workers": sorted(workers),
         "machines": _by_machine(entries, workers.values(), objective_sign(study)),
@@ -246,14 +247,10 @@ def _money(
     other = chosen if chosen is not None else closest
     if other is not None and other.get("cost"):
         out["chosen" if chosen is not None else "closest"] = money.monthly(other["cost"], wl, grid)
-    by_batch = d.get("by_batch") or {}
-    if chosen is not None and len(by_batch) > 1 and d["objective_kind"] == "cost" and chosen.get("usd_per_m"):
-        best_b = min(by_batch, key=by_batch.get)
-        out["baseline_best_batch"] = {
-            "batch_size": int(best_b),
-            "usd_per_m": by_batch[best_b],
-            "cheaper_x": by_batch[best_b] / chosen["usd_per_m"],
-        }
+    best_b = baseline_best_batch(d)
+    if chosen is not None and best_b is not None and d["objective_kind"] == "cost" and chosen.get("usd_per_m"):
+        usd = d["by_batch"][str(best_b)]
+        out["baseline_best_batch"] = {"batch_size": best_b, "usd_per_m": usd, "cheaper_x": usd / chosen["usd_per_m"]}
     if chosen is not None and chosen.get("cost"):
         hours = (d["job_seconds"] or 0.0) / 3600
         rate = job_usd_per_hour if job_usd_per_hour is not None else base["cost"]["hourly_usd"]
