@@ -7,9 +7,13 @@ budget's metric is at most `max_drop` (relative to the baseline's value when `re
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any
 
 from optimizer.formatting import amount
+
+POWER_AT = 0.3  # the power figure's true drop, as a share of the budget: a small, real loss
+POWER_WANTED = 0.8  # the certification probability the "examples needed" figure aims at
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,32 @@ class Budget:
     def low(self, drop: dict[str, Any]) -> float:
         return self._end(drop, "low")
 
+    def spread(self, drop: dict[str, Any]) -> float:
+        """The drop's standard error in the budget's unit, read from its two-sided interval (the bootstrap's
+        percentiles, close to normal for a mean over examples)."""
+        z = NormalDist().inv_cdf(0.5 + drop["confidence"] / 2)
+        return (self._end(drop, "high") - self._end(drop, "low")) / (2 * z)
+
+    def power(self, drop: dict[str, Any]) -> dict[str, float]:
+        """How likely this eval set certifies a configuration as noisy as `drop`'s, whose true drop is
+        POWER_AT of the budget: P(upper end <= max_drop) = Phi((max_drop - true) / se - z). Also the true drop
+        certified with POWER_WANTED probability, and how many examples that would take for POWER_AT's drop
+        (the standard error falls as 1/sqrt(examples)). A spread of 0 (outputs that match the baseline's
+        example by example) certifies any true drop under the budget."""
+        z, z_want = NormalDist().inv_cdf(0.5 + drop["confidence"] / 2), NormalDist().inv_cdf(POWER_WANTED)
+        se, at, n = self.spread(drop), POWER_AT * self.max_drop, int(drop.get("n") or 0)
+        if se <= 0:
+            return {"true_drop": at, "probability": 1.0, "certified_at_wanted": self.max_drop, "examples": n, "se": 0.0}
+        return {
+            "true_drop": at,
+            "probability": NormalDist().cdf((self.max_drop - at) / se - z),
+            "wanted": POWER_WANTED,
+            "certified_at_wanted": self.max_drop - (z + z_want) * se,  # below 0: only a gain is certified that often
+            "examples": n,
+            "examples_needed": round(n * ((z + z_want) * se / (self.max_drop - at)) ** 2) if n else None,
+            "se": se,
+        }
+
     @property
     def shown(self) -> float:
         """max_drop in the unit drops are shown in: percent when relative."""
@@ -59,3 +89,19 @@ class Budget:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"max_drop_display": self.shown, "text": self.text}
+
+
+def power_text(p: dict[str, Any], relative: bool) -> str:
+    """`Budget.power`'s figures in one line."""
+
+    def amt(x: float) -> str:
+        return amount(x, relative)
+
+    n = p["examples"] or "these"
+    if p["se"] == 0:
+        return f"power: outputs match the baseline's on all {n} examples, so any true drop under the budget is certified"
+    return (
+        f"power: a true drop of {amt(p['true_drop'])} would be certified with probability {p['probability']:.0%} "
+        f"on {n} examples like these (standard error {amt(p['se']).lstrip('+')}); {p['wanted']:.0%} needs a true drop "
+        f"<= {amt(p['certified_at_wanted'])}, or about {p['examples_needed']:,} examples for {amt(p['true_drop'])}"
+    )

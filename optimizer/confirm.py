@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import optuna
 
 from optimizer import ranges
-from optimizer.budget import Budget
+from optimizer.budget import Budget, power_text
 from optimizer.cache import ArtifactCache
 from optimizer.formatting import drop_text, ratio_text
 from optimizer.measure import speed as speed_mod
@@ -72,6 +72,7 @@ class Attempt:
     quality_batches: str = ""
     widths: dict[str, Any] | None = None  # measure.widths.WidthCheck: checked before its quality
     padded_from: dict[str, Any] | None = None  # the first check, when its defects were served around (pad-widths)
+    power: dict[str, Any] | None = None  # Budget.power: what this held-out set can certify, at this spread
     confirmed: bool = False
     error: str | None = None
 
@@ -236,6 +237,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
         finally:
             speed_mod.set_threads(base_threads)
         attempt.drop = attempt.drops[budget.metric]
+        attempt.power = budget.power(attempt.drop)
         if len(by_set) > 1:
             attempt.drops_by_set = {n: d[budget.metric] for n, d in by_set.items()}
         attempt.confirmed = budget.worst(by_set)[1] <= 0  # within budget on every eval set
@@ -472,6 +474,8 @@ def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:
         )
         if a.padded_from:
             lines.append(f"    {padded_text(a.passes[-1]['params']['widths'], a.padded_from)}")
+        if a.power:
+            lines.append(f"    {power_text(a.power, rel)}")
         if a.confirmed and a.widths:
             lines.append(f"    outputs at every input width: {check_text(a.widths)}")
         for name, d in a.drops_by_set.items():

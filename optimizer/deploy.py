@@ -79,6 +79,7 @@ def deployment_config(
         measured["drop"] = attempt.drop
         measured["quality"] = attempt.quality
         measured["quality_batches"] = attempt.quality_batches
+        measured["power"] = attempt.power  # what the held-out set could certify (Budget.power)
         measured["drop_measured_on"] = (
             f"{confirmation.confirmation_examples} held-out examples the search never saw, at "
             f"{confirmation.confidence_each:.1%} confidence ({len(confirmation.attempts)} candidate(s) tested)"

@@ -65,6 +65,37 @@ def test_certified_choices_break_the_budget_at_most_at_the_stated_rate():
     assert none < 0.9  # and it still answers most of the time
 
 
+def _certified_share(n: int, true_drop: float, reps: int, seed: int) -> tuple[float, list[dict]]:
+    rng = np.random.default_rng(seed)
+    drops = [_measure(rng, rng.uniform(0.3, 1.0, n), true_drop, r, BUDGET.confidence) for r in range(reps)]
+    return float(np.mean([BUDGET.within(d) for d in drops])), drops
+
+
+def test_the_power_figure_predicts_how_often_a_small_true_drop_is_certified():
+    """The power printed with a certificate, read from one measurement's interval, agrees with how often
+    repeated measurements certify that true drop; so does the number of examples it says 80% needs."""
+    true = 0.003  # 0.3% against the 1% budget (POWER_AT)
+    share, drops = _certified_share(400, true, 200, seed=3)
+    predicted = [BUDGET.power(d) for d in drops]
+    assert all(p["true_drop"] == pytest.approx(true) for p in predicted)
+    assert 0.15 < share < 0.6  # mid-range, where a wrong figure would show
+    assert np.mean([p["probability"] for p in predicted]) == pytest.approx(share, abs=0.1)
+    needed = int(np.median([p["examples_needed"] for p in predicted]))
+    assert 400 < needed < 4000
+    share_there, _ = _certified_share(needed, true, 200, seed=4)
+    assert share_there == pytest.approx(0.8, abs=0.1)
+
+
+def test_a_configuration_that_changes_no_output_is_certified_at_any_true_drop_under_the_budget():
+    from optimizer.budget import power_text
+
+    same = np.random.default_rng(0).uniform(0.3, 1.0, 50)
+    d = paired_bootstrap(MetricValues("score", same, "mean", True), MetricValues("score", same, "mean", True), 200).__dict__
+    p = BUDGET.power(d)
+    assert p["se"] == 0 and p["probability"] == 1.0
+    assert power_text(p, relative=True).startswith("power: outputs match the baseline's on all 50 examples")
+
+
 def test_first_confirmed_tries_candidates_in_order_and_stops_at_the_first_pass():
     tried = []
     chosen, n = first_confirmed(["a", "b", "c", "d"], lambda c: tried.append(c) or c == "c")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from optimizer.budget import power_text
 from optimizer.formatting import (
     SERVING_COLUMN,
     count,
@@ -158,6 +159,8 @@ def _confirmation_lines(r: dict[str, Any]) -> list[str]:
             f"({a['quality_batches']}); on the {conf['selection_examples']} examples it was selected on: "
             f"{drop_text(a['selection_drop'], rel)}. {len(conf['attempts'])} candidate(s) tested in cost order."
         )
+        if a.get("power"):
+            out.append(power_text(a["power"], rel).replace("power: ", "Power: ", 1) + ".")
         if a.get("drops_by_set"):
             each = "; ".join(f"{n} {drop_text(d, rel)}" for n, d in a["drops_by_set"].items())
             out.append(f"Held-out drop on each eval set: {each}.")
@@ -168,6 +171,11 @@ def _confirmation_lines(r: dict[str, Any]) -> list[str]:
     for x in conf["attempts"]:
         if x.get("widths") and x["widths"]["defects"]:
             out.append(f"Trial {x['trial']} was rejected before its held-out quality: {check_text(x['widths'])}.")
+        elif x["trial"] != conf["chosen"] and x.get("drop") and x.get("power"):
+            out.append(
+                f"Trial {x['trial']} was over the budget on held-out data (drop {drop_text(x['drop'], rel)}); "
+                f"its {power_text(x['power'], rel)}."
+            )
     for s in conf["savings"]:
         fig = ratio_text(s["ratio"]) if s["ratio"] else "–"
         out.append(f"Saving against the {s['against']}: **{fig}**, {s['why']}.")
