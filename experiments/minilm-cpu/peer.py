@@ -88,10 +88,12 @@ def _torch_and_onnx_peers(args: argparse.Namespace, work: Path) -> tuple[dict, l
     so.inter_op_num_threads = 1
     onnx_kwargs = {"provider": "CPUExecutionProvider", "session_options": so}
     notes = []
-    models = {
-        "st-torch-fp32": SentenceTransformer(args.model, device="cpu"),
-        "st-torch-bf16": SentenceTransformer(args.model, device="cpu", model_kwargs={"torch_dtype": torch.bfloat16}),
-    }
+    models = {"st-torch-fp32": SentenceTransformer(args.model, device="cpu")}
+    flags = open("/proc/cpuinfo").read()
+    if "avx512_bf16" in flags or "amx_bf16" in flags:  # a user picks bf16 only where the CPU computes it natively
+        models["st-torch-bf16"] = SentenceTransformer(args.model, device="cpu", model_kwargs={"torch_dtype": torch.bfloat16})
+    else:
+        notes.append("st-torch-bf16: not run, this CPU has no native bf16 (torch emulates it, about 100x slower than fp32)")
     # The ONNX backend exports the model with optimum on first load; save it so it can be quantized.
     onnx_dir = work / "st-onnx"
     exported = SentenceTransformer(args.model, device="cpu", backend="onnx", model_kwargs=onnx_kwargs)

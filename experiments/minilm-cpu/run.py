@@ -17,7 +17,7 @@ Quality: MRR and Recall@1 over the recipe's retrieval pairs, each drop against t
 a paired-bootstrap 95% interval. Speed: `encode(texts, batch_size)` end to end (tokenization included
 for everyone alike), warm-up round, then rounds that alternate the runtimes; median and spread. Each
 cost ratio gets a 95% interval from a bootstrap over the rounds (each round times every runtime once).
-Writes RESULTS.md and results.json beside this file.
+Writes its CPU kind's section of RESULTS.md and results.json beside this file (one section per CPU kind).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from optimizer import drop_text
+from optimizer import drop_text, write_section
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -278,9 +278,20 @@ def main() -> None:
         "results": rows,
         "python": platform.python_version(),
     }
-    (HERE / "results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    (HERE / "RESULTS.md").write_text(render(result))
+    # one section per CPU kind: a run replaces its own machine's section and leaves the others
+    kind = cpu_kind(machine["cpu"])
+    stored = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
+    (HERE / "results.json").write_text(json.dumps(stored | {kind: result}, indent=2, default=float) + "\n")
+    write_section(HERE / "RESULTS.md", render(result))
     print(render(result))
+
+
+def cpu_kind(cpu: dict) -> str:
+    """The section a CPU's figures go in: its vendor family and the widest matrix ISA it has."""
+    isa = set(cpu["isa"])
+    widest = "AMX" if "AMX-INT8" in isa else "AVX-512" if "AVX-512" in isa else "AVX2 only" if "AVX2" in isa else "no AVX2"
+    family = "AMD EPYC" if "AMD" in cpu["model"] else "Intel Xeon" if "Xeon" in cpu["model"] else cpu["model"]
+    return f"{family}, {widest}"
 
 
 LABELS = {
@@ -302,7 +313,7 @@ def render(r: dict) -> str:
     c = rows["costopt"]
     cpu = r["machine"]["cpu"]
     lines = [
-        "# all-MiniLM-L6-v2 on CPU: costopt against the recipes users already know",
+        f"## {cpu_kind(cpu)}",
         "",
         f"Measured {r['date']} with `{r['command']}`, in one run.",
         f"Machine: {cpu['model']} ({', '.join(cpu['isa'])}), {cpu['logical_cores']} logical cores, "
