@@ -72,7 +72,7 @@ def run(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Measure the baseline and the recipe's passes (as `costopt run`); returns the result, with `result_file`."""
-    from optimizer.pipeline import run_recipe
+    from optimizer.run_record import run_recipe
 
     result, path = run_recipe(_recipe(model, recipe, tokenizer), Path(out_dir) if out_dir else None, progress=progress)
     return result | {"result_file": str(path)}

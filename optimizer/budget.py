@@ -100,6 +100,12 @@ def power_text(p: dict[str, Any], relative: bool) -> str:
     n = p["examples"] or "these"
     if p["se"] == 0:
         return f"power: outputs match the baseline's on all {n} examples, so any true drop under the budget is certified"
+    if p["examples"] and p["examples_needed"] <= p["examples"]:  # more than enough: the data is not the limit
+        fewer = f" ({p['examples_needed']:,} examples would give {p['wanted']:.0%})" if p["examples_needed"] >= 30 else ""
+        return (
+            f"power: a true drop of {amt(p['true_drop'])} would be certified with probability {p['probability']:.0%} "
+            f"on {n} examples like these (standard error {amt(p['se']).lstrip('+')}): the data is not the limit{fewer}"
+        )
     return (
         f"power: a true drop of {amt(p['true_drop'])} would be certified with probability {p['probability']:.0%} "
         f"on {n} examples like these (standard error {amt(p['se']).lstrip('+')}); {p['wanted']:.0%} needs a true drop "

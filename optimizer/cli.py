@@ -15,183 +15,9 @@ from typing import Any
 from cost.errors import CostInputError
 from optimizer.cli_format import chain_text, table
 from optimizer.errors import EXIT_NOTHING_MET, EXIT_USER_ERROR, UserError
-from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, served_text, serving_cell, serving_text
-from optimizer.measure.roofline import roofline_text
-from optimizer.measure.widths import check_text
+from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, serving_cell, serving_text
+from optimizer.result_text import fmt_num, render_result
 from optimizer.signals import Stopped, stop_on_signals
-
-
-def _fmt_num(x: float | None, digits: int = 4) -> str:
-    if x is None:
-        return "-"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    if abs(x) >= 10:
-        return f"{x:.1f}"
-    if 0.999 < x < 1:  # fidelity-like values: show how far from 1
-        return f"{x:.6f}"
-    return f"{x:.{digits}f}"
-
-
-def _speed_rows(label: str, s: dict[str, Any]) -> list[list[str]]:
-    def stat(key: str) -> str:
-        v = s[key]
-        return f"{_fmt_num(v['median'])} (min {_fmt_num(v['min'])}, max {_fmt_num(v['max'])}, cv {100 * v['cv']:.1f}%)"
-
-    rows = [[label, "input tokens/s" if s["kind"] == "causal-lm" else "encode tokens/s", stat("input_tokens_per_s")]]
-    if s["kind"] == "causal-lm":
-        rows.append([label, "output tokens/s", stat("output_tokens_per_s")])
-        rows.append([label, "time to first token (s)", stat("time_to_first_token_s")])
-        rows.append(
-            [
-                label,
-                "token latency p50/p95 (ms)",
-                f"{1e3 * s['token_latency_s']['p50']:.2f} / {1e3 * s['token_latency_s']['p95']:.2f}",
-            ]
-        )
-    else:
-        rows.append(
-            [
-                label,
-                "batch latency p50/p95 (ms, length-sorted)",
-                f"{1e3 * s['batch_latency_s']['p50']:.1f} / {1e3 * s['batch_latency_s']['p95']:.1f}",
-            ]
-        )
-        if s.get("request_latency_s"):
-            lat = s["request_latency_s"]
-            rows.append(
-                [
-                    label,
-                    "request latency p50/p95/p99 (ms, arrival order)",
-                    " / ".join(f"{1e3 * lat[q]:.1f}" for q in ("p50", "p95", "p99")),
-                ]
-            )
-    rows.append([label, "peak RSS of the benchmark process (MiB)", f"{s['peak_rss_bytes'] / 2**20:.0f}"])
-    if s.get("peak_cuda_bytes"):
-        rows.append([label, "peak CUDA (MiB)", f"{s['peak_cuda_bytes'] / 2**20:.0f}"])
-    return rows
-
-
-def render_result(r: dict[str, Any]) -> str:
-    sysinfo = r["system"]
-    sp = r["baseline"]["speed"]
-    shape = (
-        f"batch {sp['batch_size']}, {sp['prompt_tokens']} prompt + {sp['new_tokens']} new tokens"
-        if sp["kind"] == "causal-lm"
-        else f"batch {sp['batch_size']}, {sp['texts']} texts, {sp['real_tokens']} real tokens"
-    )
-    out = [
-        f"{r['recipe']}: {r['model']} ({r['task']}) on {sysinfo['cpu']['model']}, {sp['threads']} threads; {shape}",
-        f"eval data: {r['data']['eval']['origin']}, {r['data']['eval']['examples']} examples",
-        "",
-    ]
-    cand = r.get("candidate")
-    drops = (cand or {}).get("drops") or {}
-    q_rows = []
-    for m, v in r["baseline"]["quality"].items():
-        row = [m, _fmt_num(v)]
-        if cand:
-            row += [_fmt_num(cand["quality"].get(m)), drop_text(drops[m]) if m in drops else "-"]
-        q_rows.append(row)
-    header = ["metric", "baseline"] + (["candidate", "drop (95% CI)"] if cand else [])
-    out += [table(q_rows, header), ""]
-    by_set = (cand or {}).get("drops_by_set") or {}
-    if len(by_set) > 1:  # data.extra_eval: the drop on each set
-        rows = [[name, m, drop_text(d)] for name, on_set in by_set.items() for m, d in on_set.items()]
-        out += [table(rows, ["eval set", "metric", "drop (95% CI)"]), ""]
-    s_rows = _speed_rows("baseline", sp)
-    if cand and cand.get("speed"):
-        s_rows += _speed_rows("candidate", cand["speed"])
-    out += [table(s_rows, ["model", "speed", "median (spread over repeats)"]), ""]
-    f_rows = []
-    for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
-        if part and part.get("footprint"):
-            f = part["footprint"]
-            alone = f.get("memory_alone")
-            f_rows.append(
-                [label, f"{f['parameters']:,}", f"{f['nonzero_parameters']:,}", f"{f['weight_bytes'] / 2**20:.1f}"]
-                + ([f"{alone['peak_rss_bytes'] / 2**20:.0f}"] if alone else ["-"])
-            )
-    out += [table(f_rows, ["model", "parameters", "non-zero", "weights on disk (MiB)", "peak RSS served alone (MiB)"])]
-    if r["baseline"].get("cost"):
-        c_rows = []
-        for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
-            if part and part.get("cost"):
-                c = part["cost"]
-                c_rows.append(
-                    [
-                        label,
-                        f"${c['input_usd_per_m']:.4f}",
-                        "-" if c["output_usd_per_m"] is None else f"${c['output_usd_per_m']:.4f}",
-                        f"${c['blended_usd_per_m']:.4f}",
-                        "-" if c.get("monthly_usd") is None else f"${c['monthly_usd']:,.2f}",
-                    ]
-                )
-        bc = r["baseline"]["cost"]
-        out += [
-            "",
-            f"cost on {bc['hardware']} (${bc['hourly_usd']}/hour, {bc['utilization']:.0%} utilization; "
-            "this machine's measured speed priced at that rate):",
-            table(c_rows, ["model", "$/1M input", "$/1M output", "$/1M blended", "per month"]),
-        ]
-    if cand and cand.get("speed") and cand["speed"]["input_tokens_per_s"]["median"]:
-        ratio = cand["speed"]["input_tokens_per_s"]["median"] / sp["input_tokens_per_s"]["median"]
-        out += ["", f"input speedup over baseline: {ratio:.2f}x"]
-    for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
-        speed = (part or {}).get("speed") or {}
-        points = speed.get("operating_points")
-        if points:
-            out += ["", f"{label} operating points (the chosen one: batch {part['speed']['batch_size']}):"]
-            out.append(
-                table(
-                    [
-                        [
-                            pt["batch_size"],
-                            f"{pt['input_tokens_per_s']:,.0f}",
-                            f"{pt['output_tokens_per_s']:,.1f}",
-                            f"{pt['time_to_first_token_p95_s']:.3f}",
-                            f"{1e3 * pt['time_per_output_token_p95_s']:.1f}",
-                            "yes" if pt["meets_targets"] else "no",
-                            "-" if pt["input_usd_per_m"] is None else f"${pt['input_usd_per_m']:.4f}",
-                            "-" if pt["output_usd_per_m"] is None else f"${pt['output_usd_per_m']:.4f}",
-                            "-" if pt.get("decode_fraction") is None else f"{pt['decode_fraction']:.0%}",
-                            "-" if pt.get("machine_decode_fraction") is None else f"{pt['machine_decode_fraction']:.0%}",
-                        ]
-                        for pt in points
-                    ],
-                    [
-                        "batch",
-                        "prefill tok/s",
-                        "decode tok/s",
-                        "TTFT p95 (s)",
-                        "TPOT p95 (ms)",
-                        "meets targets",
-                        "$/1M in",
-                        "$/1M out",
-                        "decode / bandwidth bound",
-                        "(this machine's)",
-                    ],
-                )
-            )
-            if part["speed"].get("sweep_stopped"):
-                out.append(f"{label} sweep stopped: {part['speed']['sweep_stopped']}")
-        if speed.get("latency_misses"):
-            out.append(f"{label} misses the latency targets: {'; '.join(part['speed']['latency_misses'])}")
-        served = speed.get("served")
-        if served:
-            out.append(f"{label} served {served_text(served)}")
-        roof = speed.get("roofline")
-        if roof:
-            out.append(f"{label} {roofline_text(roof)}")
-            out += [f"  flag: {f}" for f in roof["flags"]]
-    if cand and cand.get("widths"):
-        out.append(f"candidate outputs against the baseline's, at every input width: {check_text(cand['widths'])}")
-    for n in r.get("notes", []):
-        out.append(f"note: {n}")
-    if r.get("status") == "broken":
-        out.append(f"{r['error']}: its speed was not measured and it is not priced")
-    return "\n".join(out)
-
 
 JSON_HELP = "print one JSON object on stdout (the usual text goes to stderr)"
 
@@ -223,8 +49,8 @@ def _tracker(args: argparse.Namespace, experiment: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from optimizer.pipeline import run_recipe
     from optimizer.recipe import load_recipe
+    from optimizer.run_record import run_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     tracker = _tracker(args, recipe.name)
@@ -242,7 +68,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from optimizer.measurement import Measurement
     from optimizer.outcome import conclude
     from optimizer.recipe import load_recipe
-    from optimizer.study import leaderboard, run_search, worker_id
+    from optimizer.study import leaderboard, run_search
+    from optimizer.trial_runner import worker_id
     from optimizer.trials import WORKER_PREFIX
 
     recipe = load_recipe(args.recipe, args.set)
@@ -267,11 +94,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     by_batch = baseline.get("by_batch") or {}
     print(
         f"study {study.study_name}: {len(board)} finished trials; "
-        f"baseline {kind}: {_fmt_num(baseline.get('objective'), 6)} (batch {recipe.speed.batch_size})"
+        f"baseline {kind}: {fmt_num(baseline.get('objective'), 6)} (batch {recipe.speed.batch_size})"
         + (
             "; by batch: "
             + ", ".join(
-                f"{b}: {_fmt_num(v, 6)}" + (" (misses the latency targets)" if b in (baseline.get("late_batches") or {}) else "")
+                f"{b}: {fmt_num(v, 6)}" + (" (misses the latency targets)" if b in (baseline.get("late_batches") or {}) else "")
                 for b, v in by_batch.items()
             )
             if len(by_batch) > 1
@@ -286,7 +113,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 r["trial"],
                 r["state"],
                 "yes" if r["feasible"] else "no",
-                _fmt_num(r["objective"], 6) if r["objective"] is not None else "",
+                fmt_num(r["objective"], 6) if r["objective"] is not None else "",
                 drop_text(d) if d else "",
                 serving_cell(dep.get("batch_size"), dep.get("threads"), dep.get("streams")),
                 chain_text(r["passes"]) + (f": {r['reason']}" if r["reason"] else ""),
@@ -342,7 +169,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, "
         f"{serving_text(config['batch_size'], config['threads'], config.get('streams'))}{saving}\n  "
         f"{metric} drop {drop_text(m['drop'])} ({m.get('drop_measured_on', 'on the eval set')}) within {budget}; "
-        f"{kind} {_fmt_num(best.values[0], 6)} in the search\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR"
+        f"{kind} {fmt_num(best.values[0], 6)} in the search\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR"
     )
     if confirmation is not None:
         for s in confirmation.savings[:-1]:  # the headline is the last

@@ -34,8 +34,10 @@ from typing import Any, TypeVar
 import optuna
 
 from optimizer import ranges
+from optimizer.bench import Bench, batches_text
 from optimizer.budget import Budget, power_text
 from optimizer.cache import ArtifactCache
+from optimizer.chain import apply_chain, resolve_device
 from optimizer.formatting import drop_text, ratio_text
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.stats import ratio_interval
@@ -43,7 +45,6 @@ from optimizer.measure.widths import check_text, padded_text
 from optimizer.measurement import Measurement
 from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent
-from optimizer.pipeline import Bench, apply_chain, batches_text, resolve_device
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.search_space import serving_ranges
 from optimizer.trials import baseline_best_batch, machines, objective_sign, priced_on, search_dir
@@ -111,6 +112,7 @@ class Confirmation:
     savings: list[Saving] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)  # per timed round: each arm's value and contention
     rounds_set_aside: int = 0
+    rounds_stopped: str | None = None  # why the timing stopped before search.confirm.rounds (`_settled`)
     serving: dict[str, Any] = field(default_factory=dict)  # the serving decision (`_decide_serving`)
     # peak RSS of a process serving each alone (baseline, choice), as the choice is deployed
     memory_alone: dict[str, Any] = field(default_factory=dict)
@@ -318,6 +320,9 @@ def _time_saving(
         run(arm, warmup=1)
     attempts = 0
     while min(len(a.values) for a in arms) < spec.rounds and attempts < 2 * spec.rounds:
+        if (settled := _settled(arms, searched, recipe.search.constraint.confidence, direction)) is not None:
+            result.rounds_stopped = settled  # every interval already narrow: more rounds would not change a decision
+            break
         order = arms[attempts % len(arms) :] + arms[: attempts % len(arms)]  # none always goes first
         attempts += 1
         measured = {a.name: run(a, warmup=0) for a in order}
@@ -357,6 +362,25 @@ def _time_saving(
         result.savings.append(
             Saving(arm.name, r, statistics.median(arm.values), statistics.median(choice.values), established, why)
         )
+
+
+SETTLED_AFTER = 5  # rounds before the timing may stop early (search.confirm.rounds is the most)
+SETTLED_SPREAD = 0.05  # ... when every arm's ratio to the choice is known within this share of its median
+
+
+def _settled(arms: list[_Arm], searched: _Arm, confidence: float, direction: str) -> str | None:
+    """Why the alternating rounds may stop now, or None: after SETTLED_AFTER counted rounds, every arm's ratio
+    interval to the searched setting is narrower than SETTLED_SPREAD of its median. The rule reads the
+    intervals' widths, never where they lie, so stopping on it does not favour any arm."""
+    n = min(len(a.values) for a in arms)
+    if n < SETTLED_AFTER:
+        return None
+    for a in arms:
+        if a is not searched:
+            r = _better_than(a, searched, confidence, direction)
+            if (r["high"] - r["low"]) / r["median"] > SETTLED_SPREAD:
+                return None
+    return f"stopped after {n} rounds: every arm's ratio to the choice was known within {SETTLED_SPREAD:.0%} of its median"
 
 
 MAX_SERVING_ALTERNATIVES = 5  # each is one more timing per round
@@ -483,6 +507,8 @@ def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:
                 lines.append(f"    eval set {name}: held-out drop {drop_text(d, rel)}")
     if c.serving.get("why"):
         lines.append(f"  serving: {c.serving['why']}")
+    if c.rounds_stopped:
+        lines.append(f"  timing: {c.rounds_stopped}")
     for s in c.savings:
         fig = ratio_text(s.ratio) if s.ratio else "–"
         lines.append(f"  {label} vs {s.against}: {fig}; {s.why}")

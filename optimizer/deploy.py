@@ -136,9 +136,9 @@ def read_deployment(path: Path) -> dict[str, Any]:
 def build(deploy_file: Path, out_dir: Path, progress: bool = True) -> Path:
     """Rebuild the artifact a deploy.yaml describes into `out_dir` (reusing the search's cache when present)."""
     from optimizer.cache import ArtifactCache
+    from optimizer.chain import apply_chain, pass_context, pass_data, resolve_device
     from optimizer.measure import speed as speed_mod
     from optimizer.passes import check_chain
-    from optimizer.pipeline import apply_chain, pass_context, pass_data, resolve_device
 
     config = read_deployment(deploy_file)
     recipe = Recipe.model_validate(config["recipe"])

@@ -1,6 +1,6 @@
 """One configuration's figures: the record a search trial, a run's candidate and a report row all share.
 
-`pipeline.Bench.measure` fills it stage by stage (quality, then speed and price, then footprint); a
+`bench.Bench.measure` fills it stage by stage (quality, then speed and price, then footprint); a
 search stores it on its Optuna trial as one JSON user attribute (`ATTR`), a run writes it as its
 result's candidate, and search, confirmation, deploy, the CLI, tracking and the report read it back
 with `Measurement.of` / `from_json` instead of picking loose keys.

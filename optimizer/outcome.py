@@ -12,10 +12,10 @@ from typing import Any
 import optuna
 
 from optimizer import confirm
+from optimizer.chain import priced_here
 from optimizer.confirm import STUDY_ATTR, Confirmation
 from optimizer.deploy import deployment_config, write_deployment
 from optimizer.errors import EXIT_NOTHING_MET, EXIT_OK
-from optimizer.pipeline import priced_here
 from optimizer.recipe import Recipe
 from optimizer.trials import best_feasible, closest, machines, search_dir
 

@@ -106,7 +106,7 @@ class SpeedSpec(Strict):
     )
 
 
-AUTO_CATALOG = "auto"  # hardware.catalog: resolved to this machine's entry where a command runs (pipeline.priced_here)
+AUTO_CATALOG = "auto"  # hardware.catalog: resolved to this machine's entry where a command runs (chain.priced_here)
 
 
 class HardwareSpec(Strict):
@@ -163,7 +163,12 @@ class ConfirmSpec(Strict):
         "the budget's confidence c (a trial set aside before its test, unbuildable or wrong at some input width, "
         "does not count)",
     )
-    rounds: int = Field(default=9, ge=3, description="alternating speed rounds of baseline and choice for the saving's interval")
+    rounds: int = Field(
+        default=9,
+        ge=3,
+        description="alternating speed rounds of baseline and choice for the saving's interval, at most: the timing "
+        "stops after 5 when every arm's ratio to the choice is already known within 5% of its median",
+    )
 
 
 class SearchSpec(Strict):

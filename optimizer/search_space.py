@@ -1,6 +1,6 @@
 """A recipe's search space as Optuna suggestions.
 
-Keys are the ones `pipeline.resolved_passes` reads: '<i>.<pass>.enabled' and '<i>.<pass>.<param>'.
+Keys are the ones `chain.resolved_passes` reads: '<i>.<pass>.enabled' and '<i>.<pass>.<param>'.
 A pass's parameters are sampled only in trials where the pass is on, so TPE learns each pass's
 parameters from the trials that used them (Optuna's conditional search spaces).
 """
@@ -61,7 +61,7 @@ def serving_ranges(recipe: Recipe) -> dict[str, Range]:
 
 
 def suggest(trial: optuna.Trial, recipe: Recipe) -> dict[str, Any]:
-    """Sample one configuration; returns the `chosen` mapping `pipeline.resolved_passes` reads.
+    """Sample one configuration; returns the `chosen` mapping `chain.resolved_passes` reads.
 
     An optional export pass is the runtime choice: when it is off, the passes after it that need
     its runtime are off too (recorded in `chosen`, not sampled), so no trial is a broken chain.
@@ -155,21 +155,32 @@ def single_technique(recipe: Recipe, i: int) -> dict[str, Any] | None:
     return params
 
 
-def seed_single_techniques(study: optuna.Study, recipe: Recipe) -> int:
+def seed_single_techniques(study: optuna.Study, recipe: Recipe, device: str = "cpu") -> tuple[int, list[str]]:
     """Queue each optional pass on its own (with the export it needs) as a new study's first trials.
 
     Every technique in the space is then measured alone before the sampler combines them, so a search
     never ends without having tried the single techniques a user would try first. The passes switched
     on take the first value of each of their `choice` lists (a recipe lists its preferred setting
-    first); other parameters are left to the sampler. Returns how many trials were queued.
+    first); other parameters are left to the sampler. The recipe states the levers, the machine orders
+    them: on a CPU without what a pass's speed-up needs (`Pass.pays_on`) it is not queued, and is left to
+    the sampler. Returns how many trials were queued, and each pass left out, with why.
     """
-    queued = 0
+    from optimizer.measure.system import cpu_capabilities
+    from optimizer.passes import REGISTRY
+
+    has = cpu_capabilities() if device == "cpu" else None
+    queued, left = 0, []
     for i, spec in enumerate(recipe.passes):
         params = single_technique(recipe, i) if isinstance(spec.enabled, Choice) else None
-        if params is not None:
-            study.enqueue_trial(params, skip_if_exists=True)
-            queued += 1
-    return queued
+        if params is None:
+            continue
+        lacks = REGISTRY[spec.name].pays_on - has if has is not None and spec.name in REGISTRY else set()
+        if lacks:
+            left.append(f"{spec.name} (its speed-up needs {', '.join(sorted(lacks))} kernels, which this CPU lacks)")
+            continue
+        study.enqueue_trial(params, skip_if_exists=True)
+        queued += 1
+    return queued, left
 
 
 def running_passes(recipe: Recipe, params: dict[str, Any]) -> list[int]:

@@ -22,16 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optimizer.cache import chain_key
+from optimizer.chain import apply_chain, resolved_passes
 from optimizer.errors import UserError
 from optimizer.metrics import METRICS
-from optimizer.pipeline import apply_chain, resolved_passes
 from optimizer.ranges import Choice, FloatRange, IntRange, parse_range
 from optimizer.search_space import running_passes, single_technique
 
 if TYPE_CHECKING:
+    from optimizer.bench import Bench
     from optimizer.budget import Budget
     from optimizer.cache import ArtifactCache
-    from optimizer.pipeline import Bench
     from optimizer.recipe import Recipe
 
 REST = "outside the blocks"

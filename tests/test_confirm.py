@@ -94,6 +94,10 @@ def test_a_configuration_that_changes_no_output_is_certified_at_any_true_drop_un
     p = BUDGET.power(d)
     assert p["se"] == 0 and p["probability"] == 1.0
     assert power_text(p, relative=True).startswith("power: outputs match the baseline's on all 50 examples")
+    # outputs that differ a hair (another runtime's fp32): certain, and said so without an examples-needed figure
+    close = {"confidence": 0.95, "relative_low": -1e-5, "relative_high": 1e-5, "low": 0, "high": 0, "n": 838}
+    assert BUDGET.power(close)["probability"] == pytest.approx(1.0)
+    assert power_text(BUDGET.power(close), relative=True).endswith("the data is not the limit")
 
 
 def test_first_confirmed_tries_candidates_in_order_and_stops_at_the_first_pass():
@@ -439,6 +443,20 @@ def test_the_baselines_best_batch_is_one_that_meets_the_latency_targets():
     assert baseline_best_batch(baseline, "maximize") == 1
     assert baseline_best_batch({"by_batch": {"4": 0.5}}) is None  # measured at one size: no other to pick
     assert baseline_best_batch({"by_batch": {"4": 0.5, "8": 0.4}, "late_batches": {"4": [], "8": []}}) is None
+
+
+def test_the_timing_stops_early_only_when_every_interval_is_narrow():
+    from optimizer.confirm import SETTLED_AFTER, _Arm, _settled
+
+    rng = np.random.default_rng(5)
+    choice = list(1.0 + 0.005 * rng.standard_normal(SETTLED_AFTER))
+    tight = _Arm("baseline", None, 16, 2, 1, [1.4 * c for c in choice])  # a steady 1.4x in every round
+    noisy = _Arm("other", None, 8, 2, 1, list(1.0 + 0.2 * rng.standard_normal(SETTLED_AFTER)))
+    searched = _Arm("choice", None, 8, 2, 1, choice)
+    assert "stopped after 5 rounds" in _settled([tight, searched], searched, 0.95, "minimize")
+    assert _settled([tight, noisy, searched], searched, 0.95, "minimize") is None  # one wide interval: go on
+    short = [_Arm(a.name, None, 8, 2, 1, a.values[:-1]) for a in (tight, searched)]
+    assert _settled(short, short[1], 0.95, "minimize") is None  # too few rounds, however tight
 
 
 def test_throughput_objectives_pick_the_larger_value():

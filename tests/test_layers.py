@@ -44,11 +44,13 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("optimizer.passes",),
     ("optimizer.recipe",),
-    ("optimizer.cache", "optimizer.pipeline", "optimizer.search_space", "optimizer.trials"),
-    ("optimizer.sensitivity",),
+    ("optimizer.cache", "optimizer.chain", "optimizer.serving", "optimizer.search_space", "optimizer.trials"),
+    ("optimizer.bench",),
+    ("optimizer.run_record", "optimizer.sensitivity"),
+    ("optimizer.trial_runner",),
     ("optimizer.study", "optimizer.deploy"),
     ("optimizer.confirm", "optimizer.outcome"),
-    ("optimizer.report",),
+    ("optimizer.report", "optimizer.result_text"),
     ("optimizer.cli", "optimizer.cost_cli", "optimizer.api", "optimizer"),
 ]
 

@@ -156,8 +156,8 @@ def test_a_gguf_file_is_a_model_source(wide_llama_dir, tmp_path, monkeypatch):
     after a pass that changed the weights."""
     from optimizer import gguf_file
     from optimizer.data import Dataset
-    from optimizer.pipeline import provenance
     from optimizer.recipe import Recipe
+    from optimizer.run_record import provenance
 
     monkeypatch.setenv("COSTOPT_CACHE", str(tmp_path / "cache"))
     exported = _apply(_load(wide_llama_dir), tmp_path, ("gguf-export", {"dtype": "f32", "imatrix_texts": 0}))

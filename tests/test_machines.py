@@ -37,7 +37,7 @@ def test_the_catalog_entry_of_a_machine_comes_from_its_fingerprint(cpu, gpus, en
 
 
 def test_auto_catalog_resolves_where_the_command_runs_and_refuses_an_unknown_machine(write_recipe, tiny_bert_dir, monkeypatch):
-    from optimizer import pipeline
+    from optimizer import chain
 
     recipe = load_recipe(
         write_recipe(
@@ -50,17 +50,17 @@ def test_auto_catalog_resolves_where_the_command_runs_and_refuses_an_unknown_mac
             }
         )
     )
-    monkeypatch.setattr(pipeline, "fingerprint", lambda: {"cpu": XEON_AMX, "gpus": []})
-    assert pipeline.priced_here(recipe).hardware.catalog == "aws-c7i.large"
-    monkeypatch.setattr(pipeline, "fingerprint", lambda: {"cpu": {"model": "Mystery CPU", "logical_cores": 3}, "gpus": []})
+    monkeypatch.setattr(chain, "fingerprint", lambda: {"cpu": XEON_AMX, "gpus": []})
+    assert chain.priced_here(recipe).hardware.catalog == "aws-c7i.large"
+    monkeypatch.setattr(chain, "fingerprint", lambda: {"cpu": {"model": "Mystery CPU", "logical_cores": 3}, "gpus": []})
     with pytest.raises(UserError, match="auto found no catalog entry for this machine") as e:
-        pipeline.priced_here(recipe)
+        chain.priced_here(recipe)
     assert "--set hardware.catalog=" in e.value.fix
     # an AVX2 EPYC with a core count no entry has: the one-line error names the nearest entries, its family's first
     avx2_epyc = {"model": "AMD EPYC", "arch": "x86_64", "logical_cores": 6, "isa": ["AVX2", "FMA"]}
-    monkeypatch.setattr(pipeline, "fingerprint", lambda: {"cpu": avx2_epyc, "gpus": []})
+    monkeypatch.setattr(chain, "fingerprint", lambda: {"cpu": avx2_epyc, "gpus": []})
     with pytest.raises(UserError, match=r"AMD EPYC, Milan, 6 logical cores\); nearest: azure-d4as-v5 \(Milan, 4 vCPU\), gcp-n2d"):
-        pipeline.priced_here(recipe)
+        chain.priced_here(recipe)
 
 
 def test_every_packaged_cpu_entry_declares_its_family_and_an_isa_the_fingerprint_names():

@@ -201,7 +201,7 @@ def test_a_trial_time_limit_after_openvino_inference_raises_instead_of_crashing(
     reproduce it; the whole suite did every time (4 of 4 runs) before on_thread_stack (now optimizer.signals)."""
     import openvino as ov
 
-    from optimizer.study import TrialTimeout, time_limit
+    from optimizer.trial_runner import TrialTimeout, time_limit
 
     precision = "bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
     cand = _export(_minilm_shape(tmp_path / "m"), "embedding", tmp_path, inference_precision=precision)

@@ -8,8 +8,8 @@ import pytest
 
 from optimizer.cli import main
 from optimizer.measurement import Measurement
-from optimizer.pipeline import operating_point
 from optimizer.recipe import Recipe
+from optimizer.serving import operating_point
 
 
 def _recipe(**speed) -> Recipe:
@@ -92,7 +92,7 @@ def test_a_run_sweeps_batch_sizes_and_prices_the_chosen_point(write_recipe, tiny
 
 def _sweep(tiny_llama_dir, **speed) -> dict:
     """The baseline's speed on the tiny Llama, measured as `costopt run` measures it."""
-    from optimizer.pipeline import Bench
+    from optimizer.bench import Bench
 
     recipe = Recipe.model_validate(
         {
@@ -123,16 +123,16 @@ def test_the_batch_sweep_stops_at_the_first_point_that_misses_a_target(tiny_llam
 def test_the_batch_sweep_stops_before_a_batch_that_would_not_fit_in_free_memory(tiny_llama_dir, monkeypatch):
     import types
 
-    import optimizer.pipeline
+    import optimizer.bench
 
-    monkeypatch.setattr(optimizer.pipeline.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=4096))
+    monkeypatch.setattr(optimizer.bench.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=4096))
     speed = _sweep(tiny_llama_dir, batch_size=2, max_batch_size=64)
     assert speed["batch_size"] == 2
     assert speed["sweep_stopped"].startswith("batch 4 would need") and speed["sweep_stopped"].endswith("GiB free")
 
 
 def test_batch_between_halves_the_powers_of_two_between_the_last_meet_and_the_first_miss():
-    from optimizer.pipeline import batch_between
+    from optimizer.serving import batch_between
 
     recipe = _recipe(tpot_p95_s=0.05)
 
@@ -148,16 +148,16 @@ def test_batch_between_halves_the_powers_of_two_between_the_last_meet_and_the_fi
 
 
 def test_the_sweep_refines_below_the_first_batch_that_misses(tiny_llama_dir, monkeypatch):
-    import optimizer.pipeline
+    import optimizer.bench
 
-    real = optimizer.pipeline.measure_speed
+    real = optimizer.bench.measure_speed
 
     def measure(cand, recipe, data, batch, *args):  # a time per output token that grows with the batch
         speed = real(cand, recipe, data, batch, *args)
         speed["token_latency_s"]["p95"] = 0.01 * batch
         return speed
 
-    monkeypatch.setattr(optimizer.pipeline, "measure_speed", measure)
+    monkeypatch.setattr(optimizer.bench, "measure_speed", measure)
     speed = _sweep(tiny_llama_dir, batch_sizes=[1, 8], max_batch_size=64, tpot_p95_s=0.05)
     assert [p["batch_size"] for p in speed["operating_points"]] == [1, 8, 4]
     assert speed["sweep_stopped"].startswith("batch 8 misses the latency targets")
@@ -168,16 +168,16 @@ def test_the_sweep_refines_below_the_first_batch_that_misses(tiny_llama_dir, mon
 def test_an_out_of_memory_error_ends_the_sweep_and_keeps_the_points_measured(tiny_llama_dir, monkeypatch):
     import torch
 
-    import optimizer.pipeline
+    import optimizer.bench
 
-    real = optimizer.pipeline.measure_speed
+    real = optimizer.bench.measure_speed
 
     def measure(cand, recipe, data, batch, *args):
         if batch >= 4:  # what a GPU says when the batch's KV cache does not fit
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(cand, recipe, data, batch, *args)
 
-    monkeypatch.setattr(optimizer.pipeline, "measure_speed", measure)
+    monkeypatch.setattr(optimizer.bench, "measure_speed", measure)
     speed = _sweep(tiny_llama_dir, batch_sizes=[1], max_batch_size=64, tpot_p95_s=10.0)
     assert [p["batch_size"] for p in speed["operating_points"]] == [1, 2]
     assert speed["sweep_stopped"] == "batch 4 ran out of device memory"

@@ -407,7 +407,7 @@ def test_ort_passes_keep_weights_beside_a_graph_that_keeps_them_there(tiny_llama
 
 def test_weight_bytes_as_served_match_the_saved_artifact(tiny_llama_dir, tmp_path):
     """What the roofline reads per decode step when it times a model other than the one it saves."""
-    from optimizer.pipeline import footprint
+    from optimizer.chain import footprint
 
     torch_cand = _load(tiny_llama_dir, "causal-lm")
     unique = {p.data_ptr(): p.numel() * p.element_size() for p in torch_cand.module.parameters()}

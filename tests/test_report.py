@@ -418,14 +418,14 @@ def test_the_headline_is_one_confirmed_saving_and_the_money_follows_from_it(feas
 
 def test_a_search_report_is_written_without_loading_torch_or_the_measuring_side(feasible_search, tmp_path):
     """`costopt report` reads the record only: in a fresh interpreter it never imports torch, a runtime,
-    the pipeline or the search runner."""
+    the bench, the chain builder, the run or the search runner."""
     import sys
 
     folder, _ = feasible_search
     code = (
         "import sys; from optimizer.cli import main; rc = main(['report', sys.argv[1], '--out', sys.argv[2]]); "
-        "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('optimizer.runtimes', 'optimizer.pipeline', "
-        "'optimizer.study', 'optimizer.measure.speed'))); print('loaded:', heavy); sys.exit(rc)"
+        "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('optimizer.runtimes', 'optimizer.bench', "
+        "'optimizer.chain', 'optimizer.serving', 'optimizer.run_record', 'optimizer.study', 'optimizer.measure.speed'))); print('loaded:', heavy); sys.exit(rc)"
     )
     p = subprocess.run(
         [sys.executable, "-c", code, str(folder / "runs" / "rep-search"), str(tmp_path)], capture_output=True, text=True

@@ -98,12 +98,12 @@ def test_failing_trial_is_recorded_and_search_goes_on(write_recipe, tiny_bert_di
 def test_a_trial_failing_before_its_passes_counts_so_the_search_ends(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
     """A sampler or search-space error (raised while suggesting) fails the trial with its reason; the
     search ends after its trials instead of drawing failed trials forever (it once looped)."""
-    from optimizer import study as study_mod
+    from optimizer import trial_runner as runner_mod
 
     def broken(trial, recipe):
         raise ValueError("The parameter name, 0.cast.dtype, is not found in the given grid.")
 
-    monkeypatch.setattr(study_mod, "suggest", broken)
+    monkeypatch.setattr(runner_mod, "suggest", broken)
     study = run_search(_recipe(write_recipe, tiny_bert_dir, tmp_path, trials=2))
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2
     assert all("not found in the given grid" in Measurement.of(t).error for t in study.get_trials())

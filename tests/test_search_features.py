@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
+from optimizer.chain import eval_part
 from optimizer.measurement import Measurement
-from optimizer.pipeline import eval_part
 from optimizer.recipe import load_recipe
 from optimizer.study import MAX_REPEATS_IN_A_ROW, closest, finished, leaderboard, run_search
 
@@ -38,7 +38,7 @@ def _recipe(write_recipe, model_dir, tmp_path, passes, search=None, **extra):
 
 
 def test_screening_prunes_a_clearly_broken_trial_before_the_full_evaluation(write_recipe, tiny_bert_dir, tmp_path, monkeypatch):
-    from optimizer.pipeline import Bench
+    from optimizer.bench import Bench
 
     full_evals = []
     original = Bench.judge
@@ -86,8 +86,9 @@ def test_a_configuration_is_built_once_then_reloaded_from_the_cache(write_recipe
     assert "pass onnx-export" in Measurement.of(first).timings and "cache hit" not in Measurement.of(first).timings
     assert Measurement.of(second).same_as == 0 and second.values == first.values  # measured once, not redone
     # a new process (say, a resumed search) reloads the chain from the cache instead of rebuilding it
+    from optimizer.bench import Bench
     from optimizer.cache import ArtifactCache
-    from optimizer.pipeline import Bench, apply_chain, resolved_passes
+    from optimizer.chain import apply_chain, resolved_passes
 
     bench = Bench.load_data(recipe, "cpu")
     timings: dict[str, float] = {}
@@ -333,7 +334,8 @@ def test_a_worker_that_loses_the_schema_creation_race_retries(lost, monkeypatch,
 
 
 def test_a_restarted_worker_reuses_a_recent_baseline_on_the_same_machine(write_recipe, tiny_bert_dir, tmp_path):
-    from optimizer.study import WORKER_PREFIX, worker_id
+    from optimizer.trial_runner import worker_id
+    from optimizer.trials import WORKER_PREFIX
 
     passes = [{"name": "prune-magnitude", "sparsity": {"choice": [0.1, 0.2, 0.3]}}]
     recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, passes, {"trials": 1, "sampler": "grid"})
@@ -402,13 +404,13 @@ def test_a_stop_that_lands_outside_the_build_still_fails_the_trial_with_its_reas
 ):
     import signal
 
-    import optimizer.study as study_mod
+    import optimizer.trial_runner as runner_mod
     from optimizer.signals import Stopped
 
     def stop(*a, **k):
         raise Stopped(signal.SIGTERM)
 
-    monkeypatch.setattr(study_mod, where, stop)
+    monkeypatch.setattr(runner_mod, where, stop)
     recipe = _recipe(write_recipe, tiny_bert_dir, tmp_path, [{"name": "cast", "dtype": {"choice": ["bfloat16"]}}], {"trials": 1})
     with pytest.raises(Stopped):
         run_search(recipe)

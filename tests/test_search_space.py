@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from optimizer.pipeline import resolved_passes
+from optimizer.chain import resolved_passes
 from optimizer.recipe import load_recipe
 from optimizer.search_space import space_size, suggest
 
@@ -197,3 +197,38 @@ def test_single_technique_trials_take_the_first_choice_of_each_pass_and_serving_
         "batch_size": 4,
         "streams": 2,
     }
+
+
+@pytest.mark.parametrize("has", [frozenset(), frozenset({"int8-dot"})])
+def test_a_pass_whose_speed_up_this_cpu_lacks_is_not_tried_alone_first(write_recipe, tiny_bert_dir, has, monkeypatch):
+    """The recipe states the levers, the machine orders them: OpenVINO's static int8 is seeded only where the
+    CPU has int8 dot-product kernels (VNNI / AMX); elsewhere it is left to the sampler, and said why."""
+    import optuna
+
+    from optimizer.measure import system
+    from optimizer.search_space import seed_single_techniques
+
+    monkeypatch.setattr(system, "cpu_capabilities", lambda: has)
+    r = load_recipe(
+        write_recipe(
+            {
+                "name": "isa",
+                "model": {"source": str(tiny_bert_dir)},
+                "task": "embedding",
+                "data": {"eval": {"source": "stdlib-docs"}},
+                "passes": [
+                    {"name": "ov-export", "enabled": {"choice": [True, False]}},
+                    {"name": "ov-int8-static", "enabled": {"choice": [True, False]}},
+                ],
+            }
+        )
+    )
+    study = optuna.create_study()
+    queued, left = seed_single_techniques(study, r)
+    seeded = [t.system_attrs["fixed_params"] for t in study.get_trials(deepcopy=False)]  # queued, not yet run
+    if has:
+        assert queued == 2 and not left and any(p.get("1.ov-int8-static.enabled") for p in seeded)
+    else:
+        assert queued == 1 and not any(p.get("1.ov-int8-static.enabled") for p in seeded)
+        assert left == ["ov-int8-static (its speed-up needs int8-dot kernels, which this CPU lacks)"]
+    assert seed_single_techniques(optuna.create_study(), r, device="cuda")[0] == 2  # a GPU run: not this CPU's kernels

@@ -52,8 +52,8 @@ def test_two_streams_give_the_same_embeddings_in_the_same_order(runtime, tiny_be
 
 
 def test_the_benchmark_records_its_streams_and_refuses_more_streams_than_threads(tiny_bert_dir, write_recipe, tmp_path):
-    from optimizer.pipeline import measure_speed
     from optimizer.recipe import load_recipe
+    from optimizer.serving import measure_speed
 
     before = threads()
     try:

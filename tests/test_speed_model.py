@@ -8,8 +8,8 @@ import pytest
 
 from optimizer.errors import UserError
 from optimizer.measurement import Measurement
-from optimizer.pipeline import run_recipe
 from optimizer.recipe import ModelSpec, load_recipe
+from optimizer.run_record import run_recipe
 from optimizer.runtimes import load_candidate
 from optimizer.study import run_search
 

@@ -76,6 +76,12 @@ def native_bf16() -> bool:
     return bool(_cpuinfo()[1] & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def cpu_capabilities() -> frozenset[str]:
+    """What this CPU's kernels can make pay: "int8-dot" (int8 dot products without int16 saturation: VNNI,
+    AMX or non-x86) and "bf16" (native bf16 matmuls). Passes name the ones they need (`Pass.pays_on`)."""
+    return frozenset({"int8-dot"} if not int8_dot_saturates() else set()) | frozenset({"bf16"} if native_bf16() else set())
+
+
 def source_version() -> str:
     """The version written in pyproject.toml, for a source tree that was never installed."""
     import re

@@ -53,6 +53,9 @@ class Pass(ABC):
     devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
     requires: ClassVar[tuple[str, ...]] = ()  # modules it imports that are not core dependencies
     extra: ClassVar[str | None] = None  # the pip extra that installs them
+    # CPU capabilities its speed-up needs (measure.system.cpu_capabilities: "int8-dot", "bf16"); on a CPU
+    # without them a search does not try it alone first (the sampler may still draw it)
+    pays_on: ClassVar[frozenset[str]] = frozenset()
     # Its outputs for one input depend on the other inputs of the batch (activation scales computed
     # per batch at run time): quality is then measured in the batches serving forms.
     batch_dependent: ClassVar[bool] = False

@@ -191,6 +191,9 @@ class OvInt8Static(OvPass):
     name = "ov-int8-static"
     family = "quantization"
     runtimes_in = OV
+    # int8 activations x int8 weights: on an AVX2 AMD EPYC (no VNNI) MiniLM's chain cost 1.89x the f32 export's
+    # in the same search (experiments/minilm-cpu/RESULTS.md); on AMX it is the faster one
+    pays_on = frozenset({"int8-dot"})
     Config = OvInt8StaticConfig
 
     @classmethod

@@ -3,89 +3,33 @@ to Markdown and to HTML by `render`. Inline `code` and **bold** are the only mar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from optimizer.budget import power_text
 from optimizer.formatting import (
-    SERVING_COLUMN,
     count,
     drop_text,
     money_text,
     ratio_text,
     saving_text,
-    served_text,
-    serving_cell,
     serving_text,
     usd,
 )
 from optimizer.measure.widths import check_text, padded_text
+from optimizer.report.blocks import Bullets, Document, Para, Section, Table, num, tokens_per_s
+from optimizer.report.sections import (
+    advice_section,
+    charts_section,
+    deployment_section,
+    machines_section,
+    provenance_section,
+    sensitivity_section,
+    speed_section,
+    system_section,
+    trials_section,
+)
 
 
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class Para:
-    text: str
-
-
-@dataclass
-class Bullets:
-    items: list[str]
-
-
-@dataclass
-class Chart:
-    name: str  # file stem for Markdown's image
-    svg: str
-    alt: str
-    caption: str
-
-
-Block = Table | Para | Bullets | Chart
-
-
-@dataclass
-class Section:
-    title: str
-    blocks: list[Block] = field(default_factory=list)
-
-
-@dataclass
-class Document:
-    title: str
-    summary: list[str]
-    sections: list[Section]
-    footer: str
-
-
-# ----------------------------------------------------------------------------- number formats
-def num(x: float | None, unit: str = "") -> str:
-    if x is None:
-        return "–"
-    if abs(x) >= 1000:
-        s = f"{x:,.0f}"
-    elif abs(x) >= 10:
-        s = f"{x:.1f}"
-    else:
-        s = f"{x:.3g}"
-    return s + unit
-
-
-def tokens_per_s(e: dict[str, Any] | None, key: str = "input_tokens_per_s") -> float | None:
-    v = ((e or {}).get("speed") or {}).get(key)
-    return None if not v else v["median"]
-
-
-def mib(b: float | None) -> str:
-    return "–" if b is None else f"{b / 2**20:,.1f} MiB"
-
-
-# ----------------------------------------------------------------------------- sections
 def _headline(r: dict[str, Any]) -> list[str]:
     b, c, m = r["baseline"], r["chosen"], r["money"] or {}
     budget = r["budget"]
@@ -281,361 +225,21 @@ def _quality_section(r: dict[str, Any]) -> Section:
     return sec
 
 
-def _speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
-    if e is None or not e.get("speed"):
-        return {}
-    s, f = e["speed"], e.get("footprint") or {}
-
-    def stat(key: str) -> str:
-        v = s.get(key)
-        return "–" if not v else f"{num(v['median'])} ({num(v['min'])}–{num(v['max'])}, cv {100 * v['cv']:.1f}%)"
-
-    out = {"served as": serving_text(s.get("batch_size"), s.get("threads"), s.get("streams"))}
-    if s["kind"] == "causal-lm":
-        out["prefill tokens/s"] = stat("input_tokens_per_s")
-        out["decode tokens/s"] = stat("output_tokens_per_s")
-        out["time to first token (s)"] = stat("time_to_first_token_s")
-        lat = s.get("token_latency_s", {})
-        out["per-token latency p50 / p95 / p99"] = " / ".join(
-            "–" if lat.get(q) is None else f"{1e3 * lat[q]:.2f} ms" for q in ("p50", "p95", "p99")
-        )
-        if s.get("operating_points"):
-            out["operating point (cheapest within the latency targets)"] = (
-                f"batch {s['batch_size']} of {', '.join(str(p['batch_size']) for p in s['operating_points'])}"
-            )
-            shares = [p for p in s["operating_points"] if p.get("decode_fraction") is not None]
-            if shares:
-                out["decode / bandwidth bound, by batch"] = ", ".join(
-                    f"{p['batch_size']}: {p['decode_fraction']:.0%}" for p in shares
-                )
-        if s.get("sweep_stopped"):
-            out["batch sweep stopped"] = s["sweep_stopped"]
-        if s.get("served"):
-            out["requests served at once"] = served_text(s["served"])
-        if "latency_misses" in s:
-            out["latency targets"] = "missed: " + "; ".join(s["latency_misses"]) if s["latency_misses"] else "met"
-        roof = s.get("roofline")
-        if roof:
-            out[f"decode / memory-bandwidth bound ({roof['entry']})"] = (
-                f"{roof['decode_fraction']:.0%} of {num(roof['decode_bound_tokens_per_s'])} tokens/s"
-            )
-            out[f"prefill / compute bound ({roof['entry']})"] = (
-                f"{roof['prefill_fraction']:.0%} of {num(roof['prefill_bound_tokens_per_s'])} tokens/s ({roof['compute_dtype']})"
-            )
-            m = roof.get("machine")
-            if m:
-                out[f"decode / this machine's read bandwidth ({m['read_gb_s']:.0f} GB/s, measured)"] = (
-                    f"{m['decode_fraction']:.0%} of {num(m['decode_bound_tokens_per_s'])} tokens/s"
-                )
-                if m["prefill_fraction"] is not None:
-                    out[f"prefill / this machine's {m['matmul_dtype']} matmul ({m['matmul_tflops']:.2f} TFLOP/s, measured)"] = (
-                        f"{m['prefill_fraction']:.0%} of {num(m['prefill_bound_tokens_per_s'])} tokens/s"
-                    )
-    else:
-        out["encode tokens/s"] = stat("input_tokens_per_s")
-        out["sequences/s"] = stat("sequences_per_s")
-        for key, label in (
-            ("request_latency_s", "request latency p50 / p95 / p99 (arrival-order batches, as served)"),
-            ("batch_latency_s", "batch latency p50 / p95 / p99 (length-sorted batches)"),
-        ):
-            lat = s.get(key) or {}
-            out[label] = " / ".join("–" if lat.get(q) is None else f"{1e3 * lat[q]:.1f} ms" for q in ("p50", "p95", "p99"))
-    alone = f.get("memory_alone") or {}
-    out["peak memory served alone (RSS)"] = mib(alone.get("peak_rss_bytes"))
-    out["peak memory of the benchmark process (RSS; holds the baseline too)"] = mib(s.get("peak_rss_bytes"))
-    if s.get("peak_cuda_bytes"):
-        out["peak GPU memory"] = mib(s["peak_cuda_bytes"])
-    out["parameters"] = f"{f['parameters']:,}" if f.get("parameters") is not None else "–"
-    out["non-zero parameters"] = f"{f['nonzero_parameters']:,}" if f.get("nonzero_parameters") is not None else "–"
-    out["weights on disk"] = mib(f.get("weight_bytes"))
-    out["artifact on disk"] = mib(f.get("disk_bytes"))
-    return out
-
-
-def _speed_section(r: dict[str, Any]) -> Section:
-    shown = r["chosen"] or r["closest"]
-    base, other = _speed_rows(r["baseline"]), _speed_rows(shown)
-    header = ["", "baseline"] + ([shown["label"]] if other else [])
-    rows = [[k, v] + ([other.get(k, "–")] if other else []) for k, v in base.items()]
-    sec = Section("Speed and footprint", [Table(header, rows)])
-    sec.blocks.append(
-        Para(
-            "Medians over the benchmark's repeats with their range and coefficient of variation; "
-            "tokens are real (unpadded) tokens; both measured on the machine below with the same threads. "
-            "Request latency: each request waits for its whole batch, requests batched in arrival order "
-            "(queueing before a batch starts is not modelled). Memory served alone: the peak RSS of a fresh "
-            "process that loads only that model and serves the benchmark's requests once, loading included."
-        )
-    )
-    return sec
-
-
-def _charts_section(r: dict[str, Any], charts: dict[str, str]) -> Section | None:
-    if not charts:
-        return None
-    sec = Section("Charts")
-    plotted = sum(1 for e in r["trials"] if e["state"] == "ok" and e["objective"] is not None and e["same_as"] is None)
-    repeats = sum(1 for e in r["trials"] if e["same_as"] is not None)
-    unplotted = {s: sum(1 for e in r["trials"] if e["state"] == s) for s in ("pruned", "failed")}
-    missing = ", ".join(f"{n} {s}" for s, n in unplotted.items() if n)
-    if "cost-vs-drop" in charts:
-        sec.blocks.append(
-            Chart(
-                "cost-vs-drop",
-                charts["cost-vs-drop"],
-                "Cost against quality drop for every trial",
-                f"{plotted} measured configuration(s) and the baseline"
-                + (f" ({repeats} repeated configuration(s) shown once)" if repeats else "")
-                + "; bars are each drop's interval; "
-                "the star is the chosen configuration; the shaded band is the budget"
-                + (f". Not plotted (no cost measured): {missing} trial(s), listed below." if missing else "."),
-            )
-        )
-    if "cost-by-family" in charts:
-        sec.blocks.append(
-            Chart(
-                "cost-by-family",
-                charts["cost-by-family"],
-                "Cost of the baseline and each family's best",
-                "The cheapest configuration within budget of each technique family "
-                "(hatched: no configuration of that family met the budget; the one nearest it is shown).",
-            )
-        )
-    return sec
-
-
-def _machines_section(r: dict[str, Any]) -> Section | None:
-    rows = r.get("machines") or []
-    if not rows:
-        return None
-    money = r["baseline"]["usd_per_m"] is not None
-    rel = r["budget"]["relative"]
-    value = usd if money else num
-    out = []
-    for m in rows:
-        b = m["best"]
-        out.append(
-            [
-                m["machine"],
-                str(m["trials"]),
-                value(m["baseline_objective"]) if m["baseline_objective"] is not None else "–",
-                f"{b['label']}: `{b['chain']}`" if b else "none within budget",
-                value(b["objective"]) if b else "–",
-                drop_text(b["drop"], rel) if b and b["drop"] else "–",
-                f"{m['times_better']:.2f}x" if m["times_better"] else "–",
-            ]
-        )
-    kind = "$ per 1M tokens" if money else r["objective"]
-    return Section(
-        "By machine",
-        [
-            Para(
-                "Workers on different machines shared this search. Each trial was measured on its worker's machine, "
-                "priced on that machine's catalog entry and compared with the baseline that worker measured there; "
-                "cheapest machine first. Figures are each trial's own (one measurement, no interval); a machine's answer "
-                "is confirmed on held-out data by a worker on that machine."
-            ),
-            Table(["machine", "trials", f"baseline {kind}", "cheapest within budget", kind, "drop (CI)", "vs its baseline"], out),
-        ],
-    )
-
-
-def _sensitivity_section(r: dict[str, Any], charts: dict[str, str]) -> Section | None:
-    rankings = r.get("sensitivity") or []
-    if not rankings:
-        return None
-    relative = r["budget"]["relative"]
-    sec = Section("Block sensitivity")
-    for s in rankings:
-        sec.blocks.append(
-            Para(
-                f"`{s['name']}` (passes[{s['index']}]) applied to one part of one block at a time (attention inputs, "
-                f"attention output, FFN input, FFN output), the rest kept out of it; measured on {s['examples']} "
-                f"examples of the search's own data in {s['seconds']:.0f} s before the trials, ranked by the drop in "
-                f"{s.get('ranked_by') or r['budget']['metric']}. `keep_sensitive: k` keeps the first k rows out of the pass."
-                + (
-                    f" Not ranked, as no example scored differently with them quantized: {', '.join(s['unchanged'])}."
-                    if s.get("unchanged")
-                    else ""
-                )
-            )
-        )
-        sec.blocks.append(
-            Table(
-                [
-                    "rank",
-                    "part",
-                    f"{s.get('ranked_by') or r['budget']['metric']} drop",
-                    f"{r['budget']['metric']} drop (CI)",
-                    "kept out by the choice",
-                ],
-                [
-                    [str(n), u["unit"], f"{u['score']:.3g}", drop_text(u["drop"], relative), "yes" if u["kept_out"] else ""]
-                    for n, u in enumerate(s["units"], 1)
-                ],
-            )
-        )
-        name = f"sensitivity-{s['index']}"
-        if name in charts:
-            sec.blocks.append(
-                Chart(name, charts[name], f"Per-block sensitivity of {s['name']}", "Bars: point drop; whiskers: its interval.")
-            )
-    return sec
-
-
-def _deployment_section(r: dict[str, Any]) -> Section | None:
-    d = r["deployment"]
-    if d is None:
-        return None
-    items = [
-        f"Passes: `{r['chosen']['chain']}`",
-        f"Runtime: {d['runtime']} on {d['device']}, {serving_text(d['batch_size'], d['threads'], d.get('streams'))}",
-    ]
-    if d.get("deploy_file"):
-        items += [
-            f"Deployment file: `{d['deploy_file']}`",
-            f"Rebuild: `{d['rebuild']}`, then `optimizer.load_deployment(DIR)` in Python",
-        ]
-    elif d.get("rebuild"):
-        items.append(f"Rebuild: {d['rebuild']}")
-    if d.get("artifact"):
-        items.append(f"Artifact: `{d['artifact']}`")
-    return Section("Deployment", [Bullets(items)])
-
-
-def _trials_section(r: dict[str, Any]) -> Section:
-    rel = r["budget"]["relative"]
-    money = r["baseline"]["usd_per_m"] is not None
-    rows = []
-    for e in r["trials"]:
-        value = usd(e["usd_per_m"]) if money else num(e["objective"])
-        feas = {True: "yes", False: "no", None: "–"}[e["feasible"]]
-        drop = drop_text(e["drop"], rel) if e["drop"] else ("screen " + drop_text(e["screen"], rel) if e.get("screen") else "–")
-        speed = num(tokens_per_s(e))
-        if r["task"] == "causal-lm":
-            speed += " / " + num(tokens_per_s(e, "output_tokens_per_s"))
-        rows.append(
-            [
-                e["label"],
-                e["state"],
-                e["family"],
-                f"`{e['chain']}`",
-                serving_cell(e["batch_size"], e["threads"], e.get("streams")),
-                value if e["objective"] is not None else "–",
-                speed,
-                drop,
-                feas + (" · front" if e["pareto"] else ""),
-                f"{e['seconds']:.1f} s" if e["seconds"] is not None else "–",
-                e["reason"] or "",
-            ]
-        )
-    header = [
-        "configuration",
-        "state",
-        "family",
-        "passes",
-        SERVING_COLUMN,
-        "$/1M" if money else r["objective"],
-        "prefill / decode tokens/s" if r["task"] == "causal-lm" else "tokens/s",
-        "drop (interval)",
-        "within budget",
-        "time",
-        "reason",
-    ]
-    sec = Section("Every trial" if r["kind"] == "search" else "The candidate", [Table(header, rows)])
-    if r["kind"] == "search":
-        sec.blocks.append(
-            Para(
-                "Ordered as run. *front*: on the Pareto front of cost against drop. Pruned trials were "
-                "stopped after a screen on a subset of the eval set (their screen drop is shown); "
-                "failed ones carry their error."
-            )
-        )
-    return sec
-
-
-def _advice_section(r: dict[str, Any]) -> Section | None:
-    if not r["advice"]:
-        return None
-    return Section("What to try", [Bullets(r["advice"]["suggestions"])])
-
-
-def _system_section(r: dict[str, Any]) -> Section:
-    items = []
-    for s in r["system"]:
-        if not s:
-            continue
-        cpu = s.get("cpu", {})
-        line = f"CPU: {cpu.get('model')}"
-        if cpu.get("logical_cores"):
-            line += (
-                f" ({cpu.get('arch')}), {cpu['logical_cores']} logical cores, {cpu.get('usable_cores')} usable; "
-                f"ISA {', '.join(cpu.get('isa') or []) or 'baseline'}"
-            )
-        items.append(line)
-        if s.get("memory_bytes"):
-            items.append(f"Memory: {s['memory_bytes'] / 2**30:.1f} GiB")
-        gpus = s.get("gpus") or []
-        items.append(
-            "GPU: "
-            + (
-                "; ".join(f"{g['name']} ({g['memory_bytes'] / 2**30:.0f} GiB, CUDA {g.get('cuda')})" for g in gpus)
-                if gpus
-                else "none"
-            )
-        )
-        if s.get("os"):
-            items.append(f"OS: {s['os']}, Python {s.get('python')}")
-        libs = s.get("libraries") or {}
-        if libs:
-            items.append("Libraries: " + ", ".join(f"{k} {v}" for k, v in libs.items() if v))
-    if r["workers"]:
-        items.append(f"Workers ({len(r['workers'])}): " + ", ".join(r["workers"]))
-    return Section("Hardware and software", [Bullets(items or ["not recorded"])])
-
-
-def _provenance_section(r: dict[str, Any]) -> Section | None:
-    p = r.get("provenance") or {}
-    if not p:
-        return None
-    items = []
-    if p.get("command"):
-        items.append(f"Command: `{p['command']}` (recorded {p.get('recorded', '')})")
-    if p.get("costopt"):
-        items.append(f"costopt: {p['costopt']}")
-    if f := p.get("model_file"):
-        items.append(
-            f"Model file: `{f['file']}` ({f.get('file_type')}, {f.get('bytes', 0) / 1e6:,.0f} MB), loaded into torch fp32 "
-            "for the baseline; a quantized file's weights keep its grid"
-        )
-    if p.get("recipe_sha256"):
-        items.append(f"Recipe (resolved) sha256: `{p['recipe_sha256']}`")
-    if p.get("eval_sha256"):
-        items.append(f"Eval data sha256: `{p['eval_sha256']}` ({p.get('eval_examples')} examples the figures were judged on)")
-    price = p.get("price")
-    if price:
-        items.append(
-            f"Price: catalog entry {price['entry']}, "
-            + (f"from {price['source']} as of {price['as_of']}" if price.get("source") else "source not recorded")
-        )
-    return Section("Provenance", [Bullets(items)])
-
-
 def build_document(r: dict[str, Any], charts: dict[str, str]) -> Document:
     kind = "search" if r["kind"] == "search" else "run"
     title = f"Cost report: {r['name']} ({r['model']}, {r['task']} {kind})"
     sections = [
         _cost_section(r),
         _quality_section(r),
-        _speed_section(r),
-        _charts_section(r, charts),
-        _machines_section(r),
-        _sensitivity_section(r, charts),
-        _advice_section(r),
-        _deployment_section(r),
-        _trials_section(r),
-        _system_section(r),
-        _provenance_section(r),
+        speed_section(r),
+        charts_section(r, charts),
+        machines_section(r),
+        sensitivity_section(r, charts),
+        advice_section(r),
+        deployment_section(r),
+        trials_section(r),
+        system_section(r),
+        provenance_section(r),
     ]
     if r["notes"]:
         sections.append(Section("Notes", [Bullets(r["notes"])]))

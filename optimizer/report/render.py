@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import re
 
-from optimizer.report.document import Bullets, Chart, Document, Para, Table
+from optimizer.report.blocks import Bullets, Chart, Document, Para, Table
 
 CHART_PREFIX = "report-"
 
