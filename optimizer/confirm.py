@@ -365,7 +365,7 @@ def _time_saving(
 
 
 SETTLED_AFTER = 5  # rounds before the timing may stop early (search.confirm.rounds is the most)
-SETTLED_SPREAD = 0.05  # ... when every arm's ratio to the choice is known within this share of its median
+SETTLED_SPREAD = 0.10  # ... when every arm's ratio to the choice is known within this share of its median (±5%)
 
 
 def _settled(arms: list[_Arm], searched: _Arm, confidence: float, direction: str) -> str | None:

@@ -167,7 +167,7 @@ class ConfirmSpec(Strict):
         default=9,
         ge=3,
         description="alternating speed rounds of baseline and choice for the saving's interval, at most: the timing "
-        "stops after 5 when every arm's ratio to the choice is already known within 5% of its median",
+        "stops after 5 when every arm's ratio to the choice is already known within 10% of its median",
     )
 
 
