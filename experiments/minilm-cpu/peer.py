@@ -102,7 +102,8 @@ def _torch_and_onnx_peers(args: argparse.Namespace, work: Path) -> tuple[dict, l
     # Dynamic int8 as sbert.net's efficiency guide shows: the config matching this CPU (AVX-512 VNNI here).
     qconfig = "avx512_vnni" if "avx512_vnni" in open("/proc/cpuinfo").read() else "avx2"
     export_dynamic_quantized_onnx_model(models["st-onnx-fp32"], qconfig, str(onnx_dir))
-    qfile = f"onnx/model_qint8_{qconfig}.onnx"
+    # named by its weight type: model_qint8_avx512_vnni.onnx, model_quint8_avx2.onnx (optimum's avx2 config is uint8)
+    qfile = str(next((onnx_dir / "onnx").glob(f"model_q*_{qconfig}.onnx")).relative_to(onnx_dir))
     models["st-onnx-int8"] = SentenceTransformer(
         str(onnx_dir), device="cpu", backend="onnx", model_kwargs=onnx_kwargs | {"file_name": qfile}
     )
