@@ -156,13 +156,21 @@ def build(deploy_file: Path, out_dir: Path, progress: bool = True) -> Path:
             cand.save(folder)
             write_deployment(folder / DEPLOY_FILE, config)
             s = recipe.speed
-            command = cand.serve_command(out_dir.resolve(), int(config.get("batch_size") or 1), s.prompt_tokens + s.new_tokens)
+            slot = slot_context(s.prompt_tokens, s.new_tokens, cand.info.limit)
+            command = cand.serve_command(out_dir.resolve(), int(config.get("batch_size") or 1), slot)
             if command is not None:  # the runtime's own server, with the settings it was measured with
                 (folder / SERVE_FILE).write_text(f"#!/bin/sh\n# serves {out_dir.name} as costopt measured it\nexec {command}\n")
                 (folder / SERVE_FILE).chmod(0o755)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
+
+
+def slot_context(prompt_tokens: int, new_tokens: int, limit: int) -> int:
+    """Tokens each server slot holds: the longest input the deployment was judged on (the model's token limit as
+    served, at least the timed prompt) plus the timed new tokens, so a request as long as those judged fits.
+    The timed shape alone (128 + 32 for SmolLM2) left no room for the 256-token inputs its quality was judged on."""
+    return max(prompt_tokens, limit) + new_tokens
 
 
 @dataclass

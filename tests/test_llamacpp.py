@@ -243,3 +243,10 @@ def test_missing_extra_is_refused_in_one_line(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(UserError, match="needs a llamacpp model"):
         check_chain([{"name": "gguf-quantize", "params": {}}], "cpu")
+
+
+def test_each_server_slot_holds_the_longest_input_the_deployment_was_judged_on():
+    from optimizer.deploy import slot_context
+
+    assert slot_context(prompt_tokens=128, new_tokens=32, limit=256) == 288  # SmolLM2's recipe: read up to 256
+    assert slot_context(prompt_tokens=512, new_tokens=32, limit=256) == 544  # a timed prompt longer than the limit
