@@ -51,8 +51,7 @@ class Budget:
     def spread(self, drop: dict[str, Any]) -> float:
         """The drop's standard error in the budget's unit, read from its two-sided interval (the bootstrap's
         percentiles, close to normal for a mean over examples)."""
-        z = NormalDist().inv_cdf(0.5 + drop["confidence"] / 2)
-        return (self._end(drop, "high") - self._end(drop, "low")) / (2 * z)
+        return (self._end(drop, "high") - self._end(drop, "low")) / (2 * _z(drop["confidence"]))
 
     def power(self, drop: dict[str, Any]) -> dict[str, float]:
         """How likely this eval set certifies a configuration as noisy as `drop`'s, whose true drop is
@@ -60,7 +59,7 @@ class Budget:
         certified with POWER_WANTED probability, and how many examples that would take for POWER_AT's drop
         (the standard error falls as 1/sqrt(examples)). A spread of 0 (outputs that match the baseline's
         example by example) certifies any true drop under the budget."""
-        z, z_want = NormalDist().inv_cdf(0.5 + drop["confidence"] / 2), NormalDist().inv_cdf(POWER_WANTED)
+        z, z_want = _z(drop["confidence"]), NormalDist().inv_cdf(POWER_WANTED)
         se, at, n = self.spread(drop), POWER_AT * self.max_drop, int(drop.get("n") or 0)
         if se <= 0:
             return {"true_drop": at, "probability": 1.0, "certified_at_wanted": self.max_drop, "examples": n, "se": 0.0}
@@ -100,14 +99,19 @@ def power_text(p: dict[str, Any], relative: bool) -> str:
     n = p["examples"] or "these"
     if p["se"] == 0:
         return f"power: outputs match the baseline's on all {n} examples, so any true drop under the budget is certified"
+    head = (
+        f"power: a true drop of {amt(p['true_drop'])} would be certified with probability {p['probability']:.0%} "
+        f"on {n} examples like these (standard error {amt(p['se']).lstrip('+')})"
+    )
     if p["examples"] and p["examples_needed"] <= p["examples"]:  # more than enough: the data is not the limit
         fewer = f" ({p['examples_needed']:,} examples would give {p['wanted']:.0%})" if p["examples_needed"] >= 30 else ""
-        return (
-            f"power: a true drop of {amt(p['true_drop'])} would be certified with probability {p['probability']:.0%} "
-            f"on {n} examples like these (standard error {amt(p['se']).lstrip('+')}): the data is not the limit{fewer}"
-        )
+        return f"{head}: the data is not the limit{fewer}"
     return (
-        f"power: a true drop of {amt(p['true_drop'])} would be certified with probability {p['probability']:.0%} "
-        f"on {n} examples like these (standard error {amt(p['se']).lstrip('+')}); {p['wanted']:.0%} needs a true drop "
-        f"<= {amt(p['certified_at_wanted'])}, or about {p['examples_needed']:,} examples for {amt(p['true_drop'])}"
+        f"{head}; {p['wanted']:.0%} needs a true drop <= {amt(p['certified_at_wanted'])}, "
+        f"or about {p['examples_needed']:,} examples for {amt(p['true_drop'])}"
     )
+
+
+def _z(confidence: float) -> float:
+    """The normal quantile of a two-sided interval at `confidence` (its upper end's distance in standard errors)."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2)

@@ -79,7 +79,7 @@ def native_bf16() -> bool:
 def cpu_capabilities() -> frozenset[str]:
     """What this CPU's kernels can make pay: "int8-dot" (int8 dot products without int16 saturation: VNNI,
     AMX or non-x86) and "bf16" (native bf16 matmuls). Passes name the ones they need (`Pass.pays_on`)."""
-    return frozenset({"int8-dot"} if not int8_dot_saturates() else set()) | frozenset({"bf16"} if native_bf16() else set())
+    return frozenset(name for name, has in (("int8-dot", not int8_dot_saturates()), ("bf16", native_bf16())) if has)
 
 
 def source_version() -> str:
