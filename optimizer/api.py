@@ -92,9 +92,10 @@ def search(
 
     Returns an `optimizer.outcome.SearchOutcome`: `chosen`, `config` (deploy.yaml's content), `deploy_file`,
     `confirmation`, `study`; `exit_code` 0 when something was chosen, 3 when nothing met the budget."""
-    from optimizer.outcome import conclude
+    from optimizer.outcome import conclude, time_budget
     from optimizer.study import run_search
 
     r = _recipe(model, recipe, tokenizer)
-    study = run_search(r, storage, trials, progress=progress)
-    return conclude(r, study, Path(deploy_file) if deploy_file else None)
+    budget = time_budget(r)
+    study = run_search(r, storage, trials, progress=progress, budget=budget)
+    return conclude(r, study, Path(deploy_file) if deploy_file else None, budget)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,16 @@ def _batched(evaluator: QualityEvaluator, batch_size: int | None, sort: bool = T
         yield
     finally:
         evaluator.batch_size, evaluator.sort = saved
+
+
+@contextlib.contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Seconds spent in one measuring stage, kept with the record (a time budget predicts from them)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.perf_counter() - t0, 3)
 
 
 def batches_text(batch_size: int, sort: bool) -> str:
@@ -354,7 +365,8 @@ class Bench:
             # defect there spans a whole width bucket (8 widths of OpenVINO's bf16 int8 MiniLM), which the
             # confirmation serves around, so judging the trial with it would reject what would be served.
             # (Other candidates are checked in the confirmation only: a defect there is one width.)
-            fixed, first, again, pad = self.serve_around_defects(cand, self.context(work / "widths"), batch, streams)
+            with _stage(m.timings, "widths"):
+                fixed, first, again, pad = self.serve_around_defects(cand, self.context(work / "widths"), batch, streams)
             check = again or first
             if pad is not None:
                 cand.notes.append(f"judged as {padded_text(pad['params']['widths'], first.as_dict())}")
@@ -362,12 +374,14 @@ class Bench:
             m.widths = check.as_dict()
             save(m)
         elif widths:
-            check = self.check_widths(cand, batch, streams)
+            with _stage(m.timings, "widths"):
+                check = self.check_widths(cand, batch, streams)
             m.widths = check.as_dict()
             cand.notes.append(f"width check: {check.text()}")
             save(m)
         if stop_early and screen_examples:
-            screen = self.screen(cand, screen_examples, confidence, judged_in, sort=not serving)
+            with _stage(m.timings, "screen"):
+                screen = self.screen(cand, screen_examples, confidence, judged_in, sort=not serving)
             if screen is not None:
                 m.screen = screen[m.metric]
                 save(m)
@@ -378,9 +392,10 @@ class Bench:
                         f"{budget.amount(low)} at {budget.confidence:.0%}, over the {budget.amount(budget.max_drop)} budget",
                         constraint=low - budget.max_drop,
                     )
-        m.quality, m.drops = self.judge(cand, confidence, judged_in, sort=not serving)
-        if self.extra:  # data.extra_eval: each set's drops; the budget must hold on each
-            m.drops_by_set = {MAIN_EVAL: m.drops} | self.judge_extra(cand, confidence, judged_in, sort=not serving)
+        with _stage(m.timings, "quality"):
+            m.quality, m.drops = self.judge(cand, confidence, judged_in, sort=not serving)
+            if self.extra:  # data.extra_eval: each set's drops; the budget must hold on each
+                m.drops_by_set = {MAIN_EVAL: m.drops} | self.judge_extra(cand, confidence, judged_in, sort=not serving)
         m.violation = budget.worst(m.drops_by_set or {MAIN_EVAL: m.drops})[1]
         broken = [
             f"{name}: {why}" if self.extra else why
@@ -393,7 +408,8 @@ class Bench:
             raise Broken(m.broken, constraint=m.violation)
         save(m)
         timed = self.timed(cand, m.passes, work / "speed-model", m.timings, cache)
-        m.speed, m.cost = self.speed_and_cost(timed, batch, streams=streams, request_latency=True)
+        with _stage(m.timings, "speed"):
+            m.speed, m.cost = self.speed_and_cost(timed, batch, streams=streams, request_latency=True)
         timed_bytes = timed.weight_bytes() if timed is not cand else None
         del timed
         if stop_early and m.speed.get("latency_misses"):

@@ -66,15 +66,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from optimizer.confirm import summary_lines
     from optimizer.measurement import Measurement
-    from optimizer.outcome import conclude
+    from optimizer.outcome import conclude, time_budget
     from optimizer.recipe import load_recipe
     from optimizer.study import leaderboard, run_search
     from optimizer.trial_runner import worker_id
     from optimizer.trials import WORKER_PREFIX
 
-    recipe = load_recipe(args.recipe, args.set)
+    minutes = [f"search.time_budget_minutes={args.minutes}"] if args.minutes is not None else []
+    recipe = load_recipe(args.recipe, [*args.set, *minutes])
+    clock = time_budget(recipe)  # started before the baseline: it covers the whole command
     tracker = _tracker(args, recipe.name)
-    study = run_search(recipe, args.storage, args.trials, progress=not _quiet(args), callbacks=[tracker] if tracker else [])
+    study = run_search(
+        recipe, args.storage, args.trials, progress=not _quiet(args), callbacks=[tracker] if tracker else [], budget=clock
+    )
     baseline = study.user_attrs.get("baseline", {})
     board = leaderboard(study, None)
     args.result = {
@@ -123,11 +127,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     c = recipe.search.constraint
     b = recipe.budget
     metric, budget = b.metric, b.text
-    outcome = conclude(recipe, study, Path(args.deploy) if args.deploy else None)
+    outcome = conclude(recipe, study, Path(args.deploy) if args.deploy else None, clock)
     confirmation = outcome.confirmation
     if confirmation is not None:
         args.result["confirmation"] = confirmation.as_dict()
         print("\n" + "\n".join(summary_lines(confirmation)))
+    if clock is not None:
+        args.result["time_budget"] = clock.as_dict()
+        print(f"\n{clock.text()}")
     if outcome.chosen is None and confirmation is None:
         near = outcome.closest
         if near is None:
@@ -332,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=cmd_run)
     search = recipe_cmd("search", "Optuna search of the recipe's ranges: cheapest configuration within the quality budget")
     search.add_argument("--trials", type=int, help="finished trials the study should hold (default: search.trials)")
+    search.add_argument(
+        "--minutes",
+        type=float,
+        help="the whole search's wall time, confirmation included (search.time_budget_minutes): fewer trials and "
+        "timing rounds when they would not fit, and the output says what was cut",
+    )
     search.add_argument("--storage", help="Optuna storage URL (default: sqlite file under runs/; postgresql://... to share)")
     search.add_argument("--deploy", help="where to write the chosen configuration (default: runs/<study>/deploy.yaml)")
     search.add_argument("--top", type=int, default=15, help="leaderboard rows (default 15)")

@@ -47,6 +47,7 @@ from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent
 from optimizer.recipe import MAIN_EVAL, Recipe
 from optimizer.search_space import serving_ranges
+from optimizer.time_budget import TimeBudget
 from optimizer.trials import baseline_best_batch, machines, objective_sign, priced_on, search_dir
 
 log = logging.getLogger(__name__)
@@ -189,8 +190,9 @@ class _Arm:
         return 2 * sum(bool(m) for m in self.misses) > len(self.misses)
 
 
-def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
-    """Re-measure the search's best candidates on the held-out part; time the confirmed one against the baseline."""
+def confirm_search(recipe: Recipe, study: optuna.Study, limit: TimeBudget | None = None) -> Confirmation:
+    """Re-measure the search's best candidates on the held-out part; time the confirmed one against the baseline
+    (within `limit`, the whole search's time budget, when given: see `_time_saving`)."""
     spec = recipe.search.confirm
     budget = recipe.budget
     objective = OBJECTIVES[recipe.search.objective]
@@ -254,7 +256,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study) -> Confirmation:
         chosen, _ = first_confirmed(candidates, test, spec.candidates)
         if chosen is not None:
             result.chosen = chosen.number
-            _time_saving(recipe, bench, chosen, built[chosen.number], study, result, base_threads, objective.direction)
+            _time_saving(recipe, bench, chosen, built[chosen.number], study, result, base_threads, objective.direction, limit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -285,7 +287,11 @@ def _time_saving(
     result: Confirmation,
     base_threads: int,
     direction: str,
+    limit: TimeBudget | None = None,
 ) -> None:
+    """Time the baseline and the choice in alternating rounds, and the choice at its other serving settings.
+    Within `limit`: when SETTLED_AFTER rounds of every arm (timed by the warm-up) would not fit the time left,
+    the other serving settings are not timed; the rounds stop when the next would not fit (after MIN_ROUNDS)."""
     spec = recipe.search.confirm
     m = Measurement.of(chosen)
     dep = m.deployment
@@ -316,12 +322,27 @@ def _time_saving(
             speed_mod.set_threads(base_threads)
         return objective.read(speed, cost), speed["contention"], list(speed.get("latency_misses") or [])
 
-    for arm in arms:  # warm-up: first calls compile kernels and fill caches
+    warm: dict[str, float] = {}
+    not_compared = None
+    for arm in arms:  # warm-up: first calls compile kernels and fill caches (and say how long an arm takes)
+        t0 = time.perf_counter()
         run(arm, warmup=1)
+        warm[arm.name] = time.perf_counter() - t0
+    if limit is not None and others and limit.left() < SETTLED_AFTER * sum(warm.values()):
+        limit.cut(
+            f"the choice's {len(others)} other serving setting(s) were not timed: {SETTLED_AFTER} rounds of all "
+            f"{len(arms)} arms take ~{SETTLED_AFTER * sum(warm.values()):.0f} s, {max(0.0, limit.left()):.0f} s were left"
+        )
+        arms, others, not_compared = [a for a in arms if a not in others], [], limit.cuts[-1]
     attempts = 0
     while min(len(a.values) for a in arms) < spec.rounds and attempts < 2 * spec.rounds:
         if (settled := _settled(arms, searched, recipe.search.constraint.confidence, direction)) is not None:
             result.rounds_stopped = settled  # every interval already narrow: more rounds would not change a decision
+            break
+        counted = min(len(a.values) for a in arms)
+        if limit is not None and counted >= MIN_ROUNDS and limit.left() < sum(warm[a.name] for a in arms):
+            result.rounds_stopped = f"stopped after {counted} rounds: the next would not fit the time budget"
+            limit.cut(f"the saving's timing: {counted} rounds of at most {spec.rounds}")
             break
         order = arms[attempts % len(arms) :] + arms[: attempts % len(arms)]  # none always goes first
         attempts += 1
@@ -338,10 +359,12 @@ def _time_saving(
             a.values.append(measured[a.name][0])
             a.misses.append(measured[a.name][2])
     choice = _decide_serving(bench, searched, others, result, recipe.search.constraint.confidence, direction)
+    if not_compared is not None:
+        result.serving["why"] = f"the searched setting, not compared with others: {not_compared}"
     _memory_alone(bench, arms[0], choice, search_dir(recipe, study.study_name) / "confirm-memory", result, base_threads)
     for arm in arms[: len(arms) - len(others) - 1]:  # the baselines
         n = min(len(arm.values), len(choice.values))
-        if n < 3:
+        if n < MIN_ROUNDS:
             result.savings.append(
                 Saving(arm.name, {}, float("nan"), float("nan"), False, f"only {n} rounds without contention: no figure")
             )
@@ -364,6 +387,7 @@ def _time_saving(
         )
 
 
+MIN_ROUNDS = 3  # a ratio's interval needs at least this many counted rounds (a time budget never stops sooner)
 SETTLED_AFTER = 5  # rounds before the timing may stop early (search.confirm.rounds is the most)
 SETTLED_SPREAD = 0.10  # ... when every arm's ratio to the choice is known within this share of its median (±5%)
 
@@ -425,7 +449,7 @@ def _decide_serving(
     served that way; else the searched one. Recorded in result.serving, with every timed alternative's
     ratio to the searched setting and its interval (`better_x`)."""
     pick = min if direction == "minimize" else max
-    timed = [a for a in (searched, *others) if len(a.values) >= 3]
+    timed = [a for a in (searched, *others) if len(a.values) >= MIN_ROUNDS]
     compared = searched in timed
     result.serving = {
         "searched": _serving(searched),

@@ -14,9 +14,11 @@ import optuna
 from optimizer import confirm
 from optimizer.chain import priced_here
 from optimizer.confirm import STUDY_ATTR, Confirmation
+from optimizer.confirm_time import expected_seconds
 from optimizer.deploy import deployment_config, write_deployment
 from optimizer.errors import EXIT_NOTHING_MET, EXIT_OK
 from optimizer.recipe import Recipe
+from optimizer.time_budget import TimeBudget
 from optimizer.trials import best_feasible, closest, machines, search_dir
 
 
@@ -34,7 +36,15 @@ class SearchOutcome:
         return EXIT_OK if self.chosen is not None else EXIT_NOTHING_MET
 
 
-def conclude(recipe: Recipe, study: optuna.Study, deploy_file: Path | None = None) -> SearchOutcome:
+def time_budget(recipe: Recipe) -> TimeBudget | None:
+    """The whole search's time budget (search.time_budget_minutes), started now, with the confirmation's
+    expected time as the reserve trials must leave it."""
+    return TimeBudget.minutes(recipe.search.time_budget_minutes, lambda study: expected_seconds(recipe, study))
+
+
+def conclude(
+    recipe: Recipe, study: optuna.Study, deploy_file: Path | None = None, budget: TimeBudget | None = None
+) -> SearchOutcome:
     """Confirm the search's cheapest within-budget trials on held-out data (unless confirmation is off)
     and write the first that holds to deploy.yaml; nothing is written when none met or held."""
     recipe = priced_here(recipe)
@@ -44,7 +54,7 @@ def conclude(recipe: Recipe, study: optuna.Study, deploy_file: Path | None = Non
         return SearchOutcome(study, None, closest(study), None, None, None)
     confirmation = None
     if recipe.search.confirm.share > 0:
-        confirmation = confirm.confirm_search(recipe, study)  # looked up at call time: tests replace it
+        confirmation = confirm.confirm_search(recipe, study, budget)  # looked up at call time: tests replace it
         study.set_user_attr(STUDY_ATTR, confirmation.as_dict())
         if confirmation.chosen is None:
             return SearchOutcome(study, None, None, confirmation, None, None)

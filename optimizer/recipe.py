@@ -174,6 +174,13 @@ class ConfirmSpec(Strict):
 class SearchSpec(Strict):
     trials: int = Field(default=20, gt=0)
     timeout_minutes: float | None = Field(default=None, gt=0, description="stop starting trials after this")
+    time_budget_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="the whole search's wall time: baseline, trials and confirmation; trials stop when the next one "
+        "and the confirmation would not fit, the confirmation's timing drops serving settings and rounds that would "
+        "not, and the output says what was cut (the held-out quality test and width check are never cut)",
+    )
     trial_timeout_minutes: float | None = Field(default=None, gt=0, description="a longer trial fails")
     batch_size: int | Choice | IntRange | None = Field(default=None, description="speed batch size; a range searches it")
     threads: int | Choice | IntRange | None = Field(default=None, description="CPU threads; a range searches it")

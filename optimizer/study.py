@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import socket
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ from optimizer.search_space import (
 )
 from optimizer.signals import raise_if_stopped
 from optimizer.storage import open_storage
+from optimizer.time_budget import TimeBudget
 from optimizer.trial_runner import Objective, TrialRunner, timed_busy, worker_id
 from optimizer.trials import (  # noqa: F401 - also imported from here by the CLI, the confirmation and tests
     WORKER_PREFIX,
@@ -180,8 +182,10 @@ def run_search(
     trials: int | None = None,
     progress: bool = False,
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    budget: TimeBudget | None = None,
 ) -> optuna.Study:
-    """Run trials until the study holds `trials` finished ones (re-running resumes) or the time budget ends.
+    """Run trials until the study holds `trials` finished ones (re-running resumes), search.timeout_minutes
+    ends, or `budget` (the whole search's time, confirmation included) would not fit the next trial.
 
     Several processes (or machines, through a shared storage URL) can run this at once on one study.
     `callbacks` are Optuna trial callbacks (experiment tracking: optimizer.tracking.MlflowTracker).
@@ -197,7 +201,7 @@ def run_search(
     if todo <= 0:
         return study
     with registered():  # other workers on this host see this one and mark timings it may disturb
-        _run_trials(recipe, study, target, progress, callbacks)
+        _run_trials(recipe, study, target, progress, callbacks, budget)
     fail_orphans(study, unclaimed_after_s=3 * recipe.search.heartbeat_seconds)
     return study
 
@@ -245,6 +249,7 @@ def _run_trials(
     target: int,
     progress: bool,
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    budget: TimeBudget | None = None,
 ) -> None:
     attrs = study.user_attrs
     runner = TrialRunner(recipe, search_dir(recipe, study.study_name), attrs.get("baseline"), attrs.get(SENSITIVITY))
@@ -262,7 +267,10 @@ def _run_trials(
     # unmeasured configurations, so patience grows with the space.
     size = space_size(recipe)
     patience = max(MAX_REPEATS_IN_A_ROW, 4 * size) if size else MAX_REPEATS_IN_A_ROW
+    if budget is not None:
+        timeout = min(timeout or math.inf, budget.left())
     bar = Progress(study, target, timeout, progress)
+    ran_here = 0
     try:
         # One trial at a time: a proposal measured before (or the baseline itself) is answered from its
         # figures and does not count; after one, the next trial is drawn at random, since TPE that keeps
@@ -270,6 +278,9 @@ def _run_trials(
         while finished(study) < target and repeats < patience:
             left = deadline - time.monotonic() if deadline else None
             if left is not None and left <= 0:
+                break
+            if budget is not None and ran_here and (why := _over_budget(study, runner, budget, target)):
+                budget.cut(why)
                 break
             random_next = repeats > 0 and recipe.search.sampler in ("tpe", "nsga2")
             study.sampler = optuna.samplers.RandomSampler(seed=recipe.search.seed + len(study.trials)) if random_next else sampler
@@ -281,6 +292,7 @@ def _run_trials(
                 queue_combination(study, recipe)
             last = study.get_trials(deepcopy=False)[runner.last_trial] if runner.last_trial is not None else None
             repeats = repeats + 1 if last is not None and Measurement.of(last).repeat else 0
+            ran_here += 1
     finally:
         study.sampler = sampler
         bar.close()
@@ -291,6 +303,24 @@ def _run_trials(
             repeats,
             finished(study),
         )
+
+
+def _over_budget(study: optuna.Study, runner: TrialRunner, budget: TimeBudget, target: int) -> str | None:
+    """Why the next trial is not started, or None: it (as long as this worker's median trial so far) and the
+    confirmation after it (`budget.reserve`) would not both fit in the time left."""
+    mine = [
+        m.seconds
+        for t in study.get_trials(deepcopy=False)
+        if str(t.user_attrs.get(WORKER, "")) == worker_id() and (m := Measurement.of(t)).seconds and not m.repeat
+    ]
+    trial = statistics.median(mine) if mine else runner.baseline["seconds"]
+    reserve, left = budget.reserve(study), budget.left()
+    if trial + reserve <= left:
+        return None
+    return (
+        f"trials: {finished(study)} of {target} run; the next (~{trial:.0f} s) and the confirmation "
+        f"(~{reserve:.0f} s) would not fit the {max(0.0, left):.0f} s left"
+    )
 
 
 def queue_combination(study: optuna.Study, recipe: Recipe) -> dict[str, Any] | None:

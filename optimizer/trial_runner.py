@@ -174,6 +174,7 @@ class TrialRunner:
         self.bench = Bench.load_data(recipe, resolve_device(recipe.hardware.device), "select")
         self.bench.load_baseline()
         quality = self.bench.baseline_quality()  # always: trials are paired with its per-example values
+        quality_seconds = round(time.perf_counter() - t0, 1)  # with loading: a time budget predicts the confirmation's
         reuse, self.baseline_origin = reusable_baseline(previous, recipe, machine)
         if reuse is not None:  # a restarted worker: the timings are the expensive part, and still hold
             keep = ("speed", "cost", "objective", "by_batch", "late_batches", "footprint", "measured_at")
@@ -194,7 +195,7 @@ class TrialRunner:
             self.baseline["by_batch"], self.baseline["late_batches"] = self._baseline_per_batch(
                 self.bench.timed_baseline, speed, cost
             )
-        self.baseline |= {"machine": machine, "measured_key": measured_key(recipe)}
+        self.baseline |= {"machine": machine, "measured_key": measured_key(recipe), "quality_seconds": quality_seconds}
         self.baseline["seconds"] = round(time.perf_counter() - t0, 1)  # part of the job's cost (break-even)
         self.trials_dir = work_dir / "trials"
         self.cache = ArtifactCache(work_dir / "cache") if recipe.search.cache else None

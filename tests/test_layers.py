@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
         "optimizer.signals",
         "optimizer.storage",
         "optimizer.tracking",
+        "optimizer.time_budget",
     ),
     ("optimizer.model", "optimizer.gguf_file", "optimizer.data", "optimizer.sentence_head"),
     ("optimizer.runtimes",),
@@ -49,7 +50,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("optimizer.run_record", "optimizer.sensitivity"),
     ("optimizer.trial_runner",),
     ("optimizer.study", "optimizer.deploy"),
-    ("optimizer.confirm", "optimizer.outcome"),
+    ("optimizer.confirm", "optimizer.confirm_time", "optimizer.outcome"),
     ("optimizer.report", "optimizer.result_text"),
     ("optimizer.cli", "optimizer.cost_cli", "optimizer.api", "optimizer"),
 ]

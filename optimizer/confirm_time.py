@@ -1,0 +1,58 @@
+"""How long a search's confirmation is expected to take, from the study's own stage timings.
+
+A time budget (`optimizer.time_budget`) stops starting trials when the next one and the confirmation
+would not both fit. The confirmation re-measures the baseline and one candidate on the held-out part,
+checks the candidate at every input width, and times every arm (the baseline at the recipe's batch and
+at its best, the choice at each serving setting) in a warm-up and SETTLED_AFTER alternating rounds.
+Each part is predicted from what the trials measured: quality seconds scale with the examples, one arm
+takes what one of a trial's speed repeats took, the baselines' arms as much longer as they are costlier.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import optuna
+
+from optimizer import ranges
+from optimizer.confirm import IDLE_BETWEEN_ARMS_S, MAX_SERVING_ALTERNATIVES, SETTLED_AFTER, ranked_candidates
+from optimizer.measurement import Measurement
+from optimizer.passes import batch_dependent
+from optimizer.recipe import Recipe
+from optimizer.search_space import serving_ranges
+from optimizer.trials import baseline_best_batch, objective_sign
+
+
+def expected_seconds(recipe: Recipe, study: optuna.Study) -> float:
+    """The confirmation's expected wall time in seconds; 0 when nothing is within budget yet (there is
+    nothing to confirm, and no trial's timings to predict from)."""
+    share = recipe.search.confirm.share
+    best = ranked_candidates(study, 1)
+    if share <= 0 or not best:
+        return 0.0
+    done = [
+        m
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if (m := Measurement.of(t)).measured and not m.repeat and "quality" in m.timings and "speed" in m.timings
+    ]
+    if not done:  # trials recorded by a version without stage timings
+        return 0.0
+    held_out = share / (1 - share)  # examples go to the parts by hash, in these proportions
+    quality = statistics.median(m.timings["quality"] for m in done)
+    widths = [m.timings["widths"] for m in done if "widths" in m.timings]
+    baseline = study.user_attrs.get("baseline") or {}
+    # the baseline's and one candidate's held-out quality, and the candidate's width check (measured in trials of
+    # candidates compiled per shape; else taken as long as a quality pass, which it was within 2x on MiniLM)
+    fixed = held_out * (baseline.get("quality_seconds", quality) + quality) + (statistics.median(widths) if widths else quality)
+    s = recipe.speed
+    choice = Measurement.of(best[0])
+    arm = choice.timings.get("speed", statistics.median(m.timings["speed"] for m in done)) / (s.warmup + s.repeats)
+    baseline_arms = 1 + (baseline_best_batch(baseline) not in (None, s.batch_size))
+    costlier = 1.0
+    if objective_sign(study) > 0 and best[0].values and baseline.get("objective"):  # minimized cost: time follows it
+        costlier = max(1.0, baseline["objective"] / best[0].values[0])
+    space = {k: ranges.values(rng) or [] for k, rng in serving_ranges(recipe).items()}
+    batches = 1 if batch_dependent(choice.passes) else len(space.get("batch_size") or [1])
+    settings = min(1 + MAX_SERVING_ALTERNATIVES, batches * len(space.get("streams") or [1]))
+    per_round = baseline_arms * (arm * costlier + IDLE_BETWEEN_ARMS_S) + settings * (arm + IDLE_BETWEEN_ARMS_S)
+    return fixed + (1 + SETTLED_AFTER) * per_round
