@@ -9,7 +9,7 @@ import functools
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from optimizer.data import Dataset
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.alone import serving_memory
 from optimizer.measure.quality import QualityEvaluator
-from optimizer.measure.stats import MetricValues, paired_bootstrap
+from optimizer.measure.stats import Drop, MetricValues, paired_bootstrap
 from optimizer.measure.widths import WidthCheck, check_widths, padded_text
 from optimizer.measurement import Broken, Measurement, Pruned
 from optimizer.metrics import broken_by
@@ -139,7 +139,7 @@ class Bench:
 
     def judge_extra(
         self, cand: Candidate, confidence: float | None = None, batch_size: int | None = None, sort: bool = True
-    ) -> dict[str, dict[str, Any]]:
+    ) -> dict[str, dict[str, Drop]]:
         """Each of data.extra_eval's sets: the candidate's drops there, by metric (as `judge` gives them)."""
         out = {}
         for name, (ev, base) in self.extra.items():
@@ -182,7 +182,7 @@ class Bench:
 
     def judge(
         self, cand: Candidate, confidence: float | None = None, batch_size: int | None = None, sort: bool = True
-    ) -> tuple[dict[str, float], dict[str, Any]]:
+    ) -> tuple[dict[str, float], dict[str, Drop]]:
         """A candidate's metric values and each metric's drop from the baseline, with its interval.
 
         `batch_size` and `sort=False` evaluate the candidate in the batches it will serve in: dynamic
@@ -193,7 +193,7 @@ class Bench:
 
     def screen(
         self, cand: Candidate, examples: int, confidence: float | None = None, batch_size: int | None = None, sort: bool = True
-    ) -> dict[str, Any] | None:
+    ) -> dict[str, Drop] | None:
         """Drops on a seeded subset of the eval set, a cheap first look before the full evaluation.
 
         None when the eval set is under twice that size (the screen would not save time)."""
@@ -207,10 +207,10 @@ class Bench:
             values = self.screen_evaluator.evaluate(cand, reference=self.baseline)
         return self._drops(self.screen_quality, values, confidence)
 
-    def _drops(self, base: dict[str, MetricValues], values: dict[str, MetricValues], confidence: float | None) -> dict[str, Any]:
+    def _drops(self, base: dict[str, MetricValues], values: dict[str, MetricValues], confidence: float | None) -> dict[str, Drop]:
         q = self.recipe.quality
         return {
-            m: asdict(paired_bootstrap(base[m], values[m], q.bootstrap, confidence or q.confidence, self.recipe.data.seed))
+            m: paired_bootstrap(base[m], values[m], q.bootstrap, confidence or q.confidence, self.recipe.data.seed)
             for m in values
         }
 
@@ -370,6 +370,7 @@ class Bench:
             check = again or first
             if pad is not None:
                 cand.notes.append(f"judged as {padded_text(pad['params']['widths'], first.as_dict())}")
+                m.padded = pad["params"]["widths"]
             cand = fixed or cand
             m.widths = check.as_dict()
             save(m)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Literal
 
 from optimizer.formatting import amount
+from optimizer.measure.stats import Drop
 
 POWER_AT = 0.3  # the power figure's true drop, as a share of the budget: a small, real loss
 POWER_WANTED = 0.8  # the certification probability the "examples needed" figure aims at
@@ -23,44 +24,43 @@ class Budget:
     relative: bool = True
     confidence: float = 0.95
 
-    def _end(self, drop: dict[str, Any], side: str) -> float:
-        rel = drop.get(f"relative_{side}")
-        return float(rel if self.relative and rel is not None else drop[side])
+    def _end(self, drop: Drop, side: Literal["low", "high"]) -> float:
+        return float(drop.end(side, self.relative))
 
-    def violation(self, drop: dict[str, Any]) -> float:
+    def violation(self, drop: Drop) -> float:
         """Upper end of the drop's interval minus the budget: <= 0 means within budget."""
         return self._end(drop, "high") - self.max_drop
 
-    def within(self, drop: dict[str, Any]) -> bool:
+    def within(self, drop: Drop) -> bool:
         return self.violation(drop) <= 0
 
-    def worst(self, drops_by_set: dict[str, dict[str, Any]]) -> tuple[str, float]:
+    def worst(self, drops_by_set: dict[str, dict[str, Drop]]) -> tuple[str, float]:
         """With several eval sets the budget must hold on each: the set furthest over it, and its violation.
 
         `drops_by_set` maps a set's name to its drops by metric."""
         name = max(drops_by_set, key=lambda n: self.violation(drops_by_set[n][self.metric]))
         return name, self.violation(drops_by_set[name][self.metric])
 
-    def surely_over(self, drop: dict[str, Any]) -> bool:
+    def surely_over(self, drop: Drop) -> bool:
         """Even the optimistic (low) end of the interval is over budget."""
         return self._end(drop, "low") > self.max_drop
 
-    def low(self, drop: dict[str, Any]) -> float:
+    def low(self, drop: Drop) -> float:
         return self._end(drop, "low")
 
-    def spread(self, drop: dict[str, Any]) -> float:
+    def spread(self, drop: Drop) -> float:
         """The drop's standard error in the budget's unit, read from its two-sided interval (the bootstrap's
         percentiles, close to normal for a mean over examples)."""
-        return (self._end(drop, "high") - self._end(drop, "low")) / (2 * _z(drop["confidence"]))
+        return (self._end(drop, "high") - self._end(drop, "low")) / (2 * _z(drop.confidence))
 
-    def power(self, drop: dict[str, Any]) -> dict[str, float]:
+    def power(self, drop: Drop) -> dict[str, float]:
         """How likely this eval set certifies a configuration as noisy as `drop`'s, whose true drop is
         POWER_AT of the budget: P(upper end <= max_drop) = Phi((max_drop - true) / se - z). Also the true drop
         certified with POWER_WANTED probability, and how many examples that would take for POWER_AT's drop
         (the standard error falls as 1/sqrt(examples)). A spread of 0 (outputs that match the baseline's
         example by example) certifies any true drop under the budget."""
-        z, z_want = _z(drop["confidence"]), NormalDist().inv_cdf(POWER_WANTED)
-        se, at, n = self.spread(drop), POWER_AT * self.max_drop, int(drop.get("n") or 0)
+        z, z_want = _z(drop.confidence), NormalDist().inv_cdf(POWER_WANTED)
+        se, at, n = self.spread(drop), POWER_AT * self.max_drop, drop.n
         if se <= 0:
             return {"true_drop": at, "probability": 1.0, "certified_at_wanted": self.max_drop, "examples": n, "se": 0.0}
         return {

@@ -17,6 +17,7 @@ from optimizer.cli_format import chain_text, table
 from optimizer.errors import EXIT_NOTHING_MET, EXIT_USER_ERROR, UserError
 from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, serving_cell, serving_text
 from optimizer.result_text import fmt_num, render_result
+from optimizer.results import json_default
 from optimizer.signals import Stopped, stop_on_signals
 
 JSON_HELP = "print one JSON object on stdout (the usual text goes to stderr)"
@@ -170,12 +171,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     elif "cheaper_x" in m:
         x, was = m["cheaper_x"], f"the baseline's ${m['baseline_usd_per_m_tokens']:.5f}"
         saving = f", {x:.2f}x cheaper than {was}" if x >= 1 else f", {1 / x:.2f}x the cost of {was} (no saving)"
+    shown = confirmation.attempt.drop if confirmation is not None and confirmation.attempt else Measurement.of(best).drop
     if not config["passes"]:
         saving += "; the cheapest choice within budget is the model without compression, at this batch size and thread count"
     print(
         f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, "
         f"{serving_text(config['batch_size'], config['threads'], config.get('streams'))}{saving}\n  "
-        f"{metric} drop {drop_text(m['drop'])} ({m.get('drop_measured_on', 'on the eval set')}) within {budget}; "
+        f"{metric} drop {drop_text(shown)} ({m.get('drop_measured_on', 'on the eval set')}) within {budget}; "
         f"{kind} {fmt_num(best.values[0], 6)} in the search\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR"
     )
     if confirmation is not None:
@@ -439,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"costopt: error: {error}", file=sys.stderr)
     if as_json:
         payload = getattr(args, "result", None) or {}
-        print(json.dumps(payload | {"exit_code": code} | ({"error": error} if error else {}), default=str), file=out)
+        print(json.dumps(payload | {"exit_code": code} | ({"error": error} if error else {}), default=json_default), file=out)
     return code
 
 

@@ -40,7 +40,7 @@ from optimizer.cache import ArtifactCache
 from optimizer.chain import apply_chain, resolve_device
 from optimizer.formatting import drop_text, ratio_text
 from optimizer.measure import speed as speed_mod
-from optimizer.measure.stats import ratio_interval
+from optimizer.measure.stats import Drop, ratio_interval
 from optimizer.measure.widths import check_text, padded_text
 from optimizer.measurement import Measurement
 from optimizer.objectives import OBJECTIVES
@@ -66,10 +66,10 @@ class Attempt:
     trial: int
     passes: list[dict[str, Any]]
     deployment: dict[str, Any]
-    selection_drop: dict[str, Any]
-    drop: dict[str, Any] | None = None
-    drops: dict[str, Any] = field(default_factory=dict)
-    drops_by_set: dict[str, Any] = field(default_factory=dict)  # with data.extra_eval: the budget metric's drop per set
+    selection_drop: Drop | None
+    drop: Drop | None = None
+    drops: dict[str, Drop] = field(default_factory=dict)
+    drops_by_set: dict[str, Drop] = field(default_factory=dict)  # with data.extra_eval: the budget metric's drop per set
     quality: dict[str, float] = field(default_factory=dict)
     quality_batches: str = ""
     widths: dict[str, Any] | None = None  # measure.widths.WidthCheck: checked before its quality
@@ -220,15 +220,18 @@ def confirm_search(recipe: Recipe, study: optuna.Study, limit: TimeBudget | None
     def test(t: optuna.trial.FrozenTrial) -> bool | None:
         m = Measurement.of(t)
         dep = m.deployment
-        attempt = Attempt(t.number, m.passes, dep, m.drop or {})
+        attempt = Attempt(t.number, m.passes, dep, m.drop)
         result.attempts.append(attempt)
         speed_mod.set_threads(int(dep.get("threads") or base_threads))
         try:
             ctx = bench.context(work / f"trial-{t.number}")
             cand = apply_chain(recipe, attempt.passes, ctx, {}, cache=cache)
-            cand = _right_at_every_width(bench, cand, attempt, ctx)
-            if cand is None:
-                return None
+            if _checked_in_trial(m, bench):
+                attempt.widths = m.widths
+            else:
+                cand = _right_at_every_width(bench, cand, attempt, ctx)
+                if cand is None:
+                    return None
             serving = batch_dependent(attempt.passes)
             batch = int(dep.get("batch_size") or recipe.speed.batch_size) if serving else recipe.quality.batch_size
             attempt.quality_batches = batches_text(batch, sort=not serving)
@@ -243,7 +246,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study, limit: TimeBudget | None
         attempt.drop = attempt.drops[budget.metric]
         attempt.power = budget.power(attempt.drop)
         if len(by_set) > 1:
-            attempt.drops_by_set = {n: d[budget.metric] for n, d in by_set.items()}
+            attempt.drops_by_set = {n: ds[budget.metric] for n, ds in by_set.items()}
         attempt.confirmed = budget.worst(by_set)[1] <= 0  # within budget on every eval set
         if attempt.confirmed:
             built[t.number] = cand
@@ -260,6 +263,14 @@ def confirm_search(recipe: Recipe, study: optuna.Study, limit: TimeBudget | None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _checked_in_trial(m: Measurement, bench: Bench) -> bool:
+    """Its trial checked this chain at every width, served as it is deployed, found no defect and served around
+    none (a candidate compiled per shape: `Bench.measure`), on the same texts against the same baseline (the
+    calibration set, which the search's and the confirmation's benches share): the check would be repeated
+    on the same artifact, rebuilt from the cache. It took 65 s of a 3-minute confirmation on MiniLM."""
+    return m.widths is not None and not m.widths["defects"] and m.padded is None and bench.calibration is not None
 
 
 def _right_at_every_width(bench: Bench, cand: Any, attempt: Attempt, ctx: Any) -> Any:
@@ -290,7 +301,7 @@ def _time_saving(
     limit: TimeBudget | None = None,
 ) -> None:
     """Time the baseline and the choice in alternating rounds, and the choice at its other serving settings.
-    Within `limit`: when SETTLED_AFTER rounds of every arm (timed by the warm-up) would not fit the time left,
+    Within `limit`: when MIN_ROUNDS rounds of every arm (timed by the warm-up) would not fit the time left,
     the other serving settings are not timed; the rounds stop when the next would not fit (after MIN_ROUNDS)."""
     spec = recipe.search.confirm
     m = Measurement.of(chosen)
@@ -327,26 +338,28 @@ def _time_saving(
     for arm in arms:  # warm-up: first calls compile kernels and fill caches (and say how long an arm takes)
         t0 = time.perf_counter()
         run(arm, warmup=1)
-        warm[arm.name] = time.perf_counter() - t0
-    if limit is not None and others and limit.left() < SETTLED_AFTER * sum(warm.values()):
+        warm[arm.name] = (time.perf_counter() - t0) / 2  # a warm-up pass and a timed one: at most one round's arm
+    if limit is not None and others and limit.left() < MIN_ROUNDS * sum(warm.values()):
         limit.cut(
-            f"the choice's {len(others)} other serving setting(s) were not timed: {SETTLED_AFTER} rounds of all "
-            f"{len(arms)} arms take ~{SETTLED_AFTER * sum(warm.values()):.0f} s, {max(0.0, limit.left()):.0f} s were left"
+            f"the choice's {len(others)} other serving setting(s) were not timed: {MIN_ROUNDS} rounds of all "
+            f"{len(arms)} arms take ~{MIN_ROUNDS * sum(warm.values()):.0f} s, {max(0.0, limit.left()):.0f} s were left"
         )
         arms, others, not_compared = [a for a in arms if a not in others], [], limit.cuts[-1]
-    attempts = 0
+    attempts, round_s = 0, sum(warm[a.name] for a in arms)
     while min(len(a.values) for a in arms) < spec.rounds and attempts < 2 * spec.rounds:
         if (settled := _settled(arms, searched, recipe.search.constraint.confidence, direction)) is not None:
             result.rounds_stopped = settled  # every interval already narrow: more rounds would not change a decision
             break
         counted = min(len(a.values) for a in arms)
-        if limit is not None and counted >= MIN_ROUNDS and limit.left() < sum(warm[a.name] for a in arms):
+        if limit is not None and counted >= MIN_ROUNDS and limit.left() < round_s:
             result.rounds_stopped = f"stopped after {counted} rounds: the next would not fit the time budget"
             limit.cut(f"the saving's timing: {counted} rounds of at most {spec.rounds}")
             break
         order = arms[attempts % len(arms) :] + arms[: attempts % len(arms)]  # none always goes first
         attempts += 1
+        t0 = time.perf_counter()
         measured = {a.name: run(a, warmup=0) for a in order}
+        round_s = time.perf_counter() - t0
         busy = [n for n, (_, c, _) in measured.items() if c["busy"]]
         result.rounds.append(
             {n: {"value": v, "contention": c, "latency_misses": m} for n, (v, c, m) in measured.items()}

@@ -39,20 +39,23 @@ def expected_seconds(recipe: Recipe, study: optuna.Study) -> float:
         return 0.0
     held_out = share / (1 - share)  # examples go to the parts by hash, in these proportions
     quality = statistics.median(m.timings["quality"] for m in done)
-    widths = [m.timings["widths"] for m in done if "widths" in m.timings]
     baseline = study.user_attrs.get("baseline") or {}
-    # the baseline's and one candidate's held-out quality, and the candidate's width check (measured in trials of
-    # candidates compiled per shape; else taken as long as a quality pass, which it was within 2x on MiniLM)
-    fixed = held_out * (baseline.get("quality_seconds", quality) + quality) + (statistics.median(widths) if widths else quality)
-    s = recipe.speed
     choice = Measurement.of(best[0])
+    # A candidate compiled per shape was checked at every width in its trial: clean, with the calibration texts
+    # both benches share, the confirmation reuses that check (`confirm._checked_in_trial`), else repeats it. Other
+    # candidates are checked first in the confirmation, taken here as long as a quality pass.
+    per_shape = choice.widths is not None
+    reused = per_shape and not choice.widths["defects"] and choice.padded is None and recipe.data.calibration is not None
+    widths = 0.0 if reused else choice.timings.get("widths", quality)
+    fixed = held_out * (baseline.get("quality_seconds", quality) + quality) + widths
+    s = recipe.speed
     arm = choice.timings.get("speed", statistics.median(m.timings["speed"] for m in done)) / (s.warmup + s.repeats)
     baseline_arms = 1 + (baseline_best_batch(baseline) not in (None, s.batch_size))
     costlier = 1.0
     if objective_sign(study) > 0 and best[0].values and baseline.get("objective"):  # minimized cost: time follows it
         costlier = max(1.0, baseline["objective"] / best[0].values[0])
     space = {k: ranges.values(rng) or [] for k, rng in serving_ranges(recipe).items()}
-    batches = 1 if batch_dependent(choice.passes) else len(space.get("batch_size") or [1])
+    batches = 1 if batch_dependent(choice.passes) or per_shape else len(space.get("batch_size") or [1])
     settings = min(1 + MAX_SERVING_ALTERNATIVES, batches * len(space.get("streams") or [1]))
     per_round = baseline_arms * (arm * costlier + IDLE_BETWEEN_ARMS_S) + settings * (arm + IDLE_BETWEEN_ARMS_S)
     return fixed + (1 + SETTLED_AFTER) * per_round

@@ -48,7 +48,7 @@ def deployment_config(
     measured: dict[str, Any] = {
         "quality": m.quality,
         "baseline_quality": baseline.get("quality"),
-        "drop": m.drop,
+        "drop": m.drop.to_json() if m.drop else None,
         "drop_measured_on": "the eval set the search selected on (not confirmed on held-out data)",
         "quality_batches": m.quality_batches,
         "constraint": {"metric": b.metric, "max_drop": b.max_drop, "relative": b.relative, "confidence": b.confidence},
@@ -76,7 +76,7 @@ def deployment_config(
     attempt = confirmation.attempt if confirmation is not None else None
     if attempt is not None:
         measured["selection_drop"] = measured["drop"]
-        measured["drop"] = attempt.drop
+        measured["drop"] = attempt.drop.to_json() if attempt.drop else None
         measured["quality"] = attempt.quality
         measured["quality_batches"] = attempt.quality_batches
         measured["power"] = attempt.power  # what the held-out set could certify (Budget.power)

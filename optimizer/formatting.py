@@ -1,36 +1,33 @@
 """How figures are written everywhere (CLI, reports, deploy notes, experiments): drops, money, ratios.
 
-A drop is the dict of `measure.stats.Drop`; a ratio is the dict of `measure.stats.RatioInterval`.
+A drop is a `measure.stats.Drop`; a ratio is the dict of `measure.stats.RatioInterval`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-
-def shown_relative(drop: dict[str, Any], relative: bool) -> bool:
-    """Relative drops where asked for and defined (a baseline of 0, as KL has, has none)."""
-    return relative and drop.get("relative") is not None and drop.get("baseline") != 0
+from optimizer.measure.stats import Drop
 
 
-def drop_x(drop: dict[str, Any] | None, relative: bool) -> tuple[float, float, float] | None:
+def drop_x(drop: Drop | None, relative: bool) -> tuple[float, float, float] | None:
     """(point, low, high) of a drop in the budget's unit: percent when relative, the metric's own otherwise."""
     if not drop:
         return None
-    if shown_relative(drop, relative):
-        point = 100 * drop["relative"]
-        if drop.get("relative_low") is None:  # no spread (every resample gave the same drop)
+    if drop.shown_relative(relative):
+        point = 100 * drop.end("point", True)
+        if drop.relative_low is None:  # no spread (every resample gave the same drop)
             return point, point, point
-        return point, 100 * drop["relative_low"], 100 * drop["relative_high"]
-    return drop["drop"], drop["low"], drop["high"]
+        return point, 100 * drop.end("low", True), 100 * drop.end("high", True)
+    return drop.drop, drop.low, drop.high
 
 
-def drop_text(drop: dict[str, Any] | None, relative: bool = True) -> str:
+def drop_text(drop: Drop | None, relative: bool = True) -> str:
     """'+0.42% [-0.61, +1.38]' (relative) or '+0.0123 [+0.004, +0.02]' (the metric's own unit)."""
     x = drop_x(drop, relative)
     if x is None:
         return "–"
-    if shown_relative(drop, relative):  # type: ignore[arg-type]
+    if drop.shown_relative(relative):  # type: ignore[union-attr]
         return f"{x[0]:+.2f}% [{x[1]:+.2f}, {x[2]:+.2f}]"
     return f"{x[0]:+.4g} [{x[1]:+.4g}, {x[2]:+.4g}]"
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from optimizer.measure.stats import Drop
+
 ATTR = "measurement"  # the Optuna trial user attribute holding Measurement.to_json()
 RUN_SCHEMAS = ("costopt.trial/1", "costopt.trial/2")  # `costopt run` result files this version reads
 WORKER = "worker"  # trial user attribute written first, before any figure: which process claimed it
@@ -34,7 +36,7 @@ class Broken(Pruned):
 class Measurement:
     """Figures of one chain served one way, against the baseline its worker measured.
 
-    A drop is `measure.stats.Drop` as a dict (the drop, its interval, and relative to the baseline);
+    A drop is a `measure.stats.Drop` (the drop, its interval, and relative to the baseline);
     `violation` is the budget rule's (`budget.Budget.violation`): the upper end of the drop's interval
     minus the budget, on the worst eval set; <= 0 is within budget, None when quality was not measured.
     """
@@ -45,13 +47,12 @@ class Measurement:
     hardware: dict[str, Any] = field(default_factory=dict)  # cpu, gpus, device, catalog (the entry it is priced on)
     baseline_objective: float | None = None  # the objective of the baseline it is compared with (its worker's)
     quality: dict[str, float] = field(default_factory=dict)
-    drops: dict[str, dict[str, Any]] = field(default_factory=dict)  # by metric
-    drops_by_set: dict[str, dict[str, dict[str, Any]]] = field(
-        default_factory=dict
-    )  # with data.extra_eval: set -> metric -> drop
+    drops: dict[str, Drop] = field(default_factory=dict)  # by metric
+    drops_by_set: dict[str, dict[str, Drop]] = field(default_factory=dict)  # with data.extra_eval: set -> metric -> drop
     quality_batches: str | None = None  # how quality was batched (batch-dependent outputs are judged as served)
     widths: dict[str, Any] | None = None  # measure.widths.WidthCheck: outputs at every servable input width vs the baseline
-    screen: dict[str, Any] | None = None  # the budget metric's drop on the screening subset
+    padded: dict[str, int] | None = None  # widths its trial served around (pad-widths) to judge it as it would be served
+    screen: Drop | None = None  # the budget metric's drop on the screening subset
     violation: float | None = None
     speed: dict[str, Any] | None = None  # measure.speed's figures (medians, spread, operating points, roofline)
     cost: dict[str, Any] | None = None  # cost.price's figures on `hardware.catalog`
@@ -66,7 +67,7 @@ class Measurement:
     repeat: bool = False  # answered without measuring (a repeat, or the baseline itself); not counted
 
     @property
-    def drop(self) -> dict[str, Any] | None:
+    def drop(self) -> Drop | None:
         return self.drops.get(self.metric)
 
     @property
@@ -92,7 +93,7 @@ class Measurement:
             return self.error or self.pruned
         return f"same configuration as trial {self.same_as}: its figures" if self.same_as is not None else None
 
-    def budget_drops(self) -> dict[str, dict[str, Any]]:
+    def budget_drops(self) -> dict[str, Drop]:
         """The budget metric's drop on each eval set ({} with one set)."""
         return {name: d[self.metric] for name, d in self.drops_by_set.items() if self.metric in d}
 
@@ -105,8 +106,13 @@ class Measurement:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Measurement:
+        """A stored record (its drops as dicts: `Drop.from_json` reads every version's)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        m = cls(**{k: v for k, v in d.items() if k in known})
+        m.drops = {k: Drop.from_json(v) for k, v in m.drops.items()}
+        m.drops_by_set = {n: {k: Drop.from_json(v) for k, v in ds.items()} for n, ds in m.drops_by_set.items()}
+        m.screen = Drop.maybe(m.screen)
+        return m
 
     @classmethod
     def of(cls, trial: Any) -> Measurement:
@@ -127,9 +133,9 @@ def _legacy(attrs: dict[str, Any]) -> Measurement:
     m.speed = attrs.get("speed_detail")
     m.violation = (attrs.get("constraint") or [None])[0]
     drop = attrs.get("drop")
-    m.metric = next((k for k, d in m.drops.items() if d == drop), "") if drop else ""
+    m.metric = next((k for k, d in m.drops.items() if d == Drop.from_json(drop)), "") if drop else ""
     if attrs.get("drops_by_set") and m.metric:
-        m.drops_by_set = {name: {m.metric: d} for name, d in attrs["drops_by_set"].items()}
+        m.drops_by_set = {name: {m.metric: Drop.from_json(d)} for name, d in attrs["drops_by_set"].items()}
     return m
 
 
@@ -140,14 +146,16 @@ def run_candidate(result: dict[str, Any]) -> Measurement | None:
         return None
     if result.get("schema") != "costopt.trial/1":
         return Measurement.from_json(c)
-    return Measurement(
-        passes=result.get("passes", []),
-        deployment={"runtime": c.get("runtime")},
-        metric=result.get("primary_metric", ""),
-        quality=c.get("quality") or {},
-        drops=result.get("drops") or {},
-        drops_by_set=result.get("drops_by_set") or {},
-        speed=c.get("speed"),
-        cost=c.get("cost"),
-        footprint=c.get("footprint"),
+    return Measurement.from_json(
+        {
+            "passes": result.get("passes", []),
+            "deployment": {"runtime": c.get("runtime")},
+            "metric": result.get("primary_metric", ""),
+            "quality": c.get("quality") or {},
+            "drops": result.get("drops") or {},
+            "drops_by_set": result.get("drops_by_set") or {},
+            "speed": c.get("speed"),
+            "cost": c.get("cost"),
+            "footprint": c.get("footprint"),
+        }
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from optimizer.measure.stats import Drop
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -49,16 +51,16 @@ def default_metrics(task: str) -> list[str]:
     return [name for name, m in METRICS.items() if m.task == task and m.default]
 
 
-def broken_by(drops: dict[str, dict]) -> list[str]:
+def broken_by(drops: dict[str, Drop]) -> list[str]:
     """Each metric whose candidate value is past the metric's `broken` bound, in words (`drops`: metric ->
-    `measure.stats.Drop` as a dict, holding the baseline's and the candidate's values)."""
+    `measure.stats.Drop`, holding the baseline's and the candidate's values)."""
     out = []
     for name, d in drops.items():
         rule = METRICS[name].broken if name in METRICS else None
-        if rule is None or d.get("candidate") is None:
+        if rule is None or d.candidate is None:
             continue
         kind, bound = rule
-        got, base = float(d["candidate"]), float(d["baseline"])
+        got, base = float(d.candidate), float(d.baseline)
         if kind == "times" and base > 0 and got >= bound * base:
             out.append(f"{name} {got:.4g} is {got / base:,.0f}x the baseline's {base:.4g}")
         elif kind == "above" and got >= bound:

@@ -9,6 +9,7 @@ from optimizer.cli_format import table
 from optimizer.formatting import drop_text, served_text
 from optimizer.measure.roofline import roofline_text
 from optimizer.measure.widths import check_text
+from optimizer.measurement import run_candidate
 
 
 def fmt_num(x: float | None, digits: int = 4) -> str:
@@ -75,23 +76,21 @@ def render_result(r: dict[str, Any]) -> str:
         f"eval data: {r['data']['eval']['origin']}, {r['data']['eval']['examples']} examples",
         "",
     ]
-    cand = r.get("candidate")
-    drops = (cand or {}).get("drops") or {}
+    cand, record = r.get("candidate"), run_candidate(r)
     q_rows = []
     for m, v in r["baseline"]["quality"].items():
         row = [m, fmt_num(v)]
-        if cand:
-            row += [fmt_num(cand["quality"].get(m)), drop_text(drops[m]) if m in drops else "-"]
+        if record:
+            row += [fmt_num(record.quality.get(m)), drop_text(record.drops[m]) if m in record.drops else "-"]
         q_rows.append(row)
-    header = ["metric", "baseline"] + (["candidate", "drop (95% CI)"] if cand else [])
+    header = ["metric", "baseline"] + (["candidate", "drop (95% CI)"] if record else [])
     out += [table(q_rows, header), ""]
-    by_set = (cand or {}).get("drops_by_set") or {}
-    if len(by_set) > 1:  # data.extra_eval: the drop on each set
-        rows = [[name, m, drop_text(d)] for name, on_set in by_set.items() for m, d in on_set.items()]
+    if record and len(record.drops_by_set) > 1:  # data.extra_eval: the drop on each set
+        rows = [[name, m, drop_text(d)] for name, on_set in record.drops_by_set.items() for m, d in on_set.items()]
         out += [table(rows, ["eval set", "metric", "drop (95% CI)"]), ""]
     s_rows = _speed_rows("baseline", sp)
-    if cand and cand.get("speed"):
-        s_rows += _speed_rows("candidate", cand["speed"])
+    if record and record.speed:
+        s_rows += _speed_rows("candidate", record.speed)
     out += [table(s_rows, ["model", "speed", "median (spread over repeats)"]), ""]
     f_rows = []
     for label, part in (("baseline", r["baseline"]), ("candidate", cand)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -71,7 +72,7 @@ def write_section(path: str | Path, section: str) -> Path:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, default=_default) + "\n")
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -93,7 +94,10 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
-def _default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """How figures that are not JSON types are written: typed figures as their dicts, numpy scalars as numbers."""
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
     if hasattr(o, "item"):  # numpy scalars
         return o.item()
     if isinstance(o, Path):

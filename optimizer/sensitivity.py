@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from optimizer.cache import chain_key
 from optimizer.chain import apply_chain, resolved_passes
 from optimizer.errors import UserError
+from optimizer.measure.stats import Drop
 from optimizer.metrics import METRICS
 from optimizer.ranges import Choice, FloatRange, IntRange, parse_range
 from optimizer.search_space import running_passes, single_technique
@@ -80,7 +81,7 @@ class UnitDrop:
     unit: str
     pattern: str  # added to `exclude` to keep the unit out of the pass
     alone: str  # the `exclude` regex under which only this unit is quantized (how it was measured)
-    drop: dict[str, Any]  # the budget metric's drop
+    drop: Drop  # the budget metric's drop
     score: float  # the ranking signal's drop (Sensitivity.ranked_by), what the parts are ordered by
 
 
@@ -108,7 +109,7 @@ class Sensitivity:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Sensitivity:
-        return cls(**(d | {"units": [UnitDrop(**u) for u in d["units"]]}))
+        return cls(**(d | {"units": [UnitDrop(**(u | {"drop": Drop.from_json(u["drop"])})) for u in d["units"]]}))
 
 
 def ranking_signal(metrics: list[str], budget_metric: str) -> str:
@@ -199,12 +200,12 @@ def rank(
         drops = (bench.screen(cand, examples) if examples else None) or bench.judge(cand)[1]
         drop, moved = drops[budget.metric], drops[signal]
         del cand
-        if abs(moved["low"]) < UNMOVED and abs(moved["high"]) < UNMOVED:  # outputs as before, to rounding: nothing to keep out
+        if abs(moved.low) < UNMOVED and abs(moved.high) < UNMOVED:  # outputs as before, to rounding: nothing to keep out
             unchanged.append(unit)
             log(f"sensitivity of {recipe.passes[index].name}: {unit} alone changes no example's {signal}")
             continue
-        rows.append(UnitDrop(unit, pattern, alone, drop, float(moved["drop"])))
-        log(f"sensitivity of {recipe.passes[index].name}, {unit} alone: {signal} drop {moved['drop']:.3g}")
+        rows.append(UnitDrop(unit, pattern, alone, drop, float(moved.drop)))
+        log(f"sensitivity of {recipe.passes[index].name}, {unit} alone: {signal} drop {moved.drop:.3g}")
     rows.sort(key=lambda u: u.score, reverse=True)
     used = min(examples, len(bench.eval_data)) if examples and len(bench.eval_data) >= 2 * examples else len(bench.eval_data)
     result = Sensitivity(

@@ -38,16 +38,8 @@ def _numbers(prefix: str, d: dict[str, Any] | None) -> dict[str, float]:
 def trial_metrics(m: Measurement, values: list[float] | None) -> dict[str, float]:
     """What a trial measured, as metrics: objective value(s), quality drops, speed medians, cost, footprint."""
     out = {f"objective_{i}": float(v) for i, v in enumerate(values or []) if math.isfinite(v)}
-    for metric, d in m.drops.items():  # the relative drop and its interval (a loss is positive)
-        rel = "relative" in d
-        out |= _numbers(
-            f"drop.{metric}",
-            {
-                "": d.get("relative" if rel else "drop"),
-                ".low": d.get("relative_low" if rel else "low"),
-                ".high": d.get("relative_high" if rel else "high"),
-            },
-        )
+    for metric, d in m.drops.items():  # the relative drop and its interval (a loss is positive), where defined
+        out |= _numbers(f"drop.{metric}", {"": d.relative, ".low": d.relative_low, ".high": d.relative_high})
     out |= _numbers("quality.", m.quality)
     out |= _numbers("speed.", m.tokens_per_s())
     out |= _numbers("cost.", {k: v for k, v in (m.cost or {}).items() if k.endswith(("_per_m", "monthly_usd"))})

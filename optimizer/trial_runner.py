@@ -314,7 +314,8 @@ class TrialRunner:
             shutil.rmtree(work, ignore_errors=True)
             gc.collect()
         if s.multi_objective:
-            return value, float(m.drop["relative"] if s.constraint.relative else m.drop["drop"])
+            assert m.drop is not None
+            return value, float(m.drop.end("point", s.constraint.relative))
         return value
 
 

@@ -3,6 +3,8 @@ candidate, the serving-batch quality and the saving's interval, on a real search
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import optuna
 import pytest
@@ -10,7 +12,7 @@ import yaml
 
 from optimizer.budget import Budget
 from optimizer.confirm import confirmation_confidence, first_confirmed
-from optimizer.measure.stats import MetricValues, paired_bootstrap, ratio_interval
+from optimizer.measure.stats import Drop, MetricValues, paired_bootstrap, ratio_interval
 from optimizer.measurement import Measurement
 
 # ----------------------------------------------------------------------------- simulation
@@ -22,15 +24,14 @@ BUDGET = Budget("score", 0.01, relative=True, confidence=0.95)
 TRUE_DROPS = [0.0105 + 0.0002 * i for i in range(24)][::-1] + [0.008, 0.005, 0.002, 0.0]
 
 
-def _measure(rng: np.random.Generator, base: np.ndarray, true_drop: float, seed: int, confidence: float) -> dict:
+def _measure(rng: np.random.Generator, base: np.ndarray, true_drop: float, seed: int, confidence: float) -> Drop:
     """A candidate's per-example scores: the baseline's minus the true drop, with per-example noise
     as wide as an int8 model's reciprocal-rank changes at a 1.2% drop, narrower for milder changes
     (a lossless configuration changes no example)."""
     cand = base * (1 - true_drop) + rng.normal(0, 0.12 * np.sqrt(true_drop / 0.012), len(base))
-    d = paired_bootstrap(
+    return paired_bootstrap(
         MetricValues("score", base, "mean", True), MetricValues("score", cand, "mean", True), 300, confidence, seed
     )
-    return d.__dict__
 
 
 def _simulate(reps: int, n: int, k: int) -> tuple[float, float, float]:
@@ -65,7 +66,7 @@ def test_certified_choices_break_the_budget_at_most_at_the_stated_rate():
     assert none < 0.9  # and it still answers most of the time
 
 
-def _certified_share(n: int, true_drop: float, reps: int, seed: int) -> tuple[float, list[dict]]:
+def _certified_share(n: int, true_drop: float, reps: int, seed: int) -> tuple[float, list[Drop]]:
     rng = np.random.default_rng(seed)
     drops = [_measure(rng, rng.uniform(0.3, 1.0, n), true_drop, r, BUDGET.confidence) for r in range(reps)]
     return float(np.mean([BUDGET.within(d) for d in drops])), drops
@@ -90,12 +91,12 @@ def test_a_configuration_that_changes_no_output_is_certified_at_any_true_drop_un
     from optimizer.budget import power_text
 
     same = np.random.default_rng(0).uniform(0.3, 1.0, 50)
-    d = paired_bootstrap(MetricValues("score", same, "mean", True), MetricValues("score", same, "mean", True), 200).__dict__
+    d = paired_bootstrap(MetricValues("score", same, "mean", True), MetricValues("score", same, "mean", True), 200)
     p = BUDGET.power(d)
     assert p["se"] == 0 and p["probability"] == 1.0
     assert power_text(p, relative=True).startswith("power: outputs match the baseline's on all 50 examples")
     # outputs that differ a hair (another runtime's fp32): certain, and said so without an examples-needed figure
-    close = {"confidence": 0.95, "relative_low": -1e-5, "relative_high": 1e-5, "low": 0, "high": 0, "n": 838}
+    close = replace(d, relative=0.0, relative_low=-1e-5, relative_high=1e-5, n=838)
     assert BUDGET.power(close)["probability"] == pytest.approx(1.0)
     assert power_text(BUDGET.power(close), relative=True).endswith("the data is not the limit")
 
@@ -160,7 +161,7 @@ def test_search_confirms_on_held_out_data_and_falls_back_to_the_next_candidate(
         values, drops = original(self, cand, *a, **k)
         calls.append(1)
         if len(calls) == 1:
-            drops["fidelity"] = drops["fidelity"] | {"relative": 0.5, "relative_low": 0.4, "relative_high": 0.6}
+            drops["fidelity"] = replace(drops["fidelity"], relative=0.5, relative_low=0.4, relative_high=0.6)
         return values, drops
 
     _during_confirmation(monkeypatch, judge)
@@ -203,7 +204,7 @@ def test_nothing_confirmed_exits_3_and_writes_no_deployment(search_recipe, tiny_
 
     def judge(self, cand, *a, **k):
         values, drops = original(self, cand, *a, **k)
-        return values, {m: d | {"relative": 0.5, "relative_low": 0.4, "relative_high": 0.6} for m, d in drops.items()}
+        return values, {m: replace(d, relative=0.5, relative_low=0.4, relative_high=0.6) for m, d in drops.items()}
 
     _during_confirmation(monkeypatch, judge)
     assert main(["search", str(recipe_file), "-q"]) == 3
@@ -291,7 +292,7 @@ def test_the_budget_must_hold_on_every_eval_set(search_recipe, tiny_bert_dir, tm
     for a in c["attempts"]:
         if a["drop"] is not None:
             assert set(a["drops_by_set"]) == {"eval", "calib-part"}
-            assert a["confirmed"] == all(budget.within(d) for d in a["drops_by_set"].values())
+            assert a["confirmed"] == all(budget.within(Drop.from_json(d)) for d in a["drops_by_set"].values())
     if c["chosen"] is not None:
         assert "eval set calib-part: held-out drop" in out
 

@@ -6,10 +6,22 @@ import optuna
 import pytest
 
 from optimizer.budget import Budget
+from optimizer.measure.stats import Drop
 from optimizer.measurement import ATTR, Measurement, run_candidate
 
-DROP = {"drop": 0.004, "low": -0.002, "high": 0.009, "relative": 0.008, "relative_low": -0.004, "relative_high": 0.018}
-OTHER = DROP | {"relative": 0.001, "relative_high": 0.006}
+STORED = {"metric": "mrr", "baseline": 0.5, "candidate": 0.496, "drop": 0.004, "low": -0.002, "high": 0.009}
+STORED |= {"relative": 0.008, "relative_low": -0.004, "relative_high": 0.018, "confidence": 0.95, "n": 100}
+STORED_OTHER = STORED | {"relative": 0.001, "relative_high": 0.006}
+DROP, OTHER = Drop.from_json(STORED), Drop.from_json(STORED_OTHER)
+
+
+def test_a_drop_reads_what_every_version_stored():
+    assert DROP.to_json() == STORED and Drop.from_json(DROP) is DROP
+    older = {k: v for k, v in STORED.items() if k not in ("confidence", "n")}  # kept before power was reported
+    assert Drop.from_json(older) == Drop.from_json(STORED | {"n": 0})
+    assert DROP.end("high", relative=True) == 0.018 and DROP.end("high", relative=False) == 0.009
+    kl = Drop.from_json(STORED | {"baseline": 0.0, "relative": None, "relative_low": None, "relative_high": None})
+    assert kl.end("high", relative=True) == 0.009 and not kl.shown_relative(True) and DROP.shown_relative(True)
 
 
 def test_derived_figures_follow_the_budget_metric():
@@ -43,9 +55,9 @@ def test_a_trial_stores_one_attribute_and_older_loose_attributes_read_the_same()
     for k, v in {
         "passes": m.passes,
         "deployment": m.deployment,
-        "drop": DROP,
-        "drops": m.drops,
-        "drops_by_set": {"eval": DROP, "extra": OTHER},
+        "drop": STORED,
+        "drops": {"mrr": STORED},
+        "drops_by_set": {"eval": STORED, "extra": STORED_OTHER},
         "constraint": [0.008],
         "speed": {"input_tokens_per_s": 1.0},
         "speed_detail": {"batch_size": 8},
@@ -65,7 +77,7 @@ def test_a_run_result_of_either_schema_gives_its_candidate():
         "passes": c.passes,
         "primary_metric": "mrr",
         "candidate": {"runtime": "torch", "quality": {"mrr": 0.5}, "speed": {"batch_size": 8}},
-        "drops": {"mrr": DROP},
+        "drops": {"mrr": STORED},
     }
     got = run_candidate(v1)
     assert got.runtime == "torch" and got.drop == DROP and got.quality == {"mrr": 0.5} and got.speed == {"batch_size": 8}

@@ -113,10 +113,11 @@ def test_metric_needs_matching_data():
 def test_broken_bounds_name_each_metric_past_them():
     """A chain is broken, not degraded, past a metric's bound: perplexity 10x the baseline's, KL of 2 nats,
     top-1 agreement of 0.2, embedding fidelity of 0.5; inside them nothing is said."""
+    from optimizer.measure.stats import Drop
     from optimizer.metrics import broken_by
 
-    def d(base: float, cand: float) -> dict:
-        return {"baseline": base, "candidate": cand}
+    def d(base: float, cand: float) -> Drop:
+        return Drop("m", base, cand, base - cand, base - cand, base - cand, None, None, None, 0.95, 100)
 
     assert broken_by({"perplexity": d(30.0, 2.9e6), "kl": d(0.0, 12.0), "top1-agreement": d(1.0, 0.01)}) == [
         "perplexity 2.9e+06 is 96,667x the baseline's 30",

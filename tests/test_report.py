@@ -14,6 +14,7 @@ import pytest
 
 from cost.workload import DAYS_PER_MONTH
 from optimizer.cli import main
+from optimizer.measure.stats import Drop
 from optimizer.recipe import load_recipe
 from optimizer.report import build_report, open_source, write_report
 from optimizer.study import run_search
@@ -90,7 +91,7 @@ def test_encoder_run_report_states_the_measured_money(encoder_run, tmp_path, cap
     by_metric = {q["metric"]: q for q in report["quality"]}
     assert set(by_metric) == set(result["baseline"]["quality"])
     assert by_metric["mrr"]["chosen"] == pytest.approx(result["candidate"]["quality"]["mrr"])
-    assert by_metric["mrr"]["drop"] == result["candidate"]["drops"]["mrr"] and by_metric["mrr"]["constrained"]
+    assert by_metric["mrr"]["drop"] == Drop.from_json(result["candidate"]["drops"]["mrr"]) and by_metric["mrr"]["constrained"]
     assert report["chosen"]["footprint"]["weight_bytes"] < report["baseline"]["footprint"]["weight_bytes"]
 
     paths = write_report(report, tmp_path)
@@ -216,7 +217,7 @@ def test_search_report_chooses_the_cheapest_feasible_trial_and_lists_every_trial
     assert report["system"] and report["system"][0]["libraries"]["torch"] and report["workers"]
     assert report["money"]["saving"]["job_hours"] > 0
     # the Pareto front: no flagged configuration is beaten on both drop and cost by another
-    pts = [(e["drop"]["relative"], e["usd_per_m"]) for e in [report["baseline"], *report["trials"]] if e["pareto"]]
+    pts = [(e["drop"].relative, e["usd_per_m"]) for e in [report["baseline"], *report["trials"]] if e["pareto"]]
     assert pts and all(not (x2 <= x and y2 <= y and (x2, y2) != (x, y)) for x, y in pts for x2, y2 in pts)
     fams = {f["family"] for f in report["families"]}
     assert fams <= {"quantization", "pruning", "pruning + quantization", "baseline"} and fams

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
 
 import optuna
 import pytest
 
 from optimizer.budget import Budget
 from optimizer.errors import UserError
+from optimizer.measure.stats import Drop
 from optimizer.measurement import Measurement
 from optimizer.recipe import load_recipe
 from optimizer.study import best_feasible, finished, run_search
@@ -37,15 +39,19 @@ def _recipe(write_recipe, model_dir, tmp_path, **search):
     )
 
 
+def _drop(**figures):
+    return Drop.from_json({"metric": "mrr", "baseline": 0.5, "candidate": 0.5, "low": 0.0, "relative_low": 0.0} | figures)
+
+
 def test_violation_uses_the_upper_end_of_the_interval():
-    drop = {"drop": 0.004, "high": 0.02, "relative": 0.006, "relative_high": 0.012}
+    drop = _drop(drop=0.004, high=0.02, relative=0.006, relative_high=0.012)
     assert Budget("mrr", 0.01, relative=True).violation(drop) == pytest.approx(0.002)
     assert Budget("mrr", 0.01, relative=False).violation(drop) == pytest.approx(0.01)
-    assert Budget("mrr", 0.01).within({**drop, "relative_high": 0.01}) and not Budget("mrr", 0.01).within(drop)
+    assert Budget("mrr", 0.01).within(replace(drop, relative_high=0.01)) and not Budget("mrr", 0.01).within(drop)
 
 
 def test_budget_surely_over_reads_the_low_end():
-    drop = {"drop": 0.03, "low": 0.02, "high": 0.04, "relative": 0.03, "relative_low": 0.015, "relative_high": 0.05}
+    drop = _drop(drop=0.03, low=0.02, high=0.04, relative=0.03, relative_low=0.015, relative_high=0.05)
     assert Budget("mrr", 0.01).surely_over(drop) and not Budget("mrr", 0.02).surely_over(drop)
     assert Budget("mrr", 0.01).text == "mrr drop <= 1% (relative), at the upper end of the 95% interval"
 

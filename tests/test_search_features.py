@@ -54,7 +54,7 @@ def test_screening_prunes_a_clearly_broken_trial_before_the_full_evaluation(writ
     t = study.trials[0]
     assert t.state == States.PRUNED
     assert "screened on 24 examples" in Measurement.of(t).pruned and "over the" in Measurement.of(t).pruned
-    assert Measurement.of(t).screen["relative_low"] > 0.0001
+    assert Measurement.of(t).screen.relative_low > 0.0001
     assert full_evals == []  # neither the full evaluation nor the speed benchmark ran
     assert finished(study) == 1 and leaderboard(study)[0]["state"] == "pruned"
 
@@ -71,7 +71,7 @@ def test_screening_lets_a_good_trial_through(write_recipe, tiny_bert_dir, tmp_pa
     selection = len(eval_part(recipe, "select"))  # trials are judged on the search's part of the eval set
     assert 40 < selection < 80
     assert (
-        t.state == States.COMPLETE and Measurement.of(t).screen["n"] == 2 * 24 and Measurement.of(t).drop["n"] == 2 * selection
+        t.state == States.COMPLETE and Measurement.of(t).screen.n == 2 * 24 and Measurement.of(t).drop.n == 2 * selection
     )  # queries and documents
 
 

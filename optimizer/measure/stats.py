@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
 
 import numpy as np
 
@@ -65,9 +65,12 @@ def aggregate_many(values: np.ndarray, kind: Aggregate, idx: np.ndarray) -> np.n
     return np.array([fn(values[i, 0], values[i, 1]) for i in idx])
 
 
-@dataclass
+@dataclass(frozen=True)
 class Drop:
-    """Quality lost going from baseline to candidate; positive means worse, whatever the metric's direction."""
+    """Quality lost going from baseline to candidate; positive means worse, whatever the metric's direction.
+
+    The one typed figure every reader of a drop uses (budget, formatting, confirmation, report); records
+    keep it as its dict (`to_json`) and read it back with `from_json`."""
 
     metric: str
     baseline: float
@@ -80,6 +83,35 @@ class Drop:
     relative_high: float | None
     confidence: float
     n: int
+
+    def end(self, side: Literal["point", "low", "high"], relative: bool) -> float:
+        """The point or an end of the interval: relative to the baseline when asked and defined, else in the
+        metric's own unit."""
+        rel = {"point": self.relative, "low": self.relative_low, "high": self.relative_high}[side]
+        if relative and rel is not None:
+            return rel
+        return {"point": self.drop, "low": self.low, "high": self.high}[side]
+
+    def shown_relative(self, relative: bool) -> bool:
+        """Relative where asked for and defined (a baseline of 0, as KL has, has none)."""
+        return relative and self.relative is not None and self.baseline != 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Drop | dict[str, Any]) -> Drop:
+        """A stored drop; records written before `confidence` and `n` were kept read them as unknown."""
+        if isinstance(d, Drop):
+            return d
+        return cls(**({"confidence": 0.95, "n": 0} | {k: d[k] for k in _DROP_FIELDS if k in d}))
+
+    @classmethod
+    def maybe(cls, d: Drop | dict[str, Any] | None) -> Drop | None:
+        return cls.from_json(d) if d else None
+
+
+_DROP_FIELDS = tuple(f.name for f in fields(Drop))
 
 
 def paired_bootstrap(

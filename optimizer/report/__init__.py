@@ -11,6 +11,7 @@ from typing import Any
 
 from optimizer.report.build import SCHEMA, build_report
 from optimizer.report.sources import RunSource, StudySource, open_source
+from optimizer.results import json_default
 
 FORMATS = ("md", "html", "json")
 
@@ -41,7 +42,7 @@ def write_report(report: dict[str, Any], out_dir: Path, formats: list[str] | tup
     doc = build_document(report, svgs)
     written: dict[str, Path] = {}
     if "json" in formats:
-        written["json"] = write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+        written["json"] = write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=json_default) + "\n")
     if "md" in formats:
         for name, svg in svgs.items():
             write_text_atomic(out_dir / f"{CHART_PREFIX}{name}.svg", svg)

@@ -14,6 +14,7 @@ from typing import Any
 from cost.workload import Workload
 from optimizer.budget import Budget
 from optimizer.cli_format import chain_text
+from optimizer.measure.stats import Drop
 from optimizer.measurement import Measurement, run_candidate
 from optimizer.recipe import MAIN_EVAL, Recipe, speed_model_note
 from optimizer.report import money
@@ -29,7 +30,8 @@ VERSION = 1
 def _baseline_entry(b: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
     """The uncompressed model, placed at zero drop (it is its own reference)."""
     m = budget["metric"]
-    zero = {"metric": m, "drop": 0.0, "low": 0.0, "high": 0.0, "relative": 0.0, "relative_low": 0.0, "relative_high": 0.0}
+    value = (b.get("quality") or {}).get(m, 0.0)
+    zero = Drop(m, value, value, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, budget["confidence"], 0)
     cost = b.get("cost")
     record = Measurement(
         metric=m,
@@ -148,10 +150,24 @@ def _from_study(src: StudySource, budget: dict[str, Any]) -> dict[str, Any]:
         "sign": objective_sign(study),
         "workers": sorted(workers),
         "machines": _by_machine(entries, workers.values(), objective_sign(study)),
-        "confirmation": attrs.get("confirmation"),  # written by `costopt search` after its trials
+        "confirmation": _confirmation(attrs.get("confirmation")),  # written by `costopt search` after its trials
         "started": min(starts).isoformat(timespec="seconds") if starts else None,
         "finished": max(ends).isoformat(timespec="seconds") if ends else None,
     }
+
+
+def _confirmation(stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The study's confirmation as stored, its candidates' drops read as typed figures."""
+    if not stored:
+        return stored
+    typed = {"drop": Drop.maybe, "selection_drop": Drop.maybe}
+    attempts = [
+        a
+        | {k: read(a.get(k)) for k, read in typed.items()}
+        | {"drops_by_set": {n: Drop.from_json(d) for n, d in (a.get("drops_by_set") or {}).items()}}
+        for a in stored.get("attempts", [])
+    ]
+    return stored | {"attempts": attempts}
 
 
 def _by_machine(entries: list[dict[str, Any]], workers: Any, sign: int) -> list[dict[str, Any]]:
@@ -388,7 +404,7 @@ def _sensitivity(src: RunSource | StudySource, chosen: dict[str, Any] | None) ->
         excluded = {
             x for p in (chosen or {}).get("passes", []) if p["name"] == r["name"] for x in p.get("params", {}).get("exclude", [])
         }
-        units = [u | {"kept_out": u["pattern"] in excluded} for u in r["units"]]
+        units = [u | {"drop": Drop.maybe(u["drop"]), "kept_out": u["pattern"] in excluded} for u in r["units"]]
         out.append(
             {k: r[k] for k in ("index", "name", "examples", "seconds")}
             | {"units": units, "unchanged": r.get("unchanged", []), "ranked_by": r.get("ranked_by") or None}

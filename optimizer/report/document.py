@@ -214,7 +214,7 @@ def _quality_section(r: dict[str, Any]) -> Section:
         [Table(["metric", "baseline", name if shown else "candidate", f"drop ({r['budget']['confidence']:.0%} interval)"], rows)],
     )
     ev = r["eval"]
-    scored = ((shown or {}).get("drop") or {}).get("n")
+    scored = shown["drop"].n if shown and shown["drop"] else None
     size = f", {ev['examples']} examples" if ev.get("examples") else (f", {scored} scored items" if scored else "")
     sec.blocks.append(
         Para(
