@@ -15,8 +15,8 @@ from typing import Any
 from cost.errors import CostInputError
 from optimizer.cli_format import chain_text, table
 from optimizer.errors import EXIT_NOTHING_MET, EXIT_USER_ERROR, UserError
-from optimizer.formatting import SERVING_COLUMN, drop_text, ratio_text, serving_cell, serving_text
-from optimizer.result_text import fmt_num, render_result
+from optimizer.formatting import SERVING_COLUMN, drop_text, num, ratio_text, serving_cell, serving_text
+from optimizer.result_text import render_result
 from optimizer.results import json_default
 from optimizer.signals import Stopped, stop_on_signals
 
@@ -99,11 +99,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     by_batch = baseline.get("by_batch") or {}
     print(
         f"study {study.study_name}: {len(board)} finished trials; "
-        f"baseline {kind}: {fmt_num(baseline.get('objective'), 6)} (batch {recipe.speed.batch_size})"
+        f"baseline {kind}: {num(baseline.get('objective'), 4)} (batch {recipe.speed.batch_size})"
         + (
             "; by batch: "
             + ", ".join(
-                f"{b}: {fmt_num(v, 6)}" + (" (misses the latency targets)" if b in (baseline.get("late_batches") or {}) else "")
+                f"{b}: {num(v, 4)}" + (" (misses the latency targets)" if b in (baseline.get("late_batches") or {}) else "")
                 for b, v in by_batch.items()
             )
             if len(by_batch) > 1
@@ -118,7 +118,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 r["trial"],
                 r["state"],
                 "yes" if r["feasible"] else "no",
-                fmt_num(r["objective"], 6) if r["objective"] is not None else "",
+                num(r["objective"], 4) if r["objective"] is not None else "",
                 drop_text(d) if d else "",
                 serving_cell(dep.get("batch_size"), dep.get("threads"), dep.get("streams")),
                 chain_text(r["passes"]) + (f": {r['reason']}" if r["reason"] else ""),
@@ -178,7 +178,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"\nchosen: trial {best.number}: {chain_text(config['passes'])} on {config['runtime']}, "
         f"{serving_text(config['batch_size'], config['threads'], config.get('streams'))}{saving}\n  "
         f"{metric} drop {drop_text(shown)} ({m.get('drop_measured_on', 'on the eval set')}) within {budget}; "
-        f"{kind} {fmt_num(best.values[0], 6)} in the search\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR"
+        f"{kind} {num(best.values[0], 4)} in the search\n  deployment: {path}\n  rebuild: costopt deploy {path} --out DIR"
     )
     if confirmation is not None:
         for s in confirmation.savings[:-1]:  # the headline is the last

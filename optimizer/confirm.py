@@ -75,6 +75,7 @@ class Attempt:
     widths: dict[str, Any] | None = None  # measure.widths.WidthCheck: checked before its quality
     padded_from: dict[str, Any] | None = None  # the first check, when its defects were served around (pad-widths)
     power: dict[str, Any] | None = None  # Budget.power: what this held-out set can certify, at this spread
+    seconds: dict[str, float] = field(default_factory=dict)  # the width check's and the held-out quality's
     confirmed: bool = False
     error: str | None = None
 
@@ -118,6 +119,7 @@ class Confirmation:
     # peak RSS of a process serving each alone (baseline, choice), as the choice is deployed
     memory_alone: dict[str, Any] = field(default_factory=dict)
     machine: str | None = None  # with workers on several machines: the entry whose candidates were confirmed
+    seconds: dict[str, float] = field(default_factory=dict)  # the timing's and the memory-alone runs' wall time
     schema: str = SCHEMA
 
     def as_dict(self) -> dict[str, Any]:
@@ -226,17 +228,21 @@ def confirm_search(recipe: Recipe, study: optuna.Study, limit: TimeBudget | None
         try:
             ctx = bench.context(work / f"trial-{t.number}")
             cand = apply_chain(recipe, attempt.passes, ctx, {}, cache=cache)
+            t0 = time.perf_counter()
             if _checked_in_trial(m, bench):
                 attempt.widths = m.widths
             else:
                 cand = _right_at_every_width(bench, cand, attempt, ctx)
+                attempt.seconds["widths"] = round(time.perf_counter() - t0, 1)
                 if cand is None:
                     return None
+            t0 = time.perf_counter()
             serving = batch_dependent(attempt.passes)
             batch = int(dep.get("batch_size") or recipe.speed.batch_size) if serving else recipe.quality.batch_size
             attempt.quality_batches = batches_text(batch, sort=not serving)
             attempt.quality, attempt.drops = bench.judge(cand, conf_each, batch, sort=not serving)
             by_set = {MAIN_EVAL: attempt.drops} | bench.judge_extra(cand, conf_each, batch, sort=not serving)
+            attempt.seconds["quality"] = round(time.perf_counter() - t0, 1)
         except Exception as e:  # a candidate that cannot be rebuilt here is not confirmed; the next one is tried
             attempt.error = f"{type(e).__name__}: {e}"[:300]
             log.warning("trial %d could not be re-measured: %s", t.number, attempt.error)
@@ -345,13 +351,18 @@ def _time_saving(
             f"{len(arms)} arms take ~{MIN_ROUNDS * sum(warm.values()):.0f} s, {max(0.0, limit.left()):.0f} s were left"
         )
         arms, others, not_compared = [a for a in arms if a not in others], [], limit.cuts[-1]
-    attempts, round_s = 0, sum(warm[a.name] for a in arms)
+    attempts, round_s, t_rounds = 0, sum(warm[a.name] for a in arms), time.perf_counter()
+    # after the rounds: a width check when another serving setting wins, and two fresh processes serving the
+    # baseline and the choice alone, each starting, loading its model and serving the texts once (9.5 s and
+    # 6.2 s for MiniLM's on the AVX2 EPYC; taken here as a warm-up, which holds two passes, plus the start)
+    check_s = (result.attempt.seconds.get("widths", 0.0) if result.attempt else 0.0) if others else 0.0
+    tail = check_s + sum(2 * warm[a.name] + PROCESS_START_S for a in (arms[0], searched))
     while min(len(a.values) for a in arms) < spec.rounds and attempts < 2 * spec.rounds:
         if (settled := _settled(arms, searched, recipe.search.constraint.confidence, direction)) is not None:
             result.rounds_stopped = settled  # every interval already narrow: more rounds would not change a decision
             break
         counted = min(len(a.values) for a in arms)
-        if limit is not None and counted >= MIN_ROUNDS and limit.left() < round_s:
+        if limit is not None and counted >= MIN_ROUNDS and limit.left() < round_s + tail:
             result.rounds_stopped = f"stopped after {counted} rounds: the next would not fit the time budget"
             limit.cut(f"the saving's timing: {counted} rounds of at most {spec.rounds}")
             break
@@ -374,7 +385,10 @@ def _time_saving(
     choice = _decide_serving(bench, searched, others, result, recipe.search.constraint.confidence, direction)
     if not_compared is not None:
         result.serving["why"] = f"the searched setting, not compared with others: {not_compared}"
+    result.seconds["timing"] = round(time.perf_counter() - t_rounds, 1)
+    t0 = time.perf_counter()
     _memory_alone(bench, arms[0], choice, search_dir(recipe, study.study_name) / "confirm-memory", result, base_threads)
+    result.seconds["memory_alone"] = round(time.perf_counter() - t0, 1)
     for arm in arms[: len(arms) - len(others) - 1]:  # the baselines
         n = min(len(arm.values), len(choice.values))
         if n < MIN_ROUNDS:
@@ -400,6 +414,7 @@ def _time_saving(
         )
 
 
+PROCESS_START_S = 3.0  # a fresh Python importing torch, OpenVINO and transformers: 2.7 s on the AVX2 EPYC
 MIN_ROUNDS = 3  # a ratio's interval needs at least this many counted rounds (a time budget never stops sooner)
 SETTLED_AFTER = 5  # rounds before the timing may stop early (search.confirm.rounds is the most)
 SETTLED_SPREAD = 0.10  # ... when every arm's ratio to the choice is known within this share of its median (±5%)

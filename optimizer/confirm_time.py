@@ -3,7 +3,8 @@
 A time budget (`optimizer.time_budget`) stops starting trials when the next one and the confirmation
 would not both fit. The confirmation re-measures the baseline and one candidate on the held-out part,
 checks the candidate at every input width, and times every arm (the baseline at the recipe's batch and
-at its best, the choice at each serving setting) in a warm-up and SETTLED_AFTER alternating rounds.
+at its best, the choice at each serving setting) in a warm-up and at least MIN_ROUNDS alternating rounds:
+the reserve is what it needs to give its figures; more rounds run only while time is left.
 Each part is predicted from what the trials measured: quality seconds scale with the examples, one arm
 takes what one of a trial's speed repeats took, the baselines' arms as much longer as they are costlier.
 """
@@ -15,7 +16,7 @@ import statistics
 import optuna
 
 from optimizer import ranges
-from optimizer.confirm import IDLE_BETWEEN_ARMS_S, MAX_SERVING_ALTERNATIVES, SETTLED_AFTER, ranked_candidates
+from optimizer.confirm import IDLE_BETWEEN_ARMS_S, MAX_SERVING_ALTERNATIVES, MIN_ROUNDS, ranked_candidates
 from optimizer.measurement import Measurement
 from optimizer.passes import batch_dependent
 from optimizer.recipe import Recipe
@@ -49,7 +50,8 @@ def expected_seconds(recipe: Recipe, study: optuna.Study) -> float:
     widths = 0.0 if reused else choice.timings.get("widths", quality)
     fixed = held_out * (baseline.get("quality_seconds", quality) + quality) + widths
     s = recipe.speed
-    arm = choice.timings.get("speed", statistics.median(m.timings["speed"] for m in done)) / (s.warmup + s.repeats)
+    # a trial's speed stage: warm-up and repeats, then one pass in arrival order for the request latency
+    arm = choice.timings.get("speed", statistics.median(m.timings["speed"] for m in done)) / (s.warmup + s.repeats + 1)
     baseline_arms = 1 + (baseline_best_batch(baseline) not in (None, s.batch_size))
     costlier = 1.0
     if objective_sign(study) > 0 and best[0].values and baseline.get("objective"):  # minimized cost: time follows it
@@ -58,4 +60,4 @@ def expected_seconds(recipe: Recipe, study: optuna.Study) -> float:
     batches = 1 if batch_dependent(choice.passes) or per_shape else len(space.get("batch_size") or [1])
     settings = min(1 + MAX_SERVING_ALTERNATIVES, batches * len(space.get("streams") or [1]))
     per_round = baseline_arms * (arm * costlier + IDLE_BETWEEN_ARMS_S) + settings * (arm + IDLE_BETWEEN_ARMS_S)
-    return fixed + (1 + SETTLED_AFTER) * per_round
+    return fixed + (2 + MIN_ROUNDS) * per_round  # a warm-up of two passes, then the fewest rounds it may stop at

@@ -142,3 +142,96 @@ def served_text(s: dict[str, Any]) -> str:
         f"time to first token p50/p95 {ttft['p50']:.2f}/{ttft['p95']:.2f} s (from arrival, queueing included), "
         f"per output token p50/p95 {1e3 * tpot['p50']:.1f}/{1e3 * tpot['p95']:.1f} ms{price}"
     )
+
+
+def num(x: float | None, digits: int = 3, unit: str = "") -> str:
+    """A figure in a table or sentence: thousands grouped, tens to one decimal, values just under 1 (fidelity)
+    to six decimals so their distance from 1 shows, else `digits` significant digits."""
+    if x is None:
+        return "–"
+    if abs(x) >= 1000:
+        s = f"{x:,.0f}"
+    elif abs(x) >= 10:
+        s = f"{x:.1f}"
+    elif 0.999 < x < 1:
+        s = f"{x:.6f}"
+    else:
+        s = f"{x:.{digits}g}"
+    return s + unit
+
+
+def mib(b: float | None) -> str:
+    return "–" if b is None else f"{b / 2**20:,.1f} MiB"
+
+
+def speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
+    """One configuration's speed and footprint as label -> text (the CLI's and the report's one table):
+    `e` holds its `speed` (measure.speed's figures) and `footprint`."""
+    if e is None or not e.get("speed"):
+        return {}
+    s, f = e["speed"], e.get("footprint") or {}
+
+    def stat(key: str) -> str:
+        v = s.get(key)
+        return "–" if not v else f"{num(v['median'])} ({num(v['min'])}–{num(v['max'])}, cv {100 * v['cv']:.1f}%)"
+
+    out = {"served as": serving_text(s.get("batch_size"), s.get("threads"), s.get("streams"))}
+    if s["kind"] == "causal-lm":
+        out["prefill tokens/s"] = stat("input_tokens_per_s")
+        out["decode tokens/s"] = stat("output_tokens_per_s")
+        out["time to first token (s)"] = stat("time_to_first_token_s")
+        lat = s.get("token_latency_s", {})
+        out["per-token latency p50 / p95 / p99"] = " / ".join(
+            "–" if lat.get(q) is None else f"{1e3 * lat[q]:.2f} ms" for q in ("p50", "p95", "p99")
+        )
+        if s.get("operating_points"):
+            out["operating point (cheapest within the latency targets)"] = (
+                f"batch {s['batch_size']} of {', '.join(str(p['batch_size']) for p in s['operating_points'])}"
+            )
+            shares = [p for p in s["operating_points"] if p.get("decode_fraction") is not None]
+            if shares:
+                out["decode / bandwidth bound, by batch"] = ", ".join(
+                    f"{p['batch_size']}: {p['decode_fraction']:.0%}" for p in shares
+                )
+        if s.get("sweep_stopped"):
+            out["batch sweep stopped"] = s["sweep_stopped"]
+        if s.get("served"):
+            out["requests served at once"] = served_text(s["served"])
+        if "latency_misses" in s:
+            out["latency targets"] = "missed: " + "; ".join(s["latency_misses"]) if s["latency_misses"] else "met"
+        roof = s.get("roofline")
+        if roof:
+            out[f"decode / memory-bandwidth bound ({roof['entry']})"] = (
+                f"{roof['decode_fraction']:.0%} of {num(roof['decode_bound_tokens_per_s'])} tokens/s"
+            )
+            out[f"prefill / compute bound ({roof['entry']})"] = (
+                f"{roof['prefill_fraction']:.0%} of {num(roof['prefill_bound_tokens_per_s'])} tokens/s ({roof['compute_dtype']})"
+            )
+            m = roof.get("machine")
+            if m:
+                out[f"decode / this machine's read bandwidth ({m['read_gb_s']:.0f} GB/s, measured)"] = (
+                    f"{m['decode_fraction']:.0%} of {num(m['decode_bound_tokens_per_s'])} tokens/s"
+                )
+                if m["prefill_fraction"] is not None:
+                    out[f"prefill / this machine's {m['matmul_dtype']} matmul ({m['matmul_tflops']:.2f} TFLOP/s, measured)"] = (
+                        f"{m['prefill_fraction']:.0%} of {num(m['prefill_bound_tokens_per_s'])} tokens/s"
+                    )
+    else:
+        out["encode tokens/s"] = stat("input_tokens_per_s")
+        out["sequences/s"] = stat("sequences_per_s")
+        for key, label in (
+            ("request_latency_s", "request latency p50 / p95 / p99 (arrival-order batches, as served)"),
+            ("batch_latency_s", "batch latency p50 / p95 / p99 (length-sorted batches)"),
+        ):
+            lat = s.get(key) or {}
+            out[label] = " / ".join("–" if lat.get(q) is None else f"{1e3 * lat[q]:.1f} ms" for q in ("p50", "p95", "p99"))
+    alone = f.get("memory_alone") or {}
+    out["peak memory served alone (RSS)"] = mib(alone.get("peak_rss_bytes"))
+    out["peak memory of the benchmark process (RSS; holds the baseline too)"] = mib(s.get("peak_rss_bytes"))
+    if s.get("peak_cuda_bytes"):
+        out["peak GPU memory"] = mib(s["peak_cuda_bytes"])
+    out["parameters"] = f"{f['parameters']:,}" if f.get("parameters") is not None else "–"
+    out["non-zero parameters"] = f"{f['nonzero_parameters']:,}" if f.get("nonzero_parameters") is not None else "–"
+    out["weights on disk"] = mib(f.get("weight_bytes"))
+    out["artifact on disk"] = mib(f.get("disk_bytes"))
+    return out

@@ -6,61 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from optimizer.cli_format import table
-from optimizer.formatting import drop_text, served_text
+from optimizer.formatting import drop_text, num, served_text, speed_rows
 from optimizer.measure.roofline import roofline_text
 from optimizer.measure.widths import check_text
 from optimizer.measurement import run_candidate
-
-
-def fmt_num(x: float | None, digits: int = 4) -> str:
-    if x is None:
-        return "-"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    if abs(x) >= 10:
-        return f"{x:.1f}"
-    if 0.999 < x < 1:  # fidelity-like values: show how far from 1
-        return f"{x:.6f}"
-    return f"{x:.{digits}f}"
-
-
-def _speed_rows(label: str, s: dict[str, Any]) -> list[list[str]]:
-    def stat(key: str) -> str:
-        v = s[key]
-        return f"{fmt_num(v['median'])} (min {fmt_num(v['min'])}, max {fmt_num(v['max'])}, cv {100 * v['cv']:.1f}%)"
-
-    rows = [[label, "input tokens/s" if s["kind"] == "causal-lm" else "encode tokens/s", stat("input_tokens_per_s")]]
-    if s["kind"] == "causal-lm":
-        rows.append([label, "output tokens/s", stat("output_tokens_per_s")])
-        rows.append([label, "time to first token (s)", stat("time_to_first_token_s")])
-        rows.append(
-            [
-                label,
-                "token latency p50/p95 (ms)",
-                f"{1e3 * s['token_latency_s']['p50']:.2f} / {1e3 * s['token_latency_s']['p95']:.2f}",
-            ]
-        )
-    else:
-        rows.append(
-            [
-                label,
-                "batch latency p50/p95 (ms, length-sorted)",
-                f"{1e3 * s['batch_latency_s']['p50']:.1f} / {1e3 * s['batch_latency_s']['p95']:.1f}",
-            ]
-        )
-        if s.get("request_latency_s"):
-            lat = s["request_latency_s"]
-            rows.append(
-                [
-                    label,
-                    "request latency p50/p95/p99 (ms, arrival order)",
-                    " / ".join(f"{1e3 * lat[q]:.1f}" for q in ("p50", "p95", "p99")),
-                ]
-            )
-    rows.append([label, "peak RSS of the benchmark process (MiB)", f"{s['peak_rss_bytes'] / 2**20:.0f}"])
-    if s.get("peak_cuda_bytes"):
-        rows.append([label, "peak CUDA (MiB)", f"{s['peak_cuda_bytes'] / 2**20:.0f}"])
-    return rows
 
 
 def render_result(r: dict[str, Any]) -> str:
@@ -79,29 +28,18 @@ def render_result(r: dict[str, Any]) -> str:
     cand, record = r.get("candidate"), run_candidate(r)
     q_rows = []
     for m, v in r["baseline"]["quality"].items():
-        row = [m, fmt_num(v)]
+        row = [m, num(v, 4)]
         if record:
-            row += [fmt_num(record.quality.get(m)), drop_text(record.drops[m]) if m in record.drops else "-"]
+            row += [num(record.quality.get(m), 4), drop_text(record.drops[m]) if m in record.drops else "-"]
         q_rows.append(row)
     header = ["metric", "baseline"] + (["candidate", "drop (95% CI)"] if record else [])
     out += [table(q_rows, header), ""]
     if record and len(record.drops_by_set) > 1:  # data.extra_eval: the drop on each set
         rows = [[name, m, drop_text(d)] for name, on_set in record.drops_by_set.items() for m, d in on_set.items()]
         out += [table(rows, ["eval set", "metric", "drop (95% CI)"]), ""]
-    s_rows = _speed_rows("baseline", sp)
-    if record and record.speed:
-        s_rows += _speed_rows("candidate", record.speed)
-    out += [table(s_rows, ["model", "speed", "median (spread over repeats)"]), ""]
-    f_rows = []
-    for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
-        if part and part.get("footprint"):
-            f = part["footprint"]
-            alone = f.get("memory_alone")
-            f_rows.append(
-                [label, f"{f['parameters']:,}", f"{f['nonzero_parameters']:,}", f"{f['weight_bytes'] / 2**20:.1f}"]
-                + ([f"{alone['peak_rss_bytes'] / 2**20:.0f}"] if alone else ["-"])
-            )
-    out += [table(f_rows, ["model", "parameters", "non-zero", "weights on disk (MiB)", "peak RSS served alone (MiB)"])]
+    base, other = speed_rows(r["baseline"]), speed_rows(cand)  # medians (range over repeats, cv)
+    rows = [[k, v] + ([other.get(k, "–")] if other else []) for k, v in base.items()]
+    out += [table(rows, ["speed and footprint", "baseline"] + (["candidate"] if other else []))]
     if r["baseline"].get("cost"):
         c_rows = []
         for label, part in (("baseline", r["baseline"]), ("candidate", cand)):

@@ -46,7 +46,7 @@ def test_run_causal_lm_baseline_only(tiny_llama_dir, write_recipe, tmp_path, cap
     rec = write_recipe(_recipe(tiny_llama_dir, "causal-lm"))
     assert main(["run", str(rec), "--out", str(tmp_path), "-q"]) == 0
     out = capsys.readouterr().out
-    assert "perplexity" in out and "output tokens/s" in out
+    assert "perplexity" in out and "decode tokens/s" in out
     r = json.loads(next(tmp_path.glob("*/result.json")).read_text())
     assert r["candidate"] is None and r["baseline"]["speed"]["output_tokens_per_s"]["median"] > 0
 

@@ -51,25 +51,9 @@ class Document:
 # ----------------------------------------------------------------------------- number formats
 
 
-def num(x: float | None, unit: str = "") -> str:
-    if x is None:
-        return "–"
-    if abs(x) >= 1000:
-        s = f"{x:,.0f}"
-    elif abs(x) >= 10:
-        s = f"{x:.1f}"
-    else:
-        s = f"{x:.3g}"
-    return s + unit
-
-
 def tokens_per_s(e: dict[str, Any] | None, key: str = "input_tokens_per_s") -> float | None:
     v = ((e or {}).get("speed") or {}).get(key)
     return None if not v else v["median"]
-
-
-def mib(b: float | None) -> str:
-    return "–" if b is None else f"{b / 2**20:,.1f} MiB"
 
 
 # ----------------------------------------------------------------------------- sections

@@ -10,13 +10,14 @@ from optimizer.formatting import (
     count,
     drop_text,
     money_text,
+    num,
     ratio_text,
     saving_text,
     serving_text,
     usd,
 )
 from optimizer.measure.widths import check_text, padded_text
-from optimizer.report.blocks import Bullets, Document, Para, Section, Table, num, tokens_per_s
+from optimizer.report.blocks import Bullets, Document, Para, Section, Table, tokens_per_s
 from optimizer.report.sections import (
     advice_section,
     charts_section,
