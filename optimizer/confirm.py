@@ -185,6 +185,13 @@ class _Arm:
     streams: int = 1
     values: list[float] = field(default_factory=list)
     misses: list[list[str]] = field(default_factory=list)  # per counted round: the latency targets it missed
+    trial: int | None = None  # the trial whose chain it serves; None: the baseline
+    rival: bool = False  # a near-tie's chain (`NEAR_TIE`), not the search's choice
+
+    @property
+    def label(self) -> str:
+        setting = f"batch {self.batch} on {self.streams} stream(s)"
+        return f"trial {self.trial} at {setting}" if self.rival else setting
 
     @property
     def late(self) -> bool:
@@ -262,13 +269,41 @@ def confirm_search(recipe: Recipe, study: optuna.Study, limit: TimeBudget | None
         return attempt.confirmed
 
     try:
-        chosen, _ = first_confirmed(candidates, test, spec.candidates)
+        chosen, tested = first_confirmed(candidates, test, spec.candidates)
         if chosen is not None:
             result.chosen = chosen.number
-            _time_saving(recipe, bench, chosen, built[chosen.number], study, result, base_threads, objective.direction, limit)
+            rivals = []
+            for t in _near_ties(candidates, chosen, objective_sign(study))[: max(0, spec.candidates - tested)]:
+                spent = sum(result.attempt.seconds.values()) if result.attempt else 0.0
+                if limit is not None and limit.left() < 2 * spent:
+                    limit.cut(f"trial {t.number}, within {NEAR_TIE:.0%} of the choice in the search, was not compared")
+                    break
+                if test(t):
+                    rivals.append((t, built[t.number]))
+            result.chosen = chosen.number  # test() appended attempts; the choice stays the first confirmed
+            _time_saving(
+                recipe, bench, chosen, built[chosen.number], study, result, base_threads, objective.direction, limit, rivals
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+NEAR_TIE = 0.10  # the search's single timing of one chain varied by 10.5% between runs (MiniLM, AVX2 EPYC)
+
+
+def _near_ties(
+    candidates: list[optuna.trial.FrozenTrial], chosen: optuna.trial.FrozenTrial, sign: int
+) -> list[optuna.trial.FrozenTrial]:
+    """The candidates ranked after the choice whose search objective is within NEAR_TIE of its, with another
+    chain: the search timed each once, so which of them is cheaper is for the paired rounds to say."""
+    chain = Measurement.of(chosen).passes
+    after = candidates[candidates.index(chosen) + 1 :]
+    return [
+        t
+        for t in after
+        if sign * t.values[0] <= sign * chosen.values[0] + NEAR_TIE * abs(chosen.values[0]) and Measurement.of(t).passes != chain
+    ]
 
 
 def _checked_in_trial(m: Measurement, bench: Bench) -> bool:
@@ -305,8 +340,10 @@ def _time_saving(
     base_threads: int,
     direction: str,
     limit: TimeBudget | None = None,
+    rivals: Sequence[tuple[optuna.trial.FrozenTrial, Any]] = (),
 ) -> None:
-    """Time the baseline and the choice in alternating rounds, and the choice at its other serving settings.
+    """Time the baseline and the choice in alternating rounds, and the choice at its other serving settings,
+    and each confirmed near-tie (`rivals`: trial and built candidate) at its serving settings too.
     Within `limit`: when MIN_ROUNDS rounds of every arm (timed by the warm-up) would not fit the time left,
     the other serving settings are not timed; the rounds stop when the next would not fit (after MIN_ROUNDS)."""
     spec = recipe.search.confirm
@@ -326,7 +363,23 @@ def _time_saving(
         int(dep.get("threads") or base_threads),
         int(dep.get("streams") or recipe.speed.streams),
     )
+    searched.trial = chosen.number
     others = _serving_alternatives(recipe, passes, searched)
+    for t, rival_cand in rivals:  # another chain the search could not tell apart: timed alike, served if better
+        rm = Measurement.of(t)
+        attempt = next(a for a in result.attempts if a.trial == t.number)
+        r_timed = bench.timed(rival_cand, attempt.passes, search_dir(recipe, study.study_name) / "confirm-speed", {})
+        r_dep = rm.deployment
+        rival = _Arm(
+            f"trial {t.number}",
+            r_timed,
+            int(r_dep.get("batch_size") or base_batch),
+            int(r_dep.get("threads") or base_threads),
+            int(r_dep.get("streams") or recipe.speed.streams),
+            trial=t.number,
+            rival=True,
+        )
+        others += [rival, *_serving_alternatives(recipe, attempt.passes, rival)]
     arms += [*others, searched]
     objective = OBJECTIVES[recipe.search.objective]
 
@@ -383,6 +436,8 @@ def _time_saving(
             a.values.append(measured[a.name][0])
             a.misses.append(measured[a.name][2])
     choice = _decide_serving(bench, searched, others, result, recipe.search.constraint.confidence, direction)
+    if choice.rival:  # a near-tie's chain was faster in the paired rounds: it is the confirmed choice
+        result.chosen = choice.trial
     if not_compared is not None:
         result.serving["why"] = f"the searched setting, not compared with others: {not_compared}"
     result.seconds["timing"] = round(time.perf_counter() - t_rounds, 1)
@@ -450,7 +505,15 @@ def _serving_alternatives(recipe: Recipe, passes: list[dict[str, Any]], searched
     batches = [searched.batch] if fixed_batch else sorted(set(space.get("batch_size") or [searched.batch]))
     streams = sorted({s for s in space.get("streams") or [searched.streams] if 1 <= s <= searched.threads})
     out = [
-        _Arm(f"choice at batch {b} on {s} stream(s)", searched.cand.serving_copy(), b, searched.threads, s)
+        _Arm(
+            f"{searched.name} at batch {b} on {s} stream(s)",
+            searched.cand.serving_copy(),
+            b,
+            searched.threads,
+            s,
+            trial=searched.trial,
+            rival=searched.rival,
+        )
         for b in batches
         for s in streams
         if (b, s) != (searched.batch, searched.streams)
@@ -459,7 +522,10 @@ def _serving_alternatives(recipe: Recipe, passes: list[dict[str, Any]], searched
 
 
 def _serving(arm: _Arm) -> dict[str, int]:
-    return {"batch_size": arm.batch, "streams": arm.streams, "threads": arm.threads}
+    """A serving setting as deploy.yaml keeps it, with the trial whose chain it serves."""
+    return {"batch_size": arm.batch, "streams": arm.streams, "threads": arm.threads} | (
+        {"trial": arm.trial} if arm.trial is not None else {}
+    )
 
 
 def _better_than(arm: _Arm, searched: _Arm, confidence: float, direction: str) -> dict[str, float]:
@@ -500,14 +566,13 @@ def _decide_serving(
         result.serving["why"] = "the searched setting was the best of the paired rounds" + (
             ""
             if runner_up is None
-            else f" (the next, batch {runner_up.batch} on {runner_up.streams} stream(s): "
-            f"{ratio_text(_better_than(runner_up, searched, confidence, direction))})"
+            else f" (the next, {runner_up.label}: {ratio_text(_better_than(runner_up, searched, confidence, direction))})"
         )
         return searched
     r = _better_than(best, searched, confidence, direction)
     n = min(len(best.values), len(searched.values))
     result.serving["better_x"] = r
-    label = f"batch {best.batch} on {best.streams} stream(s)"
+    label = best.label
     if r["low"] <= 1.0:
         result.serving["why"] = f"{label} was {ratio_text(r)} better, not established: kept the searched setting"
         return searched
@@ -547,6 +612,7 @@ def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:
         lines.append(
             f"  trial {a.trial}: {b['metric']} drop on selection {drop_text(a.selection_drop, rel)}, "
             f"on held-out {drop_text(a.drop, rel) if a.drop else '–'} ({a.quality_batches or 'not measured'}): {a.status}"
+            + ("; chosen" if a.trial == c.chosen and sum(x.confirmed for x in c.attempts) > 1 else "")
         )
         if a.padded_from:
             lines.append(f"    {padded_text(a.passes[-1]['params']['widths'], a.padded_from)}")

@@ -92,6 +92,7 @@ def deployment_config(
             measured["serving"] = confirmation.serving
     # the serving setting the confirmation's paired rounds chose, over the search's single timing
     served = (confirmation.serving.get("served") if confirmation is not None else None) or {}
+    served = {k: v for k, v in served.items() if k != "trial"}  # the trial is `trial` (the confirmation's choice)
     return {
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -487,3 +487,32 @@ def test_a_search_serves_its_choice_at_the_setting_the_confirmation_timed_best(s
     assert study.user_attrs["confirmation"]["savings"][0]["choice_value"] == pytest.approx(
         next(o["median"] for o in s["options"] if o["batch_size"] == s["served"]["batch_size"])
     )
+
+
+def test_a_near_tie_with_another_chain_is_compared_in_the_paired_rounds_and_served_when_cheaper():
+    """Two chains within NEAR_TIE in the search's one timing each: the rounds decide, and the deployed trial
+    follows the arm that won (its chain and its serving setting)."""
+    from optimizer.confirm import NEAR_TIE, Confirmation, _Arm, _decide_serving, _near_ties
+
+    study = optuna.create_study()
+    for cost, sparsity in ((0.0100, 0.1), (0.0105, 0.2), (0.0110, 0.1), (0.0130, 0.3)):
+        t = study.ask()
+        Measurement(passes=[{"name": "prune-magnitude", "params": {"sparsity": sparsity}}]).save(t)
+        study.tell(t, cost)
+    ranked = study.get_trials()
+    ties = _near_ties(ranked, ranked[0], sign=1)
+    # within 10% and another chain: trial 1; trial 2 is the choice's chain (its serving is compared anyway);
+    # trial 3 is 30% dearer
+    assert NEAR_TIE == 0.10 and [t.number for t in ties] == [1]
+
+    searched = _Arm("choice", None, 8, 2, 1, [1.0] * 5, trial=0)
+    rival = _Arm("trial 1", None, 8, 2, 1, [0.8] * 5, trial=1, rival=True)
+    result = Confirmation({}, "cost", 10, 10, 0.95)
+    assert _decide_serving(_Widths(ok=True), searched, [rival], result, 0.95, "minimize") is rival
+    assert result.serving["served"]["trial"] == 1 and result.serving["searched"]["trial"] == 0
+    assert result.serving["why"].startswith("trial 1 at batch 8 on 1 stream(s) is 1.25x")
+    # the same rounds with the rival slower: the choice stays, and the rival is named as the runner-up
+    rival.values = [1.2] * 5
+    result = Confirmation({}, "cost", 10, 10, 0.95)
+    assert _decide_serving(_Widths(ok=True), searched, [rival], result, 0.95, "minimize") is searched
+    assert "the next, trial 1 at batch 8 on 1 stream(s)" in result.serving["why"]
