@@ -306,6 +306,19 @@ def _near_ties(
     ]
 
 
+def _fitting(others: list[_Arm], warm: dict[str, float], fixed: list[_Arm], seconds: float) -> list[_Arm]:
+    """The alternative arms whose MIN_ROUNDS rounds fit in `seconds` beside the `fixed` ones (baselines and the
+    choice), by `warm` (one round's seconds per arm): a near-tie's chain first, as searched, then the choice's
+    other settings, then the near-tie's."""
+    order = sorted(others, key=lambda a: (not (a.rival and a.name == f"trial {a.trial}"), a.rival))
+    used, kept = sum(warm[a.name] for a in fixed), []
+    for a in order:
+        if MIN_ROUNDS * (used + warm[a.name]) <= seconds:
+            kept.append(a)
+            used += warm[a.name]
+    return [a for a in others if any(a is k for k in kept)]
+
+
 def _checked_in_trial(m: Measurement, bench: Bench) -> bool:
     """Its trial checked this chain at every width, served as it is deployed, found no defect and served around
     none (a candidate compiled per shape: `Bench.measure`), on the same texts against the same baseline (the
@@ -398,18 +411,22 @@ def _time_saving(
         t0 = time.perf_counter()
         run(arm, warmup=1)
         warm[arm.name] = (time.perf_counter() - t0) / 2  # a warm-up pass and a timed one: at most one round's arm
-    if limit is not None and others and limit.left() < MIN_ROUNDS * sum(warm.values()):
-        limit.cut(
-            f"the choice's {len(others)} other serving setting(s) were not timed: {MIN_ROUNDS} rounds of all "
-            f"{len(arms)} arms take ~{MIN_ROUNDS * sum(warm.values()):.0f} s, {max(0.0, limit.left()):.0f} s were left"
-        )
-        arms, others, not_compared = [a for a in arms if a not in others], [], limit.cuts[-1]
-    attempts, round_s, t_rounds = 0, sum(warm[a.name] for a in arms), time.perf_counter()
     # after the rounds: a width check when another serving setting wins, and two fresh processes serving the
     # baseline and the choice alone, each starting, loading its model and serving the texts once (9.5 s and
     # 6.2 s for MiniLM's on the AVX2 EPYC; taken here as a warm-up, which holds two passes, plus the start)
     check_s = (result.attempt.seconds.get("widths", 0.0) if result.attempt else 0.0) if others else 0.0
     tail = check_s + sum(2 * warm[a.name] + PROCESS_START_S for a in (arms[0], searched))
+    if limit is not None and others:
+        kept = _fitting(others, warm, [a for a in arms if a not in others], limit.left() - tail)
+        dropped = [a for a in others if not any(a is k for k in kept)]
+        if dropped:
+            limit.cut(
+                f"{len(dropped)} of {len(others)} other serving arms not timed ({', '.join(a.name for a in dropped)}): "
+                f"{MIN_ROUNDS} rounds of every arm would not fit the {max(0.0, limit.left()):.0f} s left"
+            )
+            arms, others = [a for a in arms if not any(a is d for d in dropped)], kept
+            not_compared = limit.cuts[-1] if not kept else None
+    attempts, round_s, t_rounds = 0, sum(warm[a.name] for a in arms), time.perf_counter()
     while min(len(a.values) for a in arms) < spec.rounds and attempts < 2 * spec.rounds:
         if (settled := _settled(arms, searched, recipe.search.constraint.confidence, direction)) is not None:
             result.rounds_stopped = settled  # every interval already narrow: more rounds would not change a decision

@@ -516,3 +516,18 @@ def test_a_near_tie_with_another_chain_is_compared_in_the_paired_rounds_and_serv
     result = Confirmation({}, "cost", 10, 10, 0.95)
     assert _decide_serving(_Widths(ok=True), searched, [rival], result, 0.95, "minimize") is searched
     assert "the next, trial 1 at batch 8 on 1 stream(s)" in result.serving["why"]
+
+
+def test_under_a_time_budget_the_arms_that_fit_are_kept_near_ties_first():
+    from optimizer.confirm import MIN_ROUNDS, _Arm, _fitting
+
+    fixed = [_Arm("baseline at batch 32", None, 32, 2), _Arm("choice", None, 8, 2, trial=4)]
+    stream = _Arm("choice at batch 8 on 2 stream(s)", None, 8, 2, 2, trial=4)
+    rival = _Arm("trial 2", None, 8, 2, 1, trial=2, rival=True)
+    rival_stream = _Arm("trial 2 at batch 8 on 2 stream(s)", None, 8, 2, 2, trial=2, rival=True)
+    warm = {a.name: 10.0 for a in [*fixed, stream, rival, rival_stream]}
+    others = [stream, rival, rival_stream]
+    assert _fitting(others, warm, fixed, MIN_ROUNDS * 50) == others  # five arms of 10 s: all fit
+    assert _fitting(others, warm, fixed, MIN_ROUNDS * 30) == [rival]  # room for one: the other chain as searched
+    assert _fitting(others, warm, fixed, MIN_ROUNDS * 40) == [stream, rival]
+    assert _fitting(others, warm, fixed, MIN_ROUNDS * 20) == []

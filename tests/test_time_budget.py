@@ -74,7 +74,7 @@ def test_a_spent_budget_cuts_the_confirmations_timing_to_the_fewest_rounds_and_s
     assert "time budget 0.0 min, used" in out and "cut: trials: 1 of 2 run" in out
     if code != 0:
         pytest.skip("the one trial was not within the loose budget in this draw: nothing was timed")
-    assert "other serving setting(s) were not timed" in out
+    assert "1 of 1 other serving arms not timed (choice at batch 8 on 2 stream(s))" in out
     assert "timing: stopped after 3 rounds: the next would not fit the time budget" in out
     assert "serving: the searched setting, not compared with others" in out
     assert "saving vs baseline" in out  # the fewest rounds still give the saving its interval

@@ -116,6 +116,12 @@ def _confirmation_lines(r: dict[str, Any]) -> list[str]:
     for x in conf["attempts"]:
         if x.get("widths") and x["widths"]["defects"]:
             out.append(f"Trial {x['trial']} was rejected before its held-out quality: {check_text(x['widths'])}.")
+        elif x["trial"] != conf["chosen"] and x.get("confirmed"):
+            out.append(
+                f"Trial {x['trial']}, another chain the search could not tell from the choice by its one timing, was "
+                f"confirmed too (held-out drop {drop_text(x['drop'], rel)}) and timed in the same rounds where time "
+                "allowed (serving, above): it was not shown cheaper."
+            )
         elif x["trial"] != conf["chosen"] and x.get("drop") and x.get("power"):
             out.append(
                 f"Trial {x['trial']} was over the budget on held-out data (drop {drop_text(x['drop'], rel)}); "
