@@ -236,7 +236,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study, limit: TimeBudget | None
             ctx = bench.context(work / f"trial-{t.number}")
             cand = apply_chain(recipe, attempt.passes, ctx, {}, cache=cache)
             t0 = time.perf_counter()
-            if _checked_in_trial(m, bench):
+            if checked_in_trial(m, calibrated=bench.calibration is not None):
                 attempt.widths = m.widths
             else:
                 cand = _right_at_every_width(bench, cand, attempt, ctx)
@@ -280,7 +280,6 @@ def confirm_search(recipe: Recipe, study: optuna.Study, limit: TimeBudget | None
                     break
                 if test(t):
                     rivals.append((t, built[t.number]))
-            result.chosen = chosen.number  # test() appended attempts; the choice stays the first confirmed
             _time_saving(
                 recipe, bench, chosen, built[chosen.number], study, result, base_threads, objective.direction, limit, rivals
             )
@@ -319,12 +318,12 @@ def _fitting(others: list[_Arm], warm: dict[str, float], fixed: list[_Arm], seco
     return [a for a in others if any(a is k for k in kept)]
 
 
-def _checked_in_trial(m: Measurement, bench: Bench) -> bool:
+def checked_in_trial(m: Measurement, calibrated: bool) -> bool:
     """Its trial checked this chain at every width, served as it is deployed, found no defect and served around
     none (a candidate compiled per shape: `Bench.measure`), on the same texts against the same baseline (the
-    calibration set, which the search's and the confirmation's benches share): the check would be repeated
-    on the same artifact, rebuilt from the cache. It took 65 s of a 3-minute confirmation on MiniLM."""
-    return m.widths is not None and not m.widths["defects"] and m.padded is None and bench.calibration is not None
+    calibration set, which the search's and the confirmation's benches share when `calibrated`): the check would
+    be repeated on the same artifact, rebuilt from the cache. It took 65 s of a 3-minute confirmation on MiniLM."""
+    return m.widths is not None and not m.widths["defects"] and m.padded is None and calibrated
 
 
 def _right_at_every_width(bench: Bench, cand: Any, attempt: Attempt, ctx: Any) -> Any:

@@ -16,7 +16,7 @@ import statistics
 import optuna
 
 from optimizer import ranges
-from optimizer.confirm import IDLE_BETWEEN_ARMS_S, MAX_SERVING_ALTERNATIVES, MIN_ROUNDS, ranked_candidates
+from optimizer.confirm import IDLE_BETWEEN_ARMS_S, MAX_SERVING_ALTERNATIVES, MIN_ROUNDS, checked_in_trial, ranked_candidates
 from optimizer.measurement import Measurement
 from optimizer.passes import batch_dependent
 from optimizer.recipe import Recipe
@@ -42,11 +42,11 @@ def expected_seconds(recipe: Recipe, study: optuna.Study) -> float:
     quality = statistics.median(m.timings["quality"] for m in done)
     baseline = study.user_attrs.get("baseline") or {}
     choice = Measurement.of(best[0])
-    # A candidate compiled per shape was checked at every width in its trial: clean, with the calibration texts
-    # both benches share, the confirmation reuses that check (`confirm._checked_in_trial`), else repeats it. Other
-    # candidates are checked first in the confirmation, taken here as long as a quality pass.
+    # A candidate compiled per shape was checked at every width in its trial; the confirmation reuses a clean
+    # check (`confirm.checked_in_trial`), else repeats it. Other candidates are checked first in the confirmation,
+    # taken here as long as a quality pass.
     per_shape = choice.widths is not None
-    reused = per_shape and not choice.widths["defects"] and choice.padded is None and recipe.data.calibration is not None
+    reused = checked_in_trial(choice, calibrated=recipe.data.calibration is not None)
     widths = 0.0 if reused else choice.timings.get("widths", quality)
     fixed = held_out * (baseline.get("quality_seconds", quality) + quality) + widths
     s = recipe.speed

@@ -15,10 +15,10 @@ def drop_x(drop: Drop | None, relative: bool) -> tuple[float, float, float] | No
     if not drop:
         return None
     if drop.shown_relative(relative):
-        point = 100 * drop.end("point", True)
-        if drop.relative_low is None:  # no spread (every resample gave the same drop)
+        point = 100 * drop.relative  # type: ignore[operator]
+        if drop.relative_low is None or drop.relative_high is None:  # no spread (every resample gave the same drop)
             return point, point, point
-        return point, 100 * drop.end("low", True), 100 * drop.end("high", True)
+        return point, 100 * drop.relative_low, 100 * drop.relative_high
     return drop.drop, drop.low, drop.high
 
 
