@@ -428,8 +428,8 @@ class Bench:
     def memory_alone(self, batch_size: int, streams: int = 1, artifact: Path | None = None) -> dict[str, Any] | None:
         """Peak RSS of a fresh process serving one model alone (the saved `artifact`, else the baseline)
         over the speed benchmark's requests, in its batches, on this process's thread count; None when
-        speed.model times another model than the one saved."""
-        if self.recipe.speed.model is not None:
+        speed.model times another model than the one saved, or with speed.memory_alone off."""
+        if self.recipe.speed.model is not None or not self.recipe.speed.memory_alone:
             return None
         s, ref = self.recipe.speed, self.baseline
         texts = tasks.prompted(ref, self.eval_data).interleaved()

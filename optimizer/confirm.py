@@ -414,7 +414,8 @@ def _time_saving(
     # baseline and the choice alone, each starting, loading its model and serving the texts once (9.5 s and
     # 6.2 s for MiniLM's on the AVX2 EPYC; taken here as a warm-up, which holds two passes, plus the start)
     check_s = (result.attempt.seconds.get("widths", 0.0) if result.attempt else 0.0) if others else 0.0
-    tail = check_s + sum(2 * warm[a.name] + PROCESS_START_S for a in (arms[0], searched))
+    alone = recipe.speed.memory_alone
+    tail = check_s + (sum(2 * warm[a.name] + PROCESS_START_S for a in (arms[0], searched)) if alone else 0.0)
     if limit is not None and others:
         kept = _fitting(others, warm, [a for a in arms if a not in others], limit.left() - tail)
         dropped = [a for a in others if not any(a is k for k in kept)]
@@ -604,6 +605,8 @@ def _decide_serving(
 
 def _memory_alone(bench: Bench, baseline: _Arm, choice: _Arm, folder: Path, result: Confirmation, base_threads: int) -> None:
     """What a replica of the baseline and of the choice needs, each served alone in a fresh process."""
+    if not bench.recipe.speed.memory_alone:
+        return
     try:
         for key, arm in (("baseline", baseline), ("choice", choice)):
             speed_mod.set_threads(arm.threads)

@@ -99,6 +99,11 @@ class SpeedSpec(Strict):
         description="causal LM, with speed.requests: the requests arrive at this many per second (seeded exponential "
         "gaps, a Poisson process) instead of all at once; times to first token count from each request's arrival",
     )
+    memory_alone: bool = Field(
+        default=True,
+        description="also measure the peak memory of the baseline and of the candidate (a search: its confirmed "
+        "choice) each served alone in a fresh process: two more model loads, which a large model may take minutes for",
+    )
     model: ModelSpec | None = Field(
         default=None,
         description="time this model instead of model.source (the same passes applied to it): a model of "

@@ -17,7 +17,7 @@ def _recipe(tmp_path: Path, **extra) -> dict:
         "task": "embedding",
         "data": {"eval": {"source": "stdlib-docs", "limit": 60}},
         "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
-        "speed": {"batch_size": 8, "texts": 32, "warmup": 1, "repeats": 2},
+        "speed": {"memory_alone": False, "batch_size": 8, "texts": 32, "warmup": 1, "repeats": 2},
         "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
         "output_dir": str(tmp_path / "runs"),
         **extra,

@@ -18,7 +18,15 @@ def _recipe(model_dir: Path, task: str, **extra) -> dict:
         "model": {"source": str(model_dir)},
         "task": task,
         "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
-        "speed": {"batch_size": 4, "texts": 16, "warmup": 1, "repeats": 2, "prompt_tokens": 16, "new_tokens": 4},
+        "speed": {
+            "memory_alone": False,
+            "batch_size": 4,
+            "texts": 16,
+            "warmup": 1,
+            "repeats": 2,
+            "prompt_tokens": 16,
+            "new_tokens": 4,
+        },
         "hardware": {"threads": 1},
         "quality": {"bootstrap": 200},
     }

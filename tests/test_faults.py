@@ -31,7 +31,7 @@ def _recipe(model: Path, out: Path, eval_source: str = "stdlib-docs", passes: li
         "task": "embedding",
         "data": {"eval": {"source": eval_source, "limit": 40}},
         "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 100},
-        "speed": {"batch_size": 4, "texts": 16, "warmup": 0, "repeats": 1},
+        "speed": {"memory_alone": False, "batch_size": 4, "texts": 16, "warmup": 0, "repeats": 1},
         "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
         "output_dir": str(out),
         "passes": passes or [],

@@ -66,7 +66,15 @@ def test_a_run_sweeps_batch_sizes_and_prices_the_chosen_point(write_recipe, tiny
             "model": {"source": str(tiny_llama_dir)},
             "task": "causal-lm",
             "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
-            "speed": {"batch_sizes": [1, 4], "prompt_tokens": 16, "new_tokens": 4, "warmup": 1, "repeats": 3, "tpot_p95_s": 10.0},
+            "speed": {
+                "memory_alone": False,
+                "batch_sizes": [1, 4],
+                "prompt_tokens": 16,
+                "new_tokens": 4,
+                "warmup": 1,
+                "repeats": 3,
+                "tpot_p95_s": 10.0,
+            },
             "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
             "output_dir": str(tmp_path / "runs"),
             "passes": [{"name": "cast", "dtype": "bfloat16"}],
@@ -100,7 +108,7 @@ def _sweep(tiny_llama_dir, **speed) -> dict:
             "model": {"source": str(tiny_llama_dir)},
             "task": "causal-lm",
             "data": {"eval": {"source": "stdlib-docs", "limit": 20}},
-            "speed": {"prompt_tokens": 8, "new_tokens": 2, "warmup": 0, "repeats": 1, **speed},
+            "speed": {"memory_alone": False, "prompt_tokens": 8, "new_tokens": 2, "warmup": 0, "repeats": 1, **speed},
             "hardware": {"threads": 1},
         }
     )
@@ -205,7 +213,15 @@ def test_a_search_prunes_trials_that_miss_the_latency_targets(write_recipe, tiny
             "model": {"source": str(tiny_llama_dir)},
             "task": "causal-lm",
             "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
-            "speed": {"batch_size": 2, "prompt_tokens": 16, "new_tokens": 4, "warmup": 0, "repeats": 2, "tpot_p95_s": 1e-9},
+            "speed": {
+                "memory_alone": False,
+                "batch_size": 2,
+                "prompt_tokens": 16,
+                "new_tokens": 4,
+                "warmup": 0,
+                "repeats": 2,
+                "tpot_p95_s": 1e-9,
+            },
             "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
             "output_dir": str(tmp_path / "runs"),
             "search": {

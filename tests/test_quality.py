@@ -143,7 +143,7 @@ def test_a_chain_that_breaks_a_real_model_is_reported_not_priced(write_recipe, t
             "task": "causal-lm",
             "data": {"eval": {"source": "stdlib-docs", "limit": 24}},
             "quality": {"metrics": ["perplexity", "kl", "top1-agreement"], "bootstrap": 200},
-            "speed": {"batch_size": 2, "prompt_tokens": 16, "new_tokens": 4, "warmup": 0, "repeats": 1},
+            "speed": {"memory_alone": False, "batch_size": 2, "prompt_tokens": 16, "new_tokens": 4, "warmup": 0, "repeats": 1},
             "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
             "output_dir": str(tmp_path / "runs"),
             "passes": [{"name": "prune-magnitude", "sparsity": 0.97}],

@@ -167,7 +167,7 @@ def _search_recipe(write_recipe, model_dir, tmp_path, passes, constraint, trials
                 "task": "embedding",
                 "data": {"eval": {"source": "stdlib-docs", "limit": 60}},
                 "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
-                "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 2},
+                "speed": {"memory_alone": False, "batch_size": 8, "texts": 16, "warmup": 0, "repeats": 2},
                 "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
                 "workload": {"input_tokens_per_day": 1e8},
                 "output_dir": str(tmp_path / "runs"),

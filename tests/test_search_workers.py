@@ -32,7 +32,7 @@ def _recipe_file(write_recipe, model_dir: Path, tmp_path: Path, name: str, trial
             "task": "embedding",
             "data": {"eval": {"source": "stdlib-docs", "limit": 60}},
             "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 200},
-            "speed": {"batch_size": 8, "texts": 32, "warmup": 1, "repeats": 3},
+            "speed": {"memory_alone": False, "batch_size": 8, "texts": 32, "warmup": 1, "repeats": 3},
             "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
             "output_dir": str(tmp_path / "runs"),
             "search": {
@@ -171,7 +171,9 @@ def test_a_worker_killed_every_baseline_time_still_completes_its_trials(write_re
     trials = optuna.load_study(study_name="spot", storage=storage).get_trials(deepcopy=False)
     assert sum(counted(t) for t in trials) == 6 and not [t for t in trials if t.state == States.RUNNING]
     reused = [v["baseline"] for k, v in _study_attrs(storage, "spot").items() if k.startswith(WORKER_PREFIX)]
-    assert sum(r.startswith("reused") for r in reused) >= 3, reused
+    # every life after the first reuses it (one may measure again if its quiet check saw contention); how many
+    # lives there were depends on how many trials each finished
+    assert sum(r.startswith("measured") for r in reused) <= 2 and sum(r.startswith("reused") for r in reused) >= 2, reused
 
 
 def _has_baseline(db: Path) -> bool:

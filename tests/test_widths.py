@@ -98,6 +98,7 @@ def test_confirmation_rejects_a_configuration_with_a_defective_width(search_reci
         return real(self, cand, *served)
 
     monkeypatch.setattr(confirm.Bench, "check_widths", check)
+    monkeypatch.setattr(confirm, "NEAR_TIE", 0.0)  # the rejection is the subject: no near-tie (timing) comes third
     assert main(["search", str(recipe_file), "-q"]) == 0
     out = capsys.readouterr().out
     study = optuna.load_study(study_name="confirmed", storage=f"sqlite:///{tmp_path / 'runs' / 'confirmed' / 'study.db'}")
@@ -124,7 +125,7 @@ def test_a_run_records_its_width_check(write_recipe, tiny_bert_dir, tmp_path, ca
             "task": "embedding",
             "data": {"eval": {"source": "stdlib-docs", "limit": 40}},
             "quality": {"metrics": ["mrr", "fidelity"], "bootstrap": 100},
-            "speed": {"batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
+            "speed": {"memory_alone": False, "batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
             "hardware": {"threads": 1},
             "output_dir": str(tmp_path / "runs"),
             "passes": [{"name": "cast", "dtype": "bfloat16"}],
@@ -136,6 +137,8 @@ def test_a_run_records_its_width_check(write_recipe, tiny_bert_dir, tmp_path, ca
     check = result["candidate"]["widths"]
     assert check["widths"] == list(range(3, 129)) and check["defects"] == []
     assert 0 < np.median(check["errors"]) < 0.05  # bf16 rounding, evenly across widths
+    # speed.memory_alone off: no fresh process served either alone, and the record says so (no figure)
+    assert result["candidate"]["footprint"]["memory_alone"] is None and result["baseline"]["footprint"]["memory_alone"] is None
 
 
 # ----------------------------------------------------------------------------- serving around a defect
