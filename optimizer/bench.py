@@ -24,7 +24,8 @@ from optimizer.measure import speed as speed_mod
 from optimizer.measure.alone import serving_memory
 from optimizer.measure.quality import QualityEvaluator
 from optimizer.measure.stats import Drop, MetricValues, paired_bootstrap
-from optimizer.measure.widths import WidthCheck, check_widths, padded_text
+from optimizer.measure.width_check import WidthCheck, padded_text
+from optimizer.measure.widths import check_widths
 from optimizer.measurement import Broken, Measurement, Pruned
 from optimizer.metrics import broken_by
 from optimizer.passes import PassContext, batch_dependent, build_pass, compute_dtype_of, runtime_of
@@ -369,15 +370,15 @@ class Bench:
                 fixed, first, again, pad = self.serve_around_defects(cand, self.context(work / "widths"), batch, streams)
             check = again or first
             if pad is not None:
-                cand.notes.append(f"judged as {padded_text(pad['params']['widths'], first.as_dict())}")
+                cand.notes.append(f"judged as {padded_text(pad['params']['widths'], first)}")
                 m.padded = pad["params"]["widths"]
             cand = fixed or cand
-            m.widths = check.as_dict()
+            m.widths = check
             save(m)
         elif widths:
             with _stage(m.timings, "widths"):
                 check = self.check_widths(cand, batch, streams)
-            m.widths = check.as_dict()
+            m.widths = check
             cand.notes.append(f"width check: {check.text()}")
             save(m)
         if stop_early and screen_examples:

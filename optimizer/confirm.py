@@ -41,7 +41,7 @@ from optimizer.chain import apply_chain, resolve_device
 from optimizer.formatting import drop_text, ratio_text
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.stats import Drop, ratio_interval
-from optimizer.measure.widths import check_text, padded_text
+from optimizer.measure.width_check import WidthCheck, padded_text
 from optimizer.measurement import Measurement
 from optimizer.objectives import OBJECTIVES
 from optimizer.passes import batch_dependent
@@ -72,8 +72,8 @@ class Attempt:
     drops_by_set: dict[str, Drop] = field(default_factory=dict)  # with data.extra_eval: the budget metric's drop per set
     quality: dict[str, float] = field(default_factory=dict)
     quality_batches: str = ""
-    widths: dict[str, Any] | None = None  # measure.widths.WidthCheck: checked before its quality
-    padded_from: dict[str, Any] | None = None  # the first check, when its defects were served around (pad-widths)
+    widths: WidthCheck | None = None  # checked before its quality
+    padded_from: WidthCheck | None = None  # the first check, when its defects were served around (pad-widths)
     power: dict[str, Any] | None = None  # Budget.power: what this held-out set can certify, at this spread
     seconds: dict[str, float] = field(default_factory=dict)  # the width check's and the held-out quality's
     confirmed: bool = False
@@ -85,8 +85,8 @@ class Attempt:
             return "confirmed"
         if self.error:
             return f"could not be rebuilt: {self.error}"
-        if self.widths and self.widths["defects"]:
-            return f"rejected: {check_text(self.widths)}"
+        if self.widths and self.widths.defects:
+            return f"rejected: {self.widths.text()}"
         return "over budget here"
 
 
@@ -323,7 +323,7 @@ def checked_in_trial(m: Measurement, calibrated: bool) -> bool:
     none (a candidate compiled per shape: `Bench.measure`), on the same texts against the same baseline (the
     calibration set, which the search's and the confirmation's benches share when `calibrated`): the check would
     be repeated on the same artifact, rebuilt from the cache. It took 65 s of a 3-minute confirmation on MiniLM."""
-    return m.widths is not None and not m.widths["defects"] and m.padded is None and calibrated
+    return m.widths is not None and m.widths.ok and m.padded is None and calibrated
 
 
 def _right_at_every_width(bench: Bench, cand: Any, attempt: Attempt, ctx: Any) -> Any:
@@ -332,11 +332,11 @@ def _right_at_every_width(bench: Bench, cand: Any, attempt: Attempt, ctx: Any) -
     width is checked again; None when a defect remains."""
     batch, streams = attempt.deployment.get("batch_size"), attempt.deployment.get("streams")
     fixed, first, again, pad = bench.serve_around_defects(cand, ctx, batch, streams)
-    attempt.widths = first.as_dict()
+    attempt.widths = first
     if not first.ok:
         log.warning("trial %d: %s", attempt.trial, first.text())
     if again is not None:
-        attempt.padded_from, attempt.widths = first.as_dict(), again.as_dict()
+        attempt.padded_from, attempt.widths = first, again
     if fixed is not None and pad is not None:
         attempt.passes = [*attempt.passes, pad]
     return fixed
@@ -638,7 +638,7 @@ def summary_lines(c: Confirmation, label: str = "saving") -> list[str]:
         if a.power:
             lines.append(f"    {power_text(a.power, rel)}")
         if a.confirmed and a.widths:
-            lines.append(f"    outputs at every input width: {check_text(a.widths)}")
+            lines.append(f"    outputs at every input width: {a.widths.text()}")
         for name, d in a.drops_by_set.items():
             if name != MAIN_EVAL:
                 lines.append(f"    eval set {name}: held-out drop {drop_text(d, rel)}")

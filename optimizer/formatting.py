@@ -10,8 +10,10 @@ from typing import Any
 from optimizer.measure.stats import Drop
 
 
-def drop_x(drop: Drop | None, relative: bool) -> tuple[float, float, float] | None:
-    """(point, low, high) of a drop in the budget's unit: percent when relative, the metric's own otherwise."""
+def drop_x(drop: Drop | dict[str, Any] | None, relative: bool) -> tuple[float, float, float] | None:
+    """(point, low, high) of a drop in the budget's unit: percent when relative, the metric's own otherwise.
+    A stored drop (a dict, as experiments and older records keep it) is read with `Drop.from_json`."""
+    drop = Drop.maybe(drop)
     if not drop:
         return None
     if drop.shown_relative(relative):
@@ -22,8 +24,9 @@ def drop_x(drop: Drop | None, relative: bool) -> tuple[float, float, float] | No
     return drop.drop, drop.low, drop.high
 
 
-def drop_text(drop: Drop | None, relative: bool = True) -> str:
+def drop_text(drop: Drop | dict[str, Any] | None, relative: bool = True) -> str:
     """'+0.42% [-0.61, +1.38]' (relative) or '+0.0123 [+0.004, +0.02]' (the metric's own unit)."""
+    drop = Drop.maybe(drop)
     x = drop_x(drop, relative)
     if x is None:
         return "–"

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from optimizer.measure.stats import Drop
+from optimizer.measure.width_check import WidthCheck
 
 ATTR = "measurement"  # the Optuna trial user attribute holding Measurement.to_json()
 RUN_SCHEMAS = ("costopt.trial/1", "costopt.trial/2")  # `costopt run` result files this version reads
@@ -50,7 +51,7 @@ class Measurement:
     drops: dict[str, Drop] = field(default_factory=dict)  # by metric
     drops_by_set: dict[str, dict[str, Drop]] = field(default_factory=dict)  # with data.extra_eval: set -> metric -> drop
     quality_batches: str | None = None  # how quality was batched (batch-dependent outputs are judged as served)
-    widths: dict[str, Any] | None = None  # measure.widths.WidthCheck: outputs at every servable input width vs the baseline
+    widths: WidthCheck | None = None  # outputs at every servable input width vs the baseline
     padded: dict[str, int] | None = None  # widths its trial served around (pad-widths) to judge it as it would be served
     screen: Drop | None = None  # the budget metric's drop on the screening subset
     violation: float | None = None
@@ -75,7 +76,7 @@ class Measurement:
         """Within budget, and no input width where its outputs are a defect (when widths were checked)."""
         if self.violation is None:
             return None
-        return self.violation <= 0 and not (self.widths or {}).get("defects")
+        return self.violation <= 0 and not (self.widths and self.widths.defects)
 
     @property
     def measured(self) -> bool:
@@ -106,12 +107,13 @@ class Measurement:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Measurement:
-        """A stored record (its drops as dicts: `Drop.from_json` reads every version's)."""
+        """A stored record (its figures as dicts: `Drop.from_json` and `WidthCheck.from_json` read every version's)."""
         known = {f.name for f in fields(cls)}
         m = cls(**{k: v for k, v in d.items() if k in known})
         m.drops = {k: Drop.from_json(v) for k, v in m.drops.items()}
         m.drops_by_set = {n: {k: Drop.from_json(v) for k, v in ds.items()} for n, ds in m.drops_by_set.items()}
         m.screen = Drop.maybe(m.screen)
+        m.widths = WidthCheck.maybe(m.widths)
         return m
 
     @classmethod

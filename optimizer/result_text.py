@@ -8,7 +8,7 @@ from typing import Any
 from optimizer.cli_format import table
 from optimizer.formatting import drop_text, num, served_text, speed_rows
 from optimizer.measure.roofline import roofline_text
-from optimizer.measure.widths import check_text
+from optimizer.measure.width_check import check_text
 from optimizer.measurement import run_candidate
 
 

@@ -357,7 +357,7 @@ class _Widths:
     """Bench.check_widths' stand-in for the decision's unit tests: a width check that passes or finds a defect."""
 
     def __init__(self, ok: bool) -> None:
-        from optimizer.measure.widths import WidthCheck
+        from optimizer.measure.width_check import WidthCheck
 
         defects = [] if ok else [{"width": 32.0, "error": 0.39, "neighbours": 0.08}]
         self.result, self.calls = WidthCheck([31, 32, 33], [0.08, 0.39 if not ok else 0.08, 0.08], defects), []

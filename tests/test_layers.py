@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
         "optimizer.results",
         "optimizer.cli_format",
         "optimizer.measure.stats",
+        "optimizer.measure.width_check",
         "optimizer.objectives",
         "optimizer.formatting",
         "optimizer.budget",

@@ -15,6 +15,7 @@ import pytest
 from cost.workload import DAYS_PER_MONTH
 from optimizer.cli import main
 from optimizer.measure.stats import Drop
+from optimizer.measure.width_check import WidthCheck
 from optimizer.recipe import load_recipe
 from optimizer.report import build_report, open_source, write_report
 from optimizer.study import run_search
@@ -344,8 +345,7 @@ def test_a_trial_with_a_width_defect_is_never_the_reports_winner(feasible_search
     def with_defect(t, attrs):
         if t.number == winner:
             m = Measurement.of(t)
-            m.widths = {"checked": [31, 32, 33], "errors": [0.01, 0.48, 0.01], "seconds": 1.0,
-                        "defects": [{"width": 32, "error": 0.48, "neighbours": 0.01}]}  # fmt: skip
+            m.widths = WidthCheck([31, 32, 33], [0.01, 0.48, 0.01], [{"width": 32, "error": 0.48, "neighbours": 0.01}], 1.0)
             attrs[ATTR] = m.to_json()
 
     report = build_report(_edited_copy(src, with_defect))
@@ -434,3 +434,21 @@ def test_a_search_report_is_written_without_loading_torch_or_the_measuring_side(
     assert p.returncode == 0, p.stderr
     assert "loaded: []" in p.stdout, p.stdout
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report.json").is_file()
+
+
+def test_the_report_states_the_serving_setting_the_confirmation_deployed():
+    """The paired rounds may serve the choice at another batch size or number of streams than its trial:
+    the report's chosen configuration and deployment say what deploy.yaml serves."""
+    from optimizer.report.build import _deployed
+
+    chosen = {"trial": 1, "passes": [{"name": "ov-export"}], "chain": "ov-export()", "batch_size": 8, "threads": 2, "streams": 1}
+    searched = {"batch_size": 8, "streams": 1, "threads": 2, "trial": 1}
+    conf = {
+        "attempts": [{"trial": 1, "passes": chosen["passes"]}],
+        "serving": {"searched": searched, "served": searched | {"streams": 2}},
+    }
+    assert _deployed(chosen, conf) == chosen | {"streams": 2}
+    # a near-tie's trial that won the rounds is another entry: its setting is not put on this one
+    conf["serving"]["served"] = searched | {"trial": 5, "batch_size": 16}
+    assert _deployed(chosen, conf) == chosen
+    assert _deployed(chosen, None) == chosen

@@ -3,11 +3,14 @@ one width, and the confirmation that rejects such a configuration before its hel
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import optuna
 import pytest
 
-from optimizer.measure.widths import WidthCheck, check_text, check_widths, defects, widths_to_check
+from optimizer.measure.width_check import WidthCheck, check_text
+from optimizer.measure.widths import check_widths, defects, widths_to_check
 from optimizer.measurement import Measurement
 
 FAULT_WIDTH = 17
@@ -78,9 +81,12 @@ def test_a_fault_at_one_width_is_found_and_named(tiny_bert_dir):
     text = check_text(faulty.as_dict())
     assert f"at width {FAULT_WIDTH} the outputs are" in text and "not servable as is" in text
     # a record with a defect is not a feasible configuration, whatever its quality
-    m = Measurement(violation=-0.01, widths=faulty.as_dict())
-    assert m.feasible is False and Measurement(violation=-0.01, widths=clean.as_dict()).feasible is True
-    assert WidthCheck(**clean.as_dict()).ok
+    assert Measurement(violation=-0.01, widths=faulty).feasible is False
+    assert Measurement(violation=-0.01, widths=clean).feasible is True
+    # ... and so it stays when the record is stored and read back: the check comes back typed
+    stored = Measurement.from_json(json.loads(json.dumps(Measurement(violation=-0.01, widths=faulty).to_json())))
+    assert stored.widths == faulty and isinstance(stored.widths, WidthCheck) and stored.feasible is False
+    assert WidthCheck.from_json({"widths": [3], "errors": [0.0]}).ok  # a check stored before `seconds` was kept
 
 
 def test_confirmation_rejects_a_configuration_with_a_defective_width(search_recipe, tiny_bert_dir, tmp_path, monkeypatch, capsys):
@@ -250,7 +256,7 @@ def test_a_search_trial_compiled_per_shape_is_judged_as_served_around_its_defect
     (t,) = run_search(recipe).trials
     m = Measurement.of(t)
     if per_shape:  # checked in the trial, served around, judged so
-        assert m.widths["defects"] == [] and m.feasible
+        assert m.widths.ok and m.feasible
         assert any(f"judged as served width {FAULT_WIDTH} at {FAULT_WIDTH + 1} tokens (pad-widths)" in n for n in m.notes)
     else:  # a defect at one width is the confirmation's to find
         assert m.widths is None and not any("judged as" in n for n in m.notes)

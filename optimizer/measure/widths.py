@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from optimizer.measure.width_check import WidthCheck
 
 if TYPE_CHECKING:  # torch and the tasks load with the first check: the CLI reads checks without them
     import torch
@@ -41,45 +42,6 @@ CAUSAL_DENSE_UP_TO, CAUSAL_STRIDE = 64, 16
 RATIO = 3.0  # a defect's error is this many times its neighbours' median ...
 MARGIN = 0.05  # ... and at least this much above it (relative error), so exact runtimes never flag noise
 WINDOW = 4  # neighbours on each side
-
-
-@dataclass
-class WidthCheck:
-    """Relative error of the candidate's outputs against the baseline's, per input width."""
-
-    widths: list[int]
-    errors: list[float]
-    defects: list[dict[str, float]] = field(default_factory=list)  # width, error, its neighbours' median error
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.defects
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def text(self) -> str:
-        span = f"input widths {self.widths[0]}-{self.widths[-1]} ({len(self.widths)} checked)"
-        if self.ok:
-            return f"{span}: relative error {statistics.median(self.errors):.3f} (median), {max(self.errors):.3f} at most; no width stands out"
-        worst = max(self.defects, key=lambda d: d["error"] / max(d["neighbours"], 1e-9))
-        more = f" (and {len(self.defects) - 1} more width(s))" if len(self.defects) > 1 else ""
-        return (
-            f"{span}: at width {int(worst['width'])} the outputs are {worst['error']:.2f} off the baseline's against "
-            f"{worst['neighbours']:.2f} at neighbouring widths{more}: a runtime defect at that input shape, not servable as is"
-        )
-
-
-def check_text(check: dict[str, Any] | None) -> str | None:
-    """A stored check (`WidthCheck.as_dict`) in one line."""
-    return WidthCheck(**check).text() if check else None
-
-
-def padded_text(widths: dict[Any, int], first: dict[str, Any]) -> str:
-    """What the confirmation did about a defect: which widths it serves wider, and what it had found."""
-    moved = ", ".join(f"{w} at {to}" for w, to in sorted((int(w), to) for w, to in widths.items()))
-    return f"served width {moved} tokens (pad-widths), where the first check found: {check_text(first)}"
 
 
 def widths_to_check(limit: int, dense_up_to: int = DENSE_UP_TO, stride: int = STRIDE) -> list[int]:

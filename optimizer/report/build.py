@@ -210,11 +210,17 @@ def _choose(d: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _deployed(chosen: dict[str, Any] | None, confirmation: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The chosen entry with the chain the confirmation deployed (it may add pad-widths to the trial's)."""
-    attempt = next((a for a in (confirmation or {}).get("attempts", []) if chosen and a["trial"] == chosen["trial"]), None)
-    if chosen is None or attempt is None or attempt["passes"] == chosen["passes"]:
+    """The chosen entry as the confirmation deployed it: its chain (it may add pad-widths to the trial's) and
+    its serving setting (the paired rounds may have chosen another batch size or number of streams)."""
+    if chosen is None or not confirmation:
         return chosen
-    return chosen | {"passes": attempt["passes"], "chain": chain_text(attempt["passes"])}
+    attempt = next((a for a in confirmation.get("attempts", []) if a["trial"] == chosen["trial"]), None)
+    if attempt is not None and attempt["passes"] != chosen["passes"]:
+        chosen = chosen | {"passes": attempt["passes"], "chain": chain_text(attempt["passes"])}
+    served = (confirmation.get("serving") or {}).get("served") or {}
+    if served.get("trial", chosen["trial"]) == chosen["trial"]:
+        chosen = chosen | {k: served[k] for k in ("batch_size", "threads", "streams") if k in served}
+    return chosen
 
 
 def _deployment(chosen: dict[str, Any] | None, recipe: Recipe, d: dict[str, Any], src: Any) -> dict[str, Any] | None:

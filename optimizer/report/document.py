@@ -16,7 +16,7 @@ from optimizer.formatting import (
     serving_text,
     usd,
 )
-from optimizer.measure.widths import check_text, padded_text
+from optimizer.measure.width_check import check_text, padded_text
 from optimizer.report.blocks import Bullets, Document, Para, Section, Table, tokens_per_s
 from optimizer.report.sections import (
     advice_section,
