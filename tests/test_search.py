@@ -177,7 +177,12 @@ def test_the_all_passes_off_configuration_is_not_measured_again(write_recipe, ti
                 "speed": {"memory_alone": False, "batch_size": 8, "texts": 16, "warmup": 0, "repeats": 1},
                 "hardware": {"threads": 1, "catalog": "aws-c7a.large"},
                 "output_dir": str(tmp_path / "runs"),
-                "search": {"trials": 6, "sampler": "random", "constraint": {"metric": "mrr", "max_drop": 0.5}},
+                "search": {
+                    "trials": 6,
+                    "sampler": "random",
+                    "constraint": {"metric": "mrr", "max_drop": 0.5},
+                    "batch_size": {"choice": [8, 4]},  # the baseline is timed at each: at either it is measured
+                },
                 "passes": [{"name": "cast", "enabled": {"choice": [True, False]}, "dtype": "bfloat16"}],
             }
         )
@@ -188,4 +193,5 @@ def test_the_all_passes_off_configuration_is_not_measured_again(write_recipe, ti
     for t in trials:
         assert (t.state == optuna.trial.TrialState.PRUNED) == (t in off)
     assert all("baseline itself" in Measurement.of(t).pruned for t in off)
+    assert any("baseline itself at batch 4" in Measurement.of(t).pruned for t in off)  # seeded sampler: it comes
     assert Measurement.of(best_feasible(run_search(recipe))).passes != []

@@ -146,8 +146,11 @@ def test_runtime_batch_and_threads_are_part_of_the_space(write_recipe, tiny_bert
     study = run_search(recipe)
     runtimes = set()
     for t in study.trials:
-        assert t.state == States.COMPLETE, Measurement.of(t).error
         m = Measurement.of(t)
+        if t.state == States.PRUNED:  # every pass off at the threads the baseline was timed with (each batch size)
+            assert m.repeat and m.passes == [] and t.params["threads"] == recipe.hardware.threads
+            continue
+        assert t.state == States.COMPLETE, m.error
         dep, names = m.deployment, [p["name"] for p in m.passes]
         runtimes.add(dep["runtime"])
         if dep["runtime"] == "torch":  # export off: the ONNX Runtime pass after it is off too, never a broken chain
