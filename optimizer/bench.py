@@ -310,11 +310,10 @@ class Bench:
         leave more of it unquantized than the timed shape's)."""
         if self.recipe.task != "causal-lm" or not self.recipe.hardware.catalog:
             return None
-        import cost
         from optimizer.measure.machine_bounds import machine_bounds
         from optimizer.measure.roofline import kv_bytes_per_token, llm_roofline
 
-        entry = cost.load_catalog(self.recipe.hardware.catalog_file).get(self.recipe.hardware.catalog)
+        entry = self.recipe.hardware.entry()
         dtype = compute_dtype_of(passes)
         # ONNX Runtime and OpenVINO chains run on the CPU whatever the recipe's device
         machine = machine_bounds(self.device if runtime_of(passes) == "torch" else "cpu", dtype)

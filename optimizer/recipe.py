@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cost.workload import Workload
+
+if TYPE_CHECKING:
+    from cost import Entry
 from optimizer.budget import Budget
 from optimizer.data import REFERENCE, DataSource
 from optimizer.errors import UserError, nearest
@@ -125,6 +128,16 @@ class HardwareSpec(Strict):
     catalog_file: str | None = Field(default=None, description="your catalog YAML, merged over the packaged one")
     utilization: float = Field(default=0.5, gt=0, le=1, description="busy share of paid hours")
     pricing: Literal["on_demand", "spot", "committed"] = "on_demand"
+
+    def entry(self) -> Entry | None:
+        """The catalog entry it is priced on (`catalog` in the packaged catalog merged with `catalog_file`), None
+        without one; raises cost.CostInputError for a name the catalog does not have. `auto` is resolved to a
+        name before this is read (`chain.priced_here`)."""
+        if not self.catalog:
+            return None
+        from cost import load_catalog
+
+        return load_catalog(self.catalog_file).get(self.catalog)
 
 
 class PassSpec(BaseModel):
@@ -290,10 +303,10 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _catalog_entry_exists(self) -> Recipe:
         if self.hardware.catalog and self.hardware.catalog != AUTO_CATALOG:
-            from cost import CostInputError, load_catalog
+            from cost import CostInputError
 
             try:
-                load_catalog(self.hardware.catalog_file).get(self.hardware.catalog)
+                self.hardware.entry()
             except CostInputError as e:
                 raise _FieldError("hardware.catalog", e.problem, e.fix) from None
         return self

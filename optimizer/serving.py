@@ -83,7 +83,7 @@ def measure_requests(
         import cost
 
         hw = recipe.hardware
-        entry = cost.load_catalog(hw.catalog_file).get(hw.catalog)
+        entry = hw.entry()
         tps = out["tokens_per_s"]["median"] * replicas_on(entry, out["threads"])
         out["usd_per_m_tokens"] = cost.usd_per_million(tps, entry.hourly_usd(hw.pricing), hw.utilization)
     return out
@@ -96,7 +96,7 @@ def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
     import cost
 
     hw = recipe.hardware
-    entry = cost.load_catalog(hw.catalog_file).get(hw.catalog)
+    entry = hw.entry()
     replicas = replicas_on(entry, speed.get("threads"))
     out_tps = speed["output_tokens_per_s"]["median"] * replicas if "output_tokens_per_s" in speed else None
     p = cost.token_price(entry, speed["input_tokens_per_s"]["median"] * replicas, out_tps, hw.utilization, hw.pricing)

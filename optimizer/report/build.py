@@ -424,11 +424,10 @@ def _provenance(src: RunSource | StudySource, recipe: Recipe) -> dict[str, Any]:
     out = dict(recorded or {})
     hw = recipe.hardware
     if hw.catalog:
-        import cost
         from cost.errors import CostInputError
 
         try:
-            entry = cost.load_catalog(hw.catalog_file).get(hw.catalog)
+            entry = hw.entry()
         except CostInputError:  # an entry renamed since: the report still renders, without the price's source
             entry = None
         price = getattr(entry, "price", None)
