@@ -7,6 +7,7 @@ variables so a path (say, to a model folder) can be changed without editing the 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -16,15 +17,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cost.workload import Workload
-
-if TYPE_CHECKING:
-    from cost import Entry
 from optimizer.budget import Budget
 from optimizer.data import REFERENCE, DataSource
 from optimizer.errors import UserError, nearest
 from optimizer.metrics import default_metrics, task_metrics
 from optimizer.model import ModelSpec
 from optimizer.ranges import Choice, IntRange, parse_range
+
+if TYPE_CHECKING:
+    from cost import Entry
 
 Task = Literal["embedding", "causal-lm", "classification"]
 
@@ -135,9 +136,17 @@ class HardwareSpec(Strict):
         name before this is read (`chain.priced_here`)."""
         if not self.catalog:
             return None
-        from cost import load_catalog
+        mtime = os.stat(self.catalog_file).st_mtime_ns if self.catalog_file and os.path.exists(self.catalog_file) else None
+        return _catalog_entry(self.catalog, self.catalog_file, mtime)
 
-        return load_catalog(self.catalog_file).get(self.catalog)
+
+@functools.lru_cache(maxsize=32)
+def _catalog_entry(name: str, catalog_file: str | None, mtime: int | None) -> Entry:
+    """Read once per catalog file version (`mtime`): parsing and validating the catalog takes ~34 ms, and
+    every timed arm of a confirmation round is priced."""
+    from cost import load_catalog
+
+    return load_catalog(catalog_file).get(name)
 
 
 class PassSpec(BaseModel):
