@@ -59,6 +59,7 @@ PUBLIC: dict[str, tuple[str, str]] = {
     "paired_bootstrap": ("optimizer.measure.stats", "paired_bootstrap"),
     "ratio_interval": ("optimizer.measure.stats", "ratio_interval"),
     "retrieval_values": ("optimizer.measure.quality", "retrieval_values"),
+    "pairs_retrieval": ("optimizer.measure.quality", "pairs_retrieval"),
     "fingerprint": ("optimizer.measure.system", "fingerprint"),
     "native_bf16": ("optimizer.measure.system", "native_bf16"),
     "broken_by": ("optimizer.metrics", "broken_by"),

@@ -99,11 +99,11 @@ class Bench:
         eval_data, other = eval_parts(recipe, part)
         calib, train = pass_data(recipe)
         q = recipe.quality
-        evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, q.batch_size)
+        evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, q.batch_size, q.retrieval == "both")
         bench = cls(recipe, device, eval_data, calib, train, evaluator, other_part=other)
         for name, src in recipe.data.extra_eval.items():
             data = eval_part(recipe, part, src)
-            bench.extra[name] = (QualityEvaluator(recipe.task, data, recipe.metrics, q.batch_size), {})
+            bench.extra[name] = (QualityEvaluator(recipe.task, data, recipe.metrics, q.batch_size, q.retrieval == "both"), {})
         return bench
 
     def load_baseline(self) -> Candidate:
@@ -202,7 +202,10 @@ class Bench:
             return None
         if self.screen_evaluator is None:
             sub = self.eval_data.subset(examples, self.recipe.data.seed)
-            self.screen_evaluator = QualityEvaluator(self.recipe.task, sub, self.recipe.metrics, self.recipe.quality.batch_size)
+            q = self.recipe.quality
+            self.screen_evaluator = QualityEvaluator(
+                self.recipe.task, sub, self.recipe.metrics, q.batch_size, q.retrieval == "both"
+            )
             self.screen_quality = self.screen_evaluator.evaluate(self.baseline)
         with _batched(self.screen_evaluator, batch_size, sort):
             values = self.screen_evaluator.evaluate(cand, reference=self.baseline)

@@ -51,6 +51,16 @@ class DataSource(BaseModel):
     text_b_field: str = "text_b"
     score_field: str = "score"
     label_field: str = "label"
+    second_query_field: str | None = Field(
+        default=None,
+        description="pairs: a second query for each example's document (a paraphrase, another user's question); "
+        "each example's retrieval figures are the mean over its queries, so its interval narrows without a new document",
+    )
+    name_queries: bool = Field(
+        default=False,
+        description="stdlib-docs pairs: each docstring's qualified name, as words, is a second query for its body "
+        "(json.JSONDecoder.raw_decode -> 'json JSONDecoder raw decode')",
+    )
     limit: int | None = Field(default=None, gt=0)
 
 
@@ -62,7 +72,8 @@ Role = Literal["eval", "calibration", "train"]
 
 @dataclass
 class Dataset:
-    """texts always; texts_b for pairs (documents) and scored pairs; scores or labels when present."""
+    """texts always; texts_b for pairs (documents) and scored pairs; scores or labels when present;
+    queries_2 for pairs with a second query per document."""
 
     kind: Kind
     texts: list[str]
@@ -70,13 +81,14 @@ class Dataset:
     scores: list[float] | None = None
     labels: list[Any] | None = None
     origin: str = ""
+    queries_2: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def all_texts(self) -> list[str]:
-        """Every text in the set: first texts, then texts_b (evaluators rely on this order)."""
-        return self.texts + (self.texts_b or [])
+        """Every text in the set: texts, then texts_b, then queries_2 (evaluators rely on this order)."""
+        return self.texts + (self.texts_b or []) + (self.queries_2 or [])
 
     def subset(self, n: int, seed: int) -> Dataset:
         """A seeded, deterministic sample of n examples, in their original order."""
@@ -87,7 +99,13 @@ class Dataset:
     def _pick(self, idx: list[int]) -> Dataset:
         pick = lambda xs: [xs[i] for i in idx] if xs else None  # noqa: E731
         return Dataset(
-            self.kind, [self.texts[i] for i in idx], pick(self.texts_b), pick(self.scores), pick(self.labels), origin=self.origin
+            self.kind,
+            [self.texts[i] for i in idx],
+            pick(self.texts_b),
+            pick(self.scores),
+            pick(self.labels),
+            origin=self.origin,
+            queries_2=pick(self.queries_2),
         )
 
     def split(self, share: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -99,11 +117,14 @@ class Dataset:
         return self._pick([i for i, h in enumerate(held) if not h]), self._pick([i for i, h in enumerate(held) if h])
 
     def with_prefixes(self, first: str, second: str) -> Dataset:
-        """The same examples with `first` before each text and `second` before each texts_b entry."""
+        """The same examples with `first` before each text and second query, `second` before each texts_b entry."""
         if not first and not second:
             return self
         return dataclasses.replace(
-            self, texts=[first + t for t in self.texts], texts_b=[second + t for t in self.texts_b] if self.texts_b else None
+            self,
+            texts=[first + t for t in self.texts],
+            texts_b=[second + t for t in self.texts_b] if self.texts_b else None,
+            queries_2=[first + t for t in self.queries_2] if self.queries_2 else None,
         )
 
     def interleaved(self) -> list[str]:
@@ -180,7 +201,12 @@ def _shared_summaries() -> frozenset[str]:
     return frozenset(s for s, n in seen.items() if n > 1)
 
 
-def _stdlib_dataset(kind: Kind, role: Role, split: str | None = None) -> Dataset:
+def name_words(qualname: str) -> str:
+    """A qualified name as the words a reader would search with: json.JSONDecoder.raw_decode -> json JSONDecoder raw decode."""
+    return " ".join(qualname.replace("_", " ").replace(".", " ").split())
+
+
+def _stdlib_dataset(kind: Kind, role: Role, split: str | None = None, name_queries: bool = False) -> Dataset:
     parts = _stdlib_parts(split, role)
     entries = [e for part in parts for e in stdlib_split(part)]
     role = "+".join(parts)  # type: ignore[assignment]
@@ -189,7 +215,9 @@ def _stdlib_dataset(kind: Kind, role: Role, split: str | None = None) -> Dataset
         # docstring shares (Event.wait's and Condition.wait's, say), else it has two right answers.
         shared = _shared_summaries()
         entries = [e for e in entries if len(e.body.split()) >= PAIR_BODY_WORDS and e.summary not in shared]
-        return Dataset("pairs", [e.summary for e in entries], [e.body for e in entries], origin=f"stdlib-docs/{role}")
+        names = [name_words(e.qualname) for e in entries] if name_queries else None
+        origin = f"stdlib-docs/{role}" + (" (summary and name queries)" if name_queries else "")
+        return Dataset("pairs", [e.summary for e in entries], [e.body for e in entries], origin=origin, queries_2=names)
     if kind == "text":
         return Dataset("text", [e.text for e in entries if len(e.text.split()) >= 8], origin=f"stdlib-docs/{role}")
     raise UserError(
@@ -283,11 +311,13 @@ def _dataset_from_rows(rows: list[dict[str, Any]], kind: Kind, src: DataSource, 
     if kind == "text":
         return Dataset("text", [str(t) for t in _field(rows, src.text_field, origin)], origin=origin)
     if kind == "pairs":
+        second = src.second_query_field
         return Dataset(
             "pairs",
             [str(t) for t in _field(rows, src.query_field, origin)],
             [str(t) for t in _field(rows, src.document_field, origin)],
             origin=origin,
+            queries_2=[str(t) for t in _field(rows, second, origin)] if second else None,
         )
     if kind == "scored-pairs":
         scores = _field(rows, src.score_field, origin)
@@ -326,8 +356,12 @@ def load_dataset(src: DataSource, role: Role, task: str, seed: int = 0) -> Datas
     wanted: Kind | None = None if src.kind == "auto" else src.kind  # type: ignore[assignment]
     if role != "eval" and wanted is None:
         wanted = "text"  # calibration and training only need text
+    if src.name_queries and src.source != "stdlib-docs":
+        raise UserError(
+            f"name_queries is for stdlib-docs, not {src.source!r}", "give a second query per example with second_query_field"
+        )
     if src.source == "stdlib-docs":
-        ds = _stdlib_dataset(wanted or ("pairs" if task == "embedding" else "text"), role, src.split)
+        ds = _stdlib_dataset(wanted or ("pairs" if task == "embedding" else "text"), role, src.split, src.name_queries)
     elif src.source == REFERENCE:
         if wanted not in (None, "text"):
             raise UserError(

@@ -63,6 +63,12 @@ class QualitySpec(Strict):
     batch_size: int = Field(default=32, gt=0)
     bootstrap: int = Field(default=1000, ge=100, description="bootstrap resamples")
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    retrieval: Literal["forward", "both"] = Field(
+        default="forward",
+        description="retrieval pairs: forward (each query retrieves its document), or both (each document also "
+        "retrieves its query; an example's figure is the mean of its retrievals, a narrower interval at no extra "
+        "embedding)",
+    )
 
 
 class SpeedSpec(Strict):

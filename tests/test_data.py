@@ -129,6 +129,26 @@ def test_stdlib_docs_split_union_reads_several_parts_and_never_calibration():
         load_dataset(DataSource(source="stdlib-docs", split="eval+test"), "eval", "embedding")
 
 
+def test_stdlib_docs_name_queries_are_a_second_query_per_pair_and_travel_with_their_example(tmp_path):
+    from optimizer.data import name_words
+    from optimizer.recipe import DataSource
+
+    plain = load_dataset(DataSource(source="stdlib-docs"), "eval", "embedding")
+    named = load_dataset(DataSource(source="stdlib-docs", name_queries=True), "eval", "embedding")
+    assert named.texts == plain.texts and named.texts_b == plain.texts_b and len(named.queries_2) == len(named)
+    assert name_words("json.JSONDecoder.raw_decode") == "json JSONDecoder raw decode"
+    assert named.all_texts()[2 * len(named) :] == named.queries_2
+    rest, held = named.split(0.5, seed=0)
+    pick = dict(zip(named.texts, named.queries_2, strict=True))
+    assert all(pick[t] == q for part in (rest, held) for t, q in zip(part.texts, part.queries_2, strict=True))
+    assert named.with_prefixes("query: ", "passage: ").queries_2[0] == "query: " + named.queries_2[0]
+    with pytest.raises(UserError, match="name_queries is for stdlib-docs"):
+        load_dataset(DataSource(source=str(tmp_path / "x.jsonl"), name_queries=True), "eval", "embedding")
+    (tmp_path / "p.jsonl").write_text('{"query": "a", "document": "b", "q2": "c"}\n')
+    own = load_dataset(DataSource(source=str(tmp_path / "p.jsonl"), second_query_field="q2"), "eval", "embedding")
+    assert own.queries_2 == ["c"]
+
+
 def test_stdlib_reference_is_text_disjoint_from_stdlib_docs():
     from optimizer.data import DataSource, load_dataset, stdlib_docs
 

@@ -33,6 +33,30 @@ def test_retrieval_ties_are_not_free_wins():
     assert v["mrr"].tolist() == pytest.approx([1 / 2] * 3)
 
 
+def test_retrieval_with_a_second_query_and_both_directions_averages_each_examples_retrievals():
+    docs = np.eye(3)
+    queries = np.array([[1.0, 0, 0], [0.9, 0.5, 0], [0, 0, 1.0]])  # query 1 finds doc 0 first: rank 2
+    second = np.array([[0.6, 0.8, 0], [0, 1.0, 0], [0, 0, 1.0]])  # second query 0 finds doc 1 first: rank 2
+    assert retrieval_values(queries, docs, second)["mrr"].tolist() == pytest.approx([3 / 4, 3 / 4, 1])
+    both = retrieval_values(queries, docs, second, both=True)
+    # document 0 retrieves query 0 first (1.0 > 0.9) and second query 0 first (0.6 > 0); document 1
+    # retrieves query 1 first (0.5 > 0), and second query 1 first (1.0 > 0.8)
+    assert both["mrr"].tolist() == pytest.approx([(1 + 1 / 2 + 1 + 1) / 4, (1 / 2 + 1 + 1 + 1) / 4, 1])
+    assert retrieval_values(queries, docs, both=True)["recall@1"].tolist() == pytest.approx([1, 1 / 2, 1])
+
+
+def test_a_second_query_per_document_goes_through_the_evaluator_and_narrows_nothing_it_should_not(tiny_bert_dir):
+    base = load_candidate(ModelSpec(source=str(tiny_bert_dir)), "embedding", "cpu")
+    pairs = _pairs(12)
+    named = Dataset("pairs", pairs.texts, pairs.texts_b, queries_2=[f"name {i}" for i in range(12)])
+    forward = QualityEvaluator("embedding", pairs, ["mrr", "fidelity"], 8).evaluate(base)
+    ev = QualityEvaluator("embedding", named, ["mrr", "fidelity"], 8, both_directions=True)
+    v = ev.evaluate(base)
+    assert len(v["mrr"].values) == 12  # one figure per example, whatever its retrievals
+    assert len(v["fidelity"].values) == 36  # one per text: queries, documents, second queries
+    assert v["mrr"].value != pytest.approx(forward["mrr"].value)
+
+
 def test_cosine_rows():
     assert cosine_rows(np.array([[1.0, 0], [1, 1]]), np.array([[2.0, 0], [-1, -1]])).tolist() == pytest.approx([1, -1])
 

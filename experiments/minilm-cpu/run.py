@@ -160,10 +160,10 @@ def main() -> None:
         load_deployment,
         load_recipe,
         paired_bootstrap,
+        pairs_retrieval,
         ratio_interval,
         read_deployment,
         request_tokens,
-        retrieval_values,
         set_threads,
     )
 
@@ -231,14 +231,14 @@ def main() -> None:
             proc.stdin.flush()
             proc.wait(timeout=60)
 
-    n = len(data)
-    base_q = retrieval_values(emb["st-torch-fp32"][:n], emb["st-torch-fp32"][n:])
+    n, both = len(data), recipe.quality.retrieval == "both"
+    base_q = pairs_retrieval(emb["st-torch-fp32"], data, both)
     machine = fingerprint()
     catalog = CATALOGS["amd" if "AMD" in machine["cpu"]["model"] else "intel"]
     entry = cost.load_catalog().get(catalog)
     rows = {}
     for name in names:
-        q = retrieval_values(emb[name][:n], emb[name][n:])
+        q = pairs_retrieval(emb[name], data, both)
         drops = {
             m: paired_bootstrap(
                 MetricValues(m, base_q[m], "mean", True), MetricValues(m, q[m], "mean", True), 2000, 0.95, 0
@@ -269,7 +269,7 @@ def main() -> None:
         "real_tokens": tokens,
         "max_length": max_len,
         "eval_pairs": n,
-        "eval_source": data.origin,
+        "eval_source": data.origin + (", both directions" if both else ""),
         "repeats": args.repeats,
         "catalog": catalog,
         "hourly_usd": entry.hourly_usd(),

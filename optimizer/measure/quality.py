@@ -16,11 +16,31 @@ from optimizer.metrics import METRICS
 from optimizer.runtimes import Candidate
 
 
-def retrieval_values(queries: np.ndarray, docs: np.ndarray) -> dict[str, np.ndarray]:
+def retrieval_values(
+    queries: np.ndarray, docs: np.ndarray, queries_2: np.ndarray | None = None, both: bool = False
+) -> dict[str, np.ndarray]:
     """Query i's relevant document is docs[i]; cosine ranking over all documents.
 
-    Returns per-query reciprocal rank, hit@1 and nDCG@10 (one relevant document, so IDCG = 1).
-    """
+    Returns per-example reciprocal rank, hit@1 and nDCG@10 (one relevant document, so IDCG = 1). With a second
+    query per document (`queries_2`) and/or `both` directions (document i retrieving query i among all queries,
+    as image-text retrieval reports both), each example's figure is the mean over its retrievals: one example
+    still counts once, so the paired bootstrap over examples keeps its coverage, and the figures of one
+    example's retrievals are noisy apart, so its interval narrows (about 1.5x on stdlib-docs with both)."""
+    views = [(queries, docs)] + ([(queries_2, docs)] if queries_2 is not None else [])
+    if both:
+        views += [(d, q) for q, d in views]
+    per_view = [_ranked(q, d) for q, d in views]
+    return {k: np.mean([v[k] for v in per_view], axis=0) for k in per_view[0]}
+
+
+def pairs_retrieval(emb: np.ndarray, data: Dataset, both: bool) -> dict[str, np.ndarray]:
+    """retrieval_values of a pairs set from the embeddings of its `all_texts()`, in that order."""
+    n = len(data)
+    second = emb[2 * n :] if data.queries_2 else None
+    return retrieval_values(emb[:n], emb[n : 2 * n], second, both)
+
+
+def _ranked(queries: np.ndarray, docs: np.ndarray) -> dict[str, np.ndarray]:
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
     d = docs / np.linalg.norm(docs, axis=1, keepdims=True).clip(1e-12)
     sims = q @ d.T
@@ -62,9 +82,10 @@ def check_data(metrics: list[str], data: Dataset) -> None:
 class QualityEvaluator:
     """Evaluates candidates on one eval set; caches the reference's outputs (embeddings, predictions)."""
 
-    def __init__(self, task: str, data: Dataset, metrics: list[str], batch_size: int) -> None:
+    def __init__(self, task: str, data: Dataset, metrics: list[str], batch_size: int, both_directions: bool = False) -> None:
         check_data(metrics, data)
         self.task, self.data, self.metrics, self.batch_size = task, data, metrics, batch_size
+        self.both_directions = both_directions  # retrieval pairs: documents retrieve their queries too
         self.sort = True  # length-sorted batches; False: the data's own order, as serving batches requests
         self._reference_outputs: dict[int, np.ndarray] = {}
 
@@ -92,11 +113,11 @@ class QualityEvaluator:
         n = len(self.data)
         out: dict[str, MetricValues] = {}
         if self.data.kind == "pairs":
-            for name, v in retrieval_values(emb[:n], emb[n:]).items():
+            for name, v in pairs_retrieval(emb, self.data, self.both_directions).items():
                 if name in self.metrics:
                     out[name] = _values(name, v)
         if "spearman" in self.metrics:
-            pred = cosine_rows(emb[:n], emb[n:])
+            pred = cosine_rows(emb[:n], emb[n : 2 * n])
             out["spearman"] = _values("spearman", np.stack([pred, np.asarray(self.data.scores)], 1))
         if "fidelity" in self.metrics:
             fid = np.ones(len(emb)) if reference is None else cosine_rows(emb, self._reference(reference))
