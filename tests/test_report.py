@@ -452,3 +452,21 @@ def test_the_report_states_the_serving_setting_the_confirmation_deployed():
     conf["serving"]["served"] = searched | {"trial": 5, "batch_size": 16}
     assert _deployed(chosen, conf) == chosen
     assert _deployed(chosen, None) == chosen
+
+
+def test_a_confirmed_near_tie_the_time_budget_left_untimed_is_not_said_to_be_slower():
+    from optimizer.report.document import _confirmation_lines
+
+    drop = {"metric": "mrr", "baseline": 0.4, "candidate": 0.4, "drop": 0.0, "low": -0.002, "high": 0.002}
+    drop |= {"relative": 0.0, "relative_low": -0.005, "relative_high": 0.005, "confidence": 0.98, "n": 838}
+    tie = {"trial": 2, "passes": [], "confirmed": True, "drop": drop}
+    conf = {
+        "chosen": 5,
+        "attempts": [tie],
+        "savings": [],
+        "serving": {"options": [{"batch_size": 8, "streams": 1, "threads": 2, "trial": 5}]},
+    }
+    r = {"budget": {"relative": True, "metric": "mrr"}, "confirmation": conf}
+    assert "not timed against it: the time budget left no room" in " ".join(_confirmation_lines(r))
+    conf["serving"]["options"].append({"batch_size": 8, "streams": 1, "threads": 2, "trial": 2})
+    assert "timed in the same rounds (serving, above): it was not shown cheaper" in " ".join(_confirmation_lines(r))

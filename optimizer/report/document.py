@@ -117,10 +117,15 @@ def _confirmation_lines(r: dict[str, Any]) -> list[str]:
         if x.get("widths") and x["widths"]["defects"]:
             out.append(f"Trial {x['trial']} was rejected before its held-out quality: {check_text(x['widths'])}.")
         elif x["trial"] != conf["chosen"] and x.get("confirmed"):
+            timed = any(o.get("trial") == x["trial"] for o in (conf.get("serving") or {}).get("options", []))
             out.append(
                 f"Trial {x['trial']}, another chain the search could not tell from the choice by its one timing, was "
-                f"confirmed too (held-out drop {drop_text(x['drop'], rel)}) and timed in the same rounds where time "
-                "allowed (serving, above): it was not shown cheaper."
+                f"confirmed too (held-out drop {drop_text(x['drop'], rel)}) and "
+                + (
+                    "timed in the same rounds (serving, above): it was not shown cheaper."
+                    if timed
+                    else "not timed against it: the time budget left no room (serving, above)."
+                )
             )
         elif x["trial"] != conf["chosen"] and x.get("drop") and x.get("power"):
             out.append(
