@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from optimizer.errors import UserError
+from optimizer.measure.price import Price
 from optimizer.measurement import Measurement
 from optimizer.recipe import Recipe
 from optimizer.results import atomic_folder
@@ -44,7 +45,7 @@ def deployment_config(
     the one timed in alternating rounds; the search's own figures are kept beside them."""
     m = Measurement.of(trial)
     b = recipe.budget
-    cost, base_cost = m.cost or {}, baseline.get("cost") or {}
+    cost, base_cost = m.cost, Price.maybe(baseline.get("cost"))
     measured: dict[str, Any] = {
         "quality": m.quality,
         "baseline_quality": baseline.get("quality"),
@@ -60,19 +61,19 @@ def deployment_config(
         },
         "footprint": m.footprint,
     }
-    if cost.get("blended_usd_per_m") and base_cost.get("blended_usd_per_m"):
-        measured["usd_per_m_tokens"] = cost["blended_usd_per_m"]
-        measured["baseline_usd_per_m_tokens"] = base_cost["blended_usd_per_m"]
-        measured["cheaper_x"] = round(base_cost["blended_usd_per_m"] / cost["blended_usd_per_m"], 4)
+    if cost and base_cost and cost.blended_usd_per_m and base_cost.blended_usd_per_m:
+        measured["usd_per_m_tokens"] = cost.blended_usd_per_m
+        measured["baseline_usd_per_m_tokens"] = base_cost.blended_usd_per_m
+        measured["cheaper_x"] = round(base_cost.blended_usd_per_m / cost.blended_usd_per_m, 4)
         best_b = baseline_best_batch(baseline) if recipe.search.objective == "cost" else None
         if best_b is not None:  # the baseline at its own best batch size that meets the latency targets
             usd = baseline["by_batch"][str(best_b)]
             measured["baseline_best_batch"] = {
                 "batch_size": best_b,
                 "usd_per_m_tokens": usd,
-                "cheaper_x": round(usd / cost["blended_usd_per_m"], 4),
+                "cheaper_x": round(usd / cost.blended_usd_per_m, 4),
             }
-        measured["cost"] = cost
+        measured["cost"] = cost.to_json()
     attempt = confirmation.attempt if confirmation is not None else None
     if attempt is not None:
         measured["selection_drop"] = measured["drop"]

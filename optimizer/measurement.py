@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from optimizer.measure.price import Price
 from optimizer.measure.stats import Drop
 from optimizer.measure.width_check import WidthCheck
 
@@ -56,7 +57,7 @@ class Measurement:
     screen: Drop | None = None  # the budget metric's drop on the screening subset
     violation: float | None = None
     speed: dict[str, Any] | None = None  # measure.speed's figures (medians, spread, operating points, roofline)
-    cost: dict[str, Any] | None = None  # cost.price's figures on `hardware.catalog`
+    cost: Price | None = None  # its price on `hardware.catalog`
     footprint: dict[str, Any] | None = None  # parameters, non-zeros, weight and disk bytes
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per pass and stage
@@ -103,7 +104,7 @@ class Measurement:
         return {k: self.speed[k]["median"] for k in ("input_tokens_per_s", "output_tokens_per_s") if k in (self.speed or {})}
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self)  # Price, Drop and WidthCheck are dataclasses: their dicts
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Measurement:
@@ -114,6 +115,7 @@ class Measurement:
         m.drops_by_set = {n: {k: Drop.from_json(v) for k, v in ds.items()} for n, ds in m.drops_by_set.items()}
         m.screen = Drop.maybe(m.screen)
         m.widths = WidthCheck.maybe(m.widths)
+        m.cost = Price.maybe(m.cost)
         return m
 
     @classmethod

@@ -7,6 +7,7 @@ from typing import Any
 
 from optimizer.cli_format import table
 from optimizer.formatting import drop_text, num, served_text, speed_rows
+from optimizer.measure.price import Price
 from optimizer.measure.roofline import roofline_text
 from optimizer.measure.width_check import check_text
 from optimizer.measurement import run_candidate
@@ -40,24 +41,23 @@ def render_result(r: dict[str, Any]) -> str:
     base, other = speed_rows(r["baseline"]), speed_rows(cand)  # medians (range over repeats, cv)
     rows = [[k, v] + ([other.get(k, "–")] if other else []) for k, v in base.items()]
     out += [table(rows, ["speed and footprint", "baseline"] + (["candidate"] if other else []))]
-    if r["baseline"].get("cost"):
+    base_price = Price.maybe(r["baseline"].get("cost"))
+    if base_price is not None:
         c_rows = []
-        for label, part in (("baseline", r["baseline"]), ("candidate", cand)):
-            if part and part.get("cost"):
-                c = part["cost"]
+        for label, price in (("baseline", base_price), ("candidate", record.cost if record else None)):
+            if price is not None:
                 c_rows.append(
                     [
                         label,
-                        f"${c['input_usd_per_m']:.4f}",
-                        "-" if c["output_usd_per_m"] is None else f"${c['output_usd_per_m']:.4f}",
-                        f"${c['blended_usd_per_m']:.4f}",
-                        "-" if c.get("monthly_usd") is None else f"${c['monthly_usd']:,.2f}",
+                        f"${price.input_usd_per_m:.4f}",
+                        "-" if price.output_usd_per_m is None else f"${price.output_usd_per_m:.4f}",
+                        f"${price.blended_usd_per_m:.4f}",
+                        "-" if price.monthly_usd is None else f"${price.monthly_usd:,.2f}",
                     ]
                 )
-        bc = r["baseline"]["cost"]
         out += [
             "",
-            f"cost on {bc['hardware']} (${bc['hourly_usd']}/hour, {bc['utilization']:.0%} utilization; "
+            f"cost on {base_price.hardware} (${base_price.hourly_usd}/hour, {base_price.utilization:.0%} utilization; "
             "this machine's measured speed priced at that rate):",
             table(c_rows, ["model", "$/1M input", "$/1M output", "$/1M blended", "per month"]),
         ]

@@ -137,7 +137,8 @@ def run_recipe(
             record.baseline["quality"] = bench.baseline_quality()
         with _Stage(record, "baseline speed", bar):
             b = record.baseline
-            b["speed"], b["cost"], b["footprint"] = bench.baseline_figures()
+            b["speed"], price, b["footprint"] = bench.baseline_figures()
+            b["cost"] = price.to_json() if price else None
         write_json_atomic(result_path, record.to_json())
 
         if passes:

@@ -3,7 +3,6 @@ on the recipe's catalog entry, the latency targets, and the operating point amon
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from optimizer import tasks
@@ -11,6 +10,7 @@ from optimizer.data import Dataset
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.contention import Watch
+from optimizer.measure.price import Price
 from optimizer.recipe import Recipe
 from optimizer.runtimes import Candidate
 
@@ -89,7 +89,7 @@ def measure_requests(
     return out
 
 
-def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
+def price_speed(recipe: Recipe, speed: dict[str, Any]) -> Price | None:
     """$ per 1M tokens on the recipe's catalog entry from measured tokens/s (None without an entry)."""
     if not recipe.hardware.catalog:
         return None
@@ -107,10 +107,8 @@ def price_speed(recipe: Recipe, speed: dict[str, Any]) -> dict[str, Any] | None:
             f"; estimate: {replicas} replicas of {speed['threads']} threads fill its {entry.vcpus} vCPUs, "
             "assumed to scale linearly"
         )
-    res = asdict(p) | {"input_share": share, "blended_usd_per_m": p.blended_usd_per_m(share), "replicas": replicas, "note": note}
-    if recipe.workload:
-        res["monthly_usd"] = cost.monthly_cost(p, recipe.workload)
-    return res
+    monthly = cost.monthly_cost(p, recipe.workload) if recipe.workload else None
+    return Price.of(p, share, replicas, note, monthly)
 
 
 def _latency_ratios(recipe: Recipe, speed: dict[str, Any]) -> dict[str, tuple[float, float]]:
@@ -135,21 +133,19 @@ def latency_misses(recipe: Recipe, speed: dict[str, Any]) -> list[str]:
     return [text[k](got, want) for k, (got, want) in _latency_ratios(recipe, speed).items() if got > want]
 
 
-def operating_point(
-    recipe: Recipe, points: list[tuple[dict[str, Any], dict[str, Any] | None]]
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def operating_point(recipe: Recipe, points: list[tuple[dict[str, Any], Price | None]]) -> tuple[dict[str, Any], Price | None]:
     """Of the measured batch sizes, the one to serve at: the cheapest (blended $ per 1M tokens, else the
     fastest decode) that meets the latency targets; when none does, the one that misses them least.
     The returned speed lists every point (`operating_points`) and what the chosen one misses."""
 
-    def price(p: tuple[dict[str, Any], dict[str, Any] | None]) -> float:
+    def price(p: tuple[dict[str, Any], Price | None]) -> float:
         speed, cost = p
         if cost is not None:
-            return cost["blended_usd_per_m"]
+            return cost.blended_usd_per_m
         key = "output_tokens_per_s" if "output_tokens_per_s" in speed else "input_tokens_per_s"
         return 1.0 / speed[key]["median"]
 
-    def overshoot(p: tuple[dict[str, Any], dict[str, Any] | None]) -> float:
+    def overshoot(p: tuple[dict[str, Any], Price | None]) -> float:
         return max((got / want for got, want in _latency_ratios(recipe, p[0]).values()), default=1.0)
 
     met = [p for p in points if not latency_misses(recipe, p[0])]
@@ -164,9 +160,9 @@ def operating_point(
                 "time_to_first_token_p95_s": sp["time_to_first_token_p95_s"],
                 "time_per_output_token_p95_s": sp["token_latency_s"]["p95"],
                 "meets_targets": not latency_misses(recipe, sp),
-                "input_usd_per_m": (c or {}).get("input_usd_per_m"),
-                "output_usd_per_m": (c or {}).get("output_usd_per_m"),
-                "blended_usd_per_m": (c or {}).get("blended_usd_per_m"),
+                "input_usd_per_m": c.input_usd_per_m if c else None,
+                "output_usd_per_m": c.output_usd_per_m if c else None,
+                "blended_usd_per_m": c.blended_usd_per_m if c else None,
             }
             for sp, c in points
         ]

@@ -42,7 +42,8 @@ def trial_metrics(m: Measurement, values: list[float] | None) -> dict[str, float
         out |= _numbers(f"drop.{metric}", {"": d.relative, ".low": d.relative_low, ".high": d.relative_high})
     out |= _numbers("quality.", m.quality)
     out |= _numbers("speed.", m.tokens_per_s())
-    out |= _numbers("cost.", {k: v for k, v in (m.cost or {}).items() if k.endswith(("_per_m", "monthly_usd"))})
+    price = m.cost.to_json() if m.cost else {}
+    out |= _numbers("cost.", {k: v for k, v in price.items() if k.endswith(("_per_m", "monthly_usd"))})
     out |= _numbers("footprint.", m.footprint)
     if m.seconds is not None:
         out["seconds"] = float(m.seconds)

@@ -29,6 +29,7 @@ from optimizer.chain import apply_chain, resolve_device, resolved_passes
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.contention import Watch
+from optimizer.measure.price import Price
 from optimizer.measure.system import fingerprint
 from optimizer.measurement import WORKER, Measurement, Pruned
 from optimizer.objectives import OBJECTIVES
@@ -52,7 +53,7 @@ class Objective:
     def direction(self) -> str:
         return OBJECTIVES[self.kind].direction
 
-    def value(self, speed: dict[str, Any], cost: dict[str, Any] | None) -> float:
+    def value(self, speed: dict[str, Any], cost: Price | None) -> float:
         return OBJECTIVES[self.kind].read(speed, cost)
 
 
@@ -185,7 +186,7 @@ class TrialRunner:
             self.baseline = {
                 "quality": quality,
                 "speed": speed,
-                "cost": cost,
+                "cost": cost.to_json() if cost else None,
                 "footprint": fp,
                 "passes": [],
                 "objective": self.objective.value(speed, cost),

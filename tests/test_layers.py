@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
         "optimizer.cli_format",
         "optimizer.measure.stats",
         "optimizer.measure.width_check",
+        "optimizer.measure.price",
         "optimizer.objectives",
         "optimizer.formatting",
         "optimizer.budget",

@@ -102,8 +102,8 @@ def test_two_workers_on_different_machines_each_price_their_own_trials(search_re
     for t in done:
         m = Measurement.of(t)
         entry = m.hardware["catalog"]
-        assert m.cost["hardware"] == entry
-        assert m.cost["hourly_usd"] == pytest.approx(entries[entry])
+        assert m.cost.hardware == entry
+        assert m.cost.hourly_usd == pytest.approx(entries[entry])
         assert m.baseline_objective == base[entry]  # its own worker's baseline
     assert main(["report", str(tmp_path / "runs" / "machines"), "--format", "md,json", "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 
@@ -82,3 +84,25 @@ def test_a_run_result_of_either_schema_gives_its_candidate():
     got = run_candidate(v1)
     assert got.runtime == "torch" and got.drop == DROP and got.quality == {"mrr": 0.5} and got.speed == {"batch_size": 8}
     assert run_candidate({"schema": "costopt.trial/2", "candidate": None}) is None
+
+
+def test_a_price_is_typed_in_the_record_and_read_back_from_its_stored_dict():
+    from optimizer.measure.price import Price
+
+    stored = {
+        "hardware": "aws-c7a.large",
+        "hourly_usd": 0.1,
+        "utilization": 0.5,
+        "input_usd_per_m": 0.02,
+        "output_usd_per_m": None,
+        "input_kwh_per_m": 0.001,
+        "output_kwh_per_m": None,
+        "grid_kg_per_kwh": 0.4,
+        "input_share": 1.0,
+        "blended_usd_per_m": 0.02,
+    }  # as records written before replicas and the note were kept
+    m = Measurement.from_json({"cost": stored, "metric": "mrr"})
+    assert isinstance(m.cost, Price) and m.cost.blended_usd_per_m == 0.02 and m.cost.replicas == 1
+    again = Measurement.from_json(json.loads(json.dumps(m.to_json())))
+    assert again.cost == m.cost
+    assert Measurement.from_json({"metric": "mrr"}).cost is None

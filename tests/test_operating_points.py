@@ -7,6 +7,7 @@ import json
 import pytest
 
 from optimizer.cli import main
+from optimizer.measure.price import Price
 from optimizer.measurement import Measurement
 from optimizer.recipe import Recipe
 from optimizer.serving import operating_point
@@ -18,7 +19,7 @@ def _recipe(**speed) -> Recipe:
     )
 
 
-def _point(batch: int, ttft: float, tpot: float, usd: float) -> tuple[dict, dict]:
+def _point(batch: int, ttft: float, tpot: float, usd: float) -> tuple[dict, Price]:
     speed = {
         "kind": "causal-lm",
         "batch_size": batch,
@@ -27,13 +28,14 @@ def _point(batch: int, ttft: float, tpot: float, usd: float) -> tuple[dict, dict
         "time_to_first_token_p95_s": ttft,
         "token_latency_s": {"p95": tpot},
     }
-    return speed, {"blended_usd_per_m": usd, "input_usd_per_m": usd / 2, "output_usd_per_m": usd * 2}
+    price = Price("x", 1.0, 0.5, usd / 2, usd * 2, 0.1, 0.1, 0.4, 0.5, usd)
+    return speed, price
 
 
 def test_the_cheapest_point_within_the_targets_is_chosen():
     points = [_point(1, 0.1, 0.010, 3.0), _point(8, 0.4, 0.020, 1.0), _point(32, 1.5, 0.060, 0.4)]
     speed, cost = operating_point(_recipe(ttft_p95_s=0.5, tpot_p95_s=0.05), points)
-    assert speed["batch_size"] == 8 and cost["blended_usd_per_m"] == 1.0 and speed["latency_misses"] == []
+    assert speed["batch_size"] == 8 and cost.blended_usd_per_m == 1.0 and speed["latency_misses"] == []
     assert [p["meets_targets"] for p in speed["operating_points"]] == [True, True, False]
     speed, _ = operating_point(_recipe(), [_point(1, 0.1, 0.010, 3.0), _point(32, 1.5, 0.060, 0.4)])
     assert speed["batch_size"] == 32  # no targets: the cheapest

@@ -67,7 +67,7 @@ def test_search_records_trials_and_resumes_without_redoing_them(write_recipe, ti
         assert t.state == optuna.trial.TrialState.COMPLETE, m.error
         assert set(t.user_attrs) == {"worker", "measurement"}  # the claim, then one typed record
         assert m.violation is not None and m.deployment["threads"] == 1
-        assert t.values[0] > 0 and m.cost["blended_usd_per_m"] == pytest.approx(t.values[0])
+        assert t.values[0] > 0 and m.cost.blended_usd_per_m == pytest.approx(t.values[0])
         names = [p["name"] for p in m.passes]
         assert ("0.cast.dtype" in t.params) == ("cast" in names)  # conditional parameter
     again = run_search(recipe)  # same target: nothing new

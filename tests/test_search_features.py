@@ -160,7 +160,7 @@ def test_runtime_batch_and_threads_are_part_of_the_space(write_recipe, tiny_bert
         assert dep["batch_size"] == t.params["batch_size"] and dep["threads"] == t.params["threads"]
         assert m.speed["batch_size"] == dep["batch_size"]
         assert m.speed["threads"] == dep["threads"]
-        assert m.cost["replicas"] == 2 // dep["threads"]  # aws-c7a.large has 2 vCPUs
+        assert m.cost.replicas == 2 // dep["threads"]  # aws-c7a.large has 2 vCPUs
     assert runtimes == {"torch", "onnxruntime"}
     assert set(study.user_attrs["baseline"]["by_batch"]) == {"8", "4", "16"}  # the recipe's size and each choice
 

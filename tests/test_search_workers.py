@@ -265,7 +265,7 @@ def _check_shared_study(name: str, target: int, workers: list[subprocess.Popen])
         assert len(by_worker) == 2 and all(n >= 1 for n in by_worker.values()), by_worker
         for t in trials:
             assert t.state == States.COMPLETE, Measurement.of(t).error
-            assert Measurement.of(t).hardware["catalog"] == "aws-c7a.large" and Measurement.of(t).cost["blended_usd_per_m"] > 0
+            assert Measurement.of(t).hardware["catalog"] == "aws-c7a.large" and Measurement.of(t).cost.blended_usd_per_m > 0
     finally:
         optuna.delete_study(study_name=name, storage=PG_URL)
 

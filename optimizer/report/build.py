@@ -14,6 +14,7 @@ from typing import Any
 from cost.workload import Workload
 from optimizer.budget import Budget
 from optimizer.cli_format import chain_text
+from optimizer.measure.price import Price
 from optimizer.measure.stats import Drop
 from optimizer.measurement import Measurement, run_candidate
 from optimizer.recipe import MAIN_EVAL, Recipe, speed_model_note
@@ -32,7 +33,7 @@ def _baseline_entry(b: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]
     m = budget["metric"]
     value = (b.get("quality") or {}).get(m, 0.0)
     zero = Drop(m, value, value, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, budget["confidence"], 0)
-    cost = b.get("cost")
+    cost = Price.maybe(b.get("cost"))
     record = Measurement(
         metric=m,
         quality=b.get("quality") or {},
@@ -42,7 +43,7 @@ def _baseline_entry(b: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]
         speed=b.get("speed"),
         footprint=b.get("footprint"),
     )
-    return make_entry("baseline", record, objective=b.get("objective", (cost or {}).get("blended_usd_per_m")))
+    return make_entry("baseline", record, objective=b.get("objective", cost.blended_usd_per_m if cost else None))
 
 
 def _run_seconds(r: dict[str, Any]) -> float | None:
@@ -67,7 +68,7 @@ def _from_run(src: RunSource, budget: dict[str, Any]) -> dict[str, Any]:
             c.metric = budget["metric"]  # judged on the report's budget, on the worst eval set when there are several
             rule = Budget(budget["metric"], budget["max_drop"], budget["relative"], budget["confidence"])
             c.violation = rule.worst(c.drops_by_set or {MAIN_EVAL: c.drops})[1] if c.drop else None
-            entries.append(make_entry("candidate", c, objective=(c.cost or {}).get("blended_usd_per_m")))
+            entries.append(make_entry("candidate", c, objective=c.cost.blended_usd_per_m if c.cost else None))
         else:
             failed = Measurement(passes=r["passes"], error=r.get("error") or "did not finish")
             entries.append(make_entry("candidate", failed, state="failed"))
@@ -173,13 +174,13 @@ def _confirmation(stored: dict[str, Any] | None) -> dict[str, Any] | None:
 def _by_machine(entries: list[dict[str, Any]], workers: Any, sign: int) -> list[dict[str, Any]]:
     """With workers on several machines (catalog entries): per machine, its own baseline and its cheapest
     within-budget trial, each priced on that machine's entry; cheapest machine first. [] for one machine."""
-    ok = [e for e in entries if e["state"] == "ok" and e["same_as"] is None and (e.get("cost") or {}).get("hardware")]
-    names = sorted({e["cost"]["hardware"] for e in ok})
+    ok = [e for e in entries if e["state"] == "ok" and e["same_as"] is None and e["cost"] is not None]
+    names = sorted({e["cost"].hardware for e in ok})
     if len(names) < 2:
         return []
     rows = []
     for name in names:
-        mine = [e for e in ok if e["cost"]["hardware"] == name]
+        mine = [e for e in ok if e["cost"].hardware == name]
         feasible = [e for e in mine if e["feasible"] and e["objective"] is not None]
         best = min(feasible, key=lambda e: sign * e["objective"]) if feasible else None
         bases = [w["baseline_objective"] for w in workers if w.get("catalog") == name and w.get("baseline_objective")]
@@ -260,7 +261,7 @@ def _money(
     if not base.get("cost"):
         return None
     encoder = recipe.task != "causal-lm"
-    wl, origin, notes = money.resolve_workload(recipe.workload, workload, base["cost"].get("input_share", 1.0), encoder)
+    wl, origin, notes = money.resolve_workload(recipe.workload, workload, base["cost"].input_share, encoder)
     out: dict[str, Any] = {
         "workload": money.workload_summary(wl, origin),
         "notes": notes,
@@ -275,7 +276,7 @@ def _money(
         out["baseline_best_batch"] = {"batch_size": best_b, "usd_per_m": usd, "cheaper_x": usd / chosen["usd_per_m"]}
     if chosen is not None and chosen.get("cost"):
         hours = (d["job_seconds"] or 0.0) / 3600
-        rate = job_usd_per_hour if job_usd_per_hour is not None else base["cost"]["hourly_usd"]
+        rate = job_usd_per_hour if job_usd_per_hour is not None else base["cost"].hourly_usd
         ratio, against, confirmed = _headline_ratio(d, out)
         out["saving"] = money.saving_at_ratio(out["chosen"]["monthly_usd"], ratio, against, confirmed, hours, rate)
         out["saving"]["job_note"] = d["job_note"] + (
@@ -283,7 +284,7 @@ def _money(
             + (
                 ""
                 if job_usd_per_hour is not None
-                else f" ({base['cost']['hardware']}'s rate, the machine the figures were priced on)"
+                else f" ({base['cost'].hardware}'s rate, the machine the figures were priced on)"
             )
         )
     return out
@@ -393,7 +394,7 @@ def build_report(
         "confirmation": d.get("confirmation"),
         "pricing": None
         if not base.get("cost")
-        else {k: base["cost"].get(k) for k in ("hardware", "hourly_usd", "utilization", "input_share", "replicas", "note")}
+        else {k: getattr(base["cost"], k) for k in ("hardware", "hourly_usd", "utilization", "input_share", "replicas", "note")}
         | {"pricing": recipe.hardware.pricing},
         "provenance": _provenance(src, recipe),
         "sensitivity": _sensitivity(src, chosen),

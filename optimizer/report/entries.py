@@ -52,7 +52,7 @@ def make_entry(
         "violation": violation,
         "feasible": m.feasible if state == "ok" else None,  # the record's one rule: width defects included
         "cost": m.cost,
-        "usd_per_m": (m.cost or {}).get("blended_usd_per_m"),
+        "usd_per_m": m.cost.blended_usd_per_m if m.cost else None,
         "objective": objective,
         "speed": m.speed,
         "footprint": m.footprint,

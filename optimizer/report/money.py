@@ -6,14 +6,15 @@ from typing import Any
 
 from cost.pricing import TokenPrice
 from cost.workload import DAYS_PER_MONTH, Workload, monthly_cost, monthly_energy_kwh, whole_instances
+from optimizer.measure.price import Price
 
 ASSUMED_TOKENS_PER_MONTH = 1e9  # only when neither the recipe nor the command line gives a workload
 
 
-def token_price(cost: dict[str, Any], grid_kg_per_kwh: float | None = None) -> TokenPrice:
-    """The TokenPrice a trial stored (as a dict), optionally at another grid intensity."""
+def token_price(cost: Price, grid_kg_per_kwh: float | None = None) -> TokenPrice:
+    """The TokenPrice a trial's price holds, optionally at another grid intensity."""
     fields = {
-        k: cost[k]
+        k: getattr(cost, k)
         for k in (
             "hardware",
             "hourly_usd",
@@ -54,7 +55,7 @@ def resolve_workload(
     return workload, origin, notes
 
 
-def monthly(cost: dict[str, Any], workload: Workload, grid: float | None) -> dict[str, Any]:
+def monthly(cost: Price, workload: Workload, grid: float | None) -> dict[str, Any]:
     p = token_price(cost, grid)
     kwh = monthly_energy_kwh(p, workload)
     instances, whole_usd = whole_instances(p, workload)
@@ -64,7 +65,7 @@ def monthly(cost: dict[str, Any], workload: Workload, grid: float | None) -> dic
         "hardware": p.hardware,
         "input_usd_per_m": p.input_usd_per_m,
         "output_usd_per_m": p.output_usd_per_m,
-        "blended_usd_per_m": cost.get("blended_usd_per_m"),
+        "blended_usd_per_m": cost.blended_usd_per_m,
         "monthly_usd": monthly_cost(p, workload),
         "monthly_kwh": kwh,
         "monthly_co2_kg": kwh * p.grid_kg_per_kwh,
