@@ -255,12 +255,12 @@ class Bench:
                 if stopped is None:  # still doubling
                     nxt, stopped = self.next_batch(cand, speed)
                 if nxt is None:
-                    nxt = batch_between(self.recipe, [sp for sp, _ in points])
+                    nxt = batch_between(s, [sp for sp, _ in points])
                     refined = refined or nxt is not None
                 sizes += [nxt] if nxt else []
         if refined:
             stopped = f"{stopped}; then refined by powers of two below the first batch that misses them"
-        speed, cost = operating_point(self.recipe, points)
+        speed, cost = operating_point(s, points)
         if sweep and s.max_batch_size:
             speed["sweep_stopped"] = stopped
         if s.requests and self.recipe.task == "causal-lm":
@@ -275,7 +275,7 @@ class Bench:
         from optimizer.measure.roofline import kv_bytes_per_token
 
         s, b = self.recipe.speed, speed["batch_size"]
-        misses = latency_misses(self.recipe, speed)
+        misses = latency_misses(s, speed)
         if misses:
             return None, f"batch {b} misses the latency targets ({'; '.join(misses)})"
         if 2 * b > (s.max_batch_size or 0):

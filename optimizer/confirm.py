@@ -221,7 +221,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study, limit: TimeBudget | None
         return result
     bench.load_baseline()
     bench.baseline_quality()
-    folder = search_dir(recipe, study.study_name)
+    folder = search_dir(recipe.output_dir, study.study_name)
     cache = ArtifactCache(folder / "cache") if recipe.search.cache else None
     work = folder / "confirm"
     built: dict[int, Any] = {}
@@ -367,7 +367,7 @@ def _time_saving(
     if best is not None and best != base_batch:
         arms.append(_Arm(f"baseline at its best batch ({best})", bench.timed_baseline, best, base_threads, recipe.speed.streams))
     passes = result.attempt.passes if result.attempt else m.passes  # with the confirmation's pad-widths, if added
-    timed = bench.timed(cand, passes, search_dir(recipe, study.study_name) / "confirm-speed", {})
+    timed = bench.timed(cand, passes, search_dir(recipe.output_dir, study.study_name) / "confirm-speed", {})
     searched = _Arm(
         "choice",
         timed,
@@ -380,7 +380,7 @@ def _time_saving(
     for t, rival_cand in rivals:  # another chain the search could not tell apart: timed alike, served if better
         rm = Measurement.of(t)
         attempt = next(a for a in result.attempts if a.trial == t.number)
-        r_timed = bench.timed(rival_cand, attempt.passes, search_dir(recipe, study.study_name) / "confirm-speed", {})
+        r_timed = bench.timed(rival_cand, attempt.passes, search_dir(recipe.output_dir, study.study_name) / "confirm-speed", {})
         r_dep = rm.deployment
         rival = _Arm(
             f"trial {t.number}",
@@ -459,7 +459,7 @@ def _time_saving(
         result.serving["why"] = f"the searched setting, not compared with others: {not_compared}"
     result.seconds["timing"] = round(time.perf_counter() - t_rounds, 1)
     t0 = time.perf_counter()
-    _memory_alone(bench, arms[0], choice, search_dir(recipe, study.study_name) / "confirm-memory", result, base_threads)
+    _memory_alone(bench, arms[0], choice, search_dir(recipe.output_dir, study.study_name) / "confirm-memory", result, base_threads)
     result.seconds["memory_alone"] = round(time.perf_counter() - t0, 1)
     for arm in arms[: len(arms) - len(others) - 1]:  # the baselines
         n = min(len(arm.values), len(choice.values))

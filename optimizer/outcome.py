@@ -61,5 +61,5 @@ def conclude(
         best = study.trials[confirmation.chosen]
     baseline = study.user_attrs.get("baseline", {})
     config = deployment_config(recipe, study.study_name, best, baseline, confirmation)
-    path = write_deployment(deploy_file or search_dir(recipe, study.study_name) / "deploy.yaml", config)
+    path = write_deployment(deploy_file or search_dir(recipe.output_dir, study.study_name) / "deploy.yaml", config)
     return SearchOutcome(study, best, None, confirmation, config, path)

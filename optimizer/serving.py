@@ -11,7 +11,7 @@ from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.contention import Watch
 from optimizer.measure.price import Price
-from optimizer.recipe import Recipe
+from optimizer.recipe import Recipe, SpeedSpec
 from optimizer.runtimes import Candidate
 
 
@@ -111,9 +111,8 @@ def price_speed(recipe: Recipe, speed: dict[str, Any]) -> Price | None:
     return Price.of(p, share, replicas, note, monthly)
 
 
-def _latency_ratios(recipe: Recipe, speed: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """(measured, target) of each causal-LM latency target the recipe states."""
-    s = recipe.speed
+def _latency_ratios(s: SpeedSpec, speed: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """(measured, target) of each causal-LM latency target the recipe's speed section states."""
     if speed.get("kind") != "causal-lm":
         return {}
     out = {}
@@ -124,16 +123,16 @@ def _latency_ratios(recipe: Recipe, speed: dict[str, Any]) -> dict[str, tuple[fl
     return out
 
 
-def latency_misses(recipe: Recipe, speed: dict[str, Any]) -> list[str]:
+def latency_misses(targets: SpeedSpec, speed: dict[str, Any]) -> list[str]:
     """The recipe's causal-LM latency targets this measurement misses, in words (empty: all met)."""
     text = {
         "ttft": lambda got, want: f"time to first token p95 {got:.3f} s > {want:g} s",
         "tpot": lambda got, want: f"time per output token p95 {1e3 * got:.2f} ms > {1e3 * want:g} ms",
     }
-    return [text[k](got, want) for k, (got, want) in _latency_ratios(recipe, speed).items() if got > want]
+    return [text[k](got, want) for k, (got, want) in _latency_ratios(targets, speed).items() if got > want]
 
 
-def operating_point(recipe: Recipe, points: list[tuple[dict[str, Any], Price | None]]) -> tuple[dict[str, Any], Price | None]:
+def operating_point(targets: SpeedSpec, points: list[tuple[dict[str, Any], Price | None]]) -> tuple[dict[str, Any], Price | None]:
     """Of the measured batch sizes, the one to serve at: the cheapest (blended $ per 1M tokens, else the
     fastest decode) that meets the latency targets; when none does, the one that misses them least.
     The returned speed lists every point (`operating_points`) and what the chosen one misses."""
@@ -146,11 +145,11 @@ def operating_point(recipe: Recipe, points: list[tuple[dict[str, Any], Price | N
         return 1.0 / speed[key]["median"]
 
     def overshoot(p: tuple[dict[str, Any], Price | None]) -> float:
-        return max((got / want for got, want in _latency_ratios(recipe, p[0]).values()), default=1.0)
+        return max((got / want for got, want in _latency_ratios(targets, p[0]).values()), default=1.0)
 
-    met = [p for p in points if not latency_misses(recipe, p[0])]
+    met = [p for p in points if not latency_misses(targets, p[0])]
     speed, cost = min(met, key=price) if met else min(points, key=overshoot)
-    speed["latency_misses"] = latency_misses(recipe, speed)
+    speed["latency_misses"] = latency_misses(targets, speed)
     if len(points) > 1:
         speed["operating_points"] = [
             {
@@ -159,7 +158,7 @@ def operating_point(recipe: Recipe, points: list[tuple[dict[str, Any], Price | N
                 "output_tokens_per_s": sp["output_tokens_per_s"]["median"],
                 "time_to_first_token_p95_s": sp["time_to_first_token_p95_s"],
                 "time_per_output_token_p95_s": sp["token_latency_s"]["p95"],
-                "meets_targets": not latency_misses(recipe, sp),
+                "meets_targets": not latency_misses(targets, sp),
                 "input_usd_per_m": c.input_usd_per_m if c else None,
                 "output_usd_per_m": c.output_usd_per_m if c else None,
                 "blended_usd_per_m": c.blended_usd_per_m if c else None,
@@ -169,10 +168,10 @@ def operating_point(recipe: Recipe, points: list[tuple[dict[str, Any], Price | N
     return speed, cost
 
 
-def batch_between(recipe: Recipe, speeds: list[dict[str, Any]]) -> int | None:
+def batch_between(targets: SpeedSpec, speeds: list[dict[str, Any]]) -> int | None:
     """The middle power of two between the largest measured batch that meets the latency targets and the
     smallest larger one measured (which misses them); None when no point meets them or none is left between."""
-    met = [sp["batch_size"] for sp in speeds if not latency_misses(recipe, sp)]
+    met = [sp["batch_size"] for sp in speeds if not latency_misses(targets, sp)]
     if not met:
         return None
     lo = max(met)

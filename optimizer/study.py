@@ -104,10 +104,10 @@ def open_study(recipe: Recipe, storage: str | None = None) -> optuna.Study:
     objective = Objective(s.objective)
     directions = [objective.direction, "minimize"] if s.multi_objective else [objective.direction]
     # a search writes its scratch space, cache and (by default) its study here; a report only reads
-    ensure_writable(search_dir(recipe, name))
+    ensure_writable(search_dir(recipe.output_dir, name))
     study = optuna.create_study(
         study_name=name,
-        storage=open_storage(storage or s.storage or default_storage(recipe, name), s.heartbeat_seconds),
+        storage=open_storage(storage or s.storage or default_storage(recipe.output_dir, name), s.heartbeat_seconds),
         sampler=make_sampler(recipe),
         directions=directions,
         load_if_exists=True,
@@ -252,7 +252,7 @@ def _run_trials(
     budget: TimeBudget | None = None,
 ) -> None:
     attrs = study.user_attrs
-    runner = TrialRunner(recipe, search_dir(recipe, study.study_name), attrs.get("baseline"), attrs.get(SENSITIVITY))
+    runner = TrialRunner(recipe, search_dir(recipe.output_dir, study.study_name), attrs.get("baseline"), attrs.get(SENSITIVITY))
     _record_study_context(study, recipe, runner)
     timeout = recipe.search.timeout_minutes * 60 if recipe.search.timeout_minutes else None
     deadline = time.monotonic() + timeout if timeout else None

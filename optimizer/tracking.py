@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.errors import UserError
+from optimizer.measure.price import Price
 from optimizer.measurement import Measurement, run_candidate
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class MlflowTracker:
         """Log a `costopt run` result: the candidate's figures (or the baseline's, without passes)."""
         b = result.get("baseline") or {}
         shown = run_candidate(result) or Measurement(
-            quality=b.get("quality") or {}, speed=b.get("speed"), cost=b.get("cost"), footprint=b.get("footprint")
+            quality=b.get("quality") or {}, speed=b.get("speed"), cost=Price.maybe(b.get("cost")), footprint=b.get("footprint")
         )
         chain = " -> ".join(p["name"] for p in result.get("passes", [])) or "baseline"
         params = {"chain": chain} | {

@@ -10,18 +10,17 @@ from typing import Any
 import optuna
 
 from optimizer.measurement import Measurement
-from optimizer.recipe import Recipe
 
 WORKER_PREFIX = "worker/"  # study user attribute per worker: its machine and baseline time
 
 
-def default_storage(recipe: Recipe, study_name: str) -> str:
-    return f"sqlite:///{search_dir(recipe, study_name).resolve() / 'study.db'}"
+def default_storage(output_dir: str | Path, study_name: str) -> str:
+    return f"sqlite:///{search_dir(output_dir, study_name).resolve() / 'study.db'}"
 
 
-def search_dir(recipe: Recipe, study_name: str) -> Path:
-    """Where a study keeps its trials' scratch space and its artifact cache."""
-    return Path(recipe.output_dir) / study_name
+def search_dir(output_dir: str | Path, study_name: str) -> Path:
+    """Where a study keeps its trials' scratch space and its artifact cache (under the recipe's output_dir)."""
+    return Path(output_dir) / study_name
 
 
 def counted(t: optuna.trial.FrozenTrial) -> bool:

@@ -34,16 +34,16 @@ def _point(batch: int, ttft: float, tpot: float, usd: float) -> tuple[dict, Pric
 
 def test_the_cheapest_point_within_the_targets_is_chosen():
     points = [_point(1, 0.1, 0.010, 3.0), _point(8, 0.4, 0.020, 1.0), _point(32, 1.5, 0.060, 0.4)]
-    speed, cost = operating_point(_recipe(ttft_p95_s=0.5, tpot_p95_s=0.05), points)
+    speed, cost = operating_point(_recipe(ttft_p95_s=0.5, tpot_p95_s=0.05).speed, points)
     assert speed["batch_size"] == 8 and cost.blended_usd_per_m == 1.0 and speed["latency_misses"] == []
     assert [p["meets_targets"] for p in speed["operating_points"]] == [True, True, False]
-    speed, _ = operating_point(_recipe(), [_point(1, 0.1, 0.010, 3.0), _point(32, 1.5, 0.060, 0.4)])
+    speed, _ = operating_point(_recipe().speed, [_point(1, 0.1, 0.010, 3.0), _point(32, 1.5, 0.060, 0.4)])
     assert speed["batch_size"] == 32  # no targets: the cheapest
 
 
 def test_when_no_point_meets_the_targets_the_nearest_miss_is_reported():
     points = [_point(1, 0.1, 0.030, 3.0), _point(8, 0.4, 0.040, 1.0)]
-    speed, _ = operating_point(_recipe(tpot_p95_s=0.02), points)
+    speed, _ = operating_point(_recipe(tpot_p95_s=0.02).speed, points)
     assert speed["batch_size"] == 1 and speed["latency_misses"] == ["time per output token p95 30.00 ms > 20 ms"]
 
 
@@ -149,12 +149,12 @@ def test_batch_between_halves_the_powers_of_two_between_the_last_meet_and_the_fi
     def points(**tpot_by_batch: float) -> list[dict]:
         return [_point(int(b[1:]), 0.1, t, 1.0)[0] for b, t in tpot_by_batch.items()]
 
-    assert batch_between(recipe, points(b1=0.01, b8=0.08)) == 4
-    assert batch_between(recipe, points(b1=0.01, b8=0.08, b4=0.06)) == 2
-    assert batch_between(recipe, points(b1=0.01, b8=0.08, b4=0.04)) is None  # nothing left between 4 and 8
-    assert batch_between(recipe, points(b1=0.01, b32=0.5)) == 8  # 2, 4, 8, 16: the middle
-    assert batch_between(recipe, points(b1=0.09, b8=0.2)) is None  # no point meets the targets
-    assert batch_between(recipe, points(b1=0.01, b8=0.02)) is None  # no point misses them
+    assert batch_between(recipe.speed, points(b1=0.01, b8=0.08)) == 4
+    assert batch_between(recipe.speed, points(b1=0.01, b8=0.08, b4=0.06)) == 2
+    assert batch_between(recipe.speed, points(b1=0.01, b8=0.08, b4=0.04)) is None  # nothing left between 4 and 8
+    assert batch_between(recipe.speed, points(b1=0.01, b32=0.5)) == 8  # 2, 4, 8, 16: the middle
+    assert batch_between(recipe.speed, points(b1=0.09, b8=0.2)) is None  # no point meets the targets
+    assert batch_between(recipe.speed, points(b1=0.01, b8=0.02)) is None  # no point misses them
 
 
 def test_the_sweep_refines_below_the_first_batch_that_misses(tiny_llama_dir, monkeypatch):

@@ -118,7 +118,7 @@ def open_source(target: str, study: str | None = None, recipe_file: str | None =
     if path.suffix in (".yaml", ".yml"):
         recipe = load_recipe(path)
         name = study or recipe.search.study_name or recipe.name
-        folder = search_dir(recipe, name)
+        folder = search_dir(recipe.output_dir, name)
         storage = recipe.search.storage
         if storage is None:
             if not (folder / "study.db").is_file():
@@ -126,6 +126,6 @@ def open_source(target: str, study: str | None = None, recipe_file: str | None =
                     f"recipe {target} has no search results yet ({folder / 'study.db'} is missing)",
                     f"run `costopt search {target}` first",
                 )
-            storage = default_storage(recipe, name)
+            storage = default_storage(recipe.output_dir, name)
         return _load_study(storage, name, target, folder, recipe_file or str(path))
     raise UserError(f"{target} is not something costopt can report on", f"give {_WHAT}")
