@@ -22,6 +22,7 @@ from optimizer.chain import EvalPart, apply_chain, eval_part, eval_parts, footpr
 from optimizer.data import Dataset
 from optimizer.measure import speed as speed_mod
 from optimizer.measure.alone import serving_memory
+from optimizer.measure.footprint import Footprint
 from optimizer.measure.quality import QualityEvaluator
 from optimizer.measure.stats import Drop, MetricValues, paired_bootstrap
 from optimizer.measure.width_check import WidthCheck, padded_text
@@ -299,12 +300,12 @@ class Bench:
         speed, cost = self.speed_and_cost(self.timed_baseline, request_latency=True)
         with tempfile.TemporaryDirectory() as tmp:
             fp = footprint(self.baseline, Path(tmp) / "baseline")
-        fp["artifact"] = None
+        fp.artifact = None
         speed["roofline"] = self.roofline(speed, fp, [], self.timed_baseline.weight_bytes())
         return speed, cost, fp
 
     def roofline(
-        self, speed: dict[str, Any], fp: dict[str, Any], passes: list[dict[str, Any]], timed_weight_bytes: int | None = None
+        self, speed: dict[str, Any], fp: Footprint, passes: list[dict[str, Any]], timed_weight_bytes: int | None = None
     ) -> dict[str, Any] | None:
         """A causal LM's measured speed against its roofline on the recipe's catalog entry and on this
         machine's measured bounds (None for encoders or without an entry). With speed.model, the timed
@@ -320,8 +321,8 @@ class Bench:
         dtype = compute_dtype_of(passes)
         # ONNX Runtime and OpenVINO chains run on the CPU whatever the recipe's device
         machine = machine_bounds(self.device if runtime_of(passes) == "torch" else "cpu", dtype)
-        params = (speed.get("model") or {}).get("parameters") or fp["parameters"]
-        weight_bytes = timed_weight_bytes or fp["weight_bytes"] * params / fp["parameters"]
+        params = (speed.get("model") or {}).get("parameters") or fp.parameters
+        weight_bytes = timed_weight_bytes or fp.weight_bytes * params / fp.parameters
         config = self.timed_config
         kv = kv_bytes_per_token(config, 2 if dtype in ("bf16", "fp16") else 4)
         for p in speed.get("operating_points", []):  # each batch size's shares too (batch 1: the bandwidth check)
@@ -422,7 +423,7 @@ class Bench:
         with tempfile.TemporaryDirectory() as tmp:
             m.footprint = footprint(cand, artifact or Path(tmp) / "artifact")
         if artifact is None:
-            m.footprint["artifact"] = None
+            m.footprint.artifact = None
         m.speed["roofline"] = self.roofline(m.speed, m.footprint, m.passes, timed_bytes)
         m.notes = list(cand.notes)
         save(m)

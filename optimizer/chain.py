@@ -15,6 +15,7 @@ from optimizer.cache import ArtifactCache, chain_key
 from optimizer.data import Dataset, DataSource, load_dataset
 from optimizer.errors import UserError
 from optimizer.measure import speed as speed_mod
+from optimizer.measure.footprint import Footprint
 from optimizer.measure.system import fingerprint
 from optimizer.passes import PassContext, build_pass
 from optimizer.ranges import parse_range
@@ -109,18 +110,12 @@ def resolved_passes(
     return out
 
 
-def footprint(cand: Candidate, directory: Path) -> dict[str, Any]:
+def footprint(cand: Candidate, directory: Path) -> Footprint:
     """Parameters, non-zeros and the on-disk size of a saved, reloadable artifact."""
     params, nonzero = cand.parameter_counts()
     folder = cand.save(directory)
     weights = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
-    return {
-        "parameters": params,
-        "nonzero_parameters": nonzero,
-        "disk_bytes": folder_size(folder),
-        "weight_bytes": weights,
-        "artifact": str(folder),
-    }
+    return Footprint(params, nonzero, folder_size(folder), weights, str(folder))
 
 
 def timed_recipe(recipe: Recipe) -> Recipe:

@@ -275,7 +275,7 @@ def confirm_search(recipe: Recipe, study: optuna.Study, limit: TimeBudget | None
             rivals = []
             for t in _near_ties(candidates, chosen, objective_sign(study))[: max(0, spec.candidates - tested)]:
                 spent = sum(result.attempt.seconds.values()) if result.attempt else 0.0
-                if limit is not None and limit.left() < 2 * spent:
+                if not _room_for_near_tie(limit, spent, study):
                     limit.cut(f"trial {t.number}, within {NEAR_TIE:.0%} of the choice in the search, was not compared")
                     break
                 if test(t):
@@ -289,6 +289,12 @@ def confirm_search(recipe: Recipe, study: optuna.Study, limit: TimeBudget | None
 
 
 NEAR_TIE = 0.10  # the search's single timing of one chain varied by 10.5% between runs (MiniLM, AVX2 EPYC)
+
+
+def _room_for_near_tie(limit: TimeBudget | None, spent: float, study: optuna.Study) -> bool:
+    """Whether a near-tie's held-out test fits the time budget: it takes about what the choice's took (`spent`;
+    twice that, to be safe), and the timing after it cannot be cut below MIN_ROUNDS rounds, so both must fit."""
+    return limit is None or limit.left() >= 2 * spent + limit.timing(study)
 
 
 def _near_ties(
@@ -459,7 +465,9 @@ def _time_saving(
         result.serving["why"] = f"the searched setting, not compared with others: {not_compared}"
     result.seconds["timing"] = round(time.perf_counter() - t_rounds, 1)
     t0 = time.perf_counter()
-    _memory_alone(bench, arms[0], choice, search_dir(recipe.output_dir, study.study_name) / "confirm-memory", result, base_threads)
+    _memory_alone(
+        bench, arms[0], choice, search_dir(recipe.output_dir, study.study_name) / "confirm-memory", result, base_threads
+    )
     result.seconds["memory_alone"] = round(time.perf_counter() - t0, 1)
     for arm in arms[: len(arms) - len(others) - 1]:  # the baselines
         n = min(len(arm.values), len(choice.values))

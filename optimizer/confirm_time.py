@@ -16,7 +16,14 @@ import statistics
 import optuna
 
 from optimizer import ranges
-from optimizer.confirm import IDLE_BETWEEN_ARMS_S, MAX_SERVING_ALTERNATIVES, MIN_ROUNDS, checked_in_trial, ranked_candidates
+from optimizer.confirm import (
+    IDLE_BETWEEN_ARMS_S,
+    MAX_SERVING_ALTERNATIVES,
+    MIN_ROUNDS,
+    PROCESS_START_S,
+    checked_in_trial,
+    ranked_candidates,
+)
 from optimizer.measurement import Measurement
 from optimizer.passes import batch_dependent
 from optimizer.recipe import Recipe
@@ -27,17 +34,28 @@ from optimizer.trials import baseline_best_batch, objective_sign
 def expected_seconds(recipe: Recipe, study: optuna.Study) -> float:
     """The confirmation's expected wall time in seconds; 0 when nothing is within budget yet (there is
     nothing to confirm, and no trial's timings to predict from)."""
+    return sum(_parts(recipe, study))
+
+
+def timing_seconds(recipe: Recipe, study: optuna.Study) -> float:
+    """What the confirmation needs after its held-out tests: the warm-up, MIN_ROUNDS alternating rounds and
+    the two processes that measure memory served alone (a near-tie is tested only when this still fits)."""
+    return _parts(recipe, study)[1]
+
+
+def _parts(recipe: Recipe, study: optuna.Study) -> tuple[float, float]:
+    """(the held-out tests and width check, the timing after them) in seconds."""
     share = recipe.search.confirm.share
     best = ranked_candidates(study, 1)
     if share <= 0 or not best:
-        return 0.0
+        return 0.0, 0.0
     done = [
         m
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if (m := Measurement.of(t)).measured and not m.repeat and "quality" in m.timings and "speed" in m.timings
     ]
     if not done:  # trials recorded by a version without stage timings
-        return 0.0
+        return 0.0, 0.0
     held_out = share / (1 - share)  # examples go to the parts by hash, in these proportions
     quality = statistics.median(m.timings["quality"] for m in done)
     baseline = study.user_attrs.get("baseline") or {}
@@ -60,4 +78,7 @@ def expected_seconds(recipe: Recipe, study: optuna.Study) -> float:
     batches = 1 if batch_dependent(choice.passes) or per_shape else len(space.get("batch_size") or [1])
     settings = min(1 + MAX_SERVING_ALTERNATIVES, batches * len(space.get("streams") or [1]))
     per_round = baseline_arms * (arm * costlier + IDLE_BETWEEN_ARMS_S) + settings * (arm + IDLE_BETWEEN_ARMS_S)
-    return fixed + (2 + MIN_ROUNDS) * per_round  # a warm-up of two passes, then the fewest rounds it may stop at
+    # two fresh processes, the baseline's and the choice's, each starting and serving the texts once, as
+    # confirm._time_saving reserves them (two passes of its arm each)
+    alone = 2 * (arm * costlier + arm) + 2 * PROCESS_START_S if s.memory_alone else 0.0
+    return fixed, (2 + MIN_ROUNDS) * per_round + alone  # a warm-up of two passes, then the fewest rounds it may stop at

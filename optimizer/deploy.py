@@ -59,7 +59,7 @@ def deployment_config(
             for k in ("input_tokens_per_s", "output_tokens_per_s")
             if k in baseline.get("speed", {})
         },
-        "footprint": m.footprint,
+        "footprint": m.footprint.to_json() if m.footprint else None,
     }
     if cost and base_cost and cost.blended_usd_per_m and base_cost.blended_usd_per_m:
         measured["usd_per_m_tokens"] = cost.blended_usd_per_m

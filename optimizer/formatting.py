@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from optimizer.measure.footprint import Footprint
 from optimizer.measure.stats import Drop
 
 
@@ -172,7 +173,7 @@ def speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
     `e` holds its `speed` (measure.speed's figures) and `footprint`."""
     if e is None or not e.get("speed"):
         return {}
-    s, f = e["speed"], e.get("footprint") or {}
+    s, f = e["speed"], Footprint.maybe(e.get("footprint"))
 
     def stat(key: str) -> str:
         v = s.get(key)
@@ -228,13 +229,13 @@ def speed_rows(e: dict[str, Any] | None) -> dict[str, str]:
         ):
             lat = s.get(key) or {}
             out[label] = " / ".join("–" if lat.get(q) is None else f"{1e3 * lat[q]:.1f} ms" for q in ("p50", "p95", "p99"))
-    alone = f.get("memory_alone") or {}
+    alone = (f.memory_alone if f else None) or {}
     out["peak memory served alone (RSS)"] = mib(alone.get("peak_rss_bytes"))
     out["peak memory of the benchmark process (RSS; holds the baseline too)"] = mib(s.get("peak_rss_bytes"))
     if s.get("peak_cuda_bytes"):
         out["peak GPU memory"] = mib(s["peak_cuda_bytes"])
-    out["parameters"] = f"{f['parameters']:,}" if f.get("parameters") is not None else "–"
-    out["non-zero parameters"] = f"{f['nonzero_parameters']:,}" if f.get("nonzero_parameters") is not None else "–"
-    out["weights on disk"] = mib(f.get("weight_bytes"))
-    out["artifact on disk"] = mib(f.get("disk_bytes"))
+    out["parameters"] = f"{f.parameters:,}" if f else "–"
+    out["non-zero parameters"] = f"{f.nonzero_parameters:,}" if f else "–"
+    out["weights on disk"] = mib(f.weight_bytes if f else None)
+    out["artifact on disk"] = mib(f.disk_bytes if f else None)
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from optimizer.measure.footprint import Footprint
 from optimizer.measure.price import Price
 from optimizer.measure.stats import Drop
 from optimizer.measure.width_check import WidthCheck
@@ -58,7 +59,7 @@ class Measurement:
     violation: float | None = None
     speed: dict[str, Any] | None = None  # measure.speed's figures (medians, spread, operating points, roofline)
     cost: Price | None = None  # its price on `hardware.catalog`
-    footprint: dict[str, Any] | None = None  # parameters, non-zeros, weight and disk bytes
+    footprint: Footprint | None = None  # parameters, non-zeros, weight and disk bytes, memory served alone
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per pass and stage
     seconds: float | None = None  # the whole measurement's wall time
@@ -116,6 +117,7 @@ class Measurement:
         m.screen = Drop.maybe(m.screen)
         m.widths = WidthCheck.maybe(m.widths)
         m.cost = Price.maybe(m.cost)
+        m.footprint = Footprint.maybe(m.footprint)
         return m
 
     @classmethod

@@ -14,7 +14,7 @@ import optuna
 from optimizer import confirm
 from optimizer.chain import priced_here
 from optimizer.confirm import STUDY_ATTR, Confirmation
-from optimizer.confirm_time import expected_seconds
+from optimizer.confirm_time import expected_seconds, timing_seconds
 from optimizer.deploy import deployment_config, write_deployment
 from optimizer.errors import EXIT_NOTHING_MET, EXIT_OK
 from optimizer.recipe import Recipe
@@ -38,8 +38,12 @@ class SearchOutcome:
 
 def time_budget(recipe: Recipe) -> TimeBudget | None:
     """The whole search's time budget (search.time_budget_minutes), started now, with the confirmation's
-    expected time as the reserve trials must leave it."""
-    return TimeBudget.minutes(recipe.search.time_budget_minutes, lambda study: expected_seconds(recipe, study))
+    expected time as the reserve trials must leave it, and its timing's as the reserve a near-tie's test must."""
+    return TimeBudget.minutes(
+        recipe.search.time_budget_minutes,
+        lambda study: expected_seconds(recipe, study),
+        lambda study: timing_seconds(recipe, study),
+    )
 
 
 def conclude(

@@ -137,8 +137,8 @@ def run_recipe(
             record.baseline["quality"] = bench.baseline_quality()
         with _Stage(record, "baseline speed", bar):
             b = record.baseline
-            b["speed"], price, b["footprint"] = bench.baseline_figures()
-            b["cost"] = price.to_json() if price else None
+            b["speed"], price, fp = bench.baseline_figures()
+            b["cost"], b["footprint"] = (price.to_json() if price else None), fp.to_json()
         write_json_atomic(result_path, record.to_json())
 
         if passes:
@@ -162,8 +162,13 @@ def run_recipe(
             else:
                 with _Stage(record, "memory served alone", bar):
                     b = record.baseline
-                    for fp, sp, artifact in ((b["footprint"], b["speed"], None), (m.footprint, m.speed, run_dir / "artifact")):
-                        fp["memory_alone"] = bench.memory_alone(sp["batch_size"], sp.get("streams", 1), artifact)
+                    b["footprint"]["memory_alone"] = bench.memory_alone(
+                        b["speed"]["batch_size"], b["speed"].get("streams", 1), None
+                    )
+                    if m.footprint is not None:
+                        m.footprint.memory_alone = bench.memory_alone(
+                            m.speed["batch_size"], m.speed.get("streams", 1), run_dir / "artifact"
+                        )
                     record.candidate = m.to_json()
         if record.status == "running":
             record.status = "ok"

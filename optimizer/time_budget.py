@@ -25,14 +25,20 @@ class TimeBudget:
     # the seconds the confirmation is expected to take, given the study so far (set by the caller that
     # confirms: the search loop sits below the confirmation and cannot ask it)
     reserve: Callable[[Any], float] = lambda study: 0.0
+    # of that, what the confirmation's timing needs after its held-out tests (the rounds it may not cut)
+    timing: Callable[[Any], float] = lambda study: 0.0
     started: float = field(default_factory=time.monotonic)
     cuts: list[str] = field(default_factory=list)
 
     @classmethod
-    def minutes(cls, minutes: float | None, reserve: Callable[[Any], float] | None = None) -> TimeBudget | None:
+    def minutes(
+        cls, minutes: float | None, reserve: Callable[[Any], float] | None = None, timing: Callable[[Any], float] | None = None
+    ) -> TimeBudget | None:
         if minutes is None:
             return None
-        return cls(60 * minutes, reserve) if reserve is not None else cls(60 * minutes)
+        out = cls(60 * minutes)
+        out.reserve, out.timing = reserve or out.reserve, timing or out.timing
+        return out
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

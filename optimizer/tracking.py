@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.errors import UserError
+from optimizer.measure.footprint import Footprint
 from optimizer.measure.price import Price
 from optimizer.measurement import Measurement, run_candidate
 
@@ -45,7 +46,7 @@ def trial_metrics(m: Measurement, values: list[float] | None) -> dict[str, float
     out |= _numbers("speed.", m.tokens_per_s())
     price = m.cost.to_json() if m.cost else {}
     out |= _numbers("cost.", {k: v for k, v in price.items() if k.endswith(("_per_m", "monthly_usd"))})
-    out |= _numbers("footprint.", m.footprint)
+    out |= _numbers("footprint.", m.footprint.to_json() if m.footprint else None)
     if m.seconds is not None:
         out["seconds"] = float(m.seconds)
     return out
@@ -121,7 +122,10 @@ class MlflowTracker:
         """Log a `costopt run` result: the candidate's figures (or the baseline's, without passes)."""
         b = result.get("baseline") or {}
         shown = run_candidate(result) or Measurement(
-            quality=b.get("quality") or {}, speed=b.get("speed"), cost=Price.maybe(b.get("cost")), footprint=b.get("footprint")
+            quality=b.get("quality") or {},
+            speed=b.get("speed"),
+            cost=Price.maybe(b.get("cost")),
+            footprint=Footprint.maybe(b.get("footprint")),
         )
         chain = " -> ".join(p["name"] for p in result.get("passes", [])) or "baseline"
         params = {"chain": chain} | {

@@ -187,7 +187,7 @@ class TrialRunner:
                 "quality": quality,
                 "speed": speed,
                 "cost": cost.to_json() if cost else None,
-                "footprint": fp,
+                "footprint": fp.to_json(),
                 "passes": [],
                 "objective": self.objective.value(speed, cost),
                 "worker": worker_id(),

@@ -554,3 +554,16 @@ def test_under_a_time_budget_the_arms_that_fit_are_kept_near_ties_first():
     assert _fitting(others, warm, fixed, MIN_ROUNDS * 30) == [rival]  # room for one: the other chain as searched
     assert _fitting(others, warm, fixed, MIN_ROUNDS * 40) == [stream, rival]
     assert _fitting(others, warm, fixed, MIN_ROUNDS * 20) == []
+
+
+def test_a_near_tie_is_tested_only_when_its_test_and_the_timing_after_it_both_fit():
+    from optimizer.confirm import _room_for_near_tie
+    from optimizer.time_budget import TimeBudget
+
+    study = optuna.create_study()
+    assert _room_for_near_tie(None, 1e9, study)  # no budget
+    roomy = TimeBudget(600, timing=lambda s: 100.0)
+    assert _room_for_near_tie(roomy, 30.0, study)  # 60 s for the test and 100 s of timing fit in ~600 s
+    tight = TimeBudget(150, timing=lambda s: 100.0)
+    assert not _room_for_near_tie(tight, 30.0, study)  # the test would fit alone (60 s) but not with the timing
+    assert _room_for_near_tie(TimeBudget(150), 30.0, study)  # no timing reserve known: the test alone decides

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
         "optimizer.measure.stats",
         "optimizer.measure.width_check",
         "optimizer.measure.price",
+        "optimizer.measure.footprint",
         "optimizer.objectives",
         "optimizer.formatting",
         "optimizer.budget",

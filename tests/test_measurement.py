@@ -106,3 +106,18 @@ def test_a_price_is_typed_in_the_record_and_read_back_from_its_stored_dict():
     again = Measurement.from_json(json.loads(json.dumps(m.to_json())))
     assert again.cost == m.cost
     assert Measurement.from_json({"metric": "mrr"}).cost is None
+
+
+def test_a_footprint_is_typed_in_the_record_and_read_back_from_its_stored_dict():
+    from optimizer.formatting import speed_rows
+    from optimizer.measure.footprint import Footprint
+
+    stored = {"parameters": 1000, "nonzero_parameters": 900, "disk_bytes": 4096, "weight_bytes": 4000, "artifact": None}
+    m = Measurement.from_json({"footprint": stored, "metric": "mrr"})  # as records written before memory_alone
+    assert isinstance(m.footprint, Footprint) and m.footprint.memory_alone is None
+    assert Measurement.from_json(json.loads(json.dumps(m.to_json()))).footprint == m.footprint
+    speed = {"kind": "encoder", "batch_size": 8, "threads": 2, "streams": 1}
+    rows = speed_rows({"speed": speed, "footprint": m.footprint})
+    assert rows["parameters"] == "1,000" and rows["non-zero parameters"] == "900"
+    assert speed_rows({"speed": speed, "footprint": stored}) == rows  # a stored result's dict reads the same
+    assert speed_rows({"speed": speed})["parameters"] == "–"

@@ -416,7 +416,7 @@ def test_weight_bytes_as_served_match_the_saved_artifact(tiny_llama_dir, tmp_pat
     fp32 = build_pass("onnx-export", {}).apply(_load(tiny_llama_dir, "causal-lm"), ctx)
     int8 = build_pass("ort-int8-dynamic", {}).apply(fp32, ctx)
     served = int8.weight_bytes()
-    assert served == footprint(int8, tmp_path / "saved")["weight_bytes"]
+    assert served == footprint(int8, tmp_path / "saved").weight_bytes
     # the int8 graph alone, not the fp32 export beside it (this tiny model's embeddings stay fp32: the reason a
     # small quality model's bytes per parameter cannot stand in for a real shape's)
     assert served < fp32.weight_bytes()

@@ -68,7 +68,7 @@ def test_encoder_run_report_states_the_measured_money(encoder_run, tmp_path, cap
     for part in ("baseline", "candidate"):  # a run measures each served alone, in a fresh process
         alone = result[part]["footprint"]["memory_alone"]
         assert alone["peak_rss_bytes"] > alone["libraries_rss_bytes"] > 0
-    assert report["chosen"]["footprint"]["memory_alone"] == result["candidate"]["footprint"]["memory_alone"]
+    assert report["chosen"]["footprint"].memory_alone == result["candidate"]["footprint"]["memory_alone"]
     base_cost, cand_cost = result["baseline"]["cost"], result["candidate"]["cost"]
     m = report["money"]
     month = 2e8 * DAYS_PER_MONTH
@@ -93,7 +93,7 @@ def test_encoder_run_report_states_the_measured_money(encoder_run, tmp_path, cap
     assert set(by_metric) == set(result["baseline"]["quality"])
     assert by_metric["mrr"]["chosen"] == pytest.approx(result["candidate"]["quality"]["mrr"])
     assert by_metric["mrr"]["drop"] == Drop.from_json(result["candidate"]["drops"]["mrr"]) and by_metric["mrr"]["constrained"]
-    assert report["chosen"]["footprint"]["weight_bytes"] < report["baseline"]["footprint"]["weight_bytes"]
+    assert report["chosen"]["footprint"].weight_bytes < report["baseline"]["footprint"].weight_bytes
 
     paths = write_report(report, tmp_path)
     md = paths["md"].read_text()
@@ -214,7 +214,7 @@ def test_search_report_chooses_the_cheapest_feasible_trial_and_lists_every_trial
     assert report["chosen"]["usd_per_m"] == pytest.approx(best.values[0])
     feasible = [e for e in report["trials"] if e["feasible"]]
     assert min(e["usd_per_m"] for e in feasible) == pytest.approx(report["chosen"]["usd_per_m"])
-    assert report["baseline"]["footprint"]["parameters"] > 0  # the study recorded the baseline's footprint
+    assert report["baseline"]["footprint"].parameters > 0  # the study recorded the baseline's footprint
     assert report["system"] and report["system"][0]["libraries"]["torch"] and report["workers"]
     assert report["money"]["saving"]["job_hours"] > 0
     # the Pareto front: no flagged configuration is beaten on both drop and cost by another

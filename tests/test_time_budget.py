@@ -6,7 +6,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from optimizer.confirm_time import expected_seconds
+from optimizer.confirm_time import expected_seconds, timing_seconds
 from optimizer.measurement import Measurement
 from optimizer.recipe import load_recipe
 from optimizer.study import finished, run_search
@@ -61,6 +61,12 @@ def test_the_confirmations_estimate_follows_the_trials_stage_timings(write_recip
     assert both > fewer > 0  # each serving setting is one more arm in every round
     off = recipe.search.model_copy(update={"confirm": recipe.search.confirm.model_copy(update={"share": 0})})
     assert expected_seconds(recipe.model_copy(update={"search": off}), study) == 0
+    # the timing after the held-out tests is part of it; measuring memory served alone adds two process starts
+    timing = timing_seconds(recipe, study)
+    assert 0 < timing < both
+    alone = recipe.model_copy(update={"speed": recipe.speed.model_copy(update={"memory_alone": True})})
+    assert timing_seconds(alone, study) - timing >= 2 * 3.0  # PROCESS_START_S each
+    assert expected_seconds(alone, study) - both == pytest.approx(timing_seconds(alone, study) - timing)
 
 
 def test_a_spent_budget_cuts_the_confirmations_timing_to_the_fewest_rounds_and_says_so(

@@ -7,6 +7,7 @@ again. The Markdown, HTML and plots are renderings of this dict.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from cost.workload import Workload
 from optimizer.budget import Budget
 from optimizer.cli_format import chain_text
+from optimizer.measure.footprint import Footprint
 from optimizer.measure.price import Price
 from optimizer.measure.stats import Drop
 from optimizer.measurement import Measurement, run_candidate
@@ -41,7 +43,7 @@ def _baseline_entry(b: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]
         violation=-budget["max_drop"],
         cost=cost,
         speed=b.get("speed"),
-        footprint=b.get("footprint"),
+        footprint=Footprint.maybe(b.get("footprint")),
     )
     return make_entry("baseline", record, objective=b.get("objective", cost.blended_usd_per_m if cost else None))
 
@@ -244,7 +246,7 @@ def _deployment(chosen: dict[str, Any] | None, recipe: Recipe, d: dict[str, Any]
             else f"costopt search {recipe.name}.yaml writes deploy.yaml; then costopt deploy deploy.yaml --out DIR"
         )
     else:
-        out["artifact"] = (chosen.get("footprint") or {}).get("artifact")
+        out["artifact"] = chosen["footprint"].artifact if chosen.get("footprint") else None
     return out
 
 
@@ -322,7 +324,8 @@ def build_report(
     alone = (d.get("confirmation") or {}).get("memory_alone") or {}
     for entry, key in ((base, "baseline"), (chosen, "choice")):  # a search measures it for the confirmed choice
         if entry is not None and alone.get(key):
-            entry["footprint"] = dict(entry.get("footprint") or {}) | {"memory_alone": alone[key]}
+            if entry["footprint"] is not None:
+                entry["footprint"] = replace(entry["footprint"], memory_alone=alone[key])
     met = chosen is not None and bool(chosen["feasible"])
     advice = None
     if not met:
