@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
         "optimizer.ranges",
         "optimizer.results",
         "optimizer.cli_format",
+        "optimizer.measure.stored",
         "optimizer.measure.stats",
         "optimizer.measure.width_check",
         "optimizer.measure.price",

@@ -6,12 +6,14 @@ reads these fields; records keep it as its dict (`to_json`) and read it back wit
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from optimizer.measure.stored import Stored
 
 
 @dataclass(frozen=True)
-class Price:
+class Price(Stored):
     hardware: str  # the catalog entry's name
     hourly_usd: float
     utilization: float
@@ -37,19 +39,3 @@ class Price:
             note=note,
             monthly_usd=monthly_usd,
         )
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: Price | dict[str, Any]) -> Price:
-        if isinstance(d, Price):
-            return d
-        return cls(**{k: d[k] for k in _FIELDS if k in d})
-
-    @classmethod
-    def maybe(cls, d: Price | dict[str, Any] | None) -> Price | None:
-        return None if d is None else cls.from_json(d)
-
-
-_FIELDS = tuple(f.name for f in fields(Price))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+
+from optimizer.measure.stored import Stored
 
 # mean: mean of a column; ratio: sum(col0)/sum(col1) (token-weighted means);
 # exp_ratio: exp(ratio) (perplexity); spearman: rank correlation of col0 vs col1;
@@ -66,7 +68,7 @@ def aggregate_many(values: np.ndarray, kind: Aggregate, idx: np.ndarray) -> np.n
 
 
 @dataclass(frozen=True)
-class Drop:
+class Drop(Stored):
     """Quality lost going from baseline to candidate; positive means worse, whatever the metric's direction.
 
     The one typed figure every reader of a drop uses (budget, formatting, confirmation, report); records
@@ -96,22 +98,8 @@ class Drop:
         """Relative where asked for and defined (a baseline of 0, as KL has, has none)."""
         return relative and self.relative is not None and self.baseline != 0
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: Drop | dict[str, Any]) -> Drop:
-        """A stored drop; records written before `confidence` and `n` were kept read them as unknown."""
-        if isinstance(d, Drop):
-            return d
-        return cls(**({"confidence": 0.95, "n": 0} | {k: d[k] for k in _DROP_FIELDS if k in d}))
-
-    @classmethod
-    def maybe(cls, d: Drop | dict[str, Any] | None) -> Drop | None:
-        return cls.from_json(d) if d else None
-
-
-_DROP_FIELDS = tuple(f.name for f in fields(Drop))
+    # records written before `confidence` and `n` were kept read them as unknown
+    _defaults: ClassVar[dict[str, Any]] = {"confidence": 0.95, "n": 0}
 
 
 def paired_bootstrap(

@@ -4,12 +4,14 @@ running a candidate at every input width; the record, the CLI and the report rea
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from optimizer.measure.stored import Stored
 
 
 @dataclass
-class WidthCheck:
+class WidthCheck(Stored):
     """Relative error of the candidate's outputs against the baseline's, per input width."""
 
     widths: list[int]
@@ -22,16 +24,7 @@ class WidthCheck:
         return not self.defects
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> WidthCheck:
-        """A stored check (`as_dict`), from any version that wrote one."""
-        return cls(**{k: d[k] for k in ("widths", "errors", "defects", "seconds") if k in d})
-
-    @classmethod
-    def maybe(cls, d: WidthCheck | dict[str, Any] | None) -> WidthCheck | None:
-        return d if d is None or isinstance(d, cls) else cls.from_json(d)
+        return self.to_json()
 
     def text(self) -> str:
         span = f"input widths {self.widths[0]}-{self.widths[-1]} ({len(self.widths)} checked)"
