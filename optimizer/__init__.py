@@ -29,6 +29,8 @@ PUBLIC: dict[str, tuple[str, str]] = {
     "Recipe": ("optimizer.recipe", "Recipe"),
     "load_recipe": ("optimizer.recipe", "load_recipe"),
     "load_dataset": ("optimizer.data", "load_dataset"),
+    "stdlib_split": ("optimizer.data", "stdlib_split"),
+    "name_words": ("optimizer.data", "name_words"),
     "reload_saved": ("optimizer.runtimes", "reload_saved"),
     "UserError": ("optimizer.errors", "UserError"),
     # measuring candidates against a baseline

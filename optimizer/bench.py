@@ -66,6 +66,12 @@ def _values(metrics: dict[str, MetricValues]) -> dict[str, float]:
     return {k: v.value for k, v in metrics.items()}
 
 
+def _evaluator(recipe: Recipe, data: Dataset) -> QualityEvaluator:
+    """The recipe's quality evaluator on one eval set (the main one, an extra one, or the screening subset)."""
+    q = recipe.quality
+    return QualityEvaluator(recipe.task, data, recipe.metrics, q.batch_size, both_directions=q.retrieval == "both")
+
+
 @dataclass
 class Bench:
     """What every candidate of one recipe is measured against, loaded and measured once per process:
@@ -99,12 +105,9 @@ class Bench:
         """`part`: the whole eval set, or the search's share of it ("select") or the held-out rest ("confirm")."""
         eval_data, other = eval_parts(recipe, part)
         calib, train = pass_data(recipe)
-        q = recipe.quality
-        evaluator = QualityEvaluator(recipe.task, eval_data, recipe.metrics, q.batch_size, q.retrieval == "both")
-        bench = cls(recipe, device, eval_data, calib, train, evaluator, other_part=other)
+        bench = cls(recipe, device, eval_data, calib, train, _evaluator(recipe, eval_data), other_part=other)
         for name, src in recipe.data.extra_eval.items():
-            data = eval_part(recipe, part, src)
-            bench.extra[name] = (QualityEvaluator(recipe.task, data, recipe.metrics, q.batch_size, q.retrieval == "both"), {})
+            bench.extra[name] = (_evaluator(recipe, eval_part(recipe, part, src)), {})
         return bench
 
     def load_baseline(self) -> Candidate:
@@ -202,11 +205,7 @@ class Bench:
         if len(self.eval_data) < 2 * examples:
             return None
         if self.screen_evaluator is None:
-            sub = self.eval_data.subset(examples, self.recipe.data.seed)
-            q = self.recipe.quality
-            self.screen_evaluator = QualityEvaluator(
-                self.recipe.task, sub, self.recipe.metrics, q.batch_size, q.retrieval == "both"
-            )
+            self.screen_evaluator = _evaluator(self.recipe, self.eval_data.subset(examples, self.recipe.data.seed))
             self.screen_quality = self.screen_evaluator.evaluate(self.baseline)
         with _batched(self.screen_evaluator, batch_size, sort):
             values = self.screen_evaluator.evaluate(cand, reference=self.baseline)

@@ -602,7 +602,7 @@ def _decide_serving(
         result.serving["why"] = f"{label} was {ratio_text(r)} better, not established: kept the searched setting"
         return searched
     check = bench.check_widths(best.cand, best.batch, best.streams)
-    result.serving["widths"] = check.as_dict()
+    result.serving["widths"] = check.to_json()
     if not check.ok:
         result.serving["why"] = f"{label} was {ratio_text(r)} better but {check.text()}: kept the searched setting"
         return searched

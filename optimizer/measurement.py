@@ -105,7 +105,7 @@ class Measurement:
         return {k: self.speed[k]["median"] for k in ("input_tokens_per_s", "output_tokens_per_s") if k in (self.speed or {})}
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)  # Price, Drop and WidthCheck are dataclasses: their dicts
+        return asdict(self)  # the typed figures (Drop, WidthCheck, Price, Footprint) as their dicts
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Measurement:

@@ -78,7 +78,7 @@ def test_a_fault_at_one_width_is_found_and_named(tiny_bert_dir):
     faulty = check_widths(cand, base, _texts())
     assert [d["width"] for d in faulty.defects] == [FAULT_WIDTH] and not faulty.ok
     assert faulty.errors[faulty.widths.index(FAULT_WIDTH)] > 0.5
-    text = check_text(faulty.as_dict())
+    text = check_text(faulty.to_json())
     assert f"at width {FAULT_WIDTH} the outputs are" in text and "not servable as is" in text
     # a record with a defect is not a feasible configuration, whatever its quality
     assert Measurement(violation=-0.01, widths=faulty).feasible is False

@@ -23,9 +23,6 @@ class WidthCheck(Stored):
     def ok(self) -> bool:
         return not self.defects
 
-    def as_dict(self) -> dict[str, Any]:
-        return self.to_json()
-
     def text(self) -> str:
         span = f"input widths {self.widths[0]}-{self.widths[-1]} ({len(self.widths)} checked)"
         if self.ok:
@@ -39,7 +36,7 @@ class WidthCheck(Stored):
 
 
 def check_text(check: WidthCheck | dict[str, Any] | None) -> str | None:
-    """A check, typed or as stored (`WidthCheck.as_dict`), in one line."""
+    """A check, typed or as stored (`WidthCheck.to_json`), in one line."""
     return c.text() if (c := WidthCheck.maybe(check)) else None
 
 

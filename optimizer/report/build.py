@@ -323,9 +323,8 @@ def build_report(
     chosen = _deployed(_choose(d), d.get("confirmation"))
     alone = (d.get("confirmation") or {}).get("memory_alone") or {}
     for entry, key in ((base, "baseline"), (chosen, "choice")):  # a search measures it for the confirmed choice
-        if entry is not None and alone.get(key):
-            if entry["footprint"] is not None:
-                entry["footprint"] = replace(entry["footprint"], memory_alone=alone[key])
+        if entry is not None and entry["footprint"] is not None and alone.get(key):
+            entry["footprint"] = replace(entry["footprint"], memory_alone=alone[key])
     met = chosen is not None and bool(chosen["feasible"])
     advice = None
     if not met:

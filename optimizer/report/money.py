@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from cost.pricing import TokenPrice
@@ -13,22 +14,10 @@ ASSUMED_TOKENS_PER_MONTH = 1e9  # only when neither the recipe nor the command l
 
 def token_price(cost: Price, grid_kg_per_kwh: float | None = None) -> TokenPrice:
     """The TokenPrice a trial's price holds, optionally at another grid intensity."""
-    fields = {
-        k: getattr(cost, k)
-        for k in (
-            "hardware",
-            "hourly_usd",
-            "utilization",
-            "input_usd_per_m",
-            "output_usd_per_m",
-            "input_kwh_per_m",
-            "output_kwh_per_m",
-            "grid_kg_per_kwh",
-        )
-    }
+    kept = {f.name: getattr(cost, f.name) for f in dataclasses.fields(TokenPrice)}  # Price holds them all
     if grid_kg_per_kwh is not None:
-        fields["grid_kg_per_kwh"] = grid_kg_per_kwh
-    return TokenPrice(**fields)
+        kept["grid_kg_per_kwh"] = grid_kg_per_kwh
+    return TokenPrice(**kept)
 
 
 def resolve_workload(
